@@ -1,0 +1,1 @@
+"""WebDataset-streaming LightningDataModules for every modality the Perceiver reads."""
