@@ -1,0 +1,209 @@
+"""Convert HF transformers Perceiver models to perceiver-lit models with the same weights.
+
+Supported: PerceiverForImageClassificationFourier, ...Learned, ...ConvProcessing (DeepMind's three ImageNet
+models) and PerceiverForMaskedLM (language-perceiver). Our image models take channels-last images
+(B, H, W, C); HF's take (B, C, H, W). Compare in eval mode: HF's attention_probs_dropout_prob defaults to 0.1.
+It is not carried over: the converted model has dropout 0, as DeepMind trained.
+
+    perceiver-lit-convert --hf /path/to/vision-perceiver-fourier --out fourier.pt
+    model = load_converted("fourier.pt")
+
+The file holds {"format", "spec", "state_dict"}: `spec` names the model, adapter and query classes with their
+keyword arguments, so `build_from_spec` rebuilds the model without transformers installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from perceiver_lit import models
+
+FORMAT = "perceiver-lit/converted-v1"
+IMAGE_CLASSES = ("PerceiverForImageClassificationFourier", "PerceiverForImageClassificationLearned",
+                 "PerceiverForImageClassificationConvProcessing")
+SUPPORTED = (*IMAGE_CLASSES, "PerceiverForMaskedLM")
+
+
+def _build_with_weights(spec: dict[str, Any], state_dict: dict[str, Tensor]) -> nn.Module:
+    """Build on the meta device (no random init of 10^8 weights), then take the given tensors as parameters."""
+    with torch.device("meta"):
+        model = build_from_spec(spec)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise ValueError(f"converted model: tensors without weights after loading: {left}")
+    return model
+
+
+def build_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """A model from {"model": class name, "config": kwargs, "adapter": {...}, "queries": {...} | None}."""
+    adapter = getattr(models, spec["adapter"]["class"])(**spec["adapter"]["kwargs"])
+    queries = None
+    if spec.get("queries"):
+        queries = getattr(models, spec["queries"]["class"])(**spec["queries"]["kwargs"])
+    cls = getattr(models, spec["model"])
+    kwargs = dict(spec["config"])
+    if queries is not None:
+        kwargs["queries"] = queries
+    return cls(adapter=adapter, **kwargs)
+
+
+def _hf_spec(hf_model: nn.Module, image_size: int | None) -> dict[str, Any]:
+    name, cfg = type(hf_model).__name__, hf_model.config
+    if name not in SUPPORTED:
+        raise ValueError(f"from_huggingface: {name} is not supported; supported: {', '.join(SUPPORTED)}")
+    if cfg.hidden_act != "gelu":
+        raise ValueError(f"from_huggingface: hidden_act {cfg.hidden_act!r}; only exact 'gelu' is mapped")
+    if not cfg.use_query_residual:
+        raise ValueError("from_huggingface: use_query_residual=False in the encoder is not mapped")
+    pre = hf_model.perceiver.input_preprocessor
+    kv_dim = pre.num_channels
+    cross_qk = cfg.qk_channels or (kv_dim if cfg.cross_attention_shape_for_attention == "kv" else cfg.d_latents)
+    config = models.PerceiverIOConfig(
+        num_classes=cfg.vocab_size if name == "PerceiverForMaskedLM" else cfg.num_labels,
+        num_latents=cfg.num_latents, latent_dim=cfg.d_latents, num_blocks=cfg.num_blocks,
+        num_self_attends_per_block=cfg.num_self_attends_per_block,
+        num_cross_attention_heads=cfg.num_cross_attention_heads, num_self_attention_heads=cfg.num_self_attention_heads,
+        cross_attention_qk_channels=cross_qk, cross_attention_v_channels=cfg.v_channels,
+        self_attention_qk_channels=cfg.qk_channels, self_attention_v_channels=cfg.v_channels,
+        cross_attention_widening_factor=cfg.cross_attention_widening_factor,
+        self_attention_widening_factor=cfg.self_attention_widening_factor)
+    if name == "PerceiverForMaskedLM":
+        dec = hf_model.perceiver.decoder
+        att = dec.decoding_cross_attention.attention.self
+        n_pos = cfg.max_position_embeddings
+        config.decoder_num_heads, config.decoder_qk_channels = att.num_heads, att.qk_channels
+        config.decoder_v_channels, config.decoder_query_residual = att.v_channels, False
+        config.output_head = "tied_embedding"
+        adapter = {"class": "TextAdapter", "kwargs": dict(input_shape=(n_pos,), vocab_size=cfg.vocab_size,
+                                                          num_channels=cfg.d_model, max_seq_len=n_pos)}
+        queries = {"class": "TrainableQueries",
+                   "kwargs": dict(num_queries=n_pos, num_channels=cfg.d_model, match_input_length=True)}
+        return {"model": "PerceiverIO", "config": asdict(config), "adapter": adapter, "queries": queries}
+
+    size = image_size or (cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0])
+    kw: dict[str, Any] = dict(input_shape=(size, size, pre.in_channels))
+    if pre.prep_type == "pixels":
+        kw.update(prep="pixels")
+    elif pre.prep_type == "conv1x1":
+        kw.update(prep="conv1x1", prep_channels=pre.out_channels)
+    else:
+        kw.update(prep="conv", prep_channels=pre.out_channels)
+    if pre.position_encoding_type == "fourier":
+        pe = pre.position_embeddings
+        if not pe.concat_pos or pe.sine_only:
+            raise ValueError("from_huggingface: only concat_pos=True, sine_only=False Fourier features are mapped")
+        kw.update(position_encoding="fourier", num_frequency_bands=pe.num_bands, max_resolution=tuple(pe.max_resolution))
+    else:
+        if pre.concat_or_add_pos != "concat":
+            raise ValueError("from_huggingface: only concatenated learned positions are mapped")
+        kw.update(position_encoding="learned", num_position_channels=pre.project_pos_dim)
+    queries = {"class": "TrainableQueries", "kwargs": dict(num_queries=1, num_channels=cfg.d_latents)}
+    return {"model": "PerceiverIO", "config": asdict(config), "adapter": {"class": "ImageAdapter", "kwargs": kw},
+            "queries": queries}
+
+
+def _layer(sd: dict[str, Tensor], hf: str, ours: str, self_attention: bool) -> dict[str, Tensor]:
+    """One HF PerceiverLayer -> our CrossAttentionLayer / SelfAttentionLayer (fusing q/k/v weights)."""
+    a, out = f"{hf}.attention.self", {}
+    for p in ("weight", "bias"):
+        q, k, v = (sd[f"{a}.{n}.{p}"] for n in ("query", "key", "value"))
+        if self_attention:
+            out[f"{ours}.norm.{p}"] = sd[f"{a}.layernorm1.{p}"]
+            out[f"{ours}.to_qkv.{p}"] = torch.cat([q, k, v])
+        else:
+            out[f"{ours}.norm_q.{p}"] = sd[f"{a}.layernorm1.{p}"]
+            out[f"{ours}.norm_kv.{p}"] = sd[f"{a}.layernorm2.{p}"]
+            out[f"{ours}.to_q.{p}"] = q
+            out[f"{ours}.to_kv.{p}"] = torch.cat([k, v])
+        out[f"{ours}.proj.{p}"] = sd[f"{hf}.attention.output.dense.{p}"]
+        out[f"{ours}.norm_mlp.{p}"] = sd[f"{hf}.layernorm.{p}"]
+        out[f"{ours}.mlp.0.{p}"] = sd[f"{hf}.mlp.dense1.{p}"]
+        out[f"{ours}.mlp.2.{p}"] = sd[f"{hf}.mlp.dense2.{p}"]
+    return out
+
+
+def _state_dict(hf_model: nn.Module, num_self_attends: int) -> dict[str, Tensor]:
+    sd = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
+    name, P = type(hf_model).__name__, "perceiver"
+    out = {"latents": sd[f"{P}.embeddings.latents"]}
+    out |= _layer(sd, f"{P}.encoder.cross_attention", "encoder", self_attention=False)
+    for i in range(num_self_attends):
+        out |= _layer(sd, f"{P}.encoder.self_attends.{i}", f"processor.0.{i}", self_attention=True)
+    pre = f"{P}.input_preprocessor"
+    if name == "PerceiverForMaskedLM":
+        dec = f"{P}.decoder"
+        out["adapter.embedding.weight"] = sd[f"{pre}.embeddings.weight"]
+        out["adapter.pos.embeddings"] = sd[f"{pre}.position_embeddings.weight"]
+        out["head_bias"] = sd["embedding_decoder.bias"]
+    else:
+        dec = f"{P}.decoder.decoder"
+        out["head.weight"], out["head.bias"] = sd[f"{dec}.final_layer.weight"], sd[f"{dec}.final_layer.bias"]
+        prep = hf_model.perceiver.input_preprocessor
+        if prep.prep_type == "conv1x1":
+            out["adapter.prep.weight"], out["adapter.prep.bias"] = sd[f"{pre}.convnet_1x1.weight"], sd[f"{pre}.convnet_1x1.bias"]
+        elif prep.prep_type == "conv":
+            out["adapter.prep.0.weight"] = sd[f"{pre}.convnet.conv.weight"]
+            for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                out[f"adapter.prep.1.{k}"] = sd[f"{pre}.convnet.batchnorm.{k}"]
+        if prep.position_encoding_type == "trainable":
+            # HF projects its learned table through a Linear every forward; fold it into the table once.
+            with torch.no_grad():
+                out["adapter.pos.embeddings"] = prep.positions_projection(
+                    prep.position_embeddings.position_embeddings).detach().clone()
+    out["queries.queries"] = sd[f"{dec}.output_position_encodings.position_embeddings"]
+    out |= _layer(sd, f"{dec}.decoding_cross_attention", "decoder", self_attention=False)
+    return out
+
+
+def from_huggingface(hf_model: nn.Module, image_size: int | None = None, return_spec: bool = False):
+    """Our PerceiverIO with the weights of an HF Perceiver model (see SUPPORTED).
+
+    image_size: the images the model will see (sets the adapter's input_shape; default config.image_size).
+    """
+    spec = _hf_spec(hf_model, image_size)
+    model = _build_with_weights(spec, _state_dict(hf_model, hf_model.config.num_self_attends_per_block))
+    model.train(hf_model.training)
+    return (model, spec) if return_spec else model
+
+
+def save_converted(model: nn.Module, spec: dict[str, Any], path: str) -> None:
+    torch.save({"format": FORMAT, "spec": spec, "state_dict": model.state_dict()}, path)
+
+
+def load_converted(path: str, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by `perceiver-lit-convert` (or save_converted) and load its weights."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a perceiver-lit converted checkpoint (expected format {FORMAT!r})")
+    return _build_with_weights(ckpt["spec"], ckpt["state_dict"]).eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="perceiver-lit-convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hf", required=True, help="local folder of an HF Perceiver model (config.json + weights)")
+    parser.add_argument("--out", required=True, help="output checkpoint file (spec + state_dict)")
+    parser.add_argument("--image-size", type=int, default=None, help="image side the model will see")
+    args = parser.parse_args(argv)
+
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(args.hf, local_files_only=True)
+    arch = (config.architectures or [None])[0]
+    if arch not in SUPPORTED:
+        raise SystemExit(f"{args.hf}/config.json: architectures={config.architectures}; expected one of "
+                         f"{', '.join(SUPPORTED)}")
+    hf_model = getattr(transformers, arch).from_pretrained(args.hf, local_files_only=True).eval()
+    model, spec = from_huggingface(hf_model, args.image_size, return_spec=True)
+    save_converted(model, spec, args.out)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"converted {arch} ({n:,} parameters) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

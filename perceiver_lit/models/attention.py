@@ -1,0 +1,186 @@
+"""Perceiver building blocks: cross-attention and latent self-attention layers (pre-LN, SDPA).
+
+A layer is  x = attn(LN(x), LN(inputs)) [+ x]  then  x = x + MLP(LN(x)),  as in Perceiver / Perceiver IO.
+All attention goes through torch.nn.functional.scaled_dot_product_attention. Self-attention fuses q, k, v
+into one projection; cross-attention fuses k and v (they read the same inputs). `convert.py` splits / joins
+HF's separate weights accordingly.
+
+FLOPs (`flops(...)`) count 2 x multiply-adds of every matmul (projections, QK^T, AV, MLP); norms, softmax,
+GELU and residual adds are left out, as in the papers' counts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, pad_mask: Tensor | None = None,
+              dropout_p: float = 0.0, pad_head_dims: bool | None = None) -> Tensor:
+    """Multi-head attention on projected q (B, N, Cqk), k (B, M, Cqk), v (B, M, Cv) -> (B, N, Cv).
+
+    pad_mask: bool (B, M), True at padded keys (they get no attention). Scale 1/sqrt(Cqk / num_heads).
+    pad_head_dims: zero-pad head dims to a multiple of 8 (default: on CUDA) so that SDPA can pick a fused
+    kernel; the ImageNet cross-attention has 261 channels. Zeros change neither QK^T nor AV.
+    """
+    B, N, _ = q.shape
+    M = k.shape[1]
+    q = q.view(B, N, num_heads, -1).transpose(1, 2)  # (B, h, N, dqk)
+    k = k.view(B, M, num_heads, -1).transpose(1, 2)  # (B, h, M, dqk)
+    v = v.view(B, M, num_heads, -1).transpose(1, 2)  # (B, h, M, dv)
+    dqk, dv = q.shape[-1], v.shape[-1]
+    scale = None
+    if (q.is_cuda if pad_head_dims is None else pad_head_dims) and (dqk % 8 or dv % 8):
+        scale = dqk ** -0.5
+        q, k = F.pad(q, (0, -dqk % 8)), F.pad(k, (0, -dqk % 8))
+        v = F.pad(v, (0, -dv % 8))
+    mask = None if pad_mask is None else ~pad_mask[:, None, None, :]  # (B, 1, 1, M), True = attend
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return out[..., :dv].transpose(1, 2).reshape(B, N, -1)  # (B, h, N, dv) -> (B, N, Cv)
+
+
+@torch.no_grad()
+def trunc_normal_(t: Tensor, std: float) -> Tensor:
+    """In place: N(0, std^2) truncated at +-2 std, by inverse-CDF sampling (one pass; torch's rejection loop
+    takes seconds on large CPU tensors)."""
+    bound = math.erf(2 / math.sqrt(2))
+    return t.uniform_(-bound, bound).erfinv_().mul_(std * math.sqrt(2)).clamp_(-2 * std, 2 * std)
+
+
+def init_linear_(module: nn.Module) -> None:
+    """DeepMind's Haiku init for every Linear (VarianceScaling(1.0)): truncated normal cut at 2 std with
+    variance 1/fan_in (0.8796 corrects the truncation's loss of variance); zero bias. Apply with model.apply."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, module.in_features ** -0.5 / 0.87962566103423978)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class MLP(nn.Sequential):
+    """Linear(dim -> widening * dim) -> GELU -> Linear(-> dim)."""
+
+    def __init__(self, dim: int, widening_factor: int = 1, dropout: float = 0.0):
+        super().__init__(nn.Linear(dim, widening_factor * dim), nn.GELU(), nn.Linear(widening_factor * dim, dim),
+                         nn.Dropout(dropout))
+
+
+class _Layer(nn.Module):
+    """Shared tail of both layers: the MLP residual, dropout and the activation-checkpointing switch."""
+
+    checkpoint: bool
+
+    def forward(self, *args, **kwargs) -> Tensor:
+        if self.checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, *args, use_reentrant=False, **kwargs)
+        return self._forward(*args, **kwargs)
+
+    def _mlp_residual(self, x: Tensor) -> Tensor:
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class CrossAttentionLayer(_Layer):
+    """Queries x (B, N, q_dim) attend to inputs (B, M, kv_dim); output (B, N, q_dim).
+
+    qk_channels defaults to kv_dim (DeepMind's "kv" shape for attention), v_channels to qk_channels.
+    use_query_residual=False drops the attention residual (decoders whose queries are positions, not outputs).
+    """
+
+    def __init__(self, q_dim: int, kv_dim: int, num_heads: int = 1, qk_channels: int | None = None,
+                 v_channels: int | None = None, widening_factor: int = 1, dropout: float = 0.0,
+                 use_query_residual: bool = True, checkpoint: bool = False):
+        super().__init__()
+        qk_channels = qk_channels or kv_dim
+        v_channels = v_channels or qk_channels
+        if qk_channels % num_heads or v_channels % num_heads:
+            raise ValueError(f"CrossAttentionLayer: qk_channels {qk_channels} / v_channels {v_channels} "
+                             f"not divisible by num_heads {num_heads}")
+        self.num_heads, self.qk_channels, self.v_channels = num_heads, qk_channels, v_channels
+        self.use_query_residual, self.dropout, self.checkpoint = use_query_residual, dropout, checkpoint
+        self.norm_q = nn.LayerNorm(q_dim)
+        self.norm_kv = nn.LayerNorm(kv_dim)
+        self.to_q = nn.Linear(q_dim, qk_channels)
+        self.to_kv = nn.Linear(kv_dim, qk_channels + v_channels)  # fused [k; v]
+        self.proj = nn.Linear(v_channels, q_dim)
+        self.proj_drop = nn.Dropout(dropout)
+        self.norm_mlp = nn.LayerNorm(q_dim)
+        self.mlp = MLP(q_dim, widening_factor, dropout)
+
+    def _forward(self, x: Tensor, inputs: Tensor | None, pad_mask: Tensor | None = None, kv: Tensor | None = None,
+                 return_kv: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """x (B, N, q_dim), inputs (B, M, kv_dim) -> (B, N, q_dim).
+
+        kv / return_kv: a layer applied again to the same inputs (the Perceiver's shared cross-attends) can
+        reuse its projected [k; v] (B, M, Cqk + Cv) instead of recomputing LN + projection over all M inputs.
+        """
+        if kv is None:
+            kv = self.to_kv(self.norm_kv(inputs))                                   # (B, M, Cqk + Cv)
+        k, v = kv.split([self.qk_channels, self.v_channels], dim=-1)
+        q = self.to_q(self.norm_q(x))                                                # (B, N, Cqk)
+        a = attention(q, k, v, self.num_heads, pad_mask, self.dropout if self.training else 0.0)  # (B, N, Cv)
+        a = self.proj_drop(self.proj(a))                                            # (B, N, q_dim)
+        x = x + a if self.use_query_residual else a
+        x = self._mlp_residual(x)
+        return (x, kv) if return_kv else x
+
+    def flops(self, num_queries: int, num_inputs: int, project_kv: bool = True) -> int:
+        q_dim, kv_dim = self.to_q.in_features, self.to_kv.in_features
+        macs = num_queries * q_dim * self.qk_channels                          # q
+        macs += num_inputs * kv_dim * (self.qk_channels + self.v_channels) * project_kv  # k, v
+        macs += num_queries * num_inputs * (self.qk_channels + self.v_channels)  # QK^T, AV
+        macs += num_queries * self.v_channels * q_dim                          # output projection
+        macs += num_queries * 2 * q_dim * self.mlp[0].out_features             # MLP
+        return 2 * macs
+
+
+class SelfAttentionLayer(_Layer):
+    """Latent self-attention: x (B, N, dim) -> (B, N, dim), fused qkv projection."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qk_channels: int | None = None, v_channels: int | None = None,
+                 widening_factor: int = 1, dropout: float = 0.0, checkpoint: bool = False):
+        super().__init__()
+        qk_channels = qk_channels or dim
+        v_channels = v_channels or qk_channels
+        if qk_channels % num_heads or v_channels % num_heads:
+            raise ValueError(f"SelfAttentionLayer: qk_channels {qk_channels} / v_channels {v_channels} "
+                             f"not divisible by num_heads {num_heads}")
+        self.num_heads, self.qk_channels, self.v_channels = num_heads, qk_channels, v_channels
+        self.dropout, self.checkpoint = dropout, checkpoint
+        self.norm = nn.LayerNorm(dim)
+        self.to_qkv = nn.Linear(dim, 2 * qk_channels + v_channels)  # fused [q; k; v]
+        self.proj = nn.Linear(v_channels, dim)
+        self.proj_drop = nn.Dropout(dropout)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, widening_factor, dropout)
+
+    def _forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+        q, k, v = self.to_qkv(self.norm(x)).split([self.qk_channels, self.qk_channels, self.v_channels], dim=-1)
+        a = attention(q, k, v, self.num_heads, pad_mask, self.dropout if self.training else 0.0)  # (B, N, Cv)
+        x = x + self.proj_drop(self.proj(a))
+        return self._mlp_residual(x)
+
+    def flops(self, num_latents: int) -> int:
+        dim = self.norm.normalized_shape[0]
+        macs = num_latents * dim * (2 * self.qk_channels + self.v_channels)
+        macs += num_latents * num_latents * (self.qk_channels + self.v_channels)
+        macs += num_latents * self.v_channels * dim
+        macs += num_latents * 2 * dim * self.mlp[0].out_features
+        return 2 * macs
+
+
+class SelfAttentionBlock(nn.ModuleList):
+    """A latent Transformer: num_layers SelfAttentionLayers applied in order."""
+
+    def __init__(self, num_layers: int, dim: int, **layer_kwargs):
+        super().__init__([SelfAttentionLayer(dim, **layer_kwargs) for _ in range(num_layers)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self:
+            x = layer(x)
+        return x
+
+    def flops(self, num_latents: int) -> int:
+        return sum(layer.flops(num_latents) for layer in self)

@@ -1,0 +1,125 @@
+"""Perceiver (Jaegle et al. 2021): a latent array repeatedly cross-attends to the inputs, with a latent
+Transformer after each cross-attend; classification from the mean latent.
+
+Weight sharing as in the paper: cross-attends 2..n share one set of weights, the first has its own ("sharing
+the initial cross-attention led to instability"); all latent Transformer blocks share one set of weights.
+Either can be switched off (the paper's unshared ImageNet model has 326.2M parameters instead of 44.9M).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .adapters import InputAdapter
+from .attention import CrossAttentionLayer, SelfAttentionBlock, init_linear_, trunc_normal_
+from .position import LearnedPositionEncoding
+from .queries import TrainableQueries
+
+
+@dataclass
+class PerceiverConfig:
+    num_classes: int = 1000
+    num_latents: int = 512
+    latent_dim: int = 1024
+    num_cross_attends: int = 8
+    num_blocks: int | None = None            # latent blocks; default one per cross-attend
+    num_self_attends_per_block: int = 6
+    num_cross_attention_heads: int = 1
+    num_self_attention_heads: int = 8
+    cross_attention_qk_channels: int | None = None   # None: the input channels ("kv" shape)
+    cross_attention_widening_factor: int = 1
+    self_attention_widening_factor: int = 1
+    share_cross_attends: bool = True
+    share_latent_blocks: bool = True
+    dropout: float = 0.0
+    activation_checkpointing: bool = False
+
+
+def init_latents(num: int, dim: int) -> nn.Parameter:
+    """Learned (num, dim) array, truncated normal std 0.02 cut at 2 std (DeepMind's initialiser)."""
+    p = nn.Parameter(torch.empty(num, dim))
+    trunc_normal_(p, std=0.02)
+    return p
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Latents, position / query / modality embeddings, norms and biases: every parameter of ndim < 2,
+    plus learned position tables, query arrays and latent arrays."""
+    names = {n for n, p in model.named_parameters() if p.ndim < 2 or n.split(".")[-1] == "latents"}
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, (LearnedPositionEncoding, TrainableQueries)):
+            names |= {f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_parameters()}
+    return names
+
+
+class Perceiver(nn.Module):
+    """adapter -> [cross-attend -> latent Transformer] x num_blocks -> mean over latents -> LayerNorm -> Linear.
+
+    forward(inputs, pad_mask=None) -> (B, num_classes) logits.
+    """
+
+    def __init__(self, adapter: InputAdapter, num_classes: int = 1000, num_latents: int = 512,
+                 latent_dim: int = 1024, num_cross_attends: int = 8, num_blocks: int | None = None,
+                 num_self_attends_per_block: int = 6, num_cross_attention_heads: int = 1,
+                 num_self_attention_heads: int = 8, cross_attention_qk_channels: int | None = None,
+                 cross_attention_widening_factor: int = 1, self_attention_widening_factor: int = 1,
+                 share_cross_attends: bool = True, share_latent_blocks: bool = True, dropout: float = 0.0,
+                 activation_checkpointing: bool = False):
+        super().__init__()
+        cfg = PerceiverConfig(**{k: v for k, v in locals().items() if k in PerceiverConfig.__dataclass_fields__})
+        cfg.num_blocks = num_blocks or num_cross_attends
+        if cfg.num_cross_attends > cfg.num_blocks:
+            raise ValueError(f"Perceiver: num_cross_attends {num_cross_attends} > num_blocks {cfg.num_blocks}")
+        self.config, self.adapter = cfg, adapter
+        self.latents = init_latents(num_latents, latent_dim)                   # (N, D)
+
+        def cross() -> CrossAttentionLayer:
+            return CrossAttentionLayer(latent_dim, adapter.num_output_channels, num_cross_attention_heads,
+                                       cross_attention_qk_channels, None, cross_attention_widening_factor,
+                                       dropout, checkpoint=activation_checkpointing)
+
+        def block() -> SelfAttentionBlock:
+            return SelfAttentionBlock(num_self_attends_per_block, latent_dim, num_heads=num_self_attention_heads,
+                                      widening_factor=self_attention_widening_factor, dropout=dropout,
+                                      checkpoint=activation_checkpointing)
+
+        n_cross = min(cfg.num_cross_attends, 2) if share_cross_attends else cfg.num_cross_attends
+        self.cross_attends = nn.ModuleList([cross() for _ in range(n_cross)])
+        self.blocks = nn.ModuleList([block() for _ in range(1 if share_latent_blocks else cfg.num_blocks)])
+        # Which unique module runs at step i: cross-attend 0 alone, 1..n-1 on the shared one when sharing.
+        self._cross_index = [min(i, n_cross - 1) for i in range(cfg.num_cross_attends)]
+        self._block_index = [min(i, len(self.blocks) - 1) for i in range(cfg.num_blocks)]
+        self.norm = nn.LayerNorm(latent_dim)
+        self.head = nn.Linear(latent_dim, num_classes)
+        self.apply(init_linear_)
+
+    @classmethod
+    def from_config(cls, adapter: InputAdapter, config: PerceiverConfig) -> "Perceiver":
+        return cls(adapter=adapter, **asdict(config))
+
+    def forward(self, inputs: Tensor | dict[str, Tensor], pad_mask: Tensor | None = None) -> Tensor:
+        x, mask = self.adapter(inputs, pad_mask)                               # (B, M, C), (B, M) or None
+        z = self.latents.expand(x.shape[0], -1, -1)                            # (B, N, D)
+        kv: dict[int, Tensor] = {}  # a shared cross-attend projects the inputs to k, v once, not n - 1 times
+        for i, b in enumerate(self._block_index):
+            if i < len(self._cross_index):
+                c = self._cross_index[i]
+                z, kv[c] = self.cross_attends[c](z, x, mask, kv=kv.get(c), return_kv=True)  # (B, N, D)
+            z = self.blocks[b](z)                                              # (B, N, D)
+        return self.head(self.norm(z.mean(dim=1)))                             # (B, num_classes)
+
+    def no_weight_decay(self) -> set[str]:
+        return no_weight_decay_names(self)
+
+    def flops_per_sample(self) -> int:
+        """Analytic forward FLOPs (2 x multiply-adds of the matmuls) for one sample, as executed: a shared
+        cross-attend projects k, v once (the paper's 707.2B counts that projection at every cross-attend)."""
+        n, m = self.config.num_latents, self.adapter.num_elements
+        flops = self.adapter.flops()
+        flops += sum(self.cross_attends[c].flops(n, m, project_kv=c not in self._cross_index[:i])
+                     for i, c in enumerate(self._cross_index))
+        flops += sum(self.blocks[b].flops(n) for b in self._block_index)
+        return flops + 2 * self.head.in_features * self.head.out_features

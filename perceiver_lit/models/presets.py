@@ -1,0 +1,95 @@
+"""The papers' models by name. Each preset function returns a built model; the *_CONFIG constants hold the
+model hyperparameters (the adapter is built from the input shape).
+
+| preset | params | paper |
+|---|---|---|
+| perceiver_imagenet | 44,914,302 | Perceiver, 8 cross-attends (2..8 shared) x 6 shared self-attends, 44.9M |
+| perceiver_io_imagenet | 48,440,627 | Perceiver IO, = HF deepmind/vision-perceiver-fourier |
+| perceiver_audioset | (input dependent) | 2 cross-attends x 8 self-attends, no sharing |
+| perceiver_modelnet40 | 44,774,250 | 2 cross-attends x 6 self-attends, 64 bands, max frequency 1120 |
+| perceiver_io_language | 201,108,230 | HF deepmind/language-perceiver shapes (masked byte modelling) |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from .adapters import AudioAdapter, ImageAdapter, MultimodalAdapter, PointCloudAdapter, TextAdapter, VideoAdapter
+from .perceiver import Perceiver, PerceiverConfig
+from .perceiver_io import PerceiverIO, PerceiverIOConfig
+from .queries import TrainableQueries
+
+PERCEIVER_IMAGENET_CONFIG = PerceiverConfig(num_classes=1000, num_latents=512, latent_dim=1024, num_cross_attends=8,
+                                            num_self_attends_per_block=6, num_cross_attention_heads=1,
+                                            num_self_attention_heads=8)
+PERCEIVER_IO_IMAGENET_CONFIG = PerceiverIOConfig(num_classes=1000, num_latents=512, latent_dim=1024, num_blocks=8,
+                                                 num_self_attends_per_block=6, num_cross_attention_heads=1,
+                                                 num_self_attention_heads=8)
+PERCEIVER_AUDIOSET_CONFIG = PerceiverConfig(num_classes=527, num_latents=512, latent_dim=1024, num_cross_attends=2,
+                                            num_self_attends_per_block=8, share_cross_attends=False,
+                                            share_latent_blocks=False)
+PERCEIVER_MODELNET40_CONFIG = PerceiverConfig(num_classes=40, num_latents=512, latent_dim=1024, num_cross_attends=2,
+                                              num_self_attends_per_block=6)
+PERCEIVER_IO_LANGUAGE_CONFIG = PerceiverIOConfig(
+    num_classes=262, num_latents=256, latent_dim=1280, num_blocks=1, num_self_attends_per_block=26,
+    num_cross_attention_heads=8, num_self_attention_heads=8, cross_attention_qk_channels=256,
+    cross_attention_v_channels=1280, self_attention_qk_channels=256, self_attention_v_channels=1280,
+    decoder_num_heads=8, decoder_qk_channels=256, decoder_v_channels=768, decoder_query_residual=False,
+    output_head="tied_embedding")
+
+
+def perceiver_imagenet(input_shape: Sequence[int] = (224, 224, 3), **overrides) -> Perceiver:
+    """Perceiver, ImageNet: 64 Fourier bands at max resolution 224 (261 input channels), 44.9M params."""
+    adapter = ImageAdapter(input_shape, num_frequency_bands=64, max_resolution=(224, 224))
+    return Perceiver.from_config(adapter, replace(PERCEIVER_IMAGENET_CONFIG, **overrides))
+
+
+def perceiver_io_imagenet(input_shape: Sequence[int] = (224, 224, 3), **overrides) -> PerceiverIO:
+    """Perceiver IO, ImageNet (Fourier positions): exactly HF's vision-perceiver-fourier (48,440,627 params)."""
+    adapter = ImageAdapter(input_shape, num_frequency_bands=64, max_resolution=(224, 224))
+    return PerceiverIO.from_config(adapter, replace(PERCEIVER_IO_IMAGENET_CONFIG, **overrides))
+
+
+def perceiver_audioset(input_shape: Mapping[str, Sequence[int]] | Sequence[int] = None, video_patch=(2, 8, 8),
+                       samples_per_patch: int = 128, video_dropout: float = 0.3, **overrides) -> Perceiver:
+    """Perceiver, AudioSet (527 labels). input_shape: {"video": (T, H, W, C), "audio": (S,) or (F, M)} for
+    audio+video (paper: 32 x 224 x 224 x 3 and 61,440 samples), or one shape: 4-D video, 1-/2-D audio."""
+    input_shape = input_shape or {"video": (32, 224, 224, 3), "audio": (61440,)}
+    if isinstance(input_shape, Mapping):
+        adapter = MultimodalAdapter(input_shape, {"video": {"patch_size": video_patch},
+                                                  "audio": {"samples_per_patch": samples_per_patch}},
+                                    min_padding_size=4, modality_dropout={"video": video_dropout})
+    elif len(input_shape) == 4:
+        adapter = VideoAdapter(input_shape, patch_size=video_patch)
+    else:
+        adapter = AudioAdapter(input_shape, samples_per_patch=samples_per_patch)
+    return Perceiver.from_config(adapter, replace(PERCEIVER_AUDIOSET_CONFIG, **overrides))
+
+
+def perceiver_modelnet40(input_shape: Sequence[int] = (2048, 3), **overrides) -> Perceiver:
+    """Perceiver, ModelNet40 point clouds: Fourier features of xyz, 64 bands, max frequency 1120."""
+    adapter = PointCloudAdapter(input_shape, num_frequency_bands=64, max_frequency=1120.0)
+    return Perceiver.from_config(adapter, replace(PERCEIVER_MODELNET40_CONFIG, **overrides))
+
+
+def perceiver_io_language(input_shape: Sequence[int] = (2048,), **overrides) -> PerceiverIO:
+    """Perceiver IO masked byte model with HF's deepmind/language-perceiver shapes (d_model 768,
+    256 x 1280 latents, 26 self-attends, 2048 positions); logits (B, L, 262)."""
+    adapter = TextAdapter(input_shape, vocab_size=262, num_channels=768, max_seq_len=2048)
+    queries = TrainableQueries(2048, 768, match_input_length=True)
+    return PerceiverIO.from_config(adapter, replace(PERCEIVER_IO_LANGUAGE_CONFIG, **overrides), queries)
+
+
+PRESETS = {f.__name__: f for f in (perceiver_imagenet, perceiver_io_imagenet, perceiver_audioset,
+                                   perceiver_modelnet40, perceiver_io_language)}
+
+
+def build_preset(name: str, **kwargs):
+    """A preset by name, e.g. build_preset("perceiver_io_imagenet", num_classes=10)."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name](**kwargs)
+
+
+__all__ = ["PRESETS", "build_preset", *PRESETS]
