@@ -1,0 +1,612 @@
+"""The streaming DataModule every modality builds on: URLs, resampled training, exact eval, safe decoding.
+
+How a modality plugs in (see image.py for a complete, short example)::
+
+    class MyDataModule(StreamingDataModule):
+        input_exts = ("npy",)                 # extensions that may hold the input; nothing else is ever read
+
+        def __init__(self, my_option: int = 1, **kwargs):
+            super().__init__(**kwargs)        # base args: urls, batch_size, num_workers, num_classes, ...
+            self.input_shape = (1024, 3)      # per-sample shape of batch["inputs"] (a fact, set in __init__)
+
+        def decode_inputs(self, sample, train):   # sample: {"__key__", "__url__", ext: bytes}
+            x = ...                           # decode sample[ext] for one ext in input_exts, then transform
+            return torch.as_tensor(x)         # a Tensor, or a dict of Tensors (multimodal)
+
+A subclass may also override `permute_inputs` (how `permute_seed` applies; default: elements of the flattened
+leading dims, see transforms/permute.py), `decode_target` (default: `cls` or `json`) and `extra_fields` (text
+adds `pad_mask`). Everything else (sharding, shuffling, batching, corrupt-sample handling, DDP) lives here.
+
+A sample that fails to decode (truncated image, bad npy, missing label or input) raises inside `decode_inputs` /
+`decode_target`; the base catches it, logs ONE warning line naming shard and key, counts it
+(`self.corrupt_samples`) and goes on. Nothing is ever unpickled: shards are read as raw bytes and only the
+subclass's `input_exts` plus `cls`/`json` are looked at.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import re
+import sys
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from braceexpand import braceexpand
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+log = logging.getLogger("datamodules")
+
+INDEX_NAME = "index.json"  # written by perceiver-lit-shards next to the shards: {"shards": {basename: count}}
+_KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's convention: key = path up to the first dot
+
+
+class DataError(RuntimeError):
+    """A data problem found before or while streaming: names the pattern, shard or key, and what to do."""
+
+
+# --------------------------------------------------------------------------------------------------------- URLs
+def is_local(url: str) -> bool:
+    """Local file paths (and file: URLs) can be checked and counted at setup; pipe:/http(s)/s3 cannot."""
+    return not url.startswith("pipe:") and ("://" not in url or url.startswith("file://"))
+
+
+def expand_urls(spec: str | Sequence[str] | None, check: bool = True) -> list[str]:
+    """Brace-expand one pattern, a '::'-separated string of patterns, or a list of them.
+
+    With `check`, every local path must exist; the error names the pattern that matched nothing.
+    """
+    if spec is None:
+        return []
+    patterns = spec.split("::") if isinstance(spec, str) else list(spec)
+    urls: list[str] = []
+    for pattern in patterns:
+        expanded = list(braceexpand(pattern))
+        if check:
+            local = [u.removeprefix("file://") for u in expanded if is_local(u)]
+            missing = [u for u in local if not os.path.isfile(u)]
+            if local and len(missing) == len(local):
+                raise DataError(f"shard pattern {pattern!r} matches no file (checked {len(local)} paths)")
+            if missing:
+                raise DataError(f"shard pattern {pattern!r}: {len(missing)} of {len(local)} files missing, "
+                                f"first {missing[0]!r}")
+        urls.extend(expanded)
+    return urls
+
+
+def read_index_counts(urls: Sequence[str]) -> dict[str, int] | None:
+    """Sample count per url from the writers' index.json next to each shard; None if any is unknown."""
+    counts: dict[str, int] = {}
+    cache: dict[str, dict] = {}
+    for url in urls:
+        if not is_local(url):
+            return None
+        path = url.removeprefix("file://")
+        index_path = os.path.join(os.path.dirname(path), INDEX_NAME)
+        if index_path not in cache:
+            if not os.path.isfile(index_path):
+                return None
+            with open(index_path) as f:
+                cache[index_path] = json.load(f).get("shards", {})
+        n = cache[index_path].get(os.path.basename(path))
+        if n is None:
+            return None
+        counts[url] = int(n)
+    return counts
+
+
+# ------------------------------------------------------------------------------------------------ shard reading
+class ShardOpenError(DataError):
+    """A shard that cannot be opened at all (missing, no permission, a failing pipe: command, not a tar)."""
+
+
+def iter_tar_samples(url: str, on_truncated: Callable[[str, str, Exception], None]) -> Iterator[dict[str, Any]]:
+    """Yield {"__key__", "__url__", ext: raw bytes} per sample of one tar shard, in stream order.
+
+    Raises ShardOpenError when the shard cannot be opened or its first header is unreadable. A shard that breaks
+    later (truncated member) calls `on_truncated(url, last_key, exc)` and stops: the rest is unreadable.
+    """
+    import webdataset as wds  # gopen knows pipe:, http(s) via curl, s3 via aws, gs via gsutil, local paths
+
+    try:
+        stream = wds.gopen(url, "rb")
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+    except Exception as e:  # noqa: BLE001 - any opening failure becomes one clear error
+        raise ShardOpenError(f"cannot open shard {url!r}: {type(e).__name__}: {e}") from e
+    current: dict[str, Any] | None = None
+    key = "<after the last complete member>"
+    try:
+        try:
+            for member in tar:
+                if not member.isreg():
+                    continue
+                m = _KEY_RE.match(member.name)
+                if m is None or os.path.basename(member.name).startswith("__"):
+                    continue
+                key, ext = m.group(1), m.group(2).lower()
+                if current is not None and current["__key__"] != key:
+                    yield current
+                    current = None
+                data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                if len(data) != member.size:
+                    raise tarfile.ReadError(f"member {member.name!r} truncated ({len(data)}/{member.size} bytes)")
+                if current is None:
+                    current = {"__key__": key, "__url__": url}
+                current[ext] = data
+                key = "<after the last complete member>"
+        except (tarfile.TarError, EOFError, OSError) as e:
+            on_truncated(url, current["__key__"] if current is not None else key, e)
+            return  # the sample being read when the stream broke is dropped with the rest of the shard
+        if current is not None:
+            yield current
+    finally:
+        tar.close()
+        if hasattr(stream, "close"):
+            stream.close()
+
+
+# -------------------------------------------------------------------------------------------- the dataset itself
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def train_batches_per_worker(samples_per_epoch: int, batch_size: int, world: int, num_workers: int,
+                             worker: int) -> int:
+    """Batches one worker yields per epoch: every rank gets samples_per_epoch // (world * batch_size) batches,
+    spread over its workers (the first `rem` workers take one more), so DDP ranks stay in lockstep."""
+    per_rank = samples_per_epoch // (world * batch_size)
+    base, rem = divmod(per_rank, max(num_workers, 1))
+    return base + (1 if worker < rem else 0)
+
+
+class ShardStream(IterableDataset):
+    """Yields collated batches. Train: endless resampled shards cut to a fixed epoch. Eval: one exact pass.
+
+    The DataLoader runs it with batch_size=None; batching happens here, per worker, after the shuffle buffer.
+    """
+
+    def __init__(self, dm: StreamingDataModule, urls: list[str], train: bool, counts: dict[str, int] | None):
+        self.dm, self.urls, self.train, self.counts = dm, urls, train, counts
+        self.epoch = 0
+        # rank and world are fixed in the main process (the loader sets them): a DataLoader worker may not
+        # see the process group, and the trainer knows the world before torch.distributed is up
+        self.rank, self.world = _rank_world()
+
+    def __len__(self) -> int:  # batches on this rank: exact for train, and for eval when index.json has counts
+        rank, world = self.rank, self.world
+        bs = self.dm.batch_size
+        if self.train:
+            return self.dm.samples_per_epoch // (world * bs)
+        if self.counts is None:
+            raise TypeError("eval length unknown without an index.json")
+        nw = max(self.dm.num_workers, 1)
+        return sum(math.ceil(sum(self.counts[u] for u in self._eval_urls(rank, world, w, nw)) / bs)
+                   for w in range(nw))
+
+    def _eval_urls(self, rank: int, world: int, worker: int, num_workers: int) -> list[str]:
+        return self.urls[rank * num_workers + worker :: world * num_workers]
+
+    def _samples(self, urls: Iterator[str] | list[str], exact: bool) -> Iterator[dict[str, Any]]:
+        """Raw samples of `urls` in order; unopenable shards raise or are skipped; eval counts are checked."""
+        dm = self.dm
+        bad_in_a_row = 0
+        for url in urls:
+            if bad_in_a_row > 2 * len(self.urls) + 10:
+                raise DataError(f"{bad_in_a_row} shards in a row could not be opened, e.g. {url!r}")
+            try:
+                n = 0
+                truncated = []
+                for raw in iter_tar_samples(url, lambda u, k, e: (truncated.append(e), dm._corrupt(u, k, e))):
+                    n += 1
+                    yield raw  # still bytes: the shuffle buffer holds compressed samples, decode comes after
+            except ShardOpenError as e:
+                if not dm.skip_bad_shards:
+                    raise
+                dm._bad_shard(url, e)
+                bad_in_a_row += 1
+                continue
+            bad_in_a_row = 0
+            if exact and dm.check_counts and self.counts is not None and n != self.counts[url]:
+                raise DataError(f"shard {url!r} held {n} samples, index.json says {self.counts[url]}"
+                                + (" (truncated tar)" if truncated else "")
+                                + "; rewrite the shard or pass check_counts=False")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        dm = self.dm
+        rank, world = self.rank, self.world
+        worker, num_workers = _worker()
+        dm._worker_slot = worker + 1 if get_worker_info() is not None else 0
+        # epoch is set in the main process (MixingLoader) before workers copy the dataset
+        rng = random.Random(hash((dm.seed, self.epoch, rank, worker)) & 0xFFFFFFFF)
+        # int tuples hash the same in every process (str hashes are salted per process)
+        dm.rng = random.Random(hash((dm.seed, self.epoch, rank, worker, 1)) & 0xFFFFFFFF)
+        if self.train:
+            n_batches = train_batches_per_worker(dm.samples_per_epoch, dm.batch_size, world, num_workers, worker)
+            raw = _shuffle(self._samples(self._resampled(rng), exact=False), dm.shuffle_buffer, rng)
+            samples = _good(map(dm._make_sample, raw, itertools.repeat(True)))
+            for _ in range(n_batches):
+                yield dm.collate([next(samples) for _ in range(dm.batch_size)])
+            return
+        if len(self.urls) < world * num_workers:
+            raise DataError(f"{len(self.urls)} eval shards for {world} ranks x {num_workers} workers: each worker "
+                            "needs at least one shard; write more, smaller shards (--maxcount) or lower num_workers")
+        batch: list[dict[str, Any]] = []
+        for raw in self._samples(self._eval_urls(rank, world, worker, num_workers), exact=True):
+            sample = dm._make_sample(raw, False)
+            if sample is None:
+                continue
+            batch.append(sample)
+            if len(batch) == dm.batch_size:
+                yield dm.collate(batch)
+                batch = []
+        if batch:  # the last partial batch is kept: every sample is seen exactly once
+            yield dm.collate(batch)
+
+    def _resampled(self, rng: random.Random) -> Iterator[str]:
+        """Shards drawn with replacement, forever; a run of unopenable shards stops with an error."""
+        while True:
+            yield rng.choice(self.urls)
+
+
+def _good(samples: Iterator[dict[str, Any] | None], limit: int = 1000) -> Iterator[dict[str, Any]]:
+    """Drop the corrupt (None) samples; `limit` corrupt ones in a row means the data is wrong, not damaged."""
+    bad = 0
+    for s in samples:
+        if s is None:
+            bad += 1
+            if bad >= limit:
+                raise DataError(f"{bad} corrupt samples in a row: check the data module's input_exts, "
+                                "num_classes and transforms against the shards (see the warnings above)")
+            continue
+        bad = 0
+        yield s
+
+
+def _shuffle(samples: Iterator[dict], bufsize: int, rng: random.Random, initial: int = 64) -> Iterator[dict]:
+    """Shuffle buffer: starts yielding at `initial` samples, then grows (two in, one out) up to `bufsize`,
+    so the first batch does not wait for a full buffer."""
+    buf: list[dict] = []
+    initial = min(initial, bufsize)
+    for s in samples:
+        buf.append(s)
+        if len(buf) < bufsize:
+            nxt = next(samples, None)
+            if nxt is not None:
+                buf.append(nxt)
+        if len(buf) >= initial:
+            i = rng.randrange(len(buf))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
+    rng.shuffle(buf)
+    yield from buf
+
+
+def batch_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty batch tensor; in a DataLoader worker it lives in shared memory from the start, so sending the
+    batch to the main process costs no extra copy (as torch's default_collate does)."""
+    out = torch.empty(shape, dtype=dtype)
+    return out.share_memory_() if get_worker_info() is not None else out
+
+
+def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack into a batch_buffer."""
+    out = batch_buffer((len(tensors), *tensors[0].shape), tensors[0].dtype)
+    return torch.stack(tensors, out=out)
+
+
+class MixingLoader(DataLoader):
+    """A DataLoader that mixes samples across `mix` consecutive batches (which come from different workers),
+    the cross-worker shuffle. Batch count and size are unchanged, so per-rank step counts stay exact."""
+
+    def __init__(self, *args: Any, mix: int = 1, mix_seed: int = 0, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.mix, self._gen = mix, torch.Generator().manual_seed(mix_seed)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if isinstance(self.dataset, ShardStream):  # set before the workers copy the dataset
+            trainer = getattr(self.dataset.dm, "trainer", None)
+            # the trainer's epoch makes a resumed run continue the same sequence; alone, count the passes
+            self.dataset.epoch = trainer.current_epoch if trainer is not None else self.dataset.epoch + 1
+        it = super().__iter__()
+        if self.mix <= 1:
+            yield from it
+            return
+        while True:
+            group = [b for _, b in zip(range(self.mix), it)]
+            if not group:
+                return
+            if len(group) == 1:
+                yield group[0]
+                continue
+            yield from _mix(group, self._gen)
+
+
+def _mix(group: list[dict[str, Any]], gen: torch.Generator) -> list[dict[str, Any]]:
+    """Re-deal the samples of `group` (batches) into batches of the same sizes, in a random order.
+    Each sample row is copied once (no cat-then-index double copy)."""
+    sizes = [len(b["key"]) for b in group]
+    perm = torch.randperm(sum(sizes), generator=gen).tolist()
+    bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+
+    def deal(values: list[Any]) -> list[Any]:
+        if isinstance(values[0], dict):
+            parts = {k: deal([v[k] for v in values]) for k in values[0]}
+            return [{k: parts[k][i] for k in parts} for i in range(len(sizes))]
+        rows = [row for v in values for row in (v.unbind(0) if isinstance(v, torch.Tensor) else v)]
+        picked = [[rows[p] for p in perm[bounds[i] : bounds[i + 1]]] for i in range(len(sizes))]
+        return [torch.stack(r) for r in picked] if isinstance(values[0], torch.Tensor) else picked
+
+    parts = {k: deal([b[k] for b in group]) for k in group[0]}
+    return [{k: parts[k][i] for k in parts} for i in range(len(group))]
+
+
+# ----------------------------------------------------------------------------------------------- the DataModule
+class StreamingDataModule(L.LightningDataModule):
+    """WebDataset-style tar shards -> batches `{"inputs", "target", "key"}` (docs/architecture.md).
+
+    Args:
+        train_urls, val_urls, test_urls: shard URLs: brace patterns ("d/train-{000000..000009}.tar"), local paths,
+            "pipe:cmd", http(s)/s3/gs URLs (webdataset's gopen); a list or a "::"-separated string of patterns.
+        batch_size: per device.
+        num_workers: DataLoader workers per device (0: in the main process).
+        shuffle_buffer: samples in each worker's shuffle buffer (training).
+        samples_per_epoch: training samples per epoch over all ranks; sets a fixed, equal batch count per rank.
+            Default: the train count from index.json.
+        num_classes, multilabel: label facts (multi-label: `json` list of class indices -> multi-hot).
+        permute_seed, permute_block: one fixed permutation of input elements (docs/architecture.md).
+        skip_bad_shards: warn and skip shards that cannot be opened instead of raising.
+        check_counts: compare eval sample counts with index.json (mismatch is an error).
+        mix_batches: cross-worker shuffle: this many consecutive batches (from different workers) are re-dealt
+            in the main process (training with num_workers > 1; 1 = off). Costs one copy per sample.
+        seed: base seed for shard resampling and shuffling (each rank and worker derives its own).
+    """
+
+    input_exts: tuple[str, ...] = ()  # the extensions a subclass decodes; nothing else is ever read
+    label_exts: tuple[str, ...] = ("cls", "json")
+
+    def __init__(
+        self,
+        train_urls: str | list[str] | None = None,
+        val_urls: str | list[str] | None = None,
+        test_urls: str | list[str] | None = None,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        shuffle_buffer: int = 1000,
+        samples_per_epoch: int | None = None,
+        num_classes: int = 10,
+        multilabel: bool = False,
+        permute_seed: int | None = None,
+        permute_block: int | tuple[int, ...] = 1,
+        skip_bad_shards: bool = False,
+        check_counts: bool = True,
+        mix_batches: int = 4,
+        pin_memory: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.train_urls, self.val_urls, self.test_urls = train_urls, val_urls, test_urls
+        self.batch_size, self.num_workers, self.shuffle_buffer = batch_size, num_workers, shuffle_buffer
+        self.samples_per_epoch = samples_per_epoch
+        self.num_classes, self.multilabel = num_classes, multilabel
+        self.permute_seed, self.permute_block = permute_seed, permute_block
+        self.skip_bad_shards, self.check_counts = skip_bad_shards, check_counts
+        self.mix_batches, self.pin_memory, self.seed = mix_batches, pin_memory, seed
+        self.input_shape: tuple[int, ...] | dict[str, tuple[int, ...]] = ()  # set by the subclass
+        # one counter slot per DataLoader worker (+ slot 0 for the main process), in shared memory so the
+        # training process can read what its workers counted: see `corrupt_samples`
+        self._counters = torch.zeros(2, 65, dtype=torch.int64).share_memory_()  # [corrupt, bad shards] x slot
+        self._worker_slot = 0
+        self._warned: set[tuple[str, str]] = set()
+        self.rng = random.Random(seed)  # augmentation randomness; reseeded per epoch, rank and worker
+        self._streams: dict[str, ShardStream] = {}
+
+    # ---- the corrupt-data hook the training side reads
+    @property
+    def corrupt_samples(self) -> int:
+        """Corrupt samples skipped so far on this rank (all workers, all epochs). A task or the
+        `LogCorruptSamples` callback logs it; sum over ranks with sync_dist."""
+        return int(self._counters[0].sum())
+
+    @property
+    def bad_shards(self) -> int:
+        """Shards skipped because they could not be opened (skip_bad_shards=True)."""
+        return int(self._counters[1].sum())
+
+    def _corrupt(self, url: str, key: str, exc: BaseException) -> None:
+        self._counters[0, min(self._worker_slot, 64)] += 1
+        if (url, key) in self._warned:  # resampled shards meet the same bad sample again: warn once per worker
+            return
+        self._warned.add((url, key))
+        log.warning("corrupt sample skipped: shard=%s key=%s: %s: %s", url, key, type(exc).__name__, exc)
+
+    def _bad_shard(self, url: str, exc: BaseException) -> None:
+        self._counters[1, min(self._worker_slot, 64)] += 1
+        log.warning("unreadable shard skipped (skip_bad_shards=True): %s", exc)
+
+    # ---- per-sample decoding (runs in the workers)
+    def decode_inputs(self, sample: dict[str, Any], train: bool) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Decode and transform the input of one raw sample; raise on bad data. Subclasses implement it."""
+        raise NotImplementedError
+
+    def find_ext(self, sample: dict[str, Any], exts: Sequence[str] | None = None) -> str:
+        """The first of `exts` (default: input_exts) present in a raw sample, else a KeyError naming both."""
+        exts = self.input_exts if exts is None else exts
+        for ext in exts:
+            if ext in sample:
+                return ext
+        found = sorted(k for k in sample if not k.startswith("__"))
+        raise KeyError(f"no input among {list(exts)}; sample has {found}")
+
+    def decode_target(self, sample: dict[str, Any]) -> torch.Tensor:
+        """`cls`: ASCII class index -> int64 (). `json`: a list of indices (or {"label": ...}) -> float32 (C,)
+        multi-hot when multilabel, else its single index."""
+        if "cls" in sample and not self.multilabel:
+            y = int(sample["cls"].decode("ascii").strip())
+            if not 0 <= y < self.num_classes:
+                raise ValueError(f"label {y} outside [0, {self.num_classes})")
+            return torch.tensor(y, dtype=torch.int64)
+        if "json" in sample:
+            obj = json.loads(sample["json"].decode("utf-8"))
+            labels = obj.get("label", obj.get("labels")) if isinstance(obj, dict) else obj
+            labels = [labels] if isinstance(labels, int) else list(labels)
+            if any(not isinstance(c, int) or not 0 <= c < self.num_classes for c in labels):
+                raise ValueError(f"labels {labels} not class indices in [0, {self.num_classes})")
+            if not self.multilabel:
+                if len(labels) != 1:
+                    raise ValueError(f"single-label data module got {len(labels)} labels")
+                return torch.tensor(labels[0], dtype=torch.int64)
+            target = torch.zeros(self.num_classes, dtype=torch.float32)
+            target[labels] = 1.0
+            return target
+        raise KeyError(f"no label: expected one of {list(self.label_exts)}")
+
+    def permute_inputs(self, inputs: Any) -> Any:
+        """Apply the fixed `permute_seed` permutation (default: elements = all dims but the last)."""
+        from datamodules.transforms.permute import permute_elements
+
+        return permute_elements(inputs, self.permute_seed, block=self.permute_block)
+
+    def extra_fields(self, sample: dict[str, Any], inputs: Any) -> dict[str, Any]:
+        """Extra per-sample tensors to batch (text: pad_mask). Default: none."""
+        return {}
+
+    def _make_sample(self, raw: dict[str, Any], train: bool) -> dict[str, Any] | None:
+        try:
+            inputs = self.decode_inputs(raw, train)
+            if self.permute_seed is not None:
+                inputs = self.permute_inputs(inputs)
+            target = self.decode_target(raw) if self.needs_label else self.default_target(inputs)
+            extra = self.extra_fields(raw, inputs)  # after the permutation: a pad_mask follows the bytes
+        except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupt sample
+            self._corrupt(raw.get("__url__", "?"), raw.get("__key__", "?"), e)
+            return None
+        return {"inputs": inputs, "target": target, "key": raw["__key__"], **extra}
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Stack per-sample tensors (and dicts of tensors); keys become a list of str."""
+        out: dict[str, Any] = {}
+        for k, v in samples[0].items():
+            if k == "key":
+                out[k] = [s[k] for s in samples]
+            elif isinstance(v, dict):
+                out[k] = {kk: stack([s[k][kk] for s in samples]) for kk in v}
+            else:
+                out[k] = stack([s[k] for s in samples])
+        return out
+
+    # ---- Lightning hooks
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else _rank_world()
+
+    def _world(self) -> int:
+        return self._rank_and_world()[1]
+
+    def setup(self, stage: str | None = None) -> None:
+        world, nw = self._world(), max(self.num_workers, 1)
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], None: ["train", "val", "test"]}
+        for split in wanted.get(stage, ["train", "val", "test"]):
+            spec = getattr(self, f"{split}_urls")
+            if spec is None or split in self._streams:
+                continue
+            urls = expand_urls(spec)
+            counts = read_index_counts(urls)
+            if split == "train":
+                if self.samples_per_epoch is None:
+                    if counts is None:
+                        raise DataError("samples_per_epoch is needed: no index.json counts for train_urls "
+                                        f"{spec!r}")
+                    self.samples_per_epoch = sum(counts.values())
+                if self.samples_per_epoch < world * self.batch_size:
+                    raise DataError(f"samples_per_epoch={self.samples_per_epoch} < {world} ranks x batch_size "
+                                    f"{self.batch_size}: no full batch per rank")
+            elif len(urls) < world * nw:
+                raise DataError(f"{split}_urls has {len(urls)} shards for {world} ranks x {nw} workers: exact eval "
+                                "gives each worker whole shards; write more, smaller shards (perceiver-lit-shards "
+                                "--maxcount) or lower num_workers")
+            self._check_first_sample(split, urls)
+            self._streams[split] = ShardStream(self, urls, train=split == "train", counts=counts)
+
+    def _check_first_sample(self, split: str, urls: list[str]) -> None:
+        """Fail before training if the first sample of the first local shard lacks the input or the label."""
+        if not urls or not is_local(urls[0]):
+            return
+        try:
+            raw = next(iter_tar_samples(urls[0], lambda *a: None), None)
+        except ShardOpenError:
+            if self.skip_bad_shards:
+                return
+            raise
+        if raw is None:
+            return
+        found = sorted(k for k in raw if not k.startswith("__"))
+        if self.input_exts and not any(e in raw for e in self.input_exts):
+            raise DataError(f"{split} shard {urls[0]!r} key {raw['__key__']!r}: no input key among "
+                            f"{list(self.input_exts)} (found {found})")
+        if self.needs_label and not any(e in raw for e in self.label_exts):
+            raise DataError(f"{split} shard {urls[0]!r} key {raw['__key__']!r}: no label key among "
+                            f"{list(self.label_exts)} (found {found})")
+
+    needs_label = True  # False: unlabelled data (text MLM); the target comes from default_target
+
+    def default_target(self, inputs: Any) -> torch.Tensor:
+        return torch.tensor(-1, dtype=torch.int64)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()  # workers started by spawn get the module without its trainer
+        state["trainer"] = None
+        return state
+
+    def _loader(self, split: str) -> DataLoader:
+        if split not in self._streams:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        if split not in self._streams:
+            raise DataError(f"no {split}_urls configured")
+        stream = self._streams[split]
+        stream.rank, stream.world = self._rank_and_world()
+        train = split == "train"
+        return MixingLoader(
+            stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=False, mix=self.mix_batches if train and self.num_workers > 1 else 1,
+            mix_seed=self.seed + stream.rank,
+            prefetch_factor=2 if self.num_workers > 0 else None,
+            # fork on Linux even inside spawned DDP ranks (whose default became spawn): workers start in
+            # milliseconds instead of re-importing torch + Lightning each epoch
+            multiprocessing_context="fork" if self.num_workers > 0 and sys.platform == "linux" else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+class LogCorruptSamples(L.Callback):
+    """Logs `data/corrupt_samples` and `data/bad_shards` (summed over ranks) at each train epoch end."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        if isinstance(dm, StreamingDataModule):
+            pl_module.log("data/corrupt_samples", float(dm.corrupt_samples), reduce_fx="sum", sync_dist=True)
+            pl_module.log("data/bad_shards", float(dm.bad_shards), reduce_fx="sum", sync_dist=True)

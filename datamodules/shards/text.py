@@ -1,0 +1,95 @@
+"""`perceiver-lit-shards text`: text files -> `txt` shards (+ `cls` labels).
+
+Inputs are files or directories. `--unit file`: one sample per file; `--unit line`: one per non-empty line;
+`--unit fortune`: one per fortune (entries separated by a line holding '%', as in /usr/share/games/fortunes).
+Labels: `--label-from dir` (parent folder name), `file` (file name, e.g. one file per language), or `none`
+(masked byte modelling). Class names go to <out>/classes.json. Binary or non-UTF-8 files are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from datamodules.shards.writer import ShardSummary, split_items, write_shards
+
+
+def list_files(paths: list[str]) -> list[str]:
+    files: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            for dirpath, _, names in os.walk(p):
+                files += [os.path.join(dirpath, n) for n in sorted(names)]
+        elif os.path.isfile(p):
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"text input {p!r} does not exist")
+    return sorted(files)
+
+
+def split_text(text: str, unit: str) -> list[str]:
+    if unit == "file":
+        return [text] if text.strip() else []
+    if unit == "line":
+        return [line for line in text.splitlines() if line.strip()]
+    if unit == "fortune":
+        return [e.strip("\n") for e in text.replace("\r\n", "\n").split("\n%\n") if e.strip() and e.strip() != "%"]
+    raise ValueError(f"unknown --unit {unit!r}")
+
+
+def collect(paths: list[str], unit: str, label_from: str, suffixes: tuple[str, ...] = (".dat", ".u8", ".gz")
+            ) -> tuple[list[tuple[str, int | None]], list[str]]:
+    """[(text, label or None)], class names. Files ending in `suffixes` (fortune indexes etc.) are ignored."""
+    texts: list[tuple[str, str | None]] = []
+    for path in list_files(paths):
+        if path.endswith(suffixes):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (UnicodeDecodeError, OSError):
+            continue  # binary/other-encoding files are not text samples
+        name = {"dir": os.path.basename(os.path.dirname(path)), "file": os.path.basename(path),
+                "none": None}[label_from]
+        texts += [(t, name) for t in split_text(text, unit)]
+    if not texts:
+        raise ValueError(f"no UTF-8 text samples found in {paths}")
+    classes = sorted({n for _, n in texts if n is not None})
+    index = {c: i for i, c in enumerate(classes)}
+    return [(t, index[n] if n is not None else None) for t, n in texts], classes
+
+
+def encode(item: tuple[str, int | None]) -> dict[str, bytes]:
+    text, label = item
+    out = {"txt": text.encode("utf-8")}
+    if label is not None:
+        out["cls"] = str(label).encode()
+    return out
+
+
+def run(args: argparse.Namespace) -> list[ShardSummary]:
+    from datamodules.shards.cli import writer_kwargs
+
+    items, classes = collect(args.inputs, args.unit, args.label_from)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "classes.json"), "w") as f:
+        json.dump(classes, f, indent=1)
+    summaries = []
+    if args.val_fraction > 0:
+        items, val = split_items(items, args.val_fraction, args.seed)
+        summaries.append(write_shards(val, encode, args.out, "val", **writer_kwargs(args)))
+    summaries.insert(0, write_shards(items, encode, args.out, args.prefix, **writer_kwargs(args)))
+    return summaries
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from datamodules.shards.cli import add_common_args
+
+    p = subparsers.add_parser("text", help="text files/lines/fortunes -> txt (+ cls) shards")
+    p.add_argument("inputs", nargs="+", help="files or directories")
+    p.add_argument("--unit", choices=["file", "line", "fortune"], default="line", help="what one sample is")
+    p.add_argument("--label-from", choices=["dir", "file", "none"], default="none", help="where the label comes from")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction as val-*")
+    add_common_args(p)
+    p.set_defaults(func=run)

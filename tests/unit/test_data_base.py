@@ -1,0 +1,153 @@
+"""StreamingDataModule: URL checks, fixed train epochs, exact eval passes, count checks, clear errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from datamodules.base import DataError, expand_urls, read_index_counts, train_batches_per_worker
+from datamodules.image import ImageDataModule
+from datamodules.shards.writer import write_shards
+from tests.fixtures.data import npy_bytes, write_tar
+
+
+def encode_tiny(i: int) -> dict[str, bytes]:
+    return {"npy": npy_bytes(np.full((4, 4), i % 256, np.uint8)), "cls": str(i % 10).encode()}
+
+
+@pytest.fixture
+def tiny(tmp_path) -> str:
+    """5 train shards of uneven size (10, 10, 10, 7, 1 samples... via maxcount 10 over 38 items) -> pattern."""
+    s = write_shards(list(range(38)), encode_tiny, str(tmp_path), "train", maxcount=10, progress=False)
+    assert list(s.shards.values()) == [10, 10, 10, 8]
+    return s.pattern
+
+
+def make_dm(urls: str, **kw) -> ImageDataModule:
+    kw.setdefault("batch_size", 4)
+    kw.setdefault("num_workers", 0)
+    return ImageDataModule(train_urls=urls, val_urls=urls, image_size=4, crop=False, channels=1, hflip=False,
+                           num_classes=10, **kw)
+
+
+def test_facts_after_init():
+    dm = make_dm("x-{0..1}.tar")  # no file access before setup
+    assert (dm.num_classes, dm.input_shape, dm.multilabel, dm.permute_seed) == (10, (4, 4, 1), False, None)
+
+
+def test_expand_urls_errors_name_the_pattern(tmp_path):
+    with pytest.raises(DataError, match=r"nothing-\{0\.\.3\}\.tar.*matches no file"):
+        expand_urls(str(tmp_path / "nothing-{0..3}.tar"))
+    write_tar(str(tmp_path / "a-0.tar"), [{"__key__": "k", "cls": "1"}])
+    with pytest.raises(DataError, match="1 of 2 files missing"):
+        expand_urls(str(tmp_path / "a-{0..1}.tar"))
+    assert expand_urls([str(tmp_path / "a-0.tar"), "pipe:cat x"]) == [str(tmp_path / "a-0.tar"), "pipe:cat x"]
+
+
+@pytest.mark.parametrize("per_rank,workers", [(10, 3), (7, 2), (1, 4)])
+def test_train_batches_split_over_workers_sum_to_rank_total(per_rank, workers):
+    total = sum(train_batches_per_worker(per_rank * 2 * 8, 8, 2, workers, w) for w in range(workers))
+    assert total == per_rank
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_train_epoch_has_fixed_batch_count(tiny, workers):
+    dm = make_dm(tiny, num_workers=workers, samples_per_epoch=50, shuffle_buffer=8)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(loader) == 50 // 4
+    assert all(b["inputs"].shape == (4, 4, 4, 1) and b["target"].dtype.is_floating_point is False for b in batches)
+    assert len(list(loader)) == 12  # next epoch: same count
+
+
+def test_train_epochs_differ_but_are_seeded(tiny):
+    def keys(seed):
+        dm = make_dm(tiny, samples_per_epoch=20, shuffle_buffer=8, seed=seed, mix_batches=2)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        return [sum((b["key"] for b in loader), []) for _ in range(2)]
+
+    a, b = keys(1), keys(1)
+    assert a == b  # reproducible
+    assert a[0] != a[1]  # a new order each epoch
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_eval_pass_is_exact(tiny, workers):
+    dm = make_dm(tiny, num_workers=workers, batch_size=3)
+    dm.setup("validate")
+    keys = [k for b in dm.val_dataloader() for k in b["key"]]
+    assert len(keys) == 38 and len(set(keys)) == 38
+    assert len(dm.val_dataloader()) >= 38 // 3
+
+
+def test_samples_per_epoch_defaults_to_index_total(tiny):
+    dm = make_dm(tiny)
+    dm.setup("fit")
+    assert dm.samples_per_epoch == 38 and read_index_counts(expand_urls(tiny))
+
+
+def test_too_few_eval_shards_for_workers(tiny):
+    dm = make_dm(tiny, num_workers=5)
+    with pytest.raises(DataError, match="4 shards for 1 ranks x 5 workers.*lower num_workers"):
+        dm.setup("validate")
+
+
+def test_count_mismatch_is_an_error(tiny):
+    index = os.path.join(os.path.dirname(tiny), "index.json")
+    data = json.load(open(index))
+    data["shards"]["train-000001.tar"] = 11
+    json.dump(data, open(index, "w"))
+    dm = make_dm(tiny)
+    dm.setup("validate")
+    with pytest.raises(DataError, match=r"train-000001\.tar' held 10 samples, index.json says 11"):
+        list(dm.val_dataloader())
+
+
+def test_missing_label_key_fails_before_training(tmp_path):
+    url = write_tar(str(tmp_path / "s-0.tar"), [{"__key__": "a", "npy": npy_bytes(np.zeros((4, 4), np.uint8))}])
+    with pytest.raises(DataError, match=r"key 'a': no label key among \['cls', 'json'\] \(found \['npy'\]\)"):
+        make_dm(url, samples_per_epoch=8).setup("fit")
+    url = write_tar(str(tmp_path / "t-0.tar"), [{"__key__": "b", "cls": "1", "txt": "x"}])
+    with pytest.raises(DataError, match="no input key among"):
+        make_dm(url, samples_per_epoch=8).setup("fit")
+
+
+def test_unopenable_shard_is_an_error_unless_skipped(tiny, tmp_path, caplog):
+    bad = tmp_path / "bad-0.tar"
+    bad.write_bytes(b"this is not a tar file" * 10)
+    urls = [expand_urls(tiny)[0], str(bad)]
+    dm = make_dm(urls)
+    dm.setup("validate")
+    with pytest.raises(DataError, match="cannot open shard .*bad-0.tar"):
+        list(dm.val_dataloader())
+    dm = make_dm(urls, skip_bad_shards=True, check_counts=False)
+    dm.setup("validate")
+    with caplog.at_level(logging.WARNING, logger="datamodules"):
+        keys = [k for b in dm.val_dataloader() for k in b["key"]]
+    assert len(keys) == 10 and dm.bad_shards == 1
+    assert sum("bad-0.tar" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_pipe_urls_stream(tiny):
+    first = expand_urls(tiny)[0]
+    dm = make_dm(f"pipe:cat {first}", check_counts=False)
+    dm.setup("validate")
+    assert sum(len(b["key"]) for b in dm.val_dataloader()) == 10
+
+
+def test_multilabel_json_gives_multi_hot(tmp_path):
+    img = npy_bytes(np.zeros((4, 4), np.uint8))
+    url = write_tar(str(tmp_path / "m-0.tar"), [{"__key__": "a", "npy": img, "json": "[1, 3]"},
+                                                  {"__key__": "b", "npy": img, "json": '{"label": [0]}'}])
+    dm = make_dm(url, multilabel=True, check_counts=False)
+    dm.setup("validate")
+    (batch,) = list(dm.val_dataloader())
+    assert batch["target"].dtype.is_floating_point and batch["target"].shape == (2, 10)
+    assert batch["target"][0].nonzero().flatten().tolist() == [1, 3]
+    assert batch["target"][1].nonzero().flatten().tolist() == [0]

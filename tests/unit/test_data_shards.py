@@ -1,0 +1,95 @@
+"""Shard writers and the perceiver-lit-shards CLI: counts, index.json, maxcount/maxsize, parallel == serial."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+
+import pytest
+
+from datamodules.shards import cli
+from datamodules.shards.writer import split_items, write_shards
+
+
+def encode_sized(i: int) -> dict[str, bytes] | None:
+    if i == 13:
+        return None  # the encoder may skip an item
+    if i == 17:
+        raise ValueError("unreadable source")  # ... or fail on it: skipped with one log line
+    return {"bin": bytes(1000 + i), "cls": str(i % 3).encode()}
+
+
+def members(path: str) -> list[str]:
+    with tarfile.open(path) as tar:
+        return tar.getnames()
+
+
+def test_maxcount_index_and_skips(tmp_path):
+    s = write_shards(list(range(50)), encode_sized, str(tmp_path), "train", maxcount=16, progress=False)
+    assert s.samples == 48 and s.skipped == 2
+    assert list(s.shards) == [f"train-{i:06d}.tar" for i in range(4)]
+    index = json.load(open(tmp_path / "index.json"))["shards"]
+    assert index == s.shards
+    for name, n in s.shards.items():
+        assert len(members(str(tmp_path / name))) == 2 * n and n <= 16
+    assert s.pattern.endswith("train-{000000..000003}.tar") and "48 samples in 4 shards" in s.describe()
+
+
+def test_maxsize_splits_shards(tmp_path):
+    s = write_shards(list(range(20)), encode_sized, str(tmp_path), "x", maxcount=100, maxsize=5000,
+                     progress=False)
+    assert s.samples == 18 and len(s.shards) >= 4
+    for n in s.shards:  # headers + padded data within maxsize (the file itself rounds up to tar's 10 KiB record)
+        with tarfile.open(tmp_path / n) as tar:
+            assert sum(512 + (m.size + 511) // 512 * 512 for m in tar.getmembers()) <= 5000
+
+
+def test_parallel_equals_serial_and_rewrite_replaces(tmp_path):
+    a = write_shards(list(range(40)), encode_sized, str(tmp_path / "a"), "t", maxcount=7, workers=2, progress=False)
+    b = write_shards(list(range(40)), encode_sized, str(tmp_path / "b"), "t", maxcount=7, workers=1, progress=False)
+    assert a.shards == b.shards
+    for n in a.shards:
+        assert members(str(tmp_path / "a" / n)) == members(str(tmp_path / "b" / n))
+    # a smaller rewrite removes the stale higher-numbered shards and their index entries
+    c = write_shards(list(range(10)), encode_sized, str(tmp_path / "a"), "t", maxcount=7, progress=False)
+    assert sorted(p for p in os.listdir(tmp_path / "a") if p.endswith(".tar")) == list(c.shards)
+    assert json.load(open(tmp_path / "a" / "index.json"))["shards"] == c.shards
+
+
+def test_index_keeps_other_prefixes(tmp_path):
+    write_shards(list(range(5)), encode_sized, str(tmp_path), "train", progress=False)
+    write_shards(list(range(3)), encode_sized, str(tmp_path), "test", progress=False)
+    assert set(json.load(open(tmp_path / "index.json"))["shards"]) == {"train-000000.tar", "test-000000.tar"}
+
+
+def test_split_items_is_deterministic_and_disjoint():
+    tr, va = split_items(range(100), 0.2, seed=1)
+    assert len(va) == 20 and not set(tr) & set(va) and split_items(range(100), 0.2, seed=1) == (tr, va)
+
+
+def test_cli_fashion_mnist(tmp_path, capsys):
+    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        pytest.skip("dataset-fashion-mnist not installed")
+    rc = cli.main(["fashion-mnist", "--out", str(tmp_path), "--limit", "100", "--maxcount", "40",
+                   "--val-fraction", "0.2", "--format", "png", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "train: 80 samples in 2 shards" in out and "val: 20 samples in 1 shards" in out
+    assert "test: 100 samples in 3 shards" in out
+    assert members(str(tmp_path / "train-000000.tar"))[0].endswith(".png")
+
+
+def test_cli_lists_writers_and_skips_missing_modules(monkeypatch):
+    monkeypatch.setattr(cli, "SUBCOMMANDS", cli.SUBCOMMANDS + ("no_such_writer",))
+    parser = cli.build_parser()
+    choices = parser._subparsers._group_actions[0].choices  # the registered subcommands
+    assert {"image-folder", "fashion-mnist", "pointcloud", "text"} <= set(choices)
+
+
+def test_cli_text_fortunes(tmp_path, capsys):
+    src = "/usr/share/games/fortunes/science"
+    if not os.path.isfile(src):
+        pytest.skip("fortunes not installed")
+    cli.main(["text", src, "--unit", "fortune", "--label-from", "file", "--out", str(tmp_path), "--no-progress"])
+    assert "train:" in capsys.readouterr().out
+    assert json.load(open(tmp_path / "classes.json")) == ["science"]
