@@ -1,0 +1,173 @@
+"""Audio (flac/wav) -> raw waveform `float32 (B, S)` or log-mel `float32 (B, F, M)`; AudioSet-style multi-labels.
+
+The paper's AudioSet input: 48 kHz mono, 1.28 s clips = 61,440 samples (32 frames of 40 ms), read either raw
+(the adapter cuts 480 patches of 128 samples) or as a mel spectrogram.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from datamodules.base import DataError, StreamingDataModule, iter_tar_samples
+from datamodules.transforms import audio as A
+
+AUDIO_EXTS = ("flac", "wav", "ogg", "mp3")
+
+
+class AudioFeatures:
+    """The audio half shared by the audio and audio+video data modules: rate check/resampling, crop/pad, features.
+
+    Args:
+        sample_rate: the rate the model expects. A clip at another rate is resampled when `resample` is True,
+            else it is a corrupt sample (skipped, counted) and a rate mismatch in the first sample stops setup.
+        clip_samples: fixed output length S (61,440 = 1.28 s at 48 kHz).
+        features: "raw" -> (S,); "mel" -> log-mel (F, M), F = S // hop_length + 1.
+        n_fft, win_length, hop_length, n_mels, f_min, f_max, mel_scale ("htk" | "slaney"), mel_norm ("slaney" | None):
+            the log-mel settings (defaults at 48 kHz: 25 ms windows, 10 ms hop, 128 mel bins).
+    """
+
+    def __init__(self, sample_rate: int, clip_samples: int, resample: bool, features: str, n_fft: int,
+                 win_length: int | None, hop_length: int, n_mels: int, f_min: float, f_max: float | None,
+                 mel_scale: str, mel_norm: str | None):
+        if features not in ("raw", "mel"):
+            raise ValueError(f"features must be 'raw' or 'mel', got {features!r}")
+        self.sample_rate, self.clip_samples = sample_rate, clip_samples
+        self.resample, self.features = resample, features
+        self.mel = A.LogMel(sample_rate, n_fft, win_length, hop_length, n_mels, f_min, f_max, mel_scale,
+                            mel_norm) if features == "mel" else None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.mel is None:
+            return (self.clip_samples,)
+        return (self.mel.num_frames(self.clip_samples), self.mel.filters.shape[1])
+
+    def to_rate(self, wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        if sample_rate == self.sample_rate:
+            return wave
+        if not self.resample:
+            raise ValueError(f"audio is at {sample_rate} Hz, the config says sample_rate={self.sample_rate}; "
+                             "pass resample=True or re-shard with --sample-rate")
+        return A.resample(wave, sample_rate, self.sample_rate)
+
+    def window(self, sample_rate: int) -> int:
+        """Samples at `sample_rate` that resample to `clip_samples` at the config rate (checks the rate first)."""
+        if sample_rate != self.sample_rate and not self.resample:
+            self.to_rate(torch.zeros(0), sample_rate)  # raises the rate-mismatch error
+        return math.ceil(self.clip_samples * sample_rate / self.sample_rate)
+
+    def decode(self, data: bytes, train: bool, rng: Any = None) -> torch.Tensor:
+        """flac/wav bytes -> `(S,)` or `(F, M)`, decoding only the crop window."""
+        wave, sample_rate = A.decode_audio_window(data, self.window, train, rng)
+        return self(torch.from_numpy(wave), sample_rate, train, rng, start=0)
+
+    def __call__(self, wave: torch.Tensor, sample_rate: int, train: bool, rng: Any = None,
+                 start: int | None = None) -> torch.Tensor:
+        """Mono `(S_in,)` at `sample_rate` -> `(S,)` or `(F, M)`. `start`: window start in output-rate samples."""
+        wave = A.crop_or_pad(self.to_rate(wave, sample_rate), self.clip_samples, train, rng, start)
+        return wave if self.mel is None else self.mel(wave)
+
+
+class AudioDataModule(StreamingDataModule):
+    """AudioSet-style audio shards (`perceiver-lit-shards audio`): one flac/wav per sample + `json` labels.
+
+    Args (plus StreamingDataModule's and AudioFeatures' above):
+        num_classes, multilabel: AudioSet's 527 classes, multi-label (`json` lists -> multi-hot) by default.
+        Clips are randomly cropped in training, center-cropped in eval, zero-padded when short.
+        permute_block: raw audio permutes blocks of this many samples (set it to the adapter's patch size);
+            mel permutes single time-frequency bins (or permute_block x permute_block tiles).
+    """
+
+    input_exts = AUDIO_EXTS
+
+    def __init__(
+        self,
+        sample_rate: int = 48000,
+        clip_samples: int = 61440,
+        resample: bool = False,
+        features: str = "raw",
+        n_fft: int = 2048,
+        win_length: int | None = 1200,
+        hop_length: int = 480,
+        n_mels: int = 128,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        mel_scale: str = "htk",
+        mel_norm: str | None = "slaney",
+        num_classes: int = 527,
+        multilabel: bool = True,
+        **kwargs: Any,
+    ):
+        super().__init__(num_classes=num_classes, multilabel=multilabel, **kwargs)
+        self.audio = AudioFeatures(sample_rate, clip_samples, resample, features, n_fft, win_length, hop_length,
+                                   n_mels, f_min, f_max, mel_scale, mel_norm)
+        self.sample_rate, self.clip_samples, self.features = sample_rate, clip_samples, features
+        self.input_shape = self.audio.shape
+        check_permute_block(self)
+
+    def decode_inputs(self, sample: dict[str, Any], train: bool) -> torch.Tensor:
+        return self.audio.decode(sample[self.find_ext(sample)], train, self.rng)  # (S,) or (F, M)
+
+    def permute_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        from datamodules.transforms.permute import permute_elements
+
+        # raw (S,): blocks of permute_block samples; mel (F, M): every bin is an element (no channel dim)
+        return permute_elements(inputs, self.permute_seed, element_dims=inputs.ndim, block=self.permute_block)
+
+    def _check_first_sample(self, split: str, urls: list[str]) -> None:
+        """Besides the base's key check: a first clip at the wrong rate (and resample=False) stops setup here,
+        rather than every sample being skipped as corrupt."""
+        super()._check_first_sample(split, urls)
+        check_first_rate(self, split, urls, self.input_exts, self.audio)
+
+
+def check_permute_block(dm: StreamingDataModule) -> None:
+    """Apply the permutation to zeros of `input_shape` once, at config time: a block that does not tile the
+    sample is a config error here, not a stream of skipped samples later."""
+    if dm.permute_seed is None:
+        return
+    shape = dm.input_shape
+    zeros = {k: torch.zeros(v) for k, v in shape.items()} if isinstance(shape, dict) else torch.zeros(shape)
+    try:
+        dm.permute_inputs(zeros)
+    except ValueError as e:
+        raise ValueError(f"{type(dm).__name__}: permute_block does not tile input_shape {shape}: {e}") from e
+
+
+def check_first_rate(dm: StreamingDataModule, split: str, urls: list[str], exts: tuple[str, ...],
+                     audio: AudioFeatures) -> None:
+    """Read the first sample's audio header (soundfile; PyAV for audio inside an mp4) and compare its rate with
+    the config: a mismatch would otherwise make every sample a skipped corrupt one."""
+    if audio.resample or not urls or "://" in urls[0] or urls[0].startswith("pipe:"):
+        return
+    import io
+
+    try:
+        raw = next(iter_tar_samples(urls[0], lambda *a: None), None)
+    except Exception:  # noqa: BLE001 - the base check already reported unopenable shards
+        return
+    if raw is None:
+        return
+    ext = next((e for e in exts if e in raw), None)
+    try:
+        if ext in AUDIO_EXTS:
+            import soundfile as sf
+
+            rate = sf.info(io.BytesIO(raw[ext])).samplerate
+        elif ext is not None:  # an audio stream inside a video container
+            import av
+
+            with av.open(io.BytesIO(raw[ext])) as container:
+                if not container.streams.audio:
+                    return
+                rate = container.streams.audio[0].rate
+        else:
+            return
+    except Exception:  # noqa: BLE001 - a corrupt first sample is the streaming code's business
+        return
+    if rate != audio.sample_rate:
+        raise DataError(f"{split} shard {urls[0]!r} key {raw['__key__']!r}: audio at {rate} Hz, config "
+                        f"sample_rate={audio.sample_rate}; set resample=True or sample_rate={rate}")

@@ -1,0 +1,117 @@
+"""Audio+video -> `{"video": float32 (B, T, H, W, C), "audio": float32 (B, S) or (B, F, M)}`, time-aligned.
+
+Either one mp4 carries both streams (AudioSet clips as downloaded), or the sample holds the video (`mp4`) and the
+audio (`flac`/`wav`) under separate keys (`perceiver-lit-shards video --with-audio flac`). The audio window starts
+at the presentation time of the first sampled frame and lasts `num_frames * frame_stride / fps` seconds: it
+covers exactly the span of the frames the model sees.
+
+Paper (AudioSet, Perceiver): 32 frames at 25 fps = 1.28 s of video with the matching 61,440 samples at 48 kHz.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from datamodules.audio import AUDIO_EXTS, AudioFeatures, check_first_rate, check_permute_block
+from datamodules.base import StreamingDataModule
+from datamodules.transforms import audio as A
+from datamodules.transforms import video as V
+from datamodules.video import VIDEO_EXTS, VideoFrames
+
+
+class AudioVisualDataModule(StreamingDataModule):
+    """Time-aligned video + audio clips from one mp4 or from separate keys.
+
+    Args (plus StreamingDataModule's, VideoFrames' and AudioFeatures' of video.py / audio.py):
+        fps: the nominal frame rate; with num_frames and frame_stride it fixes the audio length
+            `clip_samples = round(num_frames * frame_stride / fps * sample_rate)` unless clip_samples is given.
+            The window's start always comes from the decoded frames' real timestamps.
+        audio_source: "auto" (a flac/wav key when the sample has one, else the mp4's audio stream), "mp4" or "key".
+        permute_block: video (t, h, w) blocks; audio_permute_block: raw-audio blocks (samples) for `permute_seed`.
+        shuffle_buffer: decoded clips held per worker for shuffling (100 by default: video clips are megabytes).
+    """
+
+    input_exts = VIDEO_EXTS
+
+    def __init__(
+        self,
+        num_frames: int = 32,
+        frame_stride: int = 1,
+        crop_size: int = 224,
+        short_side: int | None = 256,
+        mean: tuple[float, ...] = V.IMAGENET_MEAN,
+        std: tuple[float, ...] = V.IMAGENET_STD,
+        backend: str = "auto",
+        fps: float = 25.0,
+        sample_rate: int = 48000,
+        clip_samples: int | None = None,
+        resample: bool = False,
+        features: str = "raw",
+        n_fft: int = 2048,
+        win_length: int | None = 1200,
+        hop_length: int = 480,
+        n_mels: int = 128,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        mel_scale: str = "htk",
+        mel_norm: str | None = "slaney",
+        audio_source: str = "auto",
+        permute_block: int | tuple[int, int, int] = 1,
+        audio_permute_block: int = 1,
+        num_classes: int = 527,
+        multilabel: bool = True,
+        shuffle_buffer: int = 100,
+        **kwargs: Any,
+    ):
+        super().__init__(num_classes=num_classes, multilabel=multilabel, shuffle_buffer=shuffle_buffer, **kwargs)
+        if audio_source not in ("auto", "mp4", "key"):
+            raise ValueError(f"audio_source must be 'auto', 'mp4' or 'key', got {audio_source!r}")
+        self.permute_block = tuple(permute_block) if isinstance(permute_block, (list, tuple)) else permute_block
+        self.audio_permute_block, self.audio_source, self.fps = audio_permute_block, audio_source, fps
+        self.video = VideoFrames(num_frames, frame_stride, crop_size, short_side, mean, std, backend)
+        if clip_samples is None:
+            clip_samples = round(num_frames * frame_stride / fps * sample_rate)
+        self.sample_rate, self.clip_samples = sample_rate, clip_samples
+        self.audio = AudioFeatures(sample_rate, clip_samples, resample, features, n_fft, win_length, hop_length,
+                                   n_mels, f_min, f_max, mel_scale, mel_norm)
+        self.input_shape = {"video": self.video.shape, "audio": self.audio.shape}
+        check_permute_block(self)
+
+    def decode_inputs(self, sample: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:
+        data = sample[self.find_ext(sample)]
+        video, clip = self.video(data, train, self.rng)  # uint8 (T, H, W, C); normalised in collate
+        key = next((e for e in AUDIO_EXTS if e in sample), None) if self.audio_source != "mp4" else None
+        if key is not None:
+            wave, rate = A.decode_audio(sample[key])
+            audio_start = 0.0
+        elif self.audio_source == "key":
+            raise KeyError(f"audio_source='key' but the sample has none of {list(AUDIO_EXTS)}")
+        else:
+            wave, rate, audio_start = V.decode_mp4_audio(data)
+        # cut the frames' span at the file's rate (plus nothing else), then resample that piece to the config rate
+        start = round((clip.start_time - audio_start) * rate)
+        length = math.ceil(self.clip_samples * rate / self.sample_rate)
+        piece = A.crop_or_pad(torch.from_numpy(wave), length, train, start=start)
+        audio = self.audio(piece, rate, train, start=0)  # (S,) or (F, M)
+        return {"video": video, "audio": audio}
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = super().collate(samples)
+        batch["inputs"]["video"] = self.video.normalize(batch["inputs"]["video"])  # float32 (B, T, H, W, C)
+        return batch
+
+    def permute_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from datamodules.transforms.permute import permute_elements
+
+        audio = inputs["audio"]
+        return {"video": permute_elements(inputs["video"], self.permute_seed, element_dims=3, block=self.permute_block),
+                "audio": permute_elements(audio, self.permute_seed, element_dims=audio.ndim,
+                                          block=self.audio_permute_block)}
+
+    def _check_first_sample(self, split: str, urls: list[str]) -> None:
+        super()._check_first_sample(split, urls)
+        exts = () if self.audio_source == "mp4" else AUDIO_EXTS  # a separate audio key wins, as in decode_inputs
+        check_first_rate(self, split, urls, exts + (() if self.audio_source == "key" else VIDEO_EXTS), self.audio)

@@ -1,0 +1,201 @@
+"""`perceiver-lit-shards audio ROOT --labels CSV --out DIR`: audio files + a label CSV -> tar shards.
+
+Label CSVs understood (`--csv-format auto` tells them apart by the header):
+  simple    `path,labels` with a header; labels "3", "3,7" (class indices) or names ("Speech,Music") that
+            `--label-map` or a sorted vocabulary (written to OUT/classes.txt) turns into indices.
+  audioset  AudioSet segments (`# YTID, start_seconds, end_seconds, positive_labels`, `#` comment lines):
+            `--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088"`, with `--label-map class_labels_indices.csv`
+            (`index,mid,display_name`). The audio file of a row is found in ROOT by stem: `YTID`, or `YTID_<start>`
+            with the start in seconds or milliseconds (the usual downloader names). Rows without a file are
+            skipped and counted: AudioSet always has some.
+
+Each sample: the audio bytes under their extension (`flac`, `wav`, ...), `json` (list of class indices) and, with
+exactly one label, also `cls`. `--sample-rate SR` re-encodes to mono flac at SR on the way (band-limited resampler
+of datamodules/transforms/audio.py), so training never has to resample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+from datamodules.shards.cli import add_common_args, writer_kwargs
+from datamodules.shards.writer import ShardSummary, split_items, write_shards
+
+AUDIO_EXTS = (".flac", ".wav", ".ogg", ".mp3")
+
+
+# --------------------------------------------------------------------------------------------------- label maps
+def read_label_map(path: str | os.PathLike) -> dict[str, int]:
+    """`index,mid,display_name` (AudioSet's class_labels_indices.csv) or `index,name` -> {mid or name: index}.
+    Both the mid and the display name map to the index, so either may appear in a label CSV."""
+    mapping: dict[str, int] = {}
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f, skipinitialspace=True))
+    if not rows:
+        raise ValueError(f"label map {path} is empty")
+    start = 0 if rows[0][0].strip().isdigit() else 1  # skip a header row
+    for line, row in enumerate(rows[start:], start + 1):
+        if not row:
+            continue
+        if len(row) < 2 or not row[0].strip().isdigit():
+            raise ValueError(f"label map {path} line {line}: expected 'index,mid[,display_name]', got {row}")
+        for name in row[1:]:
+            mapping[name.strip()] = int(row[0])
+    return mapping
+
+
+def parse_labels(text: str, label_map: dict[str, int] | None) -> list[str | int]:
+    """"3,7" -> [3, 7]; names through `label_map`; unknown names stay strings (a vocabulary maps them later)."""
+    out: list[str | int] = []
+    for part in (p.strip() for p in text.replace(";", ",").split(",")):
+        if not part:
+            continue
+        if label_map is not None:
+            if part not in label_map:
+                raise ValueError(f"label {part!r} not in the label map")
+            out.append(label_map[part])
+        else:
+            out.append(int(part) if part.lstrip("-").isdigit() else part)
+    return out
+
+
+def index_labels(rows: list[tuple[str, list[str | int]]], out_dir: str) -> list[tuple[str, list[int]]]:
+    """Name labels -> indices of a sorted vocabulary, written to out_dir/classes.txt (ints pass unchanged)."""
+    names = sorted({label for _, labels in rows for label in labels if isinstance(label, str)})
+    if not names:
+        return [(path, [int(x) for x in labels]) for path, labels in rows]
+    if any(isinstance(label, int) for _, labels in rows for label in labels):
+        raise ValueError("label CSV mixes class indices and names; pass --label-map")
+    os.makedirs(out_dir, exist_ok=True)
+    Path(out_dir, "classes.txt").write_text("\n".join(names) + "\n")
+    vocab = {name: i for i, name in enumerate(names)}
+    return [(path, [vocab[str(x)] for x in labels]) for path, labels in rows]
+
+
+# ----------------------------------------------------------------------------------------------------- CSV rows
+def read_simple_csv(csv_path: str | os.PathLike, root: str | os.PathLike,
+                    label_map: dict[str, int] | None) -> list[tuple[str, list[str | int]]]:
+    """`path,labels` rows (header required) -> [(absolute path, labels)]."""
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f, skipinitialspace=True)
+        fields = [x.strip() for x in reader.fieldnames or []]
+        if "path" not in fields or not ({"labels", "label"} & set(fields)):
+            raise ValueError(f"{csv_path}: expected a header 'path,labels' (or 'path,label'), got {fields}")
+        column = "labels" if "labels" in fields else "label"
+        return [(os.path.join(root, row["path"].strip()), parse_labels(row[column] or "", label_map))
+                for row in reader]
+
+
+def read_audioset_csv(csv_path: str | os.PathLike, root: str | os.PathLike, label_map: dict[str, int],
+                      exts: Sequence[str] = AUDIO_EXTS) -> tuple[list[tuple[str, list[str | int]]], int]:
+    """AudioSet segment rows -> ([(file, labels)], rows whose file is missing)."""
+    by_stem: dict[str, str] = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in exts:
+                by_stem[stem] = os.path.join(dirpath, name)
+    rows, missing = [], 0
+    with open(csv_path, newline="") as f:
+        for row in csv.reader(f, skipinitialspace=True):
+            if not row or row[0].startswith("#"):
+                continue
+            if len(row) < 4:
+                raise ValueError(f"{csv_path}: expected 'YTID, start, end, \"labels\"', got {row}")
+            ytid, start = row[0].strip(), float(row[1])
+            candidates = (ytid, f"{ytid}_{int(start)}", f"{ytid}_{start:.3f}", f"{ytid}_{int(round(start * 1000))}",
+                          f"{ytid}_{start:.1f}")
+            path = next((by_stem[c] for c in candidates if c in by_stem), None)
+            if path is None:
+                missing += 1
+                continue
+            rows.append((path, parse_labels(row[3], label_map)))
+    return rows, missing
+
+
+def detect_csv_format(csv_path: str | os.PathLike) -> str:
+    with open(csv_path) as f:
+        first = f.readline()
+    return "audioset" if first.startswith("#") or "YTID" in first else "simple"
+
+
+# ----------------------------------------------------------------------------------------------------- encoding
+def encode_audio(item: tuple[str, list[int]], sample_rate: int | None = None) -> dict[str, bytes]:
+    """(path, labels) -> {"flac"|"wav"|...: bytes, "json": labels, ["cls"]}; re-encoded to mono flac at
+    `sample_rate` when given. Runs in writer processes; an unreadable file raises (skipped and counted)."""
+    path, labels = item
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    sample: dict[str, bytes] = {}
+    if sample_rate is None:
+        sample[ext] = Path(path).read_bytes()
+    else:
+        import soundfile as sf
+        import torch
+
+        from datamodules.transforms.audio import decode_audio, resample
+
+        wave, sr = decode_audio(Path(path).read_bytes())
+        if sr != sample_rate:
+            wave = resample(torch.from_numpy(wave), sr, sample_rate).numpy()
+        buf = io.BytesIO()
+        sf.write(buf, wave, sample_rate, format="FLAC")
+        sample["flac"] = buf.getvalue()
+    sample["json"] = json.dumps(sorted(set(labels))).encode()
+    if len(labels) == 1:
+        sample["cls"] = str(labels[0]).encode()
+    return sample
+
+
+def audio_items(root: str, labels_csv: str, csv_format: str = "auto",
+                label_map_path: str | None = None, out_dir: str = ".") -> list[tuple[str, list[int]]]:
+    """Resolve a label CSV into [(audio path, class indices)]."""
+    label_map = read_label_map(label_map_path) if label_map_path else None
+    fmt = detect_csv_format(labels_csv) if csv_format == "auto" else csv_format
+    if fmt == "audioset":
+        if label_map is None:
+            raise ValueError("AudioSet CSVs name classes by mid: pass --label-map class_labels_indices.csv")
+        rows, missing = read_audioset_csv(labels_csv, root, label_map)
+        if missing:
+            print(f"audio: {missing} rows of {labels_csv} have no audio file under {root} (skipped)")
+    elif fmt == "simple":
+        rows = read_simple_csv(labels_csv, root, label_map)
+    else:
+        raise ValueError(f"--csv-format must be auto, simple or audioset, got {fmt!r}")
+    return index_labels(rows, out_dir)
+
+
+def write_split_shards(items: list, encode, args: argparse.Namespace) -> list[ShardSummary]:
+    """Write `items` as args.prefix shards, holding out `--val-fraction` as `val` shards."""
+    kwargs = writer_kwargs(args)
+    if getattr(args, "val_fraction", 0) > 0:
+        train, val = split_items(items, args.val_fraction, seed=args.seed)
+        return [write_shards(train, encode, args.out, args.prefix, **kwargs),
+                write_shards(val, encode, args.out, "val", **{**kwargs, "shuffle": False})]
+    return [write_shards(items, encode, args.out, args.prefix, **kwargs)]
+
+
+def run(args: argparse.Namespace) -> list[ShardSummary]:
+    items = audio_items(args.root, args.labels, args.csv_format, args.label_map, args.out)
+    if not items:
+        raise SystemExit(f"audio: no samples found from {args.labels} under {args.root}")
+    return write_split_shards(items, partial(encode_audio, sample_rate=args.sample_rate), args)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("audio", help="audio files + label CSV (simple or AudioSet) -> shards",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", help="folder holding the audio files")
+    p.add_argument("--labels", required=True, help="label CSV: 'path,labels' or AudioSet segments")
+    p.add_argument("--csv-format", default="auto", choices=("auto", "simple", "audioset"))
+    p.add_argument("--label-map", default=None, help="index,mid,display_name CSV (AudioSet) or index,name")
+    p.add_argument("--sample-rate", type=int, default=None, help="re-encode to mono flac at this rate")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction as val-* shards")
+    add_common_args(p)
+    p.set_defaults(func=run)
