@@ -1,0 +1,18 @@
+"""Tasks: LightningModules that wrap any model with a loss, metrics, optimizer and schedule."""
+
+from perceiver_lit.tasks.base import Task
+from perceiver_lit.tasks.classification import Classification
+from perceiver_lit.tasks.mlm import MaskedByteModelling, mask_tokens
+from perceiver_lit.tasks.multilabel import MultilabelClassification
+from perceiver_lit.tasks.optim import Lamb, LRSchedule, param_groups
+
+__all__ = [
+    "Task",
+    "Classification",
+    "MultilabelClassification",
+    "MaskedByteModelling",
+    "mask_tokens",
+    "Lamb",
+    "LRSchedule",
+    "param_groups",
+]

@@ -1,0 +1,194 @@
+"""The shared spine of every task: the wrapped net, optimizer, per-step schedule, FSDP2 hook, bookkeeping logs.
+
+A task builds nothing model-specific: `net` arrives built (LightningCLI instantiates it from its `class_path`), and
+the task owns only loss, metrics, optimizer and schedule. Subclasses implement `shared_step`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from perceiver_lit.tasks.optim import LRSchedule, build_optimizer
+
+
+def _hparams_given_by_cli() -> bool:
+    """True while LightningCLI instantiates the task: it then hands save_hyperparameters the config (with `net`'s
+    class_path), which is what load_from_checkpoint needs to rebuild the net."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+        return _given_hyperparameters.get() is not None
+    except ImportError:  # pragma: no cover - older/newer Lightning
+        return False
+
+
+class Task(pl.LightningModule):
+    """Base task.
+
+    Args:
+        net: the model (`forward(inputs, pad_mask=None) -> logits`), chosen in config by class_path.
+        num_classes: classes (or vocab for MLM); the CLI links it from `data.num_classes`. Defaults to
+            `net.num_classes`.
+        optimizer: "adamw" or "lamb" (the papers' choice). Weight decay skips `net.no_weight_decay()`.
+        lr, weight_decay, betas, eps: optimizer settings (lr is the peak lr).
+        schedule: "constant", "step" (x decay_factor at each of decay_epochs) or "cosine" (flat for flat_epochs,
+            then cosine to 0 at the end of training). Steps per epoch come from the trainer's estimate.
+        warmup_epochs: linear warm-up (fractional epochs allowed); 0 in the papers.
+        compile: wrap the net with torch.compile in configure_model.
+    """
+
+    #: the validation metric that picks the best checkpoint, and whether higher is better.
+    monitor: tuple[str, str] = ("val/loss", "min")
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int | None = None,
+        optimizer: Literal["adamw", "lamb"] = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        schedule: Literal["constant", "step", "cosine"] = "cosine",
+        warmup_epochs: float = 0.0,
+        decay_epochs: list[float] | None = None,
+        decay_factor: float = 0.1,
+        flat_epochs: float = 0.0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=[] if _hparams_given_by_cli() else ["net"])
+        self.net = net
+        if num_classes is None:
+            num_classes = getattr(net, "num_classes", None) or getattr(getattr(net, "config", None), "num_classes", None)
+        if num_classes is None:
+            raise ValueError(
+                f"{type(self).__name__}: num_classes is unknown: pass model.init_args.num_classes or give the net a "
+                "`num_classes` attribute (the CLI links it from data.num_classes)"
+            )
+        self.num_classes = int(num_classes)
+        self.optimizer_name = optimizer
+        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, tuple(betas), eps
+        self.schedule = schedule
+        self.warmup_epochs, self.flat_epochs = warmup_epochs, flat_epochs
+        self.decay_epochs, self.decay_factor = list(decay_epochs or []), decay_factor
+        self.compile_net = compile
+        if schedule == "step" and not self.decay_epochs:
+            raise ValueError("model.init_args.decay_epochs: schedule 'step' needs the epochs to decay at")
+
+    # ---- model ------------------------------------------------------------------------------------------------
+
+    def forward(self, inputs: Any, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if pad_mask is None:
+            return self.net(inputs)
+        return self.net(inputs, pad_mask=pad_mask)
+
+    def configure_model(self) -> None:
+        # FSDP2 (ModelParallelStrategy) hands us a device mesh; the sharding plan lives in perceiver_lit.distributed,
+        # imported lazily so single-device runs never need it.
+        mesh = getattr(self, "device_mesh", None)
+        if mesh is not None:
+            try:
+                from perceiver_lit.distributed import shard_model
+            except ImportError as e:
+                raise ImportError(
+                    "A device mesh is set (ModelParallelStrategy) but perceiver_lit.distributed.shard_model is "
+                    f"missing: {e}"
+                ) from e
+            shard_model(self.net, mesh)
+        if self.compile_net and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
+            self.net = torch.compile(self.net)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    # ---- steps (subclasses implement shared_step) -------------------------------------------------------------
+
+    def shared_step(self, batch: dict, stage: str, batch_idx: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.shared_step(batch, "train", batch_idx)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.shared_step(batch, "val", batch_idx)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.shared_step(batch, "test", batch_idx)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        logits = self(batch["inputs"], batch.get("pad_mask"))
+        return {"key": batch.get("key"), "logits": logits}
+
+    # ---- bookkeeping ------------------------------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        # self.log is not allowed before the first step's hooks; write straight to the loggers, once.
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics({"model/params": float(self.num_parameters())}, step=self.global_step)
+
+    def on_train_epoch_end(self) -> None:
+        # The data module counts samples it skipped as undecodable (datamodules/base.py: `corrupt_samples`, per
+        # rank, all workers); surface the sum over ranks next to the metrics. `bad_shards` likewise.
+        dm = getattr(self.trainer, "datamodule", None)
+        for name in ("corrupt_samples", "bad_shards"):
+            value = getattr(dm, name, None)
+            if isinstance(value, (int, float)):
+                self.log(f"data/{name}", float(value), reduce_fx="sum", sync_dist=True)
+
+    # ---- optimizer and schedule -------------------------------------------------------------------------------
+
+    def steps_per_epoch(self) -> float:
+        """Optimizer steps per epoch, from the trainer's estimate (loads the train loader if needed)."""
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        batches = trainer.num_training_batches
+        if math.isfinite(batches) and batches > 0:
+            return batches / max(1, trainer.accumulate_grad_batches)
+        if math.isfinite(total) and trainer.max_epochs and trainer.max_epochs > 0:
+            return total / trainer.max_epochs
+        raise ValueError(
+            "The schedule is given in epochs but the train loader has no length: set the data module's epoch size "
+            "(samples per epoch) or trainer.max_epochs with a sized loader"
+        )
+
+    def total_steps(self) -> int:
+        """Optimizer steps the run will take: the first of max_steps and max_epochs to be reached."""
+        trainer = self.trainer
+        by_steps = int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else None
+        if trainer.max_epochs is None or trainer.max_epochs < 0:
+            if by_steps is None:
+                raise ValueError("schedule 'cosine' needs trainer.max_steps or trainer.max_epochs")
+            return by_steps
+        try:
+            by_epochs = int(round(self.steps_per_epoch() * trainer.max_epochs))
+        except ValueError:
+            if by_steps is None:
+                raise
+            return by_steps
+        return by_epochs if by_steps is None else min(by_steps, by_epochs)
+
+    def configure_optimizers(self) -> dict:
+        optimizer = build_optimizer(
+            self.optimizer_name, self.net, self.lr, self.weight_decay, self.betas, self.eps
+        )
+        # Steps per epoch are needed only for what is stated in epochs (the loader may have no length otherwise).
+        needs_epochs = self.warmup_epochs > 0 or self.flat_epochs > 0 or (self.schedule == "step")
+        needs_epochs |= self.schedule == "cosine" and not (self.trainer.max_steps and self.trainer.max_steps > 0)
+        spe = self.steps_per_epoch() if needs_epochs else 1.0
+        schedule = LRSchedule(
+            self.schedule,
+            total_steps=self.total_steps() if self.schedule == "cosine" else None,
+            warmup_steps=round(self.warmup_epochs * spe),
+            decay_steps=[round(e * spe) for e in self.decay_epochs],
+            decay_factor=self.decay_factor,
+            flat_steps=round(self.flat_epochs * spe),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,56 @@
+"""The training callbacks: throughput/MFU arithmetic, the run-directory checkpoint, the summary line."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from perceiver_lit.callbacks import Checkpoint, Summary, Throughput
+from perceiver_lit.callbacks.throughput import measure_matmul_flops
+from perceiver_lit.tasks import Classification, MultilabelClassification
+from tests.fixtures.training import TinyNet
+from tests.unit.test_tasks import _batches, _loader
+
+
+def test_throughput_logs_samples_per_sec_and_mfu():
+    torch.manual_seed(0)
+    task = Classification(TinyNet(num_classes=5), schedule="constant")
+    cb = Throughput(window=2, peak_flops=1e9)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, callbacks=[cb])
+    trainer.fit(task, train_dataloaders=_loader(_batches(6, 8, 5)))
+    sps = cb.last["perf/samples_per_sec_per_device"]
+    assert sps > 0 and cb.last["perf/samples_per_sec"] == pytest.approx(sps)  # one device
+    assert cb.last["perf/mfu"] == pytest.approx(3 * task.net.flops_per_sample() * sps / 1e9)
+
+
+def test_measured_cpu_peak_is_positive():
+    assert measure_matmul_flops(n=64, repeats=2) > 0
+
+
+def test_checkpoint_monitors_the_task_metric_in_the_run_dir(tmp_path):
+    torch.manual_seed(0)
+    ckpt = Checkpoint()
+    task = MultilabelClassification(TinyNet(num_classes=4), schedule="constant")
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[ckpt], default_root_dir=str(tmp_path))
+    trainer.fit(task, train_dataloaders=_loader(_batches(2, 8, 4, multilabel=True)),
+                val_dataloaders=_loader(_batches(1, 8, 4, multilabel=True)))
+    assert ckpt.monitor == "val/mAP" and ckpt.mode == "max"
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert ckpt.best_model_score == pytest.approx(float(trainer.callback_metrics["val/mAP"]))
+
+
+def test_summary_prints_the_test_metrics(caplog):
+    torch.manual_seed(0)
+    summary = Summary()
+    task = Classification(TinyNet(num_classes=5))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[summary])
+    caplog.set_level(logging.INFO)
+    metrics = trainer.test(task, dataloaders=_loader(_batches(2, 8, 5)), verbose=False)[0]
+    assert summary.last_test["test/acc1"] == pytest.approx(metrics["test/acc1"])
+    assert any(f"test/acc1={metrics['test/acc1']:.4f}" in r.getMessage() for r in caplog.records)
