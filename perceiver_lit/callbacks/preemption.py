@@ -1,0 +1,211 @@
+"""Preemption: save a checkpoint on SIGTERM/SIGINT, and keep RNG states in every checkpoint.
+
+What Lightning 2.6 does by itself: on SIGTERM it sets `trainer.received_sigterm`, lets the running step finish,
+broadcasts the flag to all ranks and raises `SIGTERMException` (it saves nothing); on SIGINT a `KeyboardInterrupt`
+lands wherever Python is, possibly mid-step, and it exits without saving; under Slurm with auto-requeue, SIGUSR1
+saves `hpc_ckpt_<n>.ckpt` in `default_root_dir` and requeues the job. Checkpoints hold weights, optimizer, LR
+schedulers and loop counters, but no RNG state.
+
+`PreemptionCheckpoint` adds the rest:
+- SIGINT is turned into SIGTERM, so Ctrl-C also finishes the step and takes Lightning's graceful path;
+- under Slurm with auto-requeue it replaces Lightning's SIGUSR1 handler, which saves the hpc checkpoint inside the
+  signal handler: ranks interrupted at different points then enter the checkpoint's collectives out of step with
+  the training ones and hang. Here the handler only sets a flag; at the end of the next training step all ranks
+  agree (any rank signalled), save `hpc_ckpt_<n>.ckpt` together, rank 0 runs `scontrol requeue`, and training
+  stops; the requeued job resumes from that file (Lightning picks the newest hpc checkpoint in default_root_dir);
+- on that path (`SIGTERMException`) it saves `last.ckpt` into each `ModelCheckpoint(save_last=True)` folder (or
+  `<default_root_dir>/checkpoints/last.ckpt` without one), written to a temp name and renamed, so a SIGKILL during
+  the write never leaves a torn `last.ckpt`; `fit --ckpt_path last` resumes from it at the same global step;
+- every checkpoint (its own, ModelCheckpoint's, Slurm's hpc one) carries each rank's torch/CUDA/numpy/python RNG
+  state, restored on resume.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+
+def collect_rng_state() -> dict[str, Any]:
+    """This process's RNG states, as tensors and plain Python types (safe for `torch.load(weights_only=True)`)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `collect_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class PreemptionCheckpoint(Callback):
+    """Save `last.ckpt` when SIGTERM or SIGINT stops `fit`; under Slurm auto-requeue, save `hpc_ckpt_<n>.ckpt`
+    and requeue on SIGUSR1 at a step boundary on all ranks; carry RNG states in every checkpoint.
+
+    Register it in every run (it costs one scalar all-reduce per step, and only under Slurm auto-requeue).
+
+    Args:
+        dirpath: where to write `last.ckpt` when no ModelCheckpoint(save_last=True) is configured
+            (default `<default_root_dir>/checkpoints`).
+        handle_sigint: turn SIGINT (Ctrl-C) into SIGTERM, so the step finishes and the checkpoint is saved.
+    """
+
+    def __init__(self, dirpath: str | None = None, handle_sigint: bool = True) -> None:
+        self.dirpath = dirpath
+        self.handle_sigint = handle_sigint
+        self._previous: dict[int, Any] = {}
+        self._requeue_signal: int | None = None  # set under Slurm auto-requeue
+        self._requeue_requested = False
+        self._requeued = False
+        self.saved_path: str | None = None
+
+    # --- signals -----------------------------------------------------------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Runs before Lightning registers its own handlers, which then leave an already-handled SIGUSR1 alone.
+        if stage != "fit" or not _in_main_thread():
+            return
+        if self.handle_sigint:
+            self._install(signal.SIGINT, _sigint_to_sigterm)
+        env = getattr(trainer.strategy, "cluster_environment", None)
+        if isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal is not None:
+            self._requeue_signal = int(env.requeue_signal)
+            self._install(self._requeue_signal, self._on_requeue_signal)
+
+    def _install(self, signum: int, handler: Any) -> None:
+        self._previous.setdefault(signum, signal.signal(signum, handler))
+
+    def _on_requeue_signal(self, signum: int, frame: Any) -> None:
+        self._requeue_requested = True  # acted on at the end of the running training step, on every rank
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._restore_signals()
+
+    def _restore_signals(self) -> None:
+        if _in_main_thread():
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._requeue_signal is None or self._requeued:
+            return
+        # A collective every step (like Lightning's own SIGTERM broadcast): all ranks learn that one was signalled.
+        if not trainer.strategy.reduce_boolean_decision(self._requeue_requested, all=False):
+            return
+        self._requeued = True
+        path = trainer.strategy.broadcast(_next_hpc_path(trainer.default_root_dir))
+        _save_atomic(trainer, path)
+        self.saved_path = path
+        rank_zero_info(f"Slurm requeue signal: saved {path} at global step {trainer.global_step}")
+        for logger in trainer.loggers:
+            logger.finalize("finished")
+        if trainer.is_global_zero:
+            _scontrol_requeue()
+        trainer.should_stop = True  # Slurm stops this attempt now; the requeued job goes on from `path`
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._restore_signals()
+        if not isinstance(exception, SIGTERMException):
+            return  # a crash mid-step: its state may be half-updated, so we keep the last regular checkpoint
+        if self._requeued:
+            return  # the hpc checkpoint of this step is saved; Slurm's SIGTERM that follows the requeue is expected
+        for path in self._last_paths(trainer):
+            _save_atomic(trainer, path)
+            self.saved_path = path
+            rank_zero_info(f"Preempted at global step {trainer.global_step}: saved {path}")
+
+    def _last_paths(self, trainer: Trainer) -> list[str]:
+        paths = [
+            os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
+            for cb in trainer.checkpoint_callbacks
+            if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath
+        ]
+        if not paths:
+            paths = [os.path.join(self.dirpath or os.path.join(trainer.default_root_dir, "checkpoints"), "last.ckpt")]
+        return paths
+
+    # --- RNG state in every checkpoint ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        # Runs on every rank while a checkpoint is dumped (rank 0 writes it): gather all ranks' states.
+        state = collect_rng_state()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(states, state)
+            return {"rng": states}
+        return {"rng": [state]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = state_dict.get("rng") or []
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if states:
+            restore_rng_state(states[rank] if rank < len(states) else states[0])
+
+
+def _next_hpc_path(folder: str) -> str:
+    """`<folder>/hpc_ckpt_<n+1>.ckpt`, the name Lightning looks for when a requeued job starts."""
+    numbers = [int(m.group(1)) for p in Path(folder).glob("hpc_ckpt_*.ckpt")
+               if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))]
+    return os.path.join(folder, f"hpc_ckpt_{max(numbers, default=0) + 1}.ckpt")
+
+
+def _scontrol_requeue() -> None:
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if result.returncode != 0:
+        rank_zero_warn(f"`scontrol requeue {job}` failed ({result.returncode}): {result.stderr.strip()}; "
+                       "the job will not restart by itself (is it submitted with --requeue?)")
+    else:
+        rank_zero_info(f"Requeued Slurm job {job}")
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _sigint_to_sigterm(signum: int, frame: Any) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _save_atomic(trainer: Trainer, path: str) -> None:
+    """Save to `<path>.partial`, then rename over `path` (a file, or a folder for sharded checkpoints)."""
+    partial = path + ".partial"
+    trainer.save_checkpoint(partial)
+    if trainer.is_global_zero:
+        target = Path(path)
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif Path(partial).is_dir() and target.exists():
+            target.unlink()
+        os.replace(partial, path)
+    trainer.strategy.barrier("PreemptionCheckpoint")

@@ -1,0 +1,223 @@
+"""DDP on CPU with gloo, real processes: 2 ranks x batch B reach the same weights as 1 rank x batch 2B.
+
+Equal weights after n AdamW steps prove both the gradient all-reduce (a mean over ranks) and the data split
+(rank r gets samples r, r + 2, ...: together exactly the single run's batch). The same file is the worker: run as a
+script it trains a tiny Perceiver with the real Classification task and writes the final weights
+(`python tests/integration/test_ddp.py --strategy ddp --devices 2 --out W.pt`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+WORKER = Path(__file__).resolve()
+ROOT = WORKER.parents[2]
+STEPS, BATCH, NUM_CLASSES, SHAPE = 3, 4, 4, (8, 8, 1)
+
+
+# --- the worker --------------------------------------------------------------------------------------------------
+
+
+def _tiny_task(activation_checkpointing: bool = False):
+    from perceiver_lit.models import ImageAdapter, Perceiver
+    from perceiver_lit.tasks import Classification
+
+    # 2 cross-attends sharing nothing, 3 blocks sharing one latent block: a shared module runs 3 times per forward.
+    net = Perceiver(ImageAdapter(SHAPE, num_frequency_bands=4), num_classes=NUM_CLASSES, num_latents=8,
+                    latent_dim=16, num_cross_attends=2, num_blocks=3, num_self_attends_per_block=2,
+                    num_self_attention_heads=2, activation_checkpointing=activation_checkpointing)
+    # eps 1e-3, not 1e-8: the attention key biases have an exactly-zero gradient (softmax ignores a per-query
+    # constant), so theirs is float noise, which Adam with a tiny eps would blow up to lr-sized, rank-dependent steps.
+    return Classification(net, num_classes=NUM_CLASSES, optimizer="adamw", lr=1e-2, weight_decay=0.01,
+                          schedule="constant", eps=1e-3)
+
+
+def _data(batch_size: int, num_samples: int):
+    """Fixed random samples; rank r of W takes every W-th of one shuffled order (DistributedSampler), so the
+    W per-rank batches of a step are, together, exactly the single run's batch of W x B."""
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    g = torch.Generator().manual_seed(1234)
+    inputs = torch.randn(num_samples, *SHAPE, generator=g)
+    target = torch.randint(0, NUM_CLASSES, (num_samples,), generator=g)
+    samples = [{"inputs": inputs[i], "target": target[i]} for i in range(num_samples)]
+
+    class Data(pl.LightningDataModule):
+        def train_dataloader(self) -> DataLoader:
+            sampler = DistributedSampler(samples, num_replicas=self.trainer.world_size,
+                                         rank=self.trainer.global_rank, shuffle=True, seed=0)
+            return DataLoader(samples, batch_size=batch_size, sampler=sampler)
+
+    return Data()
+
+
+def worker(argv: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--strategy", choices=["single", "ddp", "fsdp"], required=True)
+    p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--sharded-ckpt", type=Path, help="fsdp: also save a sharded checkpoint here")
+    args = p.parse_args(argv)
+
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from perceiver_lit.distributed import DestroyProcessGroup, FSDP2Strategy
+
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+    # Activation checkpointing changes no number, so the distributed runs use it and still must match the single
+    # run: DDP the model's own switch on shared layers (what static_graph is for), FSDP2 the strategy's.
+    task = _tiny_task(activation_checkpointing=args.strategy == "ddp")
+    strategy = {
+        "single": "auto",
+        "ddp": DDPStrategy(static_graph=True),
+        # fp32 here so the comparison is exact up to float reordering; the config uses bf16.
+        "fsdp": FSDP2Strategy(param_dtype=None, reduce_dtype=None, activation_checkpointing=True),
+    }[args.strategy]
+    world = args.devices * args.num_nodes
+    trainer = pl.Trainer(accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy,
+                         max_steps=args.steps, precision="32-true", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0, use_distributed_sampler=False,
+                         # FSDP still gathers its weights after fit: it destroys the group itself, below.
+                         callbacks=[] if args.strategy == "fsdp" else [DestroyProcessGroup()])
+    trainer.fit(task, datamodule=_data(args.batch, args.batch * world * args.steps))
+    assert trainer.global_step == args.steps, trainer.global_step
+
+    if args.strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.fsdp import FSDPModule
+
+        from perceiver_lit.distributed import destroy_process_group
+
+        # Units: the root + 2 cross-attention layers + the 2 layers of the ONE shared latent block (run 3 times).
+        units = [m for m in task.net.modules() if isinstance(m, FSDPModule)]
+        assert len(units) == 5, [type(m).__name__ for m in units]
+        from torch.distributed._composable import checkpoint
+
+        assert all(checkpoint.state(m) is not None for m in units if m is not task.net), "no activation checkpointing"
+        state = get_model_state_dict(task.net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if args.sharded_ckpt:
+            trainer.save_checkpoint(args.sharded_ckpt)
+        destroy_process_group()
+    else:
+        state = task.net.state_dict()
+    if trainer.is_global_zero:
+        torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, args.out)
+
+
+# --- launching real processes --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start the worker (Lightning's launcher starts the other local ranks from the same command line)."""
+    return subprocess.Popen([sys.executable, str(WORKER), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def run_worker_group(arg_lists: list[list[str]], envs: list[dict[str, str]], timeout: float = 120) -> float:
+    """Run worker processes to completion; fail with their output if one fails; assert none is left behind."""
+    marker = uuid.uuid4().hex
+    t0 = time.monotonic()
+    procs = [launch(*a, env={**os.environ, **e, "PLIT_TEST_RUN": marker}) for a, e in zip(arg_lists, envs)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, f"worker failed ({p.returncode}):\n{out[-4000:]}"
+    from tests.fixtures.slurm import processes_with_env
+
+    deadline = time.monotonic() + 10
+    while (left := processes_with_env("PLIT_TEST_RUN", marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"processes left behind: {left}"
+    return time.monotonic() - t0
+
+
+_SINGLE: dict = {}
+
+
+def single_process_weights(tmp_path: Path) -> dict:
+    """Weights after STEPS steps of one process with batch 2 x BATCH (computed once per session)."""
+    import torch
+
+    if not _SINGLE:
+        out = tmp_path / "single.pt"
+        run_worker_group([["--strategy", "single", "--batch", str(2 * BATCH), "--out", str(out)]], [{}])
+        _SINGLE.update(torch.load(out))
+    return _SINGLE
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 1e-5) -> None:
+    import torch
+
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=1e-4), (
+            f"{k}: max diff {(a[k].float() - b[k].float()).abs().max():.2e}")
+
+
+@pytest.mark.integration
+@pytest.mark.ddp
+def test_ddp_two_ranks_match_one_rank_with_double_batch(tmp_path: Path) -> None:
+    import torch
+
+    single = single_process_weights(tmp_path)
+    out = tmp_path / "ddp.pt"
+    run_worker_group([["--strategy", "ddp", "--devices", "2", "--batch", str(BATCH), "--out", str(out)]],
+                     [{"MASTER_PORT": str(free_port())}])
+    assert_same_weights(torch.load(out), single)
+    # Training moved the weights (otherwise equality would prove nothing).
+    import lightning.pytorch as pl
+
+    pl.seed_everything(0, verbose=False)
+    initial = _tiny_task().net.state_dict()
+    assert max((single[k] - v).abs().max() for k, v in initial.items()) > 1e-3
+
+
+@pytest.mark.integration
+@pytest.mark.ddp
+def test_two_nodes_on_localhost(tmp_path: Path) -> None:
+    """2 "nodes" x 1 process, started by hand as a cluster launcher would (NODE_RANK, MASTER_ADDR), complete and
+    agree with the single-process run."""
+    import torch
+
+    port = str(free_port())
+    out = tmp_path / "two_nodes.pt"
+    args = ["--strategy", "ddp", "--num-nodes", "2", "--devices", "1", "--batch", str(BATCH), "--out", str(out)]
+    envs = [{"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(r), "WORLD_SIZE": "2",
+             "LOCAL_RANK": "0"} for r in range(2)]
+    run_worker_group([args, args], envs)
+    assert_same_weights(torch.load(out), single_process_weights(tmp_path))
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1:])
