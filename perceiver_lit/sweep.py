@@ -1,0 +1,91 @@
+"""`perceiver-lit-sweep`: run a W&B-format sweep spec without a W&B server.
+
+    perceiver-lit-sweep run SPEC.yaml [--dir DIR] [--trials N] [--seed S] [--slurm]   expand, then run every
+                                         unfinished trial (one subprocess each) or submit them as a Slurm job array
+    perceiver-lit-sweep trial DIR I      run trial I of a prepared sweep (what each Slurm array task does)
+    perceiver-lit-sweep report DIR       report.csv, report.md and metric-vs-parameter plots
+    perceiver-lit-sweep show SPEC.yaml   print the trials' commands without running anything
+
+The same SPEC works with `wandb sweep SPEC.yaml` + `wandb agent` (see docs/sweeps.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import warnings
+from pathlib import Path
+
+from perceiver_lit.sweeps.report import write_report
+from perceiver_lit.sweeps.runner import prepare, run_local, run_trial, submit_slurm
+from perceiver_lit.sweeps.spec import SweepError, build_command, expand, load_spec
+
+
+def _default_dir(spec_path: str) -> Path:
+    return Path("runs") / "sweeps" / Path(spec_path).stem
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="perceiver-lit-sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="expand a sweep spec and run (or submit) its unfinished trials")
+    r.add_argument("spec")
+    r.add_argument("--dir", help="sweep directory (default: runs/sweeps/<spec name>)")
+    r.add_argument("--trials", type=int, help="number of trials: required for random/bayes, caps a grid")
+    r.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+    r.add_argument("--slurm", action="store_true", help="submit a Slurm job array instead of running here")
+    r.add_argument("--sbatch-script", default="sbatch/sweep.sbatch")
+    r.add_argument("--max-parallel", type=int, help="Slurm: at most this many array tasks at once (%%K)")
+    r.add_argument("--sbatch-arg", action="append", default=[], help="extra sbatch option, repeatable")
+    r.add_argument("--echo", action="store_true", help="stream trial output here instead of trial-<i>/log.txt")
+    t = sub.add_parser("trial", help="run trial I of a prepared sweep directory")
+    t.add_argument("dir")
+    t.add_argument("index", type=int)
+    t.add_argument("--force", action="store_true", help="rerun even if it is done")
+    t.add_argument("--echo", action="store_true")
+    rep = sub.add_parser("report", help="collect trials into report.csv / report.md / plots")
+    rep.add_argument("dir")
+    rep.add_argument("--out", help="output directory (default: DIR)")
+    rep.add_argument("--metric", help="metric to plot (default: the spec's metric.name)")
+    s = sub.add_parser("show", help="print each trial's command")
+    s.add_argument("spec")
+    s.add_argument("--trials", type=int)
+    s.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    warnings.simplefilter("always", UserWarning)
+    try:
+        if args.cmd == "run":
+            spec = load_spec(args.spec)
+            sweep_dir = Path(args.dir) if args.dir else _default_dir(args.spec)
+            dirs = prepare(spec, sweep_dir, trials=args.trials, seed=args.seed)
+            print(f"[sweep] {spec.source}: {spec.method}, {len(dirs)} trials in {sweep_dir}")
+            if args.slurm:
+                submit_slurm(sweep_dir, len(dirs), args.sbatch_script, args.max_parallel, args.sbatch_arg)
+                return 0
+            result = run_local(sweep_dir, len(dirs), echo=args.echo)
+            return 1 if result["failed"] else 0
+        if args.cmd == "trial":
+            return run_trial(args.dir, args.index, force=args.force, echo=args.echo)
+        if args.cmd == "report":
+            rep = write_report(args.dir, args.out, args.metric)
+            print(rep["table"])
+            print(f"[sweep] wrote {rep['csv']}, {rep['markdown']}" +
+                  "".join(f", {p}" for p in rep["plots"]))
+            return 0
+        if args.cmd == "show":
+            spec = load_spec(args.spec)
+            for i, params in enumerate(expand(spec, trials=args.trials, seed=args.seed)):
+                print(f"# trial {i}: {json.dumps(params)}")
+                print(shlex.join(build_command(spec, params)))
+            return 0
+    except SweepError as e:
+        print(f"perceiver-lit-sweep: error: {e}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""perceiver-lit-sweep: spec expansion, W&B-identical args, local runner with resume, Slurm array ids, report."""
+
+import csv
+import json
+import math
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from perceiver_lit.sweep import main
+from perceiver_lit.sweeps.report import write_report
+from perceiver_lit.sweeps.runner import array_spec, prepare, run_local, run_trial, trial_command
+from perceiver_lit.sweeps.spec import SweepError, build_command, expand, format_args, parse_spec
+
+NET = "model.init_args.net.init_args"
+
+
+def spec(method="grid", **params):
+    return parse_spec({"method": method, "metric": {"name": "val/acc", "goal": "maximize"},
+                       "parameters": params or {f"{NET}.num_latents": {"values": [8, 16, 32]},
+                                                f"{NET}.num_cross_attends": {"values": [1, 2]}},
+                       "command": ["perceiver-lit", "fit", "--config", "base.yaml", "${args}"]})
+
+
+def test_grid_is_every_combination_in_spec_order():
+    trials = expand(spec())
+    assert len(trials) == 6
+    assert trials[0] == {f"{NET}.num_latents": 8, f"{NET}.num_cross_attends": 1}
+    assert trials[-1] == {f"{NET}.num_latents": 32, f"{NET}.num_cross_attends": 2}
+    assert len({json.dumps(t, sort_keys=True) for t in trials}) == 6
+    assert list(trials[3]) == [f"{NET}.num_latents", f"{NET}.num_cross_attends"]
+
+
+def test_random_draws_are_seeded_and_in_range():
+    s = spec("random", **{"model.init_args.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+                          f"{NET}.num_latents": {"distribution": "int_uniform", "min": 4, "max": 64},
+                          f"{NET}.share_weights": {"values": [True, False]},
+                          "model.init_args.weight_decay": {"distribution": "q_uniform", "min": 0, "max": 1, "q": 0.25}})
+    a, b, c = expand(s, trials=40, seed=1), expand(s, trials=40, seed=1), expand(s, trials=40, seed=2)
+    assert a == b and a != c and len(a) == 40
+    lrs = [t["model.init_args.lr"] for t in a]
+    assert all(1e-4 <= x <= 1e-2 for x in lrs)
+    assert min(lrs) < 1e-3 < max(lrs)  # log-uniform: both decades are visited
+    assert all(isinstance(t[f"{NET}.num_latents"], int) and 4 <= t[f"{NET}.num_latents"] <= 64 for t in a)
+    assert {t[f"{NET}.share_weights"] for t in a} == {True, False}
+    assert {t["model.init_args.weight_decay"] for t in a} <= {0, 0.25, 0.5, 0.75, 1.0}
+
+
+def test_random_needs_trials_and_bayes_falls_back_with_warning():
+    with pytest.raises(SweepError, match="--trials"):
+        expand(spec("random"))
+    with pytest.warns(UserWarning, match="wandb agent"):
+        assert len(expand(spec("bayes"), trials=3)) == 3
+
+
+def test_bad_specs_name_the_key():
+    with pytest.raises(SweepError, match="grid sweep needs discrete"):
+        parse_spec({"method": "grid", "parameters": {"a.b": {"min": 0.0, "max": 1.0}}})
+    with pytest.raises(SweepError, match="nested `parameters`"):
+        parse_spec({"method": "random", "parameters": {"a": {"parameters": {"b": {"value": 1}}}}})
+    with pytest.raises(SweepError, match="method"):
+        parse_spec({"method": "hyperband", "parameters": {"a": {"value": 1}}})
+
+
+def test_args_are_formatted_exactly_like_wandb_agent():
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    params = {f"{NET}.num_latents": 64, "data.init_args.permute_seed": "null", "x.flag": True, "x.lst": [1, 2],
+              "model.init_args.lr": 0.001}
+    ours = format_args(params)
+    theirs = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})["args"]
+    assert ours == theirs
+    cmd = build_command(spec(), params)
+    assert cmd[:4] == ["perceiver-lit", "fit", "--config", "base.yaml"] and cmd[4:] == ours
+
+
+def test_perceiver_lit_trials_get_their_own_root_dir_and_metrics_callback(tmp_path):
+    cmd = trial_command(spec(), {f"{NET}.num_latents": 8}, tmp_path / "trial-0")
+    assert cmd[-2] == f"--trainer.default_root_dir={tmp_path / 'trial-0'}"
+    assert cmd[-1] == "--trainer.callbacks+=perceiver_lit.sweeps.metrics.TrialMetrics"
+
+
+def test_array_spec_collapses_runs():
+    assert array_spec([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert array_spec([3], max_parallel=2) == "3%2"
+
+
+# A stand-in trial program: records that it ran, fails for x == 2 until `allow` exists, writes metrics.json where
+# the runner says (the same contract TrialMetrics follows).
+PROGRAM = """
+import json, os, sys
+from pathlib import Path
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+d = Path(os.environ["PERCEIVER_LIT_TRIAL_DIR"])
+with open(d / "runs.txt", "a") as f:
+    f.write("ran\\n")
+x = float(args["x"])
+if x == 2 and not (d.parent / "allow").exists():
+    sys.exit(3)
+(d / "metrics.json").write_text(json.dumps({"metrics": {"val/acc": 1 - (x - 1.5) ** 2, "val/loss": x}}))
+"""
+
+
+def _program_spec(tmp_path):
+    (tmp_path / "prog.py").write_text(PROGRAM)
+    return {"method": "grid", "program": str(tmp_path / "prog.py"), "metric": {"name": "val/acc", "goal": "maximize"},
+            "parameters": {"x": {"values": [0, 1, 2]}, "mode": {"values": ["a", "b"]}},
+            "command": ["${interpreter}", "${program}", "${args}"]}
+
+
+def test_resumed_sweep_skips_finished_trials(tmp_path, capsys):
+    raw = _program_spec(tmp_path)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    sweep_dir = tmp_path / "sw"
+    assert main(["run", str(tmp_path / "s.yaml"), "--dir", str(sweep_dir)]) == 1  # two trials fail (x == 2)
+    done = sorted(int(p.parent.name.split("-")[1]) for p in sweep_dir.glob("trial-*/done"))
+    failed = sorted(int(p.parent.name.split("-")[1]) for p in sweep_dir.glob("trial-*/failed"))
+    assert done == [0, 1, 2, 3] and failed == [4, 5]
+    info = json.loads((sweep_dir / "trial-4" / "trial.json").read_text())
+    assert info["params"] == {"x": 2, "mode": "a"} and info["command"][-2:] == ["--x=2", "--mode=a"]
+
+    (sweep_dir / "allow").write_text("")
+    result = run_local(sweep_dir, 6)
+    assert result == {"skipped": [0, 1, 2, 3], "done": [4, 5], "failed": []}
+    runs = {i: (sweep_dir / f"trial-{i}" / "runs.txt").read_text().count("ran") for i in range(6)}
+    assert runs == {0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 5: 2}
+    assert not list(sweep_dir.glob("trial-*/failed"))
+    # Running it yet again runs nothing; a different spec in the same dir is refused.
+    assert main(["run", str(tmp_path / "s.yaml"), "--dir", str(sweep_dir)]) == 0
+    assert (sweep_dir / "trial-0" / "runs.txt").read_text().count("ran") == 1
+    raw["parameters"]["x"]["values"] = [5]
+    with pytest.raises(SweepError, match="another sweep"):
+        prepare(parse_spec(raw), sweep_dir)
+
+
+def test_a_trial_warned_by_slurm_is_not_marked_done(tmp_path):
+    # Slurm's --signal=USR1@90 reaches every process of the step; here the trial sends it to its parent (the
+    # runner), as if Slurm had, then exits 0 after "checkpointing". The runner must survive and leave the trial
+    # unfinished, so the requeued array task runs it again.
+    prog = tmp_path / "prog.py"
+    prog.write_text("import os, signal, sys\nfrom pathlib import Path\n"
+                    "if not Path(sys.argv[1]).exists():\n    os.kill(os.getppid(), signal.SIGUSR1)\n")
+    spec = parse_spec({"method": "grid", "parameters": {"x": {"values": [1]}},
+                       "command": ["${interpreter}", str(prog), str(tmp_path / "resumed")]})
+    prepare(spec, tmp_path / "sw")
+    assert run_trial(tmp_path / "sw", 0) == 128 + signal.SIGUSR1
+    assert not (tmp_path / "sw" / "trial-0" / "done").exists()
+    (tmp_path / "resumed").write_text("")
+    assert run_trial(tmp_path / "sw", 0) == 0 and (tmp_path / "sw" / "trial-0" / "done").exists()
+    assert (tmp_path / "sw" / "trial-0" / "log.txt").read_text().count("$ ") == 2  # the log is appended
+
+
+def test_random_sweep_resumes_the_same_draws(tmp_path):
+    raw = {"method": "random", "parameters": {"x": {"distribution": "uniform", "min": 0.0, "max": 1.0}},
+           "command": ["true", "${args}"]}
+    dirs = prepare(parse_spec(raw), tmp_path, trials=3, seed=5)
+    first = [json.loads((d / "trial.json").read_text())["params"] for d in dirs]
+    dirs = prepare(parse_spec(raw), tmp_path, trials=3, seed=99)  # the plan on disk wins over a new seed
+    assert [json.loads((d / "trial.json").read_text())["params"] for d in dirs] == first
+
+
+def _fake_trial(d: Path, i: int, params: dict, metrics: dict | None, status: str = "done"):
+    t = d / f"trial-{i}"
+    t.mkdir(parents=True)
+    (t / "trial.json").write_text(json.dumps({"index": i, "params": params, "command": ["x"], "cwd": "."}))
+    if metrics is not None:
+        (t / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    (t / status).write_text("{}")
+
+
+def test_report_from_trial_dirs(tmp_path):
+    d = tmp_path / "sw"
+    (d).mkdir()
+    (d / "plan.json").write_text(json.dumps({"metric": {"name": "val/acc", "goal": "maximize"}}))
+    lat = f"{NET}.num_latents"
+    for i, (n, pos, acc) in enumerate([(8, "fourier", 0.70), (16, "fourier", 0.78), (32, "fourier", 0.81),
+                                       (8, "learned", 0.60), (16, "learned", 0.65)]):
+        _fake_trial(d, i, {lat: n, "pos": pos}, {"val/acc": acc, "val/loss": 1 - acc, "train/loss_step": 0.1})
+    _fake_trial(d, 5, {lat: 32, "pos": "learned"}, None, status="failed")
+    rep = write_report(d)
+    rows = list(csv.DictReader(open(d / "report.csv")))
+    assert [r["trial"] for r in rows] == [str(i) for i in range(6)]
+    assert rows[2][lat] == "32" and math.isclose(float(rows[2]["val/acc"]), 0.81)
+    assert rows[5]["status"] == "failed" and rows[5]["val/acc"] == ""
+    md = (d / "report.md").read_text()
+    assert "| num_latents | pos | val/acc |" in md
+    assert "Best (maximize `val/acc`): trial 2" in md
+    names = sorted(p.name for p in rep["plots"])
+    assert names == ["val_acc_vs_num_latents.png", "val_acc_vs_pos.png"]
+    for p in rep["plots"]:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+
+
+def test_trial_index_out_of_range_is_a_clear_error(tmp_path, capsys):
+    prepare(parse_spec({"method": "grid", "parameters": {"x": {"values": [1]}}, "command": ["true"]}), tmp_path)
+    assert main(["trial", str(tmp_path), "4"]) == 2
+    assert "has 1 trials (0..0)" in capsys.readouterr().err
