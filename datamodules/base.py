@@ -374,6 +374,7 @@ class StreamingDataModule(L.LightningDataModule):
         mix_batches: cross-worker shuffle: this many consecutive batches (from different workers) are re-dealt
             in the main process (training with num_workers > 1; 1 = off). Costs one copy per sample.
         seed: base seed for shard resampling and shuffling (each rank and worker derives its own).
+        predict_urls: shards for `perceiver-lit predict` (default: `test_urls`); read like eval, exactly once.
     """
 
     input_exts: tuple[str, ...] = ()  # the extensions a subclass decodes; nothing else is ever read
@@ -397,11 +398,13 @@ class StreamingDataModule(L.LightningDataModule):
         mix_batches: int = 4,
         pin_memory: bool = False,
         seed: int = 0,
+        predict_urls: str | list[str] | None = None,
     ):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.train_urls, self.val_urls, self.test_urls = train_urls, val_urls, test_urls
+        self.predict_urls = predict_urls if predict_urls is not None else test_urls  # `perceiver-lit predict`
         self.batch_size, self.num_workers, self.shuffle_buffer = batch_size, num_workers, shuffle_buffer
         self.samples_per_epoch = samples_per_epoch
         self.num_classes, self.multilabel = num_classes, multilabel
@@ -521,7 +524,8 @@ class StreamingDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         world, nw = self._world(), max(self.num_workers, 1)
-        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], None: ["train", "val", "test"]}
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"],
+                  None: ["train", "val", "test"]}
         for split in wanted.get(stage, ["train", "val", "test"]):
             spec = getattr(self, f"{split}_urls")
             if spec is None or split in self._streams:
@@ -576,7 +580,7 @@ class StreamingDataModule(L.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         if split not in self._streams:
-            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+            self.setup({"train": "fit", "val": "validate", "test": "test", "predict": "predict"}[split])
         if split not in self._streams:
             raise DataError(f"no {split}_urls configured")
         stream = self._streams[split]
@@ -600,6 +604,10 @@ class StreamingDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """One exact pass over `predict_urls` (default: `test_urls`), split by rank and worker like eval."""
+        return self._loader("predict")
 
 
 class LogCorruptSamples(L.Callback):

@@ -17,7 +17,8 @@ What it adds to LightningCLI:
 - Loggers: W&B by default (project/group/tags from `--wandb.*`, offline unless WANDB_MODE=online), CSVLogger when
   wandb is not installed. Callbacks: Checkpoint (last + best by the task's metric), PreemptionCheckpoint (SIGTERM/
   SIGINT/Slurm SIGUSR1 save and requeue), Throughput (samples/s, MFU), NanGuard, LearningRateMonitor, GradNorm,
-  Summary (a final line with the test metrics), and with W&B: RunConfig, AttentionMaps, PerClassTable.
+  Summary (a final line with the test metrics), and with W&B: RunConfig, AttentionMaps, PerClassTable;
+  `predict` writes `<run dir>/predictions-rank<r>.jsonl` (PredictionWriter).
 - LightningCLI's automatic `--optimizer` / `--lr_scheduler` are off: the task owns its optimizer so weight-decay
   groups can never be dropped. Passing them is an unknown-key error.
 """
@@ -44,6 +45,7 @@ from lightning_utilities.core.imports import RequirementCache
 
 from perceiver_lit.callbacks import (AttentionMaps, Checkpoint, GradNorm, NanGuard, PerClassTable, PreemptionCheckpoint,
                                      RunConfig, Summary, Throughput)
+from perceiver_lit.callbacks.predictions import PredictionWriter
 
 _WANDB_AVAILABLE = RequirementCache("wandb")
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -302,6 +304,8 @@ class PerceiverCLI(LightningCLI):
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         extra = [Summary()]
+        if self.subcommand == "predict":
+            extra.append(PredictionWriter())
         if trainer_cfg["logger"]:
             extra += [LearningRateMonitor(logging_interval="step"), GradNorm()]
         if _WANDB_AVAILABLE and type(trainer_cfg["logger"]).__name__ == "WandbLogger":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -66,6 +67,14 @@ def test_fit_then_test_with_wandb_offline(fashion_shards, tmp_path, monkeypatch,
     state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
     torch.testing.assert_close(test.model.state_dict()["net.latents"], state["net.latents"])
     assert (root / "config_test.yaml").is_file()
+
+    # predict: one exact pass over the test shards, one JSON line per sample with its key and top-5 classes
+    run_cli(["predict", "--config", cfg, "--ckpt_path", str(best), "--trainer.logger", "false"], cwd=tmp_path)
+    rows = [json.loads(line) for line in (root / "predictions-rank0.jsonl").read_text().splitlines()]
+    assert len(rows) == fashion_shards.num_test
+    assert len({r["key"] for r in rows}) == len(rows)  # every sample once
+    assert all(len(r["classes"]) == 5 and 0 < sum(r["probs"]) <= 1 + 1e-5 for r in rows)
+    assert all(r["probs"] == sorted(r["probs"], reverse=True) for r in rows)
 
 
 def test_unknown_key_fails_before_training(fashion_shards, tmp_path, capsys):
