@@ -16,7 +16,19 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
+
+
+def _cpu_math_backward(q: Tensor, batch_heads: int) -> bool:
+    """On CPU, in training, with fewer (batch x heads) than threads, SDPA's math backend: the CPU flash kernel's
+    backward parallelises over batch x heads only, so the Perceiver's 1-head cross-attend at batch 1 (ImageNet
+    shape) ran its backward on one core: that layer's fwd + bwd took 5-10x the math backend's, the whole ImageNet
+    training step 4.7x (benchmarks/README.md).
+    The math backend keeps the (N, M) attention matrix for backward: more memory, only in this case."""
+    if q.is_cuda or torch.compiler.is_compiling():  # a compiled graph picks its own kernels
+        return False
+    return q.requires_grad and torch.is_grad_enabled() and batch_heads < torch.get_num_threads()
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, pad_mask: Tensor | None = None,
@@ -39,7 +51,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, pad_mask: Tensor 
         q, k = F.pad(q, (0, -dqk % 8)), F.pad(k, (0, -dqk % 8))
         v = F.pad(v, (0, -dv % 8))
     mask = None if pad_mask is None else ~pad_mask[:, None, None, :]  # (B, 1, 1, M), True = attend
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    if _cpu_math_backward(q, B * num_heads):
+        with sdpa_kernel(SDPBackend.MATH):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     return out[..., :dv].transpose(1, 2).reshape(B, N, -1)  # (B, h, N, dv) -> (B, N, Cv)
 
 
