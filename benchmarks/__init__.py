@@ -1,0 +1,1 @@
+"""perceiver-lit benchmark suite: `python -m benchmarks.run [--quick]`; see benchmarks/README.md."""
