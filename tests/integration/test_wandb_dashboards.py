@@ -4,7 +4,6 @@ is read back: the attention-map images, the per-class table, grad norm, and the 
 import glob
 import json
 import os
-import struct
 import time
 
 import lightning.pytorch as pl
@@ -19,33 +18,9 @@ from perceiver_lit.callbacks.grad_norm import GradNorm
 from perceiver_lit.callbacks.tables import PerClassTable, RunConfig
 from perceiver_lit.models import ImageAdapter, Perceiver
 from perceiver_lit.tasks import Classification
+from tests.fixtures.training import read_wandb_records
 
 pytestmark = pytest.mark.integration
-
-
-def read_wandb_records(path: str) -> list:
-    """The records of an offline run's `run-*.wandb` file: LevelDB's log format (32 KiB blocks of chunks, each
-    with a 7-byte header: crc32, length, type FULL=1/FIRST=2/MIDDLE=3/LAST=4) after a 7-byte `:W&B` file header,
-    each record a protobuf `Record`. This is what `wandb sync` uploads, so it is what the dashboard will show."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = open(path, "rb").read()
-    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
-    block, pos, buf, records = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a header is zero padding
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind == 0:
-            continue
-        buf = chunk if kind in (1, 2) else buf + chunk
-        if kind in (1, 4):
-            rec = pb.Record()
-            rec.ParseFromString(buf)
-            records.append(rec)
-    return records
 
 
 def finished_records(run_dir: str, timeout: float = 20.0) -> list:
