@@ -42,7 +42,11 @@ def test_fit_then_test_with_wandb_offline(fashion_shards, tmp_path, monkeypatch,
     wandb.finish()
 
     # The W&B offline run holds the logged metrics.
-    runs = sorted((root / "wandb").glob("offline-run-*/run-*.wandb"))
+    for _ in range(40):  # wandb-core may create the run file a moment after finish() returns
+        runs = sorted((root / "wandb").glob("offline-run-*/run-*.wandb"))
+        if runs:
+            break
+        time.sleep(0.5)
     assert len(runs) == 1
     run = read_wandb_run(runs[0])
     for _ in range(20):  # the wandb service may still be flushing the file for a moment after finish()
