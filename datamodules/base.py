@@ -591,9 +591,7 @@ class StreamingDataModule(L.LightningDataModule):
             persistent_workers=False, mix=self.mix_batches if train and self.num_workers > 1 else 1,
             mix_seed=self.seed + stream.rank,
             prefetch_factor=2 if self.num_workers > 0 else None,
-            # fork on Linux even inside spawned DDP ranks (whose default became spawn): workers start in
-            # milliseconds instead of re-importing torch + Lightning each epoch
-            multiprocessing_context="fork" if self.num_workers > 0 and sys.platform == "linux" else None,
+            multiprocessing_context=_worker_context() if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -608,6 +606,22 @@ class StreamingDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """One exact pass over `predict_urls` (default: `test_urls`), split by rank and worker like eval."""
         return self._loader("predict")
+
+
+def _worker_context() -> Any:
+    """How DataLoader workers start. fork on Linux (milliseconds, no re-import of torch + Lightning), except once
+    torch.distributed is up: then the rank has gloo/NCCL threads, and a fork taken while one of them holds a lock
+    leaves the worker deadlocked on that lock forever (seen here: a rank waiting on a worker stuck in a futex).
+    forkserver forks workers from a clean single-threaded server that has torch preloaded."""
+    if sys.platform != "linux":
+        return None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "datamodules.base"])
+        return ctx
+    return "fork"
 
 
 class LogCorruptSamples(L.Callback):
