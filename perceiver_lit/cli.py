@@ -46,6 +46,7 @@ from lightning_utilities.core.imports import RequirementCache
 from perceiver_lit.callbacks import (AttentionMaps, Checkpoint, GradNorm, NanGuard, PerClassTable, PreemptionCheckpoint,
                                      RunConfig, Summary, Throughput)
 from perceiver_lit.callbacks.predictions import PredictionWriter
+from datamodules.base import LogCorruptSamples
 
 _WANDB_AVAILABLE = RequirementCache("wandb")
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -303,7 +304,8 @@ class PerceiverCLI(LightningCLI):
             trainer_cfg["logger"] = self._default_logger(cfg)
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
-        extra = [Summary()]
+        # LogCorruptSamples: `data/corrupt_samples` and `data/bad_shards`, summed over ranks, per train epoch
+        extra = [Summary(), LogCorruptSamples()]
         if self.subcommand == "predict":
             extra.append(PredictionWriter())
         if trainer_cfg["logger"]:

@@ -133,15 +133,6 @@ class Task(pl.LightningModule):
             for logger in self.loggers:
                 logger.log_metrics({"model/params": float(self.num_parameters())}, step=self.global_step)
 
-    def on_train_epoch_end(self) -> None:
-        # The data module counts samples it skipped as undecodable (datamodules/base.py: `corrupt_samples`, per
-        # rank, all workers); surface the sum over ranks next to the metrics. `bad_shards` likewise.
-        dm = getattr(self.trainer, "datamodule", None)
-        for name in ("corrupt_samples", "bad_shards"):
-            value = getattr(dm, name, None)
-            if isinstance(value, (int, float)):
-                self.log(f"data/{name}", float(value), reduce_fx="sum", sync_dist=True)
-
     # ---- optimizer and schedule -------------------------------------------------------------------------------
 
     def steps_per_epoch(self) -> float:

@@ -56,7 +56,7 @@ def test_fit_then_test_with_wandb_offline(fashion_shards, tmp_path, monkeypatch,
         run = read_wandb_run(runs[0])
     assert run["name"] == "tiny" and run["project"] == "perceiver-lit-tests" and run["group"] == "ci"
     logged = {k for row in run["history"] for k in row}
-    assert {"val/acc1", "val/acc5", "val/loss", "train/loss_step", "model/params"} <= logged, logged
+    assert {"val/acc1", "val/acc5", "val/loss", "train/loss_step", "model/params", "data/corrupt_samples"} <= logged, logged
     assert any(k.startswith("lr-AdamW") for k in logged), logged  # LearningRateMonitor, one key per param group
     val_rows = [row for row in run["history"] if "val/acc1" in row]
     assert len(val_rows) == 2 and all(0.0 <= row["val/acc1"] <= 1.0 for row in val_rows)
