@@ -39,7 +39,7 @@ def cross_attention_weights(layer: CrossAttentionLayer, latents: Tensor, inputs:
     B, K, _ = latents.shape
     M, h = inputs.shape[1], layer.num_heads
     q = layer.to_q(layer.norm_q(latents.float()))                                    # (B, K, Cqk)
-    k = layer.to_kv(layer.norm_kv(inputs.float()))[..., : layer.qk_channels]         # (B, M, Cqk)
+    k = layer.project_kv(inputs.float())[..., : layer.qk_channels]                   # (B, M, Cqk)
     q = q.view(B, K, h, -1).transpose(1, 2)                                          # (B, h, K, d)
     k = k.view(B, M, h, -1).transpose(1, 2)                                          # (B, h, M, d)
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])                        # (B, h, K, M)

@@ -84,3 +84,24 @@ def test_flops_count_by_hand():
     n = 4
     macs = n * 8 * 24 + 2 * n * n * 8 + n * 8 * 8 + 2 * n * 8 * 8
     assert layer.flops(n) == 2 * macs
+
+
+def test_folded_kv_projection_matches_layernorm_then_linear_in_value_and_gradients():
+    """project_kv folds norm_kv's affine into to_kv: same k/v and the same gradients for all four parameters."""
+    torch.manual_seed(0)
+    layer = CrossAttentionLayer(16, 12, num_heads=2, qk_channels=8, v_channels=6)
+    with torch.no_grad():  # non-trivial LayerNorm affine, so that the fold has something to fold
+        layer.norm_kv.weight.uniform_(0.5, 1.5)
+        layer.norm_kv.bias.normal_()
+    inputs = torch.randn(3, 50, 12, dtype=torch.float64, requires_grad=True)
+    layer.double()
+    params = [layer.norm_kv.weight, layer.norm_kv.bias, layer.to_kv.weight, layer.to_kv.bias]
+    g = torch.randn(3, 50, 14, dtype=torch.float64)
+    ref = layer.to_kv(layer.norm_kv(inputs))
+    ref_grads = torch.autograd.grad((ref * g).sum(), [inputs, *params])
+    out = layer.project_kv(inputs)
+    grads = torch.autograd.grad((out * g).sum(), [inputs, *params])
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(grads, ref_grads):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b)
