@@ -43,6 +43,8 @@ import torch.distributed as dist
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from datamodules.tarstream import NotATarError, iter_members
+
 log = logging.getLogger("datamodules")
 
 INDEX_NAME = "index.json"  # written by perceiver-lit-shards next to the shards: {"shards": {basename: count}}
@@ -117,38 +119,38 @@ def iter_tar_samples(url: str, on_truncated: Callable[[str, str, Exception], Non
     import webdataset as wds  # gopen knows pipe:, http(s) via curl, s3 via aws, gs via gsutil, local paths
 
     try:
-        stream = wds.gopen(url, "rb")
-        tar = tarfile.open(fileobj=stream, mode="r|*")
+        stream = wds.gopen(url, "rb", bufsize=1 << 16)
     except Exception as e:  # noqa: BLE001 - any opening failure becomes one clear error
         raise ShardOpenError(f"cannot open shard {url!r}: {type(e).__name__}: {e}") from e
     current: dict[str, Any] | None = None
     key = "<after the last complete member>"
     try:
         try:
-            for member in tar:
-                if not member.isreg():
-                    continue
-                m = _KEY_RE.match(member.name)
-                if m is None or os.path.basename(member.name).startswith("__"):
+            for name, data in iter_members(stream):
+                m = _KEY_RE.match(name)
+                if m is None or os.path.basename(name).startswith("__"):
                     continue
                 key, ext = m.group(1), m.group(2).lower()
                 if current is not None and current["__key__"] != key:
                     yield current
                     current = None
-                data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                if len(data) != member.size:
-                    raise tarfile.ReadError(f"member {member.name!r} truncated ({len(data)}/{member.size} bytes)")
                 if current is None:
                     current = {"__key__": key, "__url__": url}
                 current[ext] = data
                 key = "<after the last complete member>"
+        except NotATarError as e:
+            raise ShardOpenError(f"cannot open shard {url!r}: {e}") from e
         except (tarfile.TarError, EOFError, OSError) as e:
-            on_truncated(url, current["__key__"] if current is not None else key, e)
+            m = _KEY_RE.match(getattr(e, "member", None) or "")
+            if m is not None:  # the member the stream broke in
+                key = m.group(1)
+            elif current is not None:
+                key = current["__key__"]
+            on_truncated(url, key, e)
             return  # the sample being read when the stream broke is dropped with the rest of the shard
         if current is not None:
             yield current
     finally:
-        tar.close()
         if hasattr(stream, "close"):
             stream.close()
 

@@ -60,6 +60,11 @@ class ImageDataModule(StreamingDataModule):
 
     def decode_inputs(self, sample: dict[str, Any], train: bool) -> torch.Tensor:
         ext = self.find_ext(sample)
+        augment = train and (self.hflip or self.randaugment_layers > 0)
+        if ext == "npy" and not self.crop and not augment:  # nothing for PIL to do: stay in numpy
+            arr = T.decode_npy_image(sample[ext])
+            if arr.shape == self.input_shape:
+                return torch.from_numpy(arr)  # uint8 (H, W, C); collate normalises into the float batch
         img = T.decode_image(sample[ext], ext, self.mode)
         if self.crop:
             if train:

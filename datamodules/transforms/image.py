@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
+from datamodules.transforms.npy import decode_npy
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FASHION_MNIST_MEAN = (0.2860,)
@@ -22,14 +24,20 @@ FASHION_MNIST_STD = (0.3530,)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "npy")
 
 
+def decode_npy_image(data: bytes) -> np.ndarray:
+    """uint8 npy bytes (H, W[, C]) -> uint8 (H, W, C) array (never unpickles)."""
+    arr = decode_npy(data)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+        raise ValueError(f"npy image must be uint8 (H, W[, C]), got {arr.dtype} {arr.shape}")
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
 def decode_image(data: bytes, ext: str, mode: str) -> Image.Image:
     """Decode jpg/png/webp bytes (PIL, fully loaded so truncation raises here) or a uint8 npy (H, W[, C])
-    (allow_pickle=False) into a PIL image of `mode` ("RGB" or "L")."""
+    (never unpickled) into a PIL image of `mode` ("RGB" or "L")."""
     if ext == "npy":
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-        if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
-            raise ValueError(f"npy image must be uint8 (H, W[, C]), got {arr.dtype} {arr.shape}")
-        img = Image.fromarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[-1] == 1 else arr)
+        arr = decode_npy_image(data)
+        img = Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr)
     else:
         img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS[ext])
         img.load()  # decode now: a truncated file raises OSError here, not later in a transform

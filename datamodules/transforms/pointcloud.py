@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import random
 
 import numpy as np
 
+from datamodules.transforms.npy import decode_npy
+
 
 def decode_points(data: bytes) -> np.ndarray:
-    """npy bytes -> float32 (N, 3); allow_pickle=False, so an object array is rejected, never unpickled."""
-    pts = np.load(io.BytesIO(data), allow_pickle=False)
+    """npy bytes -> float32 (N, 3); an object array is rejected, never unpickled."""
+    pts = decode_npy(data)
     if pts.ndim != 2 or pts.shape[1] != 3 or pts.shape[0] == 0:
         raise ValueError(f"point cloud must be (N, 3), got {pts.shape}")
     pts = pts.astype(np.float32, copy=False)
