@@ -99,6 +99,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def can_fuse(params: Sequence[torch.Tensor]) -> bool:
+    """torch's fused AdamW applies: plain float tensors (not FSDP2's DTensors) all on CPU or all on CUDA."""
+    from torch.distributed.tensor import DTensor
+
+    devices = {p.device.type for p in params}
+    return (len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
+            and not any(isinstance(p, DTensor) for p in params))
+
+
 def build_optimizer(
     name: str,
     model: nn.Module,
@@ -106,10 +115,16 @@ def build_optimizer(
     weight_decay: float,
     betas: Sequence[float],
     eps: float,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
+    """AdamW or LAMB over `param_groups`. fused: torch's single-kernel AdamW where `can_fuse` allows it (same
+    update; measured 5-10% of the quickstart's CPU step); off under 16-bit AMP, whose gradient clipping must
+    unscale before the step (Lightning refuses clipping with optimizers that unscale internally)."""
     groups = param_groups(model, weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        fused = fused and can_fuse([p for g in groups for p in g["params"]])
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                 fused=fused or None)
     if name == "lamb":
         return Lamb(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
     raise ValueError(f"model.init_args.optimizer: expected 'adamw' or 'lamb', got {name!r}")

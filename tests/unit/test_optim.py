@@ -118,3 +118,23 @@ def test_build_optimizer_keeps_groups(name, cls):
 def test_build_optimizer_rejects_unknown():
     with pytest.raises(ValueError, match="optimizer"):
         build_optimizer("sgd", TinyNet(), 1e-3, 0.0, (0.9, 0.999), 1e-8)
+
+
+def test_fused_adamw_on_cpu_gives_the_same_update_and_keeps_the_groups():
+    torch.manual_seed(0)
+    nets = [TinyNet(), TinyNet()]
+    nets[1].load_state_dict(nets[0].state_dict())
+    plain = build_optimizer("adamw", nets[0], 1e-2, 0.1, (0.9, 0.999), 1e-8, fused=False)
+    fused = build_optimizer("adamw", nets[1], 1e-2, 0.1, (0.9, 0.999), 1e-8, fused=True)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    assert [g["weight_decay"] for g in fused.param_groups] == [g["weight_decay"] for g in plain.param_groups]
+    before = [p.detach().clone() for p in nets[0].parameters()]
+    for _ in range(3):
+        for net, opt in zip(nets, (plain, fused)):
+            out = sum((p.sum() + p.pow(2).sum()) * (i + 1) for i, p in enumerate(net.parameters()))
+            out.backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b)
+    assert all((a != b).any() for a, b in zip(nets[0].parameters(), before))  # every tensor moved
