@@ -36,6 +36,7 @@ class PerceiverConfig:
     share_latent_blocks: bool = True
     dropout: float = 0.0
     activation_checkpointing: bool = False
+    input_keep: float = 1.0                  # training: the fraction of input elements each sample keeps
 
 
 def init_latents(num: int, dim: int) -> nn.Parameter:
@@ -43,6 +44,26 @@ def init_latents(num: int, dim: int) -> nn.Parameter:
     p = nn.Parameter(torch.empty(num, dim))
     trunc_normal_(p, std=0.02)
     return p
+
+
+def subsample_inputs(x: Tensor, pad_mask: Tensor | None, keep: float) -> tuple[Tensor, Tensor | None]:
+    """A random subset of K = round(keep * M) input elements per sample: (B, M, C) -> (B, K, C), and the pad mask.
+
+    Cross-attention is a softmax-weighted mean over the inputs, so a random subset of them estimates what the
+    whole set gives: training on a fraction `keep` of the elements makes every cross-attend ~1/keep cheaper, and
+    acts as a regulariser (cf. token dropping in FLIP, Li et al. 2023). Evaluation sees every element. Padded
+    elements are drawn last, so a sample keeps its real elements whenever it has K of them.
+    """
+    B, M, C = x.shape
+    k = max(1, round(keep * M))
+    if k >= M:
+        return x, pad_mask
+    score = torch.rand(B, M, device=x.device)                                # (B, M)
+    if pad_mask is not None:
+        score = score.masked_fill(pad_mask, 2.0)                             # real elements first
+    idx = score.topk(k, dim=1, largest=False, sorted=False).indices          # (B, K)
+    x = x.gather(1, idx.unsqueeze(-1).expand(B, k, C))                       # (B, K, C)
+    return x, None if pad_mask is None else pad_mask.gather(1, idx)
 
 
 def no_weight_decay_names(model: nn.Module) -> set[str]:
@@ -67,10 +88,12 @@ class Perceiver(nn.Module):
                  num_self_attention_heads: int = 8, cross_attention_qk_channels: int | None = None,
                  cross_attention_widening_factor: int = 1, self_attention_widening_factor: int = 1,
                  share_cross_attends: bool = True, share_latent_blocks: bool = True, dropout: float = 0.0,
-                 activation_checkpointing: bool = False):
+                 activation_checkpointing: bool = False, input_keep: float = 1.0):
         super().__init__()
         cfg = PerceiverConfig(**{k: v for k, v in locals().items() if k in PerceiverConfig.__dataclass_fields__})
         cfg.num_blocks = num_blocks or num_cross_attends
+        if not 0.0 < input_keep <= 1.0:
+            raise ValueError(f"Perceiver: input_keep must be in (0, 1], got {input_keep}")
         if cfg.num_cross_attends > cfg.num_blocks:
             raise ValueError(f"Perceiver: num_cross_attends {num_cross_attends} > num_blocks {cfg.num_blocks}")
         self.config, self.adapter = cfg, adapter
@@ -102,6 +125,8 @@ class Perceiver(nn.Module):
 
     def forward(self, inputs: Tensor | dict[str, Tensor], pad_mask: Tensor | None = None) -> Tensor:
         x, mask = self.adapter(inputs, pad_mask)                               # (B, M, C), (B, M) or None
+        if self.training and self.config.input_keep < 1.0:
+            x, mask = subsample_inputs(x, mask, self.config.input_keep)        # (B, K, C), K = keep * M
         z = self.latents.expand(x.shape[0], -1, -1)                            # (B, N, D)
         kv: dict[int, Tensor] = {}  # a shared cross-attend projects the inputs to k, v once, not n - 1 times
         for i, b in enumerate(self._block_index):
@@ -116,8 +141,11 @@ class Perceiver(nn.Module):
 
     def flops_per_sample(self) -> int:
         """Analytic forward FLOPs (2 x multiply-adds of the matmuls) for one sample, as executed: a shared
-        cross-attend projects k, v once (the paper's 707.2B counts that projection at every cross-attend)."""
+        cross-attend projects k, v once (the paper's 707.2B counts that projection at every cross-attend).
+        In training mode with input_keep < 1 the cross-attends see round(input_keep * M) elements."""
         n, m = self.config.num_latents, self.adapter.num_elements
+        if self.training and self.config.input_keep < 1.0:
+            m = max(1, round(self.config.input_keep * m))
         flops = self.adapter.flops()
         flops += sum(self.cross_attends[c].flops(n, m, project_kv=c not in self._cross_index[:i])
                      for i, c in enumerate(self._cross_index))

@@ -209,3 +209,40 @@ def test_deepmind_initialisation():
     assert abs(w.std().item() * 16 - 1) < 0.05 and w.abs().max() <= 2 / 16 / 0.8796 + 1e-6
     assert m.blocks[0][0].to_qkv.bias.abs().sum() == 0
     assert abs(m.latents.std().item() / 0.02 - 0.88) < 0.05 and m.latents.abs().max() <= 0.04  # trunc normal 0.02
+
+
+def test_subsample_inputs_keeps_a_per_sample_subset_and_prefers_real_elements():
+    from perceiver_lit.models.perceiver import subsample_inputs
+
+    torch.manual_seed(0)
+    x = torch.arange(2 * 20, dtype=torch.float32).view(2, 20, 1).repeat(1, 1, 3)   # row m of sample b: b*20+m
+    out, mask = subsample_inputs(x, None, 0.5)
+    assert out.shape == (2, 10, 3) and mask is None
+    rows = [set(out[b, :, 0].long().tolist()) for b in range(2)]
+    assert all(len(r) == 10 for r in rows)                                          # no element twice
+    assert rows[0] <= set(range(20)) and rows[1] <= set(range(20, 40))              # each sample its own rows
+    assert {v - 20 for v in rows[1]} != rows[0]                                      # drawn per sample
+    pad = torch.zeros(2, 20, dtype=torch.bool)
+    pad[0, 8:] = True                                                                # sample 0: 8 real elements
+    out, mask = subsample_inputs(x, pad, 0.5)
+    assert set(range(8)) <= set(out[0, :, 0].long().tolist())                       # all 8 real ones kept
+    assert mask[0].sum() == 2 and not mask[1].any()
+    assert subsample_inputs(x, pad, 1.0)[0] is x
+
+
+def test_input_keep_subsamples_in_training_only():
+    torch.manual_seed(0)
+    ad, x = adapters()["image"]
+    p = Perceiver(ad, num_classes=7, num_cross_attends=2, input_keep=0.4, **TINY)
+    full = Perceiver(ImageAdapter((6, 5, 3), num_frequency_bands=2), num_classes=7, num_cross_attends=2, **TINY)
+    full.load_state_dict(p.state_dict())
+    p.eval(), full.eval()
+    torch.testing.assert_close(p(x), full(x))                                      # eval sees every pixel
+    assert p.flops_per_sample() == full.flops_per_sample()
+    p.train(), full.train()
+    assert not torch.allclose(p(x), p(x))                                          # a fresh subset each step
+    assert p.flops_per_sample() < full.flops_per_sample()
+    p(x).sum().backward()
+    assert all(q.grad is not None for q in p.parameters())
+    with pytest.raises(ValueError, match="input_keep must be in"):
+        Perceiver(ad, num_classes=7, input_keep=0.0, **TINY)
