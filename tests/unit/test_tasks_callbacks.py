@@ -54,3 +54,17 @@ def test_summary_prints_the_test_metrics(caplog):
     metrics = trainer.test(task, dataloaders=_loader(_batches(2, 8, 5)), verbose=False)[0]
     assert summary.last_test["test/acc1"] == pytest.approx(metrics["test/acc1"])
     assert any(f"test/acc1={metrics['test/acc1']:.4f}" in r.getMessage() for r in caplog.records)
+
+
+def test_summary_prints_one_line_per_epoch_with_train_and_val_metrics(caplog, tmp_path):
+    torch.manual_seed(0)
+    task = Classification(TinyNet(num_classes=5))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, callbacks=[Summary()], max_epochs=2, default_root_dir=tmp_path)
+    caplog.set_level(logging.INFO)
+    trainer.fit(task, train_dataloaders=_loader(_batches(2, 8, 5)), val_dataloaders=_loader(_batches(1, 8, 5)))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[perceiver-lit] epoch")]
+    assert [line.split(" step")[0] for line in lines] == ["[perceiver-lit] epoch 1/2", "[perceiver-lit] epoch 2/2"]
+    assert "step 4 " in lines[1]
+    val = float(trainer.callback_metrics["val/acc1"])
+    assert f"val/acc1={val:.4f}" in lines[1] and "train/loss=" in lines[1]
