@@ -43,7 +43,7 @@ import torch.distributed as dist
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from datamodules.tarstream import NotATarError, iter_members
+from datamodules.tarstream import NotATarError, iter_file_members, iter_members
 
 log = logging.getLogger("datamodules")
 
@@ -110,23 +110,34 @@ class ShardOpenError(DataError):
     """A shard that cannot be opened at all (missing, no permission, a failing pipe: command, not a tar)."""
 
 
-def iter_tar_samples(url: str, on_truncated: Callable[[str, str, Exception], None]) -> Iterator[dict[str, Any]]:
+def iter_tar_samples(url: str, on_truncated: Callable[[str, str, Exception], None],
+                     view_exts: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
     """Yield {"__key__", "__url__", ext: raw bytes} per sample of one tar shard, in stream order.
+
+    A local uncompressed shard is memory-mapped; its members with an extension in `view_exts` (>= 64 KiB) come
+    as zero-copy memoryviews (see tarstream.iter_file_members). Other sources (pipe:, http, gzip) are streamed.
 
     Raises ShardOpenError when the shard cannot be opened or its first header is unreadable. A shard that breaks
     later (truncated member) calls `on_truncated(url, last_key, exc)` and stops: the rest is unreadable.
     """
     import webdataset as wds  # gopen knows pipe:, http(s) via curl, s3 via aws, gs via gsutil, local paths
 
+    local = "://" not in url and not url.startswith(("pipe:", "file:"))
     try:
-        stream = wds.gopen(url, "rb", bufsize=1 << 16)
+        if local:
+            if not os.path.isfile(url):
+                raise FileNotFoundError(f"no such file: {url!r}")
+            stream, members = None, iter_file_members(url, view_exts)
+        else:
+            stream = wds.gopen(url, "rb", bufsize=1 << 16)
+            members = iter_members(stream)
     except Exception as e:  # noqa: BLE001 - any opening failure becomes one clear error
         raise ShardOpenError(f"cannot open shard {url!r}: {type(e).__name__}: {e}") from e
     current: dict[str, Any] | None = None
     key = "<after the last complete member>"
     try:
         try:
-            for name, data in iter_members(stream):
+            for name, data in members:
                 m = _KEY_RE.match(name)
                 if m is None or os.path.basename(name).startswith("__"):
                     continue
@@ -151,7 +162,8 @@ def iter_tar_samples(url: str, on_truncated: Callable[[str, str, Exception], Non
         if current is not None:
             yield current
     finally:
-        if hasattr(stream, "close"):
+        members.close()
+        if stream is not None and hasattr(stream, "close"):
             stream.close()
 
 
@@ -213,7 +225,8 @@ class ShardStream(IterableDataset):
             try:
                 n = 0
                 truncated = []
-                for raw in iter_tar_samples(url, lambda u, k, e: (truncated.append(e), dm._corrupt(u, k, e))):
+                for raw in iter_tar_samples(url, lambda u, k, e: (truncated.append(e), dm._corrupt(u, k, e)),
+                                            dm.buffer_exts):
                     n += 1
                     yield raw  # still bytes: the shuffle buffer holds compressed samples, decode comes after
             except ShardOpenError as e:
@@ -380,6 +393,9 @@ class StreamingDataModule(L.LightningDataModule):
     """
 
     input_exts: tuple[str, ...] = ()  # the extensions a subclass decodes; nothing else is ever read
+    # input extensions whose decoder takes any buffer: large members of local shards arrive as zero-copy
+    # memoryviews of the memory-mapped shard (everything else, and every member of a streamed shard, is bytes)
+    buffer_exts: tuple[str, ...] = ()
     label_exts: tuple[str, ...] = ("cls", "json")
 
     def __init__(

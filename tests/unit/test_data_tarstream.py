@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from datamodules.tarstream import NotATarError, TruncatedError, _number, iter_members
+from datamodules.tarstream import NotATarError, TruncatedError, _number, iter_file_members, iter_members
 
 
 def _tar_bytes(fmt: int, members: list[tuple[str, bytes]], extras: bool = True) -> bytes:
@@ -120,3 +120,30 @@ def test_header_numbers_octal_and_gnu_base256():
     assert _number(bytes([0x80]) + big.to_bytes(11, "big"), "size") == big
     with pytest.raises(tarfile.ReadError, match="size field"):
         _number(b"12x4\x00", "size")
+
+
+def test_file_members_are_memory_mapped_with_views_only_where_asked(tmp_path):
+    path = tmp_path / "s.tar"
+    path.write_bytes(_tar_bytes(tarfile.PAX_FORMAT, MEMBERS))
+    got = list(iter_file_members(str(path), view_exts=("flac", "mp4"), view_min=4096))
+    assert [(n, bytes(d)) for n, d in got] == MEMBERS
+    kinds = {n.rpartition(".")[2]: type(d) for n, d in got}
+    assert kinds["flac"] is memoryview                          # 5,000 bytes, asked for: a view of the map
+    assert kinds["mp4"] is bytes and kinds["npy"] is bytes      # under view_min / not asked for: bytes
+    assert all(type(d) is bytes for _, d in iter_file_members(str(path)))
+
+
+def test_file_members_fall_back_to_the_stream_for_compressed_and_fail_like_it(tmp_path):
+    gz = tmp_path / "s.tar.gz"
+    gz.write_bytes(gzip.compress(_tar_bytes(tarfile.GNU_FORMAT, MEMBERS)))
+    assert list(iter_file_members(str(gz), view_exts=("flac",), view_min=1)) == MEMBERS
+    data = _tar_bytes(tarfile.GNU_FORMAT, MEMBERS, extras=False)
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: data.index(MEMBERS[4][1][:64]) + 100])
+    with pytest.raises(TruncatedError) as err:
+        list(iter_file_members(str(cut)))
+    assert err.value.member == MEMBERS[4][0]
+    for i, junk in enumerate([b"", b"hello", os.urandom(4096)]):
+        (tmp_path / f"junk{i}.tar").write_bytes(junk)
+        with pytest.raises(NotATarError):
+            list(iter_file_members(str(tmp_path / f"junk{i}.tar")))
