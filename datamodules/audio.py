@@ -7,11 +7,12 @@ The paper's AudioSet input: 48 kHz mono, 1.28 s clips = 61,440 samples (32 frame
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
 
-from datamodules.base import DataError, StreamingDataModule, iter_tar_samples
+from datamodules.base import DataError, StreamingDataModule, batch_buffer, iter_tar_samples
 from datamodules.transforms import audio as A
 
 AUDIO_EXTS = ("flac", "wav", "ogg", "mp3")
@@ -59,10 +60,18 @@ class AudioFeatures:
             self.to_rate(torch.zeros(0), sample_rate)  # raises the rate-mismatch error
         return math.ceil(self.clip_samples * sample_rate / self.sample_rate)
 
-    def decode(self, data: bytes, train: bool, rng: Any = None) -> torch.Tensor:
-        """flac/wav bytes -> `(S,)` or `(F, M)`, decoding only the crop window."""
-        wave, sample_rate = A.decode_audio_window(data, self.window, train, rng)
-        return self(torch.from_numpy(wave), sample_rate, train, rng, start=0)
+    def decode(self, data: bytes, train: bool, rng: Any = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """flac/wav bytes -> `(S,)` or `(F, M)`, decoding only the crop window.
+
+        `out`: a contiguous float32 tensor of the output shape (a row of a batch buffer) that receives the result,
+        which is then `out` itself; a mono clip at the config rate is decoded straight into it (raw features).
+        """
+        row = out.numpy() if out is not None and self.mel is None else None
+        wave, sample_rate = A.decode_audio_window(data, self.window, train, rng, out=row)
+        if wave is row and sample_rate == self.sample_rate:
+            return out  # decoded, cropped and zero-padded in place
+        x = self(torch.from_numpy(wave), sample_rate, train, rng, start=0)
+        return x if out is None else out.copy_(x)
 
     def __call__(self, wave: torch.Tensor, sample_rate: int, train: bool, rng: Any = None,
                  start: int | None = None) -> torch.Tensor:
@@ -82,6 +91,7 @@ class AudioDataModule(StreamingDataModule):
     """
 
     input_exts = AUDIO_EXTS
+    buffer_exts = AUDIO_EXTS  # decode_audio_window reads a memoryview without copying the whole clip
 
     def __init__(
         self,
@@ -106,10 +116,23 @@ class AudioDataModule(StreamingDataModule):
                                    n_mels, f_min, f_max, mel_scale, mel_norm)
         self.sample_rate, self.clip_samples, self.features = sample_rate, clip_samples, features
         self.input_shape = self.audio.shape
+        self._rows = BatchRows()
         check_permute_block(self)
 
     def decode_inputs(self, sample: dict[str, Any], train: bool) -> torch.Tensor:
-        return self.audio.decode(sample[self.find_ext(sample)], train, self.rng)  # (S,) or (F, M)
+        data = sample[self.find_ext(sample)]
+        if self.features != "raw" or self.permute_seed is not None:  # mel, or a permutation that copies anyway
+            return self.audio.decode(data, train, self.rng)  # (F, M) or (S,)
+        # raw clips are decoded straight into the next row of a batch buffer; collate hands the rows on
+        out = self._rows.next(self.batch_size, self.input_shape)
+        return self._rows.commit(self.audio.decode(data, train, self.rng, out=out))  # (S,)
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        inputs = self._rows.take([s["inputs"] for s in samples])
+        if inputs is None:  # not the rows handed out, in order (a permutation, a dropped sample): copy
+            return super().collate(samples)
+        rest = super().collate([{k: v for k, v in s.items() if k != "inputs"} for s in samples])
+        return {"inputs": inputs, **rest}
 
     def permute_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         from datamodules.transforms.permute import permute_elements
@@ -122,6 +145,47 @@ class AudioDataModule(StreamingDataModule):
         rather than every sample being skipped as corrupt."""
         super()._check_first_sample(split, urls)
         check_first_rate(self, split, urls, self.input_exts, self.audio)
+
+
+class BatchRows:
+    """Rows of a batch-sized buffer that samples are decoded into, so the batch needs no stacking copy.
+
+    `next(rows, shape)` is the row for the next sample (a fresh `batch_buffer` of `rows` rows when the current one
+    is used up, has another shape, or was made in another process); `commit(row)` marks it taken once the sample
+    decoded (a sample that raises leaves its row for the next one). `take(tensors)` retires the buffer and
+    returns its first `len(tensors)` rows as the batch when `tensors` are exactly those rows in order, else None
+    (the caller then stacks as usual: a permuted sample, or one dropped after its decode for a bad label). A
+    buffer is never written again once retired, so a batch and its samples stay valid.
+    """
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+        self.used, self.pid = 0, -1
+
+    def __getstate__(self) -> dict[str, Any]:  # a worker process starts with no buffer
+        return {"buffer": None, "used": 0, "pid": -1}
+
+    def next(self, rows: int, shape: tuple[int, ...]) -> torch.Tensor:
+        buffer = self.buffer
+        if (buffer is None or self.used >= len(buffer) or self.pid != os.getpid()
+                or tuple(buffer.shape[1:]) != tuple(shape)):
+            self.buffer, self.used, self.pid = batch_buffer((rows, *shape), torch.float32), 0, os.getpid()
+        return self.buffer[self.used]
+
+    def commit(self, row: torch.Tensor) -> torch.Tensor:
+        buffer = self.buffer
+        if buffer is not None and self.used < len(buffer) and row.data_ptr() == buffer[self.used].data_ptr():
+            self.used += 1
+        return row
+
+    def take(self, tensors: list[torch.Tensor]) -> torch.Tensor | None:
+        buffer, self.buffer = self.buffer, None
+        if buffer is None or not 0 < len(tensors) <= self.used or self.pid != os.getpid():
+            return None
+        for row, t in zip(buffer, tensors):
+            if t.data_ptr() != row.data_ptr() or t.shape != row.shape or t.stride() != row.stride():
+                return None
+        return buffer[: len(tensors)]
 
 
 def check_permute_block(dm: StreamingDataModule) -> None:

@@ -99,9 +99,10 @@ class AudioVisualDataModule(StreamingDataModule):
         return {"video": video, "audio": audio}
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = super().collate(samples)
-        batch["inputs"]["video"] = self.video.normalize(batch["inputs"]["video"])  # float32 (B, T, H, W, C)
-        return batch
+        audio = [{**s, "inputs": s["inputs"]["audio"]} for s in samples]  # the base stacks audio, target, key
+        batch = super().collate(audio)
+        video = self.video.collate([s["inputs"]["video"] for s in samples])  # float32 (B, T, H, W, C)
+        return {**batch, "inputs": {"video": video, "audio": batch["inputs"]}}
 
     def permute_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from datamodules.transforms.permute import permute_elements

@@ -41,24 +41,67 @@ def crop_start(total: int, length: int, train: bool, rng: random.Random | None =
 
 
 def decode_audio_window(
-    data: bytes, length: Callable[[int], int], train: bool, rng: random.Random | None = None
+    data: bytes, length: Callable[[int], int], train: bool, rng: random.Random | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Decode only the crop window: `length(sample_rate)` samples at a random (train) or centered (eval) start.
 
     Seeks inside the file (sample-accurate for flac and wav), so a 1.28 s crop of a 10 s AudioSet clip decodes
     1.28 s, not 10. `length` maps the file's rate to the window length at that rate (the caller resamples later).
-    Returns mono `float32 (<= length,)` and the file's sample rate.
+    Returns mono `float32 (<= length,)` and the file's sample rate. `data` may be any buffer (bytes, or a
+    memoryview of a memory-mapped shard): only the parts the decoder reads are touched.
+
+    `out`: a contiguous `float32 (length,)` array (e.g. a row of a batch buffer). When the file is mono and the
+    window is exactly `len(out)` samples, the window is decoded straight into it, zero-filled past the end of the
+    file (what `crop_or_pad` would do), and `out` itself is returned: no per-sample array, no later copy. Otherwise
+    `out` is ignored and the result is as without it.
     """
     import soundfile as sf
 
-    with sf.SoundFile(io.BytesIO(data)) as f:
+    with sf.SoundFile(_reader(data)) as f:
         sample_rate, total = int(f.samplerate), int(f.frames)
         n = length(sample_rate)
         start = crop_start(total, n, train, rng)
         if start:
             f.seek(start)
+        if out is not None and f.channels == 1 and out.shape == (n,) and out.dtype == np.float32:
+            f.read(n, dtype="float32", out=out, fill_value=0.0)
+            return out, sample_rate
         wave = f.read(n, dtype="float32", always_2d=True)  # (<= n, channels)
     return (wave[:, 0] if wave.shape[1] == 1 else wave.mean(axis=1)), sample_rate
+
+
+def _reader(data: bytes | memoryview) -> io.BytesIO | _BufferReader:
+    """A file object over `data` for soundfile: BytesIO shares a `bytes` object; for other buffers (which BytesIO
+    would copy whole), a reader that copies only the ranges asked for."""
+    return io.BytesIO(data) if isinstance(data, bytes) else _BufferReader(data)
+
+
+class _BufferReader:
+    """Seekable read-only file over a buffer (memoryview, mmap slice, bytearray) without copying it."""
+
+    def __init__(self, data: memoryview | bytearray):
+        self.data, self.pos = memoryview(data).cast("B"), 0
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        n = max(0, min(len(buf), len(self.data) - self.pos))
+        memoryview(buf).cast("B")[:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.data) if n is None or n < 0 else min(len(self.data), self.pos + n)
+        out = bytes(self.data[self.pos : end])
+        self.pos = max(self.pos, end)
+        return out
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: len(self.data)}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
 
 
 def to_mono(wave: np.ndarray, channels_first: bool = False) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from datamodules.audio import AudioDataModule
+from datamodules.audio import AudioDataModule, BatchRows
 from datamodules.base import DataError
 from datamodules.transforms import audio as A
 from tests.fixtures.data import write_tar
@@ -180,3 +180,84 @@ def test_decode_audio_window_reads_only_the_crop(fmt: str) -> None:
     assert len(starts) > 10 and min(starts) >= 0 and max(starts) <= 3000
     short, _ = A.decode_audio_window(data, lambda rate: 9000, train=True)
     assert short.shape == (4000,)  # the whole clip; crop_or_pad pads it later
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC"])
+def test_decode_audio_window_into_a_row_equals_decode_then_crop(fmt: str) -> None:
+    """The batch path (decode straight into a row of the batch buffer) gives what full decode + crop_or_pad
+    gives, for eval, seeded train crops and a clip shorter than the window (zero-padded at the end)."""
+    rng = np.random.default_rng(0)
+    wave = (0.5 * rng.standard_normal(4000)).clip(-1, 1).astype(np.float32)
+    data = wav_bytes(wave, 8000, fmt)
+    full = torch.from_numpy(A.decode_audio(data)[0])
+    for n, train, seed in [(1000, False, 0), (1000, True, 1), (1000, True, 2), (4000, True, 3), (5000, False, 0)]:
+        row = np.full(n, 7.0, dtype=np.float32)  # stale values that must all be overwritten
+        got, sr = A.decode_audio_window(data, lambda rate: n, train, random.Random(seed), out=row)
+        assert got is row and sr == 8000
+        expected = A.crop_or_pad(full, n, train, random.Random(seed))
+        assert torch.equal(torch.from_numpy(row), expected)
+    stereo = np.stack([wave, -wave], axis=1)  # not mono: `out` is ignored, the mono mix comes back
+    got, _ = A.decode_audio_window(wav_bytes(stereo, 8000, fmt), lambda rate: 1000, False, out=row[:1000])
+    assert got is not row and got.shape == (1000,) and np.allclose(got, 0, atol=1e-4)
+
+
+def test_raw_batches_match_per_sample_decoding_with_corrupt_samples(tmp_path) -> None:
+    """Raw audio is decoded into rows of the batch buffer; batches equal per-sample decoding whether they were
+    handed on in place or stacked after a dropped sample (a bad label after a good decode), corrupt samples are
+    still skipped and counted, and the same seed gives the same train batches."""
+    rng = np.random.default_rng(1)
+    clips = [(0.3 * rng.standard_normal(n)).astype(np.float32) for n in (3000, 2000, 2500, 900, 3000, 2200)]
+    samples = [{"__key__": f"k{i}", "flac": wav_bytes(c, 8000, "FLAC"), "json": f"[{i}]".encode()}
+               for i, c in enumerate(clips)]
+    samples[2]["json"] = b"[9]"  # decodes, then its label fails: its row is used but it is not in the batch
+    samples[3]["flac"] = samples[3]["flac"][:40]  # truncated: fails before taking a row
+    url = write_tar(str(tmp_path / "a.tar"), samples)
+    kw = dict(sample_rate=8000, clip_samples=2000, num_classes=6, batch_size=2, num_workers=0, shuffle_buffer=4)
+    dm = AudioDataModule(val_urls=url, **kw)
+    batches = list(dm.val_dataloader())
+    assert [b["key"] for b in batches] == [["k0", "k1"], ["k4", "k5"]] and dm.corrupt_samples == 2
+    for b in batches:
+        assert b["inputs"].shape == (2, 2000) and b["inputs"].dtype == torch.float32
+        for key, x in zip(b["key"], b["inputs"]):
+            assert torch.equal(x, dm.audio.decode(samples[int(key[1])]["flac"], False))
+    runs = []
+    for _ in range(2):
+        train = AudioDataModule(train_urls=url, samples_per_epoch=6, seed=3, **kw)
+        runs.append([b["inputs"].clone() for b in train.train_dataloader()])
+    assert len(runs[0]) == 3 and all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_batch_rows_hand_on_only_the_exact_rows() -> None:
+    rows = BatchRows()
+    a = rows.commit(rows.next(3, (4,)).fill_(1))
+    b = rows.commit(rows.next(3, (4,)).fill_(2))
+    batch = rows.take([a, b])
+    assert batch is not None and batch.data_ptr() == a.data_ptr() and batch.tolist() == [[1] * 4, [2] * 4]
+    c = rows.next(3, (4,))  # the buffer was retired: a new one, the batch is never written again
+    assert c.data_ptr() != batch.data_ptr() + 2 * 4 * 4
+    rows.next(3, (4,))  # not committed (its sample failed): the same row comes back
+    assert rows.next(3, (4,)).data_ptr() == c.data_ptr()
+    x, y = rows.commit(c), rows.commit(rows.next(3, (4,)))
+    assert rows.take([y, x]) is None  # out of order: the caller stacks
+    assert rows.take([torch.zeros(4)]) is None  # nothing handed out since
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC"])
+def test_decode_audio_window_from_a_memoryview_equals_bytes(fmt: str, tmp_path) -> None:
+    """A zero-copy buffer (a memoryview of a memory-mapped file) decodes exactly like the same bytes."""
+    import mmap
+
+    wave = (0.4 * np.random.default_rng(2).standard_normal(3000)).astype(np.float32)
+    data = wav_bytes(wave, 8000, fmt)
+    path = tmp_path / "pad.bin"
+    path.write_bytes(b"x" * 700 + data + b"y" * 300)  # the clip in the middle of a larger file, like a tar member
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # left to the GC: views of it outlive this block
+    view = memoryview(mm)[700 : 700 + len(data)]
+    for train, seed in [(False, 0), (True, 5)]:
+        got, sr = A.decode_audio_window(view, lambda rate: 1000, train, random.Random(seed))
+        ref, _ = A.decode_audio_window(data, lambda rate: 1000, train, random.Random(seed))
+        assert sr == 8000 and np.array_equal(got, ref)
+    row = np.zeros(1000, np.float32)
+    assert A.decode_audio_window(view, lambda rate: 1000, False, out=row)[0] is row
+    assert np.array_equal(row, A.decode_audio_window(data, lambda rate: 1000, False)[0])

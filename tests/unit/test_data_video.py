@@ -86,3 +86,22 @@ def test_audiovisual_facts_follow_the_paper() -> None:
     assert mel.input_shape == {"video": (8, 32, 32, 3), "audio": (16000 * 16 // 10 // 160 + 1, 40)}
     with pytest.raises(ValueError, match="audio_source"):
         AudioVisualDataModule(audio_source="wav")
+
+
+def test_normalize_into_a_batch_row_matches_the_plain_formula() -> None:
+    """normalize(out=) and VideoFrames.collate write each clip into its batch row with exactly the values of
+    (x / 255 - mean) / std computed as float(x) * scale + shift (bit for bit, not just close)."""
+    g = torch.Generator().manual_seed(0)
+    clips = [torch.randint(0, 256, (3, 5, 7, 3), dtype=torch.uint8, generator=g) for _ in range(2)]
+    scale = 1.0 / (255.0 * torch.tensor(V.IMAGENET_STD))
+    shift = -torch.tensor(V.IMAGENET_MEAN) / torch.tensor(V.IMAGENET_STD)
+    expected = torch.stack([c.float() * scale + shift for c in clips])
+    assert torch.equal(V.normalize(clips[0]), expected[0])
+    row = torch.full((3, 5, 7, 3), float("nan"))
+    assert V.normalize(clips[1], out=row) is row and torch.equal(row, expected[1])
+    frames = VideoDataModule(num_frames=3, crop_size=4, short_side=None).video
+    batch = frames.collate(clips)
+    assert batch.dtype == torch.float32 and torch.equal(batch, expected)
+    assert torch.equal(V.normalize(clips[0].permute(0, 2, 1, 3)), expected[0].permute(0, 2, 1, 3))  # strided in
+    with pytest.raises(ValueError, match="out must be contiguous float32"):
+        V.normalize(clips[0], out=torch.empty(3, 5, 7, 3, dtype=torch.float64))
