@@ -68,7 +68,7 @@ def test_train_sbatch_two_nodes_completes(slurm_cluster: SlurmCluster, fashion_s
 
 def test_train_sbatch_preempted_requeues_and_resumes(slurm_cluster: SlurmCluster, fashion_shards,
                                                      tmp_path: Path) -> None:
-    max_steps = 6 * STEPS_PER_EPOCH  # long enough that the signal lands mid-training on a fast machine too
+    max_steps = 20 * STEPS_PER_EPOCH  # long enough that the signal lands mid-training on a fast machine too
     extra = "--checkpoint.every_n_train_steps 3"  # PreemptionCheckpoint is a CLI default
     job, log = submit(slurm_cluster, tmp_path, fashion_shards, max_steps=max_steps, extra=extra)
     run = run_dir(tmp_path, job)
