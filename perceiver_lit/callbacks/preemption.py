@@ -82,6 +82,7 @@ class PreemptionCheckpoint(Callback):
         self._requeue_signal: int | None = None  # set under Slurm auto-requeue
         self._requeue_requested = False
         self._requeued = False
+        self._requeue_pending = False  # saved; `scontrol requeue` waits until this step's metrics are logged
         self.saved_path: str | None = None
 
     # --- signals -----------------------------------------------------------------------------------------------
@@ -124,11 +125,26 @@ class PreemptionCheckpoint(Callback):
         _save_atomic(trainer, path)
         self.saved_path = path
         rank_zero_info(f"Slurm requeue signal: saved {path} at global step {trainer.global_step}")
+        self._requeue_pending = True
+        trainer.should_stop = True  # Slurm stops this attempt now; the requeued job goes on from `path`
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._requeue(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._requeue(trainer)
+
+    def _requeue(self, trainer: Trainer) -> None:
+        """Flush the loggers and requeue: after on_train_batch_end, once Lightning has handed the saved step's
+        metrics to the loggers (Slurm's SIGTERM follows the requeue closely; requeueing inside the batch hook lost
+        that last step's row whenever SIGTERM won the race)."""
+        if not self._requeue_pending:
+            return
+        self._requeue_pending = False
         for logger in trainer.loggers:
             logger.finalize("finished")
         if trainer.is_global_zero:
             _scontrol_requeue()
-        trainer.should_stop = True  # Slurm stops this attempt now; the requeued job goes on from `path`
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._restore_signals()
