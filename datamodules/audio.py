@@ -127,12 +127,10 @@ class AudioDataModule(StreamingDataModule):
         out = self._rows.next(self.batch_size, self.input_shape)
         return self._rows.commit(self.audio.decode(data, train, self.rng, out=out))  # (S,)
 
-    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        inputs = self._rows.take([s["inputs"] for s in samples])
-        if inputs is None:  # not the rows handed out, in order (a permutation, a dropped sample): copy
-            return super().collate(samples)
-        rest = super().collate([{k: v for k, v in s.items() if k != "inputs"} for s in samples])
-        return {"inputs": inputs, **rest}
+    def collate_inputs(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        batch = self._rows.take(inputs)
+        # not the rows handed out, in order (a permutation, a dropped sample): copy
+        return super().collate_inputs(inputs) if batch is None else batch
 
     def permute_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         from datamodules.transforms.permute import permute_elements

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from datamodules.audio import AUDIO_EXTS, AudioFeatures, check_first_rate, check_permute_block
-from datamodules.base import StreamingDataModule
+from datamodules.base import StreamingDataModule, stack
 from datamodules.transforms import audio as A
 from datamodules.transforms import video as V
 from datamodules.video import VIDEO_EXTS, VideoFrames
@@ -98,11 +98,9 @@ class AudioVisualDataModule(StreamingDataModule):
         audio = self.audio(piece, rate, train, start=0)  # (S,) or (F, M)
         return {"video": video, "audio": audio}
 
-    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        audio = [{**s, "inputs": s["inputs"]["audio"]} for s in samples]  # the base stacks audio, target, key
-        batch = super().collate(audio)
-        video = self.video.collate([s["inputs"]["video"] for s in samples])  # float32 (B, T, H, W, C)
-        return {**batch, "inputs": {"video": video, "audio": batch["inputs"]}}
+    def collate_inputs(self, inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return {"video": self.video.collate([x["video"] for x in inputs]),  # float32 (B, T, H, W, C)
+                "audio": stack([x["audio"] for x in inputs])}
 
     def permute_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from datamodules.transforms.permute import permute_elements

@@ -522,16 +522,26 @@ class StreamingDataModule(L.LightningDataModule):
         return {"inputs": inputs, "target": target, "key": raw["__key__"], **extra}
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Stack per-sample tensors (and dicts of tensors); keys become a list of str."""
+        """Stack per-sample tensors (and dicts of tensors); keys become a list of str; the inputs are batched by
+        `collate_inputs`."""
         out: dict[str, Any] = {}
         for k, v in samples[0].items():
-            if k == "key":
+            if k == "inputs":
+                out[k] = self.collate_inputs([s[k] for s in samples])
+            elif k == "key":
                 out[k] = [s[k] for s in samples]
             elif isinstance(v, dict):
                 out[k] = {kk: stack([s[k][kk] for s in samples]) for kk in v}
             else:
                 out[k] = stack([s[k] for s in samples])
         return out
+
+    def collate_inputs(self, inputs: list[Any]) -> Any:
+        """Batch the per-sample inputs (tensors, or dicts of tensors). Subclasses that turn uint8 into the
+        normalised float batch, or hand on rows decoded in place, override this."""
+        if isinstance(inputs[0], dict):
+            return {k: stack([x[k] for x in inputs]) for k in inputs[0]}
+        return stack(inputs)
 
     # ---- Lightning hooks
     def _rank_and_world(self) -> tuple[int, int]:

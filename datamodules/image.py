@@ -80,11 +80,8 @@ class ImageDataModule(StreamingDataModule):
             img = T.rand_augment(img, self.randaugment_layers, self.randaugment_magnitude, self.rng)
         return T.to_uint8(img)  # uint8 (H, W, C); collate normalises into the float batch
 
-    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        images = [s.pop("inputs") for s in samples]
-        batch = super().collate(samples)
-        batch["inputs"] = T.normalize_into(images, self.mean, self.std)  # float32 (B, H, W, C)
-        return batch
+    def collate_inputs(self, images: list[torch.Tensor]) -> torch.Tensor:
+        return T.normalize_into(images, self.mean, self.std)  # float32 (B, H, W, C)
 
 
 class FashionMNISTDataModule(ImageDataModule):

@@ -49,10 +49,6 @@ class VideoFrames:
         clip = V.decode_clip(data, self.num_frames, self.frame_stride, train, rng, self.backend)
         return V.resize_crop(clip.frames, self.crop_size, self.short_side, train, rng), clip
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """`uint8 (..., H, W, C)` -> `float32`, normalised with mean/std."""
-        return V.normalize(x, self.mean, self.std)
-
     def collate(self, clips: list[torch.Tensor]) -> torch.Tensor:
         """B clips `uint8 (T, H, W, C)` -> the normalised batch `float32 (B, T, H, W, C)`, each clip written
         straight into its row of the batch buffer (no uint8 stack, no batch-sized temporaries)."""
@@ -97,9 +93,8 @@ class VideoDataModule(StreamingDataModule):
     def decode_inputs(self, sample: dict[str, Any], train: bool) -> torch.Tensor:
         return self.video(sample[self.find_ext(sample)], train, self.rng)[0]  # uint8 (T, H, W, C)
 
-    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        rest = super().collate([{k: v for k, v in s.items() if k != "inputs"} for s in samples])
-        return {"inputs": self.video.collate([s["inputs"] for s in samples]), **rest}  # float32 (B, T, H, W, C)
+    def collate_inputs(self, clips: list[torch.Tensor]) -> torch.Tensor:
+        return self.video.collate(clips)  # float32 (B, T, H, W, C)
 
     def permute_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         from datamodules.transforms.permute import permute_elements
