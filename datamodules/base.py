@@ -126,8 +126,6 @@ def iter_tar_samples(url: str, on_truncated: Callable[[str, str, Exception], Non
     local = "://" not in url and not url.startswith(("pipe:", "file:"))
     try:
         if local:
-            if not os.path.isfile(url):
-                raise FileNotFoundError(f"no such file: {url!r}")
             stream, members = None, iter_file_members(url, view_exts)
         else:
             stream = wds.gopen(url, "rb", bufsize=1 << 16)

@@ -190,19 +190,32 @@ def iter_file_members(path: str, view_exts: Iterable[str] = (), view_min: int = 
     sliced out of the map, no read calls), else read as a stream. Members with an extension in `view_exts` and
     at least `view_min` bytes are zero-copy `memoryview`s of the map; only pass extensions whose decoders take
     any buffer. A 10 s AudioSet flac is ~740 KB, of which the decoder reads the 1.28 s crop.
+
+    The file is opened here, so a missing or unreadable file raises OSError at the call; what iteration raises
+    is about the archive's contents.
     """
-    with open(path, "rb") as f:
+    f = open(path, "rb")
+    try:
         head = f.read(6)
         if len(head) < 6 or any(head.startswith(m) for m, _ in _COMPRESSED):
             f.seek(0)
-            yield from iter_members(f)
-            return
+            return _closing(_members(_StreamSource(f)), f)  # the generator owns the open file
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except BaseException:
+        f.close()
+        raise
+    f.close()  # the map keeps its own handle
+    view_exts = frozenset(e.lower() for e in view_exts)
+    return _closing(_members(_MappedSource(mapped, view_min, view_exts)), mapped)
+
+
+def _closing(members: Iterator[tuple[str, bytes | memoryview]], resource: BinaryIO | mmap.mmap
+             ) -> Iterator[tuple[str, bytes | memoryview]]:
     try:
-        yield from _members(_MappedSource(mapped, view_min, frozenset(e.lower() for e in view_exts)))
+        yield from members
     finally:
         try:
-            mapped.close()
+            resource.close()
         except BufferError:  # members still held as views keep the map; it closes when the last one goes
             pass
 
