@@ -195,6 +195,21 @@ def write_result(name: str, result: dict[str, Any], markdown: str, out_dir: str 
     return path
 
 
+def publish(args: argparse.Namespace, default_name: str, result: dict[str, Any], markdown: str) -> dict[str, Any]:
+    """A benchmark's last step: write <name>.json and <name>.md (`--name`, default `default_name`) into
+    `--out-dir`, print the table, return the result."""
+    write_result(args.name or default_name, result, markdown, args.out_dir)
+    print(markdown)
+    return result
+
+
+def model_configs(args: argparse.Namespace) -> list[str]:
+    """The model sizes a run covers unless `--configs` names them: toy (`--toy`), small and medium (`--quick`),
+    or those and the paper's ImageNet shape."""
+    return args.configs or (["toy"] if args.toy else ["small", "medium"] if args.quick
+                            else ["small", "medium", "imagenet"])
+
+
 def fmt_bytes(b: float | None) -> str:
     if b is None or (isinstance(b, float) and math.isnan(b)):
         return "-"

@@ -86,15 +86,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--matmul-n", type=int, default=None)
     args = p.parse_args(argv)
     common.setup(args)
-    configs = args.configs or (["toy"] if args.toy else ["small", "medium"] if args.quick
-                               else ["small", "medium", "imagenet"])
     n = args.matmul_n or (256 if args.toy else 8192 if args.device.startswith("cuda") else 2048)
-    result = run(configs, args.device, args.bf16, args.rounds or (2 if args.toy else 5), n,
+    result = run(common.model_configs(args), args.device, args.bf16, args.rounds or (2 if args.toy else 5), n,
                  short_imagenet=args.rounds is None)
-    md = markdown(result)
-    common.write_result(args.name or "mfu", result, md, args.out_dir)
-    print(md)
-    return result
+    return common.publish(args, "mfu", result, markdown(result))
 
 
 if __name__ == "__main__":

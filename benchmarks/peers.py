@@ -212,15 +212,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--groups", nargs="+", default=None, choices=sorted(GROUPS))
     args = p.parse_args(argv)
     common.setup(args)
-    configs = args.configs or (["toy"] if args.toy else ["small", "medium"] if args.quick
-                               else ["small", "medium", "imagenet"])
     rounds = args.rounds or (2 if args.toy else 5)
-    result = run(configs, args.device, args.bf16, rounds, memory=not args.no_memory, groups=args.groups,
-                 short_imagenet=args.rounds is None)
-    md = markdown(result)
-    common.write_result(args.name or "peers", result, md, args.out_dir)
-    print(md)
-    return result
+    result = run(common.model_configs(args), args.device, args.bf16, rounds, memory=not args.no_memory,
+                 groups=args.groups, short_imagenet=args.rounds is None)
+    return common.publish(args, "peers", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -167,10 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rounds = args.rounds or (2 if args.toy else 3)
     result = run(sizes, args.device, args.bf16, rounds, args.toy, args.max_transformer_gib,
                  args.max_transformer_step_s, memory=not args.no_memory)
-    md = markdown(result)
-    common.write_result(args.name or "scaling", result, md, args.out_dir)
-    print(md)
-    return result
+    return common.publish(args, "scaling", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -91,10 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--timeout", type=float, default=3600)
     args = p.parse_args(argv)
     result = run(extra, args.data_dir, args.run_dir, args.timeout)
-    md = markdown(result)
-    common.write_result(args.name or "time_to_accuracy", result, md, args.out_dir)
-    print(md)
-    return result
+    return common.publish(args, "time_to_accuracy", result, markdown(result))
 
 
 if __name__ == "__main__":
