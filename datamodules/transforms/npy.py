@@ -40,10 +40,11 @@ def decode_npy(data: bytes) -> np.ndarray:
     offset = start + header_len
     header = bytes(data[start:offset])
     parsed = _HEADERS.get(header)
-    if parsed is None:
+    if parsed is None:  # parse the header only (a copy of it), never the array's bytes
+        prefix = bytes(data[:offset])
         if major == 3:  # utf-8 headers: numpy's reader for 2.0 parses them the same way
-            data = data[:6] + b"\x02" + data[7:]
-        parsed = _parse_header(data, 1 if major == 1 else 2)
+            prefix = prefix[:6] + b"\x02" + prefix[7:]
+        parsed = _parse_header(prefix, 1 if major == 1 else 2)
         if len(_HEADERS) < _MAX_CACHED:
             _HEADERS[header] = parsed
     dtype, shape, fortran = parsed

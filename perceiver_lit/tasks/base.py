@@ -166,7 +166,7 @@ class Task(pl.LightningModule):
         return by_epochs if by_steps is None else min(by_steps, by_epochs)
 
     def configure_optimizers(self) -> dict:
-        precision = str(getattr(self.trainer, "precision", "32-true")) if self._trainer is not None else "32-true"
+        precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
         optimizer = build_optimizer(
             self.optimizer_name, self.net, self.lr, self.weight_decay, self.betas, self.eps,
             fused=not precision.startswith("16"),
