@@ -2,6 +2,7 @@
 # Quickstart: Fashion-MNIST shards -> train a small Perceiver on raw pixels -> test accuracy on the 10,000 test images.
 #   bash scripts/setup.sh && bash scripts/quickstart.sh
 # Environment: PYTHON (default .venv/bin/python if present), DATA_DIR (data/fashion-mnist), RUN_DIR (runs/quickstart),
+# CONFIG (configs/quickstart.yaml),
 # extra arguments are passed to `perceiver-lit fit` (e.g. --trainer.max_epochs 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ SHARDS="$BIN/perceiver-lit-shards"; [ -x "$SHARDS" ] || SHARDS="perceiver-lit-sh
 PLIT="$BIN/perceiver-lit"; [ -x "$PLIT" ] || PLIT="perceiver-lit"
 DATA_DIR="${DATA_DIR:-data/fashion-mnist}"
 RUN_DIR="${RUN_DIR:-runs/quickstart}"
-CONFIG=configs/quickstart.yaml
+CONFIG="${CONFIG:-configs/quickstart.yaml}"
 export WANDB_MODE="${WANDB_MODE:-offline}"   # no account needed; `wandb sync $RUN_DIR/wandb/offline-run-*` uploads
 
 step() { printf '\n==> [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }

@@ -1,13 +1,14 @@
-"""Callbacks: checkpoints, preemption, throughput/MFU, NaN guard, summary lines, W&B dashboards."""
+"""Callbacks: checkpoints, preemption, throughput/MFU, NaN guard, summary lines, input-keep schedules, W&B dashboards."""
 
 from perceiver_lit.callbacks.attention_maps import AttentionMaps
 from perceiver_lit.callbacks.checkpoint import Checkpoint
 from perceiver_lit.callbacks.grad_norm import GradNorm
+from perceiver_lit.callbacks.input_keep import InputKeepSchedule, UnmaskedTuning
 from perceiver_lit.callbacks.nan_guard import NanGuard, NonFiniteLossError
 from perceiver_lit.callbacks.preemption import PreemptionCheckpoint
 from perceiver_lit.callbacks.summary import Summary
 from perceiver_lit.callbacks.tables import PerClassTable, RunConfig
 from perceiver_lit.callbacks.throughput import Throughput
 
-__all__ = ["AttentionMaps", "Checkpoint", "GradNorm", "NanGuard", "NonFiniteLossError", "PerClassTable",
-           "PreemptionCheckpoint", "RunConfig", "Summary", "Throughput"]
+__all__ = ["AttentionMaps", "Checkpoint", "GradNorm", "InputKeepSchedule", "NanGuard", "NonFiniteLossError", "PerClassTable",
+           "PreemptionCheckpoint", "RunConfig", "Summary", "Throughput", "UnmaskedTuning"]

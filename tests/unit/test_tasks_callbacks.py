@@ -68,3 +68,42 @@ def test_summary_prints_one_line_per_epoch_with_train_and_val_metrics(caplog, tm
     assert "step 4 " in lines[1]
     val = float(trainer.callback_metrics["val/acc1"])
     assert f"val/acc1={val:.4f}" in lines[1] and "train/loss=" in lines[1]
+
+
+def _keep_run(callback, epochs: int = 3) -> tuple[dict, object]:
+    """Fit a 16-pixel Perceiver (input_keep 0.5) with `callback`; return the inputs seen per epoch, and the net."""
+    from perceiver_lit.models import ImageAdapter, Perceiver
+
+    torch.manual_seed(0)
+    net = Perceiver(ImageAdapter(input_shape=(4, 4, 1), num_frequency_bands=2), num_classes=3, num_latents=4,
+                    latent_dim=8, num_cross_attends=1, num_self_attends_per_block=1, num_self_attention_heads=2,
+                    input_keep=0.5)
+    seen: dict[int, set] = {}
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, callbacks=[callback])
+    net.cross_attends[0].register_forward_pre_hook(
+        lambda m, args: seen.setdefault(trainer.current_epoch, set()).add(args[1].shape[1]) if m.training else None)
+    g = torch.Generator().manual_seed(0)
+    batches = [{"inputs": torch.randn(4, 4, 4, 1, generator=g), "target": torch.randint(3, (4,), generator=g),
+                "key": [str(j) for j in range(4)]} for _ in range(2)]
+    trainer.fit(Classification(net, schedule="constant"), train_dataloaders=_loader(batches))
+    return seen, net
+
+
+def test_unmasked_tuning_trains_the_last_epochs_on_every_input():
+    from perceiver_lit.callbacks import UnmaskedTuning
+
+    seen, net = _keep_run(UnmaskedTuning(epochs=1))
+    assert seen == {0: {8}, 1: {8}, 2: {16}}          # 16 pixels: half in epochs 1-2, all in the last
+    assert net.config.input_keep == 0.5                # the model is left as configured
+    with pytest.raises(ValueError, match="epochs must be >= 0"):
+        UnmaskedTuning(epochs=-1)
+
+
+def test_input_keep_schedule_follows_its_milestones():
+    from perceiver_lit.callbacks import InputKeepSchedule
+
+    seen, _ = _keep_run(InputKeepSchedule({0: 0.25, 1: 0.75, -1: 1.0}), epochs=4)
+    assert seen == {0: {4}, 1: {12}, 2: {12}, 3: {16}}
+    with pytest.raises(ValueError, match=r"milestones\[3\] = 1.5, expected a fraction in \(0, 1\]"):
+        InputKeepSchedule({3: 1.5})
