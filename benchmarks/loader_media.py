@@ -9,11 +9,17 @@ workers=0, in process CPU time); this file registers the media benches and picks
   audio-mel   the same clips -> log-mel (129 frames x 128 bins)
   video       Kinetics-like 320x240 H.264 at 25 fps, 3.2 s -> 16 frames at stride 2, short side 256, crop 224
 
-What the audio overhead is (profiled 2026-11-22): the bare path gets each clip's bytes in memory for free; the
-DataModule must find the member in the shard, label, shuffle and collate it: ~0.15-0.2 ms of a ~1 ms raw
-sample. Local shards are memory-mapped and flac members handed on as views, so only the pages of the 1.28 s crop
-are read (it used to read the whole ~740 KB member); raw clips are decoded straight into rows of the batch buffer
-and video clips normalised straight into theirs.
+Where the DataModule's time over bare decoding went (profiled 2026-11-22, py-spy + page-fault counts):
+  - fresh batch memory: torch's allocator handed every batch new pages (glibc returns blocks of batch size to
+    the kernel), each 4 KB page a fault on first write: ~130 us of a ~1 ms raw sample, 2,350 faults a video
+    clip. Batches in the main process now come from base.BufferPool (numpy memory, reused once no tensor refers
+    to it); in workers they are made in shared memory directly instead of allocated and copied there.
+  - per-clip log-mel: the DataModule decodes mel clips into waveform rows and takes the log-mel 4 clips per
+    stft in collate (same values; ~100 us a clip less). The bare path keeps computing one clip at a time.
+  - what is left (raw audio, ~0.1 ms a sample): page faults and Python callbacks reading the memory-mapped flac
+    member, writing the batch rows (the bare clip is discarded while still in cache), tar headers, labels.
+Local shards are memory-mapped and flac members handed on as views, so only the pages of the 1.28 s crop are
+read; raw clips are decoded straight into rows of the batch buffer and video clips normalised straight into theirs.
 """
 
 from __future__ import annotations
@@ -145,11 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--modality", nargs="+", default=["audio-raw", "audio-mel", "video"],
                    choices=["audio-raw", "audio-mel", "video"])
-    p.add_argument("--samples", type=int, default=96)
+    p.add_argument("--samples", type=int, default=192, help="96 varied by +-5 points run to run on a shared 2-core machine")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--audio-batch-size", type=int, default=32)
     p.add_argument("--video-batch-size", type=int, default=8, help="8 x 16 x 224 x 224 x 3 floats = 77 MB a batch")
-    p.add_argument("--repeats", type=int, default=2, help="best of this many runs")
+    p.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     p.add_argument("--out", default=os.path.join(loader.RESULTS, "loader_media"), help="<out>.json and <out>.md")
     args = p.parse_args(argv)
     torch.set_num_threads(1)

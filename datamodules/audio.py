@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from datamodules.base import DataError, StreamingDataModule, batch_buffer, iter_tar_samples
+from datamodules.base import DataError, StreamingDataModule, batch_buffer, iter_tar_samples, scratch_buffer
 from datamodules.transforms import audio as A
 
 AUDIO_EXTS = ("flac", "wav", "ogg", "mp3")
@@ -60,18 +61,32 @@ class AudioFeatures:
             self.to_rate(torch.zeros(0), sample_rate)  # raises the rate-mismatch error
         return math.ceil(self.clip_samples * sample_rate / self.sample_rate)
 
-    def decode(self, data: bytes, train: bool, rng: Any = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, data: bytes, train: bool, rng: Any = None, out: torch.Tensor | None = None,
+               waveform: bool = False) -> torch.Tensor:
         """flac/wav bytes -> `(S,)` or `(F, M)`, decoding only the crop window.
 
-        `out`: a contiguous float32 tensor of the output shape (a row of a batch buffer) that receives the result,
-        which is then `out` itself; a mono clip at the config rate is decoded straight into it (raw features).
+        `waveform`: stop at the cropped waveform `(S,)` whatever the features (the caller takes the log-mel of
+        a whole batch with `mel_batch`). `out`: a contiguous float32 tensor of the output shape (a row of a batch
+        buffer) that receives the result, which is then `out` itself; a mono clip at the config rate is decoded
+        straight into it (waveforms).
         """
-        row = out.numpy() if out is not None and self.mel is None else None
+        mel = None if waveform else self.mel
+        row = out.numpy() if out is not None and mel is None else None
         wave, sample_rate = A.decode_audio_window(data, self.window, train, rng, out=row)
         if wave is row and sample_rate == self.sample_rate:
             return out  # decoded, cropped and zero-padded in place
-        x = self(torch.from_numpy(wave), sample_rate, train, rng, start=0)
+        x = A.crop_or_pad(self.to_rate(torch.from_numpy(wave), sample_rate), self.clip_samples, train, rng, 0)
+        x = x if mel is None else mel(x)
         return x if out is None else out.copy_(x)
+
+    def mel_batch(self, waves: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        """Waveforms `(B, S)` -> log-mel `(B, F, M)` in a batch buffer, `chunk` clips per stft: the dozen torch
+        calls of a log-mel cost the same for 4 clips as for one (measured at 48 kHz: 820 against 930 us a clip,
+        identical values), and 4 clips' stft temporaries (~8 MB) still reuse memory; 8 start to page-fault."""
+        out = batch_buffer((len(waves), *self.shape), torch.float32)
+        for i in range(0, len(waves), chunk):
+            out[i : i + chunk] = self.mel(waves[i : i + chunk])
+        return out
 
     def __call__(self, wave: torch.Tensor, sample_rate: int, train: bool, rng: Any = None,
                  start: int | None = None) -> torch.Tensor:
@@ -116,21 +131,26 @@ class AudioDataModule(StreamingDataModule):
                                    n_mels, f_min, f_max, mel_scale, mel_norm)
         self.sample_rate, self.clip_samples, self.features = sample_rate, clip_samples, features
         self.input_shape = self.audio.shape
-        self._rows = BatchRows()
+        # mel: the rows are waveforms the batch's log-mel is taken from, never sent on: no shared memory
+        self._rows = BatchRows(batch_buffer if self.audio.mel is None else scratch_buffer)
         check_permute_block(self)
 
     def decode_inputs(self, sample: dict[str, Any], train: bool) -> torch.Tensor:
         data = sample[self.find_ext(sample)]
-        if self.features != "raw" or self.permute_seed is not None:  # mel, or a permutation that copies anyway
+        if self.permute_seed is not None:  # permuted per sample, so the features are made per sample
             return self.audio.decode(data, train, self.rng)  # (F, M) or (S,)
-        # raw clips are decoded straight into the next row of a batch buffer; collate hands the rows on
-        out = self._rows.next(self.batch_size, self.input_shape)
-        return self._rows.commit(self.audio.decode(data, train, self.rng, out=out))  # (S,)
+        # the cropped waveform is decoded straight into the next row of a batch buffer; collate hands the rows
+        # on (raw) or takes the log-mel of the whole batch (mel)
+        out = self._rows.next(self.batch_size, (self.clip_samples,))
+        return self._rows.commit(self.audio.decode(data, train, self.rng, out=out, waveform=True))  # (S,)
 
     def collate_inputs(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        batch = self._rows.take(inputs)
-        # not the rows handed out, in order (a permutation, a dropped sample): copy
-        return super().collate_inputs(inputs) if batch is None else batch
+        if self.permute_seed is not None:
+            return super().collate_inputs(inputs)  # (B, S) or (B, F, M)
+        waves = self._rows.take(inputs)
+        if waves is None:  # not the rows handed out, in order (a sample dropped after its decode): copy
+            waves = super().collate_inputs(inputs)
+        return waves if self.audio.mel is None else self.audio.mel_batch(waves)  # (B, S) or (B, F, M)
 
     def permute_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         from datamodules.transforms.permute import permute_elements
@@ -148,41 +168,42 @@ class AudioDataModule(StreamingDataModule):
 class BatchRows:
     """Rows of a batch-sized buffer that samples are decoded into, so the batch needs no stacking copy.
 
-    `next(rows, shape)` is the row for the next sample (a fresh `batch_buffer` of `rows` rows when the current one
+    `next(rows, shape)` is the row for the next sample (a fresh `alloc`ated buffer of `rows` rows when the current one
     is used up, has another shape, or was made in another process); `commit(row)` marks it taken once the sample
     decoded (a sample that raises leaves its row for the next one). `take(tensors)` retires the buffer and
     returns its first `len(tensors)` rows as the batch when `tensors` are exactly those rows in order, else None
     (the caller then stacks as usual: a permuted sample, or one dropped after its decode for a bad label). A
-    buffer is never written again once retired, so a batch and its samples stay valid.
+    buffer is never written again once retired (batch_buffer reuses memory only once nothing refers to it), so a
+    batch and its samples stay valid.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, alloc: Callable[[tuple[int, ...], torch.dtype], torch.Tensor] = batch_buffer) -> None:
+        self.alloc = alloc  # batch_buffer for rows that are the batch, scratch_buffer for an intermediate
         self.buffer: torch.Tensor | None = None
+        self.rows: tuple[torch.Tensor, ...] = ()  # the buffer's row views, made in one call; handed out in order
         self.used, self.pid = 0, -1
 
     def __getstate__(self) -> dict[str, Any]:  # a worker process starts with no buffer
-        return {"buffer": None, "used": 0, "pid": -1}
+        return {"alloc": self.alloc, "buffer": None, "rows": (), "used": 0, "pid": -1}
 
     def next(self, rows: int, shape: tuple[int, ...]) -> torch.Tensor:
-        buffer = self.buffer
-        if (buffer is None or self.used >= len(buffer) or self.pid != os.getpid()
-                or tuple(buffer.shape[1:]) != tuple(shape)):
-            self.buffer, self.used, self.pid = batch_buffer((rows, *shape), torch.float32), 0, os.getpid()
-        return self.buffer[self.used]
+        if (self.buffer is None or self.used >= len(self.rows) or self.pid != os.getpid()
+                or self.buffer.shape[1:] != tuple(shape)):
+            self.buffer, self.used, self.pid = self.alloc((rows, *shape), torch.float32), 0, os.getpid()
+            self.rows = self.buffer.unbind(0)
+        return self.rows[self.used]
 
     def commit(self, row: torch.Tensor) -> torch.Tensor:
-        buffer = self.buffer
-        if buffer is not None and self.used < len(buffer) and row.data_ptr() == buffer[self.used].data_ptr():
+        if self.used < len(self.rows) and row is self.rows[self.used]:
             self.used += 1
         return row
 
     def take(self, tensors: list[torch.Tensor]) -> torch.Tensor | None:
-        buffer, self.buffer = self.buffer, None
+        buffer, rows, self.buffer, self.rows = self.buffer, self.rows, None, ()
         if buffer is None or not 0 < len(tensors) <= self.used or self.pid != os.getpid():
             return None
-        for row, t in zip(buffer, tensors):
-            if t.data_ptr() != row.data_ptr() or t.shape != row.shape or t.stride() != row.stride():
-                return None
+        if any(t is not row for t, row in zip(tensors, rows)):
+            return None
         return buffer[: len(tensors)]
 
 

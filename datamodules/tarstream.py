@@ -87,7 +87,7 @@ def _checksum_ok(header: bytes) -> bool:
         stored = _number(header[148:156], "checksum")
     except tarfile.ReadError:
         return False
-    unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
+    unsigned = sum(header) - sum(header[148:156]) + 8 * 32  # the checksum field counts as spaces
     if stored == unsigned:
         return True
     signed = sum(b - 256 if b > 127 else b for b in header[:148] + header[156:]) + 8 * 32  # old tars

@@ -261,3 +261,23 @@ def test_decode_audio_window_from_a_memoryview_equals_bytes(fmt: str, tmp_path) 
     row = np.zeros(1000, np.float32)
     assert A.decode_audio_window(view, lambda rate: 1000, False, out=row)[0] is row
     assert np.array_equal(row, A.decode_audio_window(data, lambda rate: 1000, False)[0])
+
+
+def test_mel_batches_match_per_sample_log_mel(tmp_path) -> None:
+    """Mel features are taken per batch (waveforms decoded into rows, one stft per few clips): the same values as
+    the per-sample log-mel, also for a batch stacked after a dropped sample, with corrupt samples still counted."""
+    rng = np.random.default_rng(4)
+    clips = [(0.3 * rng.standard_normal(n)).astype(np.float32) for n in (3000, 2000, 2500, 900, 3000, 2200, 2600)]
+    samples = [{"__key__": f"k{i}", "flac": wav_bytes(c, 8000, "FLAC"), "json": f"[{i % 6}]".encode()}
+               for i, c in enumerate(clips)]
+    samples[1]["json"] = b"[9]"  # decodes, then its label fails: the batch is stacked, not handed on in place
+    samples[3]["flac"] = samples[3]["flac"][:40]  # truncated
+    url = write_tar(str(tmp_path / "a.tar"), samples)
+    dm = AudioDataModule(val_urls=url, sample_rate=8000, clip_samples=2000, features="mel", n_fft=256,
+                         win_length=200, hop_length=80, n_mels=16, num_classes=6, batch_size=3, num_workers=0)
+    batches = list(dm.val_dataloader())
+    assert [b["key"] for b in batches] == [["k0", "k2", "k4"], ["k5", "k6"]] and dm.corrupt_samples == 2
+    for b in batches:
+        assert b["inputs"].shape == (len(b["key"]), 26, 16) and b["inputs"].dtype == torch.float32
+        for key, x in zip(b["key"], b["inputs"]):
+            assert torch.allclose(x, dm.audio.decode(samples[int(key[1])]["flac"], False), atol=1e-5)

@@ -151,3 +151,27 @@ def test_multilabel_json_gives_multi_hot(tmp_path):
     assert batch["target"].dtype.is_floating_point and batch["target"].shape == (2, 10)
     assert batch["target"][0].nonzero().flatten().tolist() == [1, 3]
     assert batch["target"][1].nonzero().flatten().tolist() == [0]
+
+
+def test_buffer_pool_reuses_memory_only_once_nothing_refers_to_it():
+    import torch
+
+    from datamodules.base import BufferPool
+
+    pool = BufferPool(keep=3, min_bytes=1024)
+    a = pool.empty((4, 1024), torch.float32)
+    mem = a.data_ptr()
+    row = a[1]
+    del a
+    b = pool.empty((4, 1024), torch.float32)
+    assert b.data_ptr() != mem  # a row view of the old batch is still alive
+    del row
+    c = pool.empty((4, 1024), torch.float32)
+    assert c.data_ptr() == mem and c.shape == (4, 1024) and c.dtype == torch.float32
+    arr = c.numpy()  # a numpy view keeps the memory too
+    del c
+    assert pool.empty((4, 1024), torch.float32).data_ptr() not in (mem, b.data_ptr())
+    del arr
+    assert pool.empty((2, 1024), torch.float32).shape == (2, 1024)  # another shape: its own buffer
+    assert pool.empty((4, 1024), torch.int64).dtype == torch.int64
+    assert len(pool.entries) <= 3  # the oldest free buffers are forgotten
