@@ -70,13 +70,11 @@ class AudioFeatures:
         buffer) that receives the result, which is then `out` itself; a mono clip at the config rate is decoded
         straight into it (waveforms).
         """
-        mel = None if waveform else self.mel
-        row = out.numpy() if out is not None and mel is None else None
+        row = out.numpy() if out is not None and (waveform or self.mel is None) else None  # out is a waveform
         wave, sample_rate = A.decode_audio_window(data, self.window, train, rng, out=row)
         if wave is row and sample_rate == self.sample_rate:
             return out  # decoded, cropped and zero-padded in place
-        x = A.crop_or_pad(self.to_rate(torch.from_numpy(wave), sample_rate), self.clip_samples, train, rng, 0)
-        x = x if mel is None else mel(x)
+        x = self(torch.from_numpy(wave), sample_rate, train, rng, start=0, waveform=waveform)
         return x if out is None else out.copy_(x)
 
     def mel_batch(self, waves: torch.Tensor, chunk: int = 4) -> torch.Tensor:
@@ -89,10 +87,11 @@ class AudioFeatures:
         return out
 
     def __call__(self, wave: torch.Tensor, sample_rate: int, train: bool, rng: Any = None,
-                 start: int | None = None) -> torch.Tensor:
-        """Mono `(S_in,)` at `sample_rate` -> `(S,)` or `(F, M)`. `start`: window start in output-rate samples."""
+                 start: int | None = None, waveform: bool = False) -> torch.Tensor:
+        """Mono `(S_in,)` at `sample_rate` -> `(S,)` or `(F, M)`. `start`: window start in output-rate samples;
+        `waveform`: stop at the cropped `(S,)` whatever the features."""
         wave = A.crop_or_pad(self.to_rate(wave, sample_rate), self.clip_samples, train, rng, start)
-        return wave if self.mel is None else self.mel(wave)
+        return wave if waveform or self.mel is None else self.mel(wave)
 
 
 class AudioDataModule(StreamingDataModule):

@@ -1,4 +1,5 @@
-"""Callbacks: checkpoints, preemption, throughput/MFU, NaN guard, summary lines, input-keep schedules, W&B dashboards."""
+"""Callbacks: checkpoints, preemption, throughput/MFU, NaN guard, summary lines, input-keep schedules, W&B
+dashboards."""
 
 from perceiver_lit.callbacks.attention_maps import AttentionMaps
 from perceiver_lit.callbacks.checkpoint import Checkpoint
@@ -10,5 +11,5 @@ from perceiver_lit.callbacks.summary import Summary
 from perceiver_lit.callbacks.tables import PerClassTable, RunConfig
 from perceiver_lit.callbacks.throughput import Throughput
 
-__all__ = ["AttentionMaps", "Checkpoint", "GradNorm", "InputKeepSchedule", "NanGuard", "NonFiniteLossError", "PerClassTable",
-           "PreemptionCheckpoint", "RunConfig", "Summary", "Throughput", "UnmaskedTuning"]
+__all__ = ["AttentionMaps", "Checkpoint", "GradNorm", "InputKeepSchedule", "NanGuard", "NonFiniteLossError",
+           "PerClassTable", "PreemptionCheckpoint", "RunConfig", "Summary", "Throughput", "UnmaskedTuning"]

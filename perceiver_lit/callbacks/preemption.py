@@ -12,7 +12,8 @@ schedulers and loop counters, but no RNG state.
   signal handler: ranks interrupted at different points then enter the checkpoint's collectives out of step with
   the training ones and hang. Here the handler only sets a flag; at the end of the next training step all ranks
   agree (any rank signalled), save `hpc_ckpt_<n>.ckpt` together and stop; once that step's metrics are logged
-  and the loggers flushed (end of the cut epoch), rank 0 runs `scontrol requeue`; the requeued job resumes from that file (Lightning picks the newest hpc checkpoint in default_root_dir);
+  and the loggers flushed (end of the cut epoch), rank 0 runs `scontrol requeue`; the requeued job resumes from
+  that file (Lightning picks the newest hpc checkpoint in default_root_dir);
 - on that path (`SIGTERMException`) it saves `last.ckpt` into each `ModelCheckpoint(save_last=True)` folder (or
   `<default_root_dir>/checkpoints/last.ckpt` without one), written to a temp name and renamed, so a SIGKILL during
   the write never leaves a torn `last.ckpt`; `fit --ckpt_path last` resumes from it at the same global step;
