@@ -5,6 +5,10 @@ All attention goes through torch.nn.functional.scaled_dot_product_attention. Sel
 into one projection; cross-attention fuses k and v (they read the same inputs). `convert.py` splits / joins
 HF's separate weights accordingly.
 
+Cross-attention over many inputs and few queries (the encoder: N latents << M inputs) runs "absorbed": the
+k and v projections are moved onto the query side, so nothing is projected over the M inputs (see
+`CrossAttentionLayer.absorbs`). Same function, same parameters; `flops(...)` counts what actually runs.
+
 FLOPs (`flops(...)`) count 2 x multiply-adds of every matmul (projections, QK^T, AV, MLP); norms, softmax,
 GELU and residual adds are left out, as in the papers' counts.
 """
@@ -57,6 +61,34 @@ def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, pad_mask: Tensor 
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     return out[..., :dv].transpose(1, 2).reshape(B, N, -1)  # (B, h, N, dv) -> (B, N, Cv)
+
+
+# Largest attention matrix (bytes) that `attend_unprojected` keeps for backward instead of calling SDPA.
+MATH_ATTENTION_MAX_BYTES = 256 * 2**20
+
+
+def attend_unprojected(q: Tensor, x_hat: Tensor, scale: float, pad_mask: Tensor | None = None) -> Tensor:
+    """softmax(q x_hat^T * scale) x_hat for q (B, h, N, C) against keys = values = x_hat (B, M, C) -> (B, h, N, C).
+
+    The keys are the normalised inputs themselves, which need no gradient when the inputs need none (pixels and
+    Fourier features). SDPA's CPU kernel computes the key and value gradients regardless and recomputes the
+    scores in backward: five (N x M x C) matmuls. Written out, autograd keeps the probabilities and does two
+    (dP = dO x_hat^T, dq = dS x_hat), which made the medium Perceiver's CPU training step 1.2x faster than SDPA
+    here (benchmarks/README.md). The cost is the kept (B, h, N, M) matrix, so this runs on CPU only, in training,
+    when x_hat needs no gradient and that matrix is at most MATH_ATTENTION_MAX_BYTES; otherwise SDPA.
+    """
+    B, h = q.shape[:2]
+    M = x_hat.shape[1]
+    kv = x_hat.unsqueeze(1)                                                          # (B, 1, M, C)
+    mask = None if pad_mask is None else ~pad_mask[:, None, None, :]               # (B, 1, 1, M), True = attend
+    if (not q.is_cuda and not torch.compiler.is_compiling() and torch.is_grad_enabled() and q.requires_grad
+            and not x_hat.requires_grad and B * h * q.shape[2] * M * q.element_size() <= MATH_ATTENTION_MAX_BYTES):
+        scores = (q * scale) @ kv.transpose(-1, -2)                                # (B, h, N, M)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(-1).to(kv.dtype) @ kv                                # (B, h, N, C)
+    return F.scaled_dot_product_attention(q, kv.expand(B, h, M, -1), kv.expand(B, h, M, -1), attn_mask=mask,
+                                          scale=scale)
 
 
 @torch.no_grad()
@@ -116,6 +148,7 @@ class CrossAttentionLayer(_Layer):
                              f"not divisible by num_heads {num_heads}")
         self.num_heads, self.qk_channels, self.v_channels = num_heads, qk_channels, v_channels
         self.use_query_residual, self.dropout, self.checkpoint = use_query_residual, dropout, checkpoint
+        self.absorb: bool | None = None  # see absorbs(); None: by cost
         self.norm_q = nn.LayerNorm(q_dim)
         self.norm_kv = nn.LayerNorm(kv_dim)
         self.to_q = nn.Linear(q_dim, qk_channels)
@@ -130,17 +163,92 @@ class CrossAttentionLayer(_Layer):
         """x (B, N, q_dim), inputs (B, M, kv_dim) -> (B, N, q_dim).
 
         kv / return_kv: a layer applied again to the same inputs (the Perceiver's shared cross-attends) can
-        reuse its projected [k; v] (B, M, Cqk + Cv) instead of recomputing LN + projection over all M inputs.
+        reuse what it computed from the inputs alone, instead of recomputing it over all M inputs: the projected
+        [k; v] (B, M, Cqk + Cv), or, when the layer absorbs the projections, the normalised inputs (B, M, kv_dim).
         """
-        if kv is None:
-            kv = self.project_kv(inputs)                                            # (B, M, Cqk + Cv)
-        k, v = kv.split([self.qk_channels, self.v_channels], dim=-1)
-        q = self.to_q(self.norm_q(x))                                                # (B, N, Cqk)
-        a = attention(q, k, v, self.num_heads, pad_mask, self.dropout if self.training else 0.0)  # (B, N, Cv)
+        num_inputs = (inputs if kv is None else kv).shape[1]
+        if self.absorbs(x.shape[1], num_inputs):
+            if kv is None:
+                kv = self.normalize_inputs(inputs)                                  # (B, M, kv_dim)
+            a = self._absorbed_attention(x, kv, pad_mask)                           # (B, N, Cv)
+        else:
+            if kv is None:
+                kv = self.project_kv(inputs)                                        # (B, M, Cqk + Cv)
+            k, v = kv.split([self.qk_channels, self.v_channels], dim=-1)
+            q = self.to_q(self.norm_q(x))                                            # (B, N, Cqk)
+            a = attention(q, k, v, self.num_heads, pad_mask, self.dropout if self.training else 0.0)  # (B, N, Cv)
         a = self.proj_drop(self.proj(a))                                            # (B, N, q_dim)
         x = x + a if self.use_query_residual else a
         x = self._mlp_residual(x)
         return (x, kv) if return_kv else x
+
+    def absorbs(self, num_queries: int, num_inputs: int) -> bool:
+        """Whether to run attention on the normalised inputs with k and v's projections moved to the query side:
+
+            q_h k_h^T = (q_h W_k,h) x_hat^T + q_h . b_k,h    the bias term is one constant per query row, which
+                                                             softmax ignores;
+            P_h v_h   = (P_h x_hat) W_v,h^T + b_v,h           the rows of P sum to 1.
+
+        Exact in value and gradient (up to float rounding; tested), with the same parameters. It replaces the
+        (M x kv_dim x (Cqk + Cv)) projection of every input with per-query work, and needs no key or value
+        gradients in backward. It pays when queries are few and heads are few: the paper's encoder (1 head, the
+        "kv" shape, N latents << M inputs) always; a decoder with as many queries as outputs never. `absorb`
+        (None: by the forward multiply-add count below; True / False: forced) chooses. Not with attention
+        dropout in training (dropped probabilities no longer sum to 1).
+        """
+        if self.training and self.dropout > 0:
+            return False
+        if self.absorb is not None:
+            return self.absorb
+        return self._absorbed_macs(num_queries, num_inputs) < self._projected_macs(num_queries, num_inputs)
+
+    def _projected_macs(self, n: int, m: int, project_kv: bool = True) -> int:
+        """Forward multiply-adds per sample of the projected path, less what both paths share (q, output
+        projection, MLP): k and v of every input, QK^T, AV."""
+        c = self.qk_channels + self.v_channels
+        return m * self.to_kv.in_features * c * project_kv + n * m * c
+
+    def _absorbed_macs(self, n: int, m: int) -> int:
+        """... of the absorbed path: q W_k, (q W_k) x_hat^T and P x_hat per head, then W_v."""
+        kv_dim = self.to_kv.in_features
+        return n * self.qk_channels * kv_dim + 2 * self.num_heads * n * m * kv_dim + n * kv_dim * self.v_channels
+
+    def normalize_inputs(self, inputs: Tensor) -> Tensor:
+        """norm_kv without its affine (folded into the weights), in the autocast dtype when autocast is on; on
+        CUDA zero-padded to a multiple of 8 channels, so that SDPA can take a fused kernel (zeros add nothing)."""
+        x_hat = F.layer_norm(inputs, self.norm_kv.normalized_shape, None, None, self.norm_kv.eps)
+        device = inputs.device.type
+        if device != "meta" and torch.is_autocast_enabled(device):
+            x_hat = x_hat.to(torch.get_autocast_dtype(device))
+        return F.pad(x_hat, (0, -x_hat.shape[-1] % 8)) if x_hat.is_cuda and x_hat.shape[-1] % 8 else x_hat
+
+    def _folded_kv_weights(self) -> tuple[Tensor, Tensor | None]:
+        """to_kv's weight and bias with norm_kv's affine folded in (see project_kv)."""
+        ln, lin = self.norm_kv, self.to_kv
+        weight = lin.weight if ln.weight is None else lin.weight * ln.weight      # (Cqk + Cv, kv_dim)
+        bias = lin.bias
+        if ln.bias is not None:
+            bias = lin.weight @ ln.bias if bias is None else torch.addmv(bias, lin.weight, ln.bias)
+        return weight, bias
+
+    def _absorbed_attention(self, x: Tensor, x_hat: Tensor, pad_mask: Tensor | None) -> Tensor:
+        """attention(q, k, v) (B, N, Cv) from the normalised inputs x_hat (B, M, C) without projecting them to k, v
+        (`absorbs`): scores (q_h W_k,h) x_hat^T, then (P_h x_hat) W_v,h^T + b_v,h."""
+        B, N, _ = x.shape
+        h, C = self.num_heads, self.to_kv.in_features
+        dqk, dv = self.qk_channels // h, self.v_channels // h
+        weight, bias = self._folded_kv_weights()
+        w_k, w_v = weight.split([self.qk_channels, self.v_channels])               # (Cqk, C), (Cv, C)
+        w_k = F.pad(w_k.view(h, dqk, C), (0, x_hat.shape[-1] - C))                 # (h, dqk, C [+ CUDA padding])
+        q = self.to_q(self.norm_q(x)).view(B, N, h, dqk).transpose(1, 2)           # (B, h, N, dqk)
+        o = attend_unprojected(q @ w_k, x_hat, dqk ** -0.5, pad_mask)[..., :C]      # (B, h, N, C)
+        b_v = None if bias is None else bias[self.qk_channels:]                     # b_k drops out (softmax)
+        if h == 1:
+            return F.linear(o[:, 0], w_v, b_v)                                      # (B, N, Cv)
+        v = o @ w_v.view(h, dv, C).transpose(1, 2)                                  # (B, h, N, dv)
+        if b_v is not None:
+            v = v + b_v.view(h, 1, dv)
+        return v.transpose(1, 2).reshape(B, N, self.v_channels)                     # (B, N, Cv)
 
     def project_kv(self, inputs: Tensor) -> Tensor:
         """to_kv(norm_kv(inputs)) (B, M, kv_dim) -> (B, M, Cqk + Cv), with the LayerNorm's affine folded into the
@@ -151,21 +259,20 @@ class CrossAttentionLayer(_Layer):
         backward disappears, and the weight gradients come from one matmul. The step of the quickstart model
         (784 inputs of 27 channels) is ~12% faster on CPU; folding costs O(kv_dim x (Cqk + Cv)), independent of M.
         """
-        ln, lin = self.norm_kv, self.to_kv
-        if ln.weight is None or ln.bias is None:
-            return lin(ln(inputs))
-        x_hat = F.layer_norm(inputs, ln.normalized_shape, None, None, ln.eps)   # (B, M, kv_dim)
-        weight = lin.weight * ln.weight                                          # (Cqk + Cv, kv_dim)
-        bias = lin.weight @ ln.bias if lin.bias is None else torch.addmv(lin.bias, lin.weight, ln.bias)
-        return F.linear(x_hat, weight, bias)
+        x_hat = F.layer_norm(inputs, self.norm_kv.normalized_shape, None, None, self.norm_kv.eps)  # (B, M, kv_dim)
+        return F.linear(x_hat, *self._folded_kv_weights())
 
     def flops(self, num_queries: int, num_inputs: int, project_kv: bool = True) -> int:
-        q_dim, kv_dim = self.to_q.in_features, self.to_kv.in_features
-        macs = num_queries * q_dim * self.qk_channels                          # q
-        macs += num_inputs * kv_dim * (self.qk_channels + self.v_channels) * project_kv  # k, v
-        macs += num_queries * num_inputs * (self.qk_channels + self.v_channels)  # QK^T, AV
-        macs += num_queries * self.v_channels * q_dim                          # output projection
-        macs += num_queries * 2 * q_dim * self.mlp[0].out_features             # MLP
+        """Forward FLOPs per sample of the path that runs (`absorbs`); project_kv=False: the inputs' k, v come
+        from a cache (a shared cross-attend after its first use)."""
+        n, m, q_dim = num_queries, num_inputs, self.to_q.in_features
+        macs = n * q_dim * self.qk_channels                                    # q
+        macs += n * self.v_channels * q_dim                                    # output projection
+        macs += n * 2 * q_dim * self.mlp[0].out_features                       # MLP
+        if self.absorbs(n, m):  # q W_k, Q'X^T, PX, W_v
+            macs += self._absorbed_macs(n, m)
+        else:                   # k, v (unless cached), QK^T, AV
+            macs += self._projected_macs(n, m, project_kv)
         return 2 * macs
 
 

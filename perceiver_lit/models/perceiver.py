@@ -128,11 +128,15 @@ class Perceiver(nn.Module):
         if self.training and self.config.input_keep < 1.0:
             x, mask = subsample_inputs(x, mask, self.config.input_keep)        # (B, K, C), K = keep * M
         z = self.latents.expand(x.shape[0], -1, -1)                            # (B, N, D)
-        kv: dict[int, Tensor] = {}  # a shared cross-attend projects the inputs to k, v once, not n - 1 times
+        # What a cross-attend computes from the inputs alone is computed once: a shared cross-attend's k, v (not
+        # n - 1 times), and the normalised inputs that every cross-attend which absorbs its projections reads.
+        cache: dict[object, Tensor] = {}
         for i, b in enumerate(self._block_index):
             if i < len(self._cross_index):
                 c = self._cross_index[i]
-                z, kv[c] = self.cross_attends[c](z, x, mask, kv=kv.get(c), return_kv=True)  # (B, N, D)
+                layer = self.cross_attends[c]
+                key = ("x_hat", layer.norm_kv.eps) if layer.absorbs(z.shape[1], x.shape[1]) else c
+                z, cache[key] = layer(z, x, mask, kv=cache.get(key), return_kv=True)  # (B, N, D)
             z = self.blocks[b](z)                                              # (B, N, D)
         return self.head(self.norm(z.mean(dim=1)))                             # (B, num_classes)
 

@@ -105,3 +105,76 @@ def test_folded_kv_projection_matches_layernorm_then_linear_in_value_and_gradien
     for a, b in zip(grads, ref_grads):
         assert b.abs().max() > 0
         torch.testing.assert_close(a, b)
+
+
+def _absorbed_and_projected(layer, x, inputs, mask=None):
+    """Outputs and gradients (of x, inputs where it needs one, and every parameter) of both paths."""
+    results = []
+    for absorb in (True, False):
+        layer.absorb = absorb
+        layer.zero_grad()
+        wanted = [t for t in (x, inputs) if t.requires_grad] + list(layer.parameters())
+        out = layer(x, inputs, mask)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+        results.append((out, torch.autograd.grad((out * g).sum(), wanted, allow_unused=True)))
+    layer.absorb = None
+    return results
+
+
+@pytest.mark.parametrize("heads,qk,v,inputs_grad", [(1, None, None, False), (2, 8, 6, False), (1, 6, 10, True),
+                                                     (3, 9, 12, True)])
+def test_absorbed_cross_attention_equals_projected_in_value_and_gradients(heads, qk, v, inputs_grad):
+    """Moving k and v's projections onto the query side (absorbs) is the same function with the same parameter
+    gradients: the k bias only shifts each query's scores (softmax ignores it: zero gradient both ways), the
+    probabilities' rows sum to 1 (the v bias passes through). Also with a key padding mask, with inputs that
+    need a gradient (learned positions: SDPA path) and without (pixels: the written-out CPU path)."""
+    torch.manual_seed(0)
+    layer = CrossAttentionLayer(16, 12, num_heads=heads, qk_channels=qk, v_channels=v).double()
+    with torch.no_grad():  # a non-trivial kv LayerNorm affine and k bias
+        layer.norm_kv.weight.uniform_(0.5, 1.5)
+        layer.norm_kv.bias.normal_()
+        layer.to_kv.bias.normal_()
+    x = torch.randn(3, 4, 16, dtype=torch.float64, requires_grad=True)
+    inputs = torch.randn(3, 40, 12, dtype=torch.float64, requires_grad=inputs_grad)
+    mask = torch.zeros(3, 40, dtype=torch.bool)
+    mask[1, 25:] = True
+    (out_a, grads_a), (out_p, grads_p) = _absorbed_and_projected(layer, x, inputs, mask)
+    torch.testing.assert_close(out_a, out_p)
+    for a, p in zip(grads_a, grads_p):
+        torch.testing.assert_close(a, p)
+    assert grads_a[0].abs().max() > 0
+
+
+def test_absorbed_cross_attention_without_grad_and_cached_inputs():
+    """Evaluation (no autograd: SDPA) and a shared layer reusing its normalised inputs give the projected values."""
+    torch.manual_seed(0)
+    layer = CrossAttentionLayer(32, 20).eval()
+    x, inputs = torch.randn(2, 3, 32), torch.randn(2, 50, 20)
+    with torch.no_grad():
+        layer.absorb = False
+        ref = layer(layer(x, inputs), inputs)
+        layer.absorb = True
+        z, cache = layer(x, inputs, return_kv=True)
+        assert cache.shape == (2, 50, 20)                                    # x_hat, not [k; v]
+        torch.testing.assert_close(layer(z, None, kv=cache), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_absorb_is_chosen_by_cost():
+    enc = CrossAttentionLayer(256, 69)                                        # the paper's encoder: 1 head, "kv"
+    assert enc.absorbs(64, 1024) and enc.absorbs(512, 50_176)
+    dense = CrossAttentionLayer(64, 256, qk_channels=256)                     # a decoder: a query per output
+    assert not dense.absorbs(4096, 64)
+    assert CrossAttentionLayer(256, 256, num_heads=8).absorbs(1, 64)         # one classification query
+    dropout = CrossAttentionLayer(256, 69, dropout=0.1)                       # dropped probabilities: projected
+    assert not dropout.absorbs(64, 1024) and dropout.eval().absorbs(64, 1024)
+
+
+def test_absorbed_flops_count_by_hand():
+    layer = CrossAttentionLayer(8, 6, num_heads=1)                            # qk = v = 6, MLP 8 -> 8 -> 8
+    n, m = 2, 10
+    shared = n * 8 * 6 + n * 6 * 8 + 2 * n * 8 * 8                          # q, output projection, MLP
+    assert layer.absorbs(n, m)
+    assert layer.flops(n, m) == 2 * (shared + n * 6 * 6 + 2 * n * m * 6 + n * 6 * 6)
+    layer.absorb = False
+    assert layer.flops(n, m) == 2 * (shared + m * 6 * 12 + n * m * 12)
+    assert layer.flops(n, m, project_kv=False) == 2 * (shared + n * m * 12)

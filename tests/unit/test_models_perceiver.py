@@ -125,10 +125,14 @@ def test_shared_cross_attend_is_reused():
     assert calls == [1, 3]
 
 
-def test_shared_cross_attend_reuses_kv_exactly():
-    """Reusing the shared cross-attend's k, v projection equals recomputing it at every step."""
+@pytest.mark.parametrize("absorb", [False, True])
+def test_shared_cross_attend_reuses_kv_exactly(absorb):
+    """Reusing the shared cross-attend's k, v projection (or, absorbed, every cross-attend reusing the normalised
+    inputs) equals recomputing it at every step."""
     torch.manual_seed(0)
     m = Perceiver(ImageAdapter((4, 4, 3), num_frequency_bands=2), num_classes=3, num_cross_attends=4, **TINY).eval()
+    for layer in m.cross_attends:
+        layer.absorb = absorb
     x = torch.randn(2, 4, 4, 3)
     e, _ = m.adapter(x)
     z = m.latents.expand(2, -1, -1)
