@@ -240,15 +240,14 @@ class CrossAttentionLayer(_Layer):
         weight, bias = self._folded_kv_weights()
         w_k, w_v = weight.split([self.qk_channels, self.v_channels])               # (Cqk, C), (Cv, C)
         w_k = F.pad(w_k.view(h, dqk, C), (0, x_hat.shape[-1] - C))                 # (h, dqk, C [+ CUDA padding])
-        q = self.to_q(self.norm_q(x)).view(B, N, h, dqk).transpose(1, 2)           # (B, h, N, dqk)
-        o = attend_unprojected(q @ w_k, x_hat, dqk ** -0.5, pad_mask)[..., :C]      # (B, h, N, C)
+        q = self.to_q(self.norm_q(x)).view(B, N, h, dqk)                           # (B, N, h, dqk)
+        # einsum, not a broadcast matmul: the weights' gradients then come from one matmul per head, not from a
+        # (B x ...) batch of outer products summed afterwards
+        q = torch.einsum("bnhd,hdc->bhnc", q, w_k)                                  # (B, h, N, C)
+        o = attend_unprojected(q, x_hat, dqk ** -0.5, pad_mask)[..., :C]            # (B, h, N, C)
         b_v = None if bias is None else bias[self.qk_channels:]                     # b_k drops out (softmax)
-        if h == 1:
-            return F.linear(o[:, 0], w_v, b_v)                                      # (B, N, Cv)
-        v = o @ w_v.view(h, dv, C).transpose(1, 2)                                  # (B, h, N, dv)
-        if b_v is not None:
-            v = v + b_v.view(h, 1, dv)
-        return v.transpose(1, 2).reshape(B, N, self.v_channels)                     # (B, N, Cv)
+        v = torch.einsum("bhnc,hdc->bnhd", o, w_v.view(h, dv, C)).reshape(B, N, -1)  # (B, N, Cv)
+        return v if b_v is None else v + b_v
 
     def project_kv(self, inputs: Tensor) -> Tensor:
         """to_kv(norm_kv(inputs)) (B, M, kv_dim) -> (B, M, Cqk + Cv), with the LayerNorm's affine folded into the

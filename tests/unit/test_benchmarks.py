@@ -68,6 +68,20 @@ def test_mfu_rows(results):
     _, res = results
     for r in res["mfu"]["rows"]:
         assert r["flops_per_step"] > 0 and 0 < r["utilization"] < 10
+        # the toy encoders absorb their k/v projections: the textbook count is larger, the utilization with it too
+        assert r["projected_flops_per_step"] > r["flops_per_step"]
+        assert r["utilization_projected_flops"] > r["utilization"]
+
+
+def test_projected_flops_count_leaves_the_layers_as_they_were():
+    from perceiver_lit.models.attention import CrossAttentionLayer
+
+    model = peers.build_model("perceiver", "ours", peers.CONFIGS["small"])[0]
+    layers = [m for m in model.modules() if isinstance(m, CrossAttentionLayer)]
+    layers[0].absorb = True
+    executed = model.flops_per_sample()
+    assert mfu.projected_flops_per_sample(model) > executed
+    assert [layer.absorb for layer in layers] == [True, None] and model.flops_per_sample() == executed
 
 
 def test_peak_memory_in_a_fresh_process():
