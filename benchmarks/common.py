@@ -232,6 +232,11 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def setup(args: argparse.Namespace) -> None:
+    """Threads, CUDA flags, and the host allocator setting `perceiver-lit` trains with (perceiver_lit/host_memory.py:
+    freed activations stay in the heap), for every model of the run alike."""
+    from perceiver_lit.host_memory import tune_host_allocator
+
+    tune_host_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda"):
@@ -250,6 +255,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args()
+    from perceiver_lit.host_memory import tune_host_allocator
+
+    tune_host_allocator()  # as in the timed runs (setup)
     if a.threads:
         torch.set_num_threads(a.threads)
     print(json.dumps(_measure_here(a.builder, json.loads(a.kwargs), a.steps)), flush=True)

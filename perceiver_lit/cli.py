@@ -19,6 +19,8 @@ What it adds to LightningCLI:
   SIGINT/Slurm SIGUSR1 save and requeue), Throughput (samples/s, MFU), NanGuard, LearningRateMonitor, GradNorm,
   Summary (a final line with the test metrics), and with W&B: RunConfig, AttentionMaps, PerClassTable;
   `predict` writes `<run dir>/predictions-rank<r>.jsonl` (PredictionWriter).
+- The console script sets glibc malloc to keep freed activations for the next step (perceiver_lit/host_memory.py;
+  PERCEIVER_LIT_MALLOC=system opts out).
 - LightningCLI's automatic `--optimizer` / `--lr_scheduler` are off: the task owns its optimizer so weight-decay
   groups can never be dropped. Passing them is an unknown-key error.
 """
@@ -391,6 +393,9 @@ def check_model_fits_data(model: LightningModule, data: LightningDataModule) -> 
 
 def main(args: list[str] | None = None) -> None:
     """Console script `perceiver-lit`. Tests run `PerceiverCLI(args=[...])` in-process to inspect the result."""
+    from perceiver_lit.host_memory import tune_host_allocator
+
+    tune_host_allocator()  # freed activations stay in the heap: no page faults on them every step
     PerceiverCLI(args=args)
     # Lightning leaves the process group to interpreter exit, where gloo sometimes aborts. Not in a `finally`:
     # after a crash, the barrier would wait for a dead rank until the timeout.
