@@ -178,3 +178,16 @@ def test_absorbed_flops_count_by_hand():
     layer.absorb = False
     assert layer.flops(n, m) == 2 * (shared + m * 6 * 12 + n * m * 12)
     assert layer.flops(n, m, project_kv=False) == 2 * (shared + n * m * 12)
+
+
+def test_absorbed_attention_with_zero_padded_inputs_as_on_cuda():
+    """On CUDA normalize_inputs pads x_hat to a multiple of 8 channels for SDPA's fused kernels; the absorbed
+    attention pads W_k to match and drops the padding after: the same result (checked here on CPU)."""
+    torch.manual_seed(0)
+    layer = CrossAttentionLayer(16, 11, num_heads=1)                          # 11 channels, like ImageNet's 261
+    x, inputs = torch.randn(2, 3, 16), torch.randn(2, 20, 11)
+    mask = torch.zeros(2, 20, dtype=torch.bool)
+    mask[0, 15:] = True
+    x_hat = layer.normalize_inputs(inputs)
+    padded = F.pad(x_hat, (0, 5))                                              # 16 channels
+    torch.testing.assert_close(layer._absorbed_attention(x, padded, mask), layer._absorbed_attention(x, x_hat, mask))
