@@ -116,7 +116,8 @@ class PerceiverIO(nn.Module):
         return no_weight_decay_names(self)
 
     def flops_per_sample(self) -> int:
-        """Analytic forward FLOPs (2 x multiply-adds of the matmuls) for one sample; see attention.py."""
+        """Analytic forward FLOPs (2 x multiply-adds of the matmuls) for one sample, of the paths that run (the
+        encoder and a one-query decoder absorb their k/v projections; see attention.py)."""
         n, m = self.config.num_latents, self.adapter.num_elements
         q = m if getattr(self.queries, "match_input_length", False) else self.queries.num_queries
         flops = self.adapter.flops() + self.encoder.flops(n, m)
