@@ -250,3 +250,19 @@ def test_input_keep_subsamples_in_training_only():
     assert all(q.grad is not None for q in p.parameters())
     with pytest.raises(ValueError, match="input_keep must be in"):
         Perceiver(ad, num_classes=7, input_keep=0.0, **TINY)
+
+
+@pytest.mark.parametrize("absorb", [False, True])
+def test_activation_checkpointing_changes_no_gradient(absorb):
+    """Checkpointed layers recompute in backward, including a cross-attend's cached k/v or normalised inputs."""
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        m = Perceiver(ImageAdapter((4, 4, 3), num_frequency_bands=2), num_classes=3, num_cross_attends=3,
+                      activation_checkpointing=ckpt, **TINY)
+        for layer in m.cross_attends:
+            layer.absorb = absorb
+        m(torch.randn(2, 4, 4, 3, generator=torch.Generator().manual_seed(1))).square().sum().backward()
+        grads.append([p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
