@@ -71,24 +71,21 @@ def attend_unprojected(q: Tensor, x_hat: Tensor, scale: float, pad_mask: Tensor 
     """softmax(q x_hat^T * scale) x_hat for q (B, h, N, C) against keys = values = x_hat (B, M, C) -> (B, h, N, C).
 
     The keys are the normalised inputs themselves, which need no gradient when the inputs need none (pixels and
-    Fourier features). SDPA's CPU kernel computes the key and value gradients regardless and recomputes the
-    scores in backward: five (N x M x C) matmuls. Written out, autograd keeps the probabilities and does two
-    (dP = dO x_hat^T, dq = dS x_hat), which made the medium Perceiver's CPU training step 1.2x faster than SDPA
-    here (benchmarks/README.md). The cost is the kept (B, h, N, M) matrix, so this runs on CPU only, in training,
-    when x_hat needs no gradient and that matrix is at most MATH_ATTENTION_MAX_BYTES; otherwise SDPA.
+    Fourier features). SDPA's fused CPU kernel computes the key and value gradients regardless and recomputes the
+    scores in backward: five (N x M x C) matmuls. Its math backend is differentiated op by op, so autograd keeps the
+    probabilities and does two (dP = dO x_hat^T, dq = dS x_hat): the medium Perceiver's CPU training step is
+    1.2x faster (benchmarks/README.md). The cost is the kept (B, h, N, M) matrix, so the math backend runs on CPU
+    only, in training, when x_hat needs no gradient and that matrix is at most MATH_ATTENTION_MAX_BYTES.
     """
     B, h = q.shape[:2]
     M = x_hat.shape[1]
-    kv = x_hat.unsqueeze(1)                                                          # (B, 1, M, C)
+    kv = x_hat.unsqueeze(1).expand(B, h, M, -1)                                    # (B, h, M, C), no copy
     mask = None if pad_mask is None else ~pad_mask[:, None, None, :]               # (B, 1, 1, M), True = attend
     if (not q.is_cuda and not torch.compiler.is_compiling() and torch.is_grad_enabled() and q.requires_grad
             and not x_hat.requires_grad and B * h * q.shape[2] * M * q.element_size() <= MATH_ATTENTION_MAX_BYTES):
-        scores = (q * scale) @ kv.transpose(-1, -2)                                # (B, h, N, M)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        return scores.softmax(-1).to(kv.dtype) @ kv                                # (B, h, N, C)
-    return F.scaled_dot_product_attention(q, kv.expand(B, h, M, -1), kv.expand(B, h, M, -1), attn_mask=mask,
-                                          scale=scale)
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, scale=scale)
+    return F.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, scale=scale)
 
 
 @torch.no_grad()
