@@ -63,7 +63,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, pad_mask: Tensor 
     return out[..., :dv].transpose(1, 2).reshape(B, N, -1)  # (B, h, N, dv) -> (B, N, Cv)
 
 
-# Largest attention matrix (bytes) that `attend_unprojected` keeps for backward instead of calling SDPA.
+# Largest attention matrix (bytes) for which `attend_unprojected` uses SDPA's math backend (it keeps the matrix
+# for backward) instead of its fused kernel.
 MATH_ATTENTION_MAX_BYTES = 256 * 2**20
 
 
@@ -237,10 +238,12 @@ class CrossAttentionLayer(_Layer):
         weight, bias = self._folded_kv_weights()
         w_k, w_v = weight.split([self.qk_channels, self.v_channels])               # (Cqk, C), (Cv, C)
         w_k = F.pad(w_k.view(h, dqk, C), (0, x_hat.shape[-1] - C))                 # (h, dqk, C [+ CUDA padding])
-        q = self.to_q(self.norm_q(x)).view(B, N, h, dqk)                           # (B, N, h, dqk)
-        # einsum, not a broadcast matmul: the weights' gradients then come from one matmul per head, not from a
-        # (B x ...) batch of outer products summed afterwards
-        q = torch.einsum("bnhd,hdc->bhnc", q, w_k)                                  # (B, h, N, C)
+        # The latents expanded over the batch (the first cross-attend) are the same queries for every sample:
+        # project them once. einsum, not a broadcast matmul: the weights' gradients then come from one matmul per
+        # head, not from a (B x ...) batch of outer products summed afterwards.
+        rows = x[:1] if B > 1 and x.stride(0) == 0 else x                           # (1 or B, N, q_dim)
+        q = self.to_q(self.norm_q(rows)).view(rows.shape[0], N, h, dqk)             # (1 or B, N, h, dqk)
+        q = torch.einsum("bnhd,hdc->bhnc", q, w_k).expand(B, -1, -1, -1)            # (B, h, N, C)
         o = attend_unprojected(q, x_hat, dqk ** -0.5, pad_mask)[..., :C]            # (B, h, N, C)
         b_v = None if bias is None else bias[self.qk_channels:]                     # b_k drops out (softmax)
         v = torch.einsum("bhnc,hdc->bnhd", o, w_v.view(h, dv, C)).reshape(B, N, -1)  # (B, N, Cv)
@@ -258,15 +261,19 @@ class CrossAttentionLayer(_Layer):
         x_hat = F.layer_norm(inputs, self.norm_kv.normalized_shape, None, None, self.norm_kv.eps)  # (B, M, kv_dim)
         return F.linear(x_hat, *self._folded_kv_weights())
 
-    def flops(self, num_queries: int, num_inputs: int, project_kv: bool = True) -> int:
+    def flops(self, num_queries: int, num_inputs: int, project_kv: bool = True, expanded_queries: bool = False
+              ) -> int:
         """Forward FLOPs per sample of the path that runs (`absorbs`); project_kv=False: the inputs' k, v come
-        from a cache (a shared cross-attend after its first use)."""
+        from a cache (a shared cross-attend after its first use); expanded_queries: the queries are one array
+        expanded over the batch (the latents), which the absorbed path projects once per batch: that work is
+        left out of the per-sample count."""
         n, m, q_dim = num_queries, num_inputs, self.to_q.in_features
-        macs = n * q_dim * self.qk_channels                                    # q
+        absorbed = self.absorbs(n, m)
+        macs = n * q_dim * self.qk_channels * (not (absorbed and expanded_queries))  # q
         macs += n * self.v_channels * q_dim                                    # output projection
         macs += n * 2 * q_dim * self.mlp[0].out_features                       # MLP
-        if self.absorbs(n, m):  # q W_k, Q'X^T, PX, W_v
-            macs += self._absorbed_macs(n, m)
+        if absorbed:            # q W_k (once per batch for expanded queries), Q'X^T, PX, W_v
+            macs += self._absorbed_macs(n, m) - n * self.qk_channels * self.to_kv.in_features * expanded_queries
         else:                   # k, v (unless cached), QK^T, AV
             macs += self._projected_macs(n, m, project_kv)
         return 2 * macs

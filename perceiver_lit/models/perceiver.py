@@ -152,7 +152,8 @@ class Perceiver(nn.Module):
         if self.training and self.config.input_keep < 1.0:
             m = max(1, round(self.config.input_keep * m))
         flops = self.adapter.flops()
-        flops += sum(self.cross_attends[c].flops(n, m, project_kv=c not in self._cross_index[:i])
+        flops += sum(self.cross_attends[c].flops(n, m, project_kv=c not in self._cross_index[:i],
+                                                 expanded_queries=i == 0)  # the first reads the latents
                      for i, c in enumerate(self._cross_index))
         flops += sum(self.blocks[b].flops(n) for b in self._block_index)
         return flops + 2 * self.head.in_features * self.head.out_features

@@ -120,7 +120,7 @@ class PerceiverIO(nn.Module):
         encoder and a one-query decoder absorb their k/v projections; see attention.py)."""
         n, m = self.config.num_latents, self.adapter.num_elements
         q = m if getattr(self.queries, "match_input_length", False) else self.queries.num_queries
-        flops = self.adapter.flops() + self.encoder.flops(n, m)
+        flops = self.adapter.flops() + self.encoder.flops(n, m, expanded_queries=True)  # the latents
         flops += sum(self.processor[b].flops(n) for b in self._block_index)
         flops += self.decoder.flops(q, n)
         return flops + 2 * q * self.queries.num_channels * self.config.num_classes

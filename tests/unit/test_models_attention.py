@@ -191,3 +191,29 @@ def test_absorbed_attention_with_zero_padded_inputs_as_on_cuda():
     x_hat = layer.normalize_inputs(inputs)
     padded = F.pad(x_hat, (0, 5))                                              # 16 channels
     torch.testing.assert_close(layer._absorbed_attention(x, padded, mask), layer._absorbed_attention(x, x_hat, mask))
+
+
+def test_absorbed_queries_of_expanded_latents_are_projected_once_with_the_same_result():
+    """The first cross-attend's queries are the latents expanded over the batch: projected once, same values and
+    gradients as projecting every copy."""
+    torch.manual_seed(0)
+    layer = CrossAttentionLayer(16, 12, num_heads=1).double()
+    latents = torch.randn(5, 16, dtype=torch.float64, requires_grad=True)
+    inputs = torch.randn(3, 30, 12, dtype=torch.float64)
+    assert layer.absorbs(5, 30)
+    results = []
+    for x in (latents.expand(3, -1, -1), latents.expand(3, -1, -1).contiguous()):
+        out = layer(x, inputs)
+        results.append((out, torch.autograd.grad(out.square().sum(), [latents, *layer.parameters()],
+                                                  allow_unused=True)))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_flops_leave_out_the_once_per_batch_query_projection_of_expanded_latents():
+    layer = CrossAttentionLayer(8, 6, num_heads=1)
+    n, m = 2, 10
+    assert layer.flops(n, m) - layer.flops(n, m, expanded_queries=True) == 2 * (n * 8 * 6 + n * 6 * 6)
+    layer.absorb = False                                                       # projected: every copy is projected
+    assert layer.flops(n, m) == layer.flops(n, m, expanded_queries=True)
