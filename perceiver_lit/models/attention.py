@@ -86,6 +86,8 @@ def attend_unprojected(q: Tensor, x_hat: Tensor, scale: float, pad_mask: Tensor 
             and not x_hat.requires_grad and B * h * q.shape[2] * M * q.element_size() <= MATH_ATTENTION_MAX_BYTES):
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, scale=scale)
+    if q.is_cuda:  # the fused CUDA kernels get plain strides: q may be one row of queries expanded over the batch
+        q = q.contiguous()
     return F.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, scale=scale)
 
 
