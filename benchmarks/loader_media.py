@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--modality", nargs="+", default=["audio-raw", "audio-mel", "video"],
                    choices=["audio-raw", "audio-mel", "video"])
-    p.add_argument("--samples", type=int, default=192, help="96 varied by +-5 points run to run on a shared 2-core machine")
+    p.add_argument("--samples", type=int, default=192,
+                   help="96 varied by +-5 points run to run on a shared 2-core machine")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--audio-batch-size", type=int, default=32)
     p.add_argument("--video-batch-size", type=int, default=8, help="8 x 16 x 224 x 224 x 3 floats = 77 MB a batch")

@@ -42,17 +42,10 @@ def matmul_step(device: str, bf16: bool, n: int) -> tuple[common.Step, int]:
 
 def projected_flops_per_sample(model: torch.nn.Module) -> int:
     """model.flops_per_sample() with every cross-attend on its projected path (k, v from every input)."""
-    from perceiver_lit.models.attention import CrossAttentionLayer
+    from perceiver_lit.models.attention import projected_cross_attention
 
-    layers = [m for m in model.modules() if isinstance(m, CrossAttentionLayer)]
-    saved = [layer.absorb for layer in layers]
-    try:
-        for layer in layers:
-            layer.absorb = False
+    with projected_cross_attention(model):
         return model.flops_per_sample()
-    finally:
-        for layer, absorb in zip(layers, saved):
-            layer.absorb = absorb
 
 
 def run(configs: list[str], device: str, bf16: bool, rounds: int, n: int, short_imagenet: bool = True

@@ -15,7 +15,9 @@ GELU and residual adds are left out, as in the papers' counts.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,15 +26,19 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 
+def _eager_cpu_training(q: Tensor) -> bool:
+    """Autograd will differentiate attention on q, on CPU, outside torch.compile (a compiled graph picks its own
+    kernels): where SDPA's math backend can beat its fused CPU kernel."""
+    return not q.is_cuda and not torch.compiler.is_compiling() and q.requires_grad and torch.is_grad_enabled()
+
+
 def _cpu_math_backward(q: Tensor, batch_heads: int) -> bool:
     """On CPU, in training, with fewer (batch x heads) than threads, SDPA's math backend: the CPU flash kernel's
     backward parallelises over batch x heads only, so the Perceiver's 1-head cross-attend at batch 1 (ImageNet
     shape) ran its backward on one core: that layer's fwd + bwd took 5-10x the math backend's, the whole ImageNet
     training step 4.7x (benchmarks/README.md).
     The math backend keeps the (N, M) attention matrix for backward: more memory, only in this case."""
-    if q.is_cuda or torch.compiler.is_compiling():  # a compiled graph picks its own kernels
-        return False
-    return q.requires_grad and torch.is_grad_enabled() and batch_heads < torch.get_num_threads()
+    return _eager_cpu_training(q) and batch_heads < torch.get_num_threads()
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, pad_mask: Tensor | None = None,
@@ -82,8 +88,8 @@ def attend_unprojected(q: Tensor, x_hat: Tensor, scale: float, pad_mask: Tensor 
     M = x_hat.shape[1]
     kv = x_hat.unsqueeze(1).expand(B, h, M, -1)                                    # (B, h, M, C), no copy
     mask = None if pad_mask is None else ~pad_mask[:, None, None, :]               # (B, 1, 1, M), True = attend
-    if (not q.is_cuda and not torch.compiler.is_compiling() and torch.is_grad_enabled() and q.requires_grad
-            and not x_hat.requires_grad and B * h * q.shape[2] * M * q.element_size() <= MATH_ATTENTION_MAX_BYTES):
+    if (_eager_cpu_training(q) and not x_hat.requires_grad
+            and B * h * q.shape[2] * M * q.element_size() <= MATH_ATTENTION_MAX_BYTES):
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, scale=scale)
     if q.is_cuda:  # the fused CUDA kernels get plain strides: q may be one row of queries expanded over the batch
@@ -279,6 +285,21 @@ class CrossAttentionLayer(_Layer):
         else:                   # k, v (unless cached), QK^T, AV
             macs += self._projected_macs(n, m, project_kv)
         return 2 * macs
+
+
+@contextlib.contextmanager
+def projected_cross_attention(model: nn.Module) -> Iterator[nn.Module]:
+    """Every CrossAttentionLayer of `model` on its projected path inside the block (k, v from every input), then
+    back as it was: the textbook layer, whose FLOPs the papers count (`flops_per_sample()` inside the block)."""
+    layers = [m for m in model.modules() if isinstance(m, CrossAttentionLayer)]
+    saved = [layer.absorb for layer in layers]
+    try:
+        for layer in layers:
+            layer.absorb = False
+        yield model
+    finally:
+        for layer, absorb in zip(layers, saved):
+            layer.absorb = absorb
 
 
 class SelfAttentionLayer(_Layer):

@@ -146,8 +146,9 @@ class Perceiver(nn.Module):
     def flops_per_sample(self) -> int:
         """Analytic forward FLOPs (2 x multiply-adds of the matmuls) for one sample, as executed: a shared
         cross-attend projects k, v once, and a cross-attend that absorbs its projections (attention.py) projects
-        nothing (the paper's 707.2B projects k, v at every cross-attend: set `layer.absorb = False` and unshare to
-        count that). In training mode with input_keep < 1 the cross-attends see round(input_keep * M) elements."""
+        nothing (the paper's 707.2B projects k, v at every cross-attend: count it unshared, inside
+        `attention.projected_cross_attention(model)`). In training mode with input_keep < 1 the cross-attends
+        see round(input_keep * M) elements."""
         n, m = self.config.num_latents, self.adapter.num_elements
         if self.training and self.config.input_keep < 1.0:
             m = max(1, round(self.config.input_keep * m))

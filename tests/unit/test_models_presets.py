@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from perceiver_lit.models import build_preset, perceiver_imagenet, perceiver_io_imagenet
-from perceiver_lit.models.attention import CrossAttentionLayer
+from perceiver_lit.models.attention import projected_cross_attention
 
 
 def count(m):
@@ -16,27 +16,20 @@ def meta(fn, **kw):
         return fn(**kw)
 
 
-def projected(m):
-    """The papers count FLOPs with k, v projected from every input: force that path (the models absorb the
-    projections where that is cheaper; same function, fewer FLOPs)."""
-    for layer in m.modules():
-        if isinstance(layer, CrossAttentionLayer):
-            layer.absorb = False
-    return m
-
-
 def test_perceiver_io_imagenet_is_exactly_hf_vision_perceiver_fourier():
     m = meta(perceiver_io_imagenet)
     assert count(m) == 48_440_627
     assert m.adapter.num_output_channels == 261 and m.adapter.num_elements == 224 * 224
     executed = m.flops_per_sample()
-    assert abs(projected(m).flops_per_sample() / 407e9 - 1) < 0.01           # paper: 407B FLOPs
+    with projected_cross_attention(m):  # the papers count k, v projected from every input
+        textbook = m.flops_per_sample()
+    assert abs(textbook / 407e9 - 1) < 0.01                                  # paper: 407B FLOPs
     # as run: the encoder never projects the 50,176 inputs, the one-query decoder never projects the 512 latents
     n, inputs, c, d = 512, 224 * 224, 261, 1024
     encoder_saving = 2 * (inputs * c * 2 * c - 2 * n * c * c)
     decoder_saving = 2 * (n * d * 2 * d - 2 * d * d)
     latent_queries = 2 * (n * d * c + n * c * c)  # projected once per batch, not per sample
-    assert executed == m.flops_per_sample() - encoder_saving - decoder_saving - latent_queries
+    assert executed == textbook - encoder_saving - decoder_saving - latent_queries
 
 
 def test_perceiver_imagenet_counts_and_sharing():
@@ -46,13 +39,15 @@ def test_perceiver_imagenet_counts_and_sharing():
     assert round(count(unshared) / 1e6, 1) == 326.2                         # paper: 326.2M without sharing
     executed = m.flops_per_sample()
     # the paper's 707.2B projects k, v at all 8 cross-attends; the shared cross-attend does it once for 2..8
-    assert abs(projected(unshared).flops_per_sample() / 707.2e9 - 1) < 0.01
-    kv = 2 * 224 * 224 * 261 * (2 * 261)
-    assert projected(m).flops_per_sample() == unshared.flops_per_sample() - 6 * kv
+    with projected_cross_attention(unshared), projected_cross_attention(m):
+        assert abs(unshared.flops_per_sample() / 707.2e9 - 1) < 0.01
+        kv = 2 * 224 * 224 * 261 * (2 * 261)
+        textbook = m.flops_per_sample()
+        assert textbook == unshared.flops_per_sample() - 6 * kv
     # as run, no cross-attend projects the inputs; each pays q W_k and P x_hat W_v^T per latent instead; the
     # first one's queries (the latents, the same for every sample) are projected once per batch
     latent_queries = 2 * (512 * 1024 * 261 + 512 * 261 * 261)
-    assert executed == m.flops_per_sample() - 2 * kv + 8 * 2 * (2 * 512 * 261 * 261) - latent_queries
+    assert executed == textbook - 2 * kv + 8 * 2 * (2 * 512 * 261 * 261) - latent_queries
 
 
 @pytest.mark.parametrize("name,shape,kw,out", [
