@@ -87,7 +87,8 @@ def headline(out_dir: str) -> list[str]:
                 mem_ok = r["peak_bytes"] <= peer["peak_bytes"]
                 mem = f"{r['peak_bytes'] / peer['peak_bytes']:.2f}x memory"
             ok = r["speedup_vs_fastest_peer"] >= GOALS["peers"] and mem_ok is not False
-            how = f"{peers['env']['threads']} threads, {r.get('rounds', '?')} rounds"
+            how = (f"{'bf16' if peers.get('bf16') else 'fp32'}, {peers['env']['threads']} threads, "
+                   f"{r.get('rounds', '?')} rounds")
             rows.append((f"train step vs {r['fastest_peer']} ({r['group']}, {r['config']}, {peers['env']['device']}, "
                          f"{how}) [{stem}]",
                          ">= 1.5x samples/s, <= 1x memory",

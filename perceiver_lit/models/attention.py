@@ -32,13 +32,55 @@ def _eager_cpu_training(q: Tensor) -> bool:
     return not q.is_cuda and not torch.compiler.is_compiling() and q.requires_grad and torch.is_grad_enabled()
 
 
-def _cpu_math_backward(q: Tensor, batch_heads: int) -> bool:
-    """On CPU, in training, with fewer (batch x heads) than threads, SDPA's math backend: the CPU flash kernel's
-    backward parallelises over batch x heads only, so the Perceiver's 1-head cross-attend at batch 1 (ImageNet
-    shape) ran its backward on one core: that layer's fwd + bwd took 5-10x the math backend's, the whole ImageNet
-    training step 4.7x (benchmarks/README.md).
-    The math backend keeps the (N, M) attention matrix for backward: more memory, only in this case."""
-    return _eager_cpu_training(q) and batch_heads < torch.get_num_threads()
+_REDUCED_DTYPES = (torch.bfloat16, torch.float16)
+
+# Largest attention matrix (bytes) for which SDPA's math backend (it keeps the matrix for backward) is chosen
+# over the fused kernel for speed alone: `attend_unprojected`, and bf16 / fp16 CPU training in `attention`.
+MATH_ATTENTION_MAX_BYTES = 256 * 2**20
+
+
+def _reduced_precision(q: Tensor) -> bool:
+    """SDPA will run on q in bf16 / fp16: q's own dtype, or autocast's, which casts fp32 q for SDPA."""
+    if q.dtype in _REDUCED_DTYPES:
+        return True
+    device = q.device.type
+    return (q.dtype == torch.float32 and torch.is_autocast_enabled(device)
+            and torch.get_autocast_dtype(device) in _REDUCED_DTYPES)
+
+
+def _cpu_math_backward(q: Tensor, batch_heads: int, matrix_bytes: int = 0) -> bool:
+    """On CPU, in training, SDPA's math backend instead of its fused (flash) CPU kernel, in two cases:
+
+    - fewer (batch x heads) than threads: the flash kernel's backward parallelises over batch x heads only, so
+      the Perceiver's 1-head cross-attend at batch 1 (ImageNet shape) ran its backward on one core: that layer's
+      fwd + bwd took 5-10x the math backend's, the whole ImageNet training step 4.7x (benchmarks/README.md);
+    - bf16 / fp16 (autocast, `precision: bf16-mixed`): the flash kernel's reduced-precision backward is slow at
+      the latents' shapes. Fwd + bwd of (B, h, N, d) = (16, 8, 64, 32), 2 threads: flash 13.0 ms (fp32: 2.6 ms),
+      math 3.1 ms; (1, 8, 512, 128): 10.5 vs 8.8 ms. Up to MATH_ATTENTION_MAX_BYTES of attention matrix a call.
+    The math backend keeps the (N, M) attention matrix for backward: more memory, only in these cases."""
+    if not _eager_cpu_training(q):
+        return False
+    return batch_heads < torch.get_num_threads() or (
+        _reduced_precision(q) and matrix_bytes <= MATH_ATTENTION_MAX_BYTES)
+
+
+@contextlib.contextmanager
+def _math_sdpa(q: Tensor) -> Iterator[None]:
+    """SDPA's math backend. For bf16 / fp16 it reduces in that dtype, as the fused kernels and a plain
+    softmax(QK^T)V under autocast do, instead of its default of upcasting q, k, v to fp32 (torch >= 2.5), which
+    cost 1.3-2.5x in the shapes above. The global switch is restored on exit; the math backend is decomposed
+    into ordinary ops in forward, so backward does not read it."""
+    cuda = torch.backends.cuda
+    switch = getattr(cuda, "allow_fp16_bf16_reduction_math_sdp", None)
+    allowed = cuda.fp16_bf16_reduction_math_sdp_allowed() if switch else True
+    if switch and not allowed and _reduced_precision(q):
+        switch(True)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        if switch:
+            switch(allowed)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, pad_mask: Tensor | None = None,
@@ -61,17 +103,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, pad_mask: Tensor 
         q, k = F.pad(q, (0, -dqk % 8)), F.pad(k, (0, -dqk % 8))
         v = F.pad(v, (0, -dv % 8))
     mask = None if pad_mask is None else ~pad_mask[:, None, None, :]  # (B, 1, 1, M), True = attend
-    if _cpu_math_backward(q, B * num_heads):
-        with sdpa_kernel(SDPBackend.MATH):
+    matrix_bytes = B * num_heads * N * M * (2 if _reduced_precision(q) else q.element_size())
+    if _cpu_math_backward(q, B * num_heads, matrix_bytes):
+        with _math_sdpa(q):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     return out[..., :dv].transpose(1, 2).reshape(B, N, -1)  # (B, h, N, dv) -> (B, N, Cv)
-
-
-# Largest attention matrix (bytes) for which `attend_unprojected` uses SDPA's math backend (it keeps the matrix
-# for backward) instead of its fused kernel.
-MATH_ATTENTION_MAX_BYTES = 256 * 2**20
 
 
 def attend_unprojected(q: Tensor, x_hat: Tensor, scale: float, pad_mask: Tensor | None = None) -> Tensor:
@@ -90,7 +128,7 @@ def attend_unprojected(q: Tensor, x_hat: Tensor, scale: float, pad_mask: Tensor 
     mask = None if pad_mask is None else ~pad_mask[:, None, None, :]               # (B, 1, 1, M), True = attend
     if (_eager_cpu_training(q) and not x_hat.requires_grad
             and B * h * q.shape[2] * M * q.element_size() <= MATH_ATTENTION_MAX_BYTES):
-        with sdpa_kernel(SDPBackend.MATH):
+        with _math_sdpa(q):
             return F.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, scale=scale)
     if q.is_cuda:  # the fused CUDA kernels get plain strides: q may be one row of queries expanded over the batch
         q = q.contiguous()

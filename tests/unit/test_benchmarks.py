@@ -122,7 +122,7 @@ def test_cpu_math_backward_path_matches_sdpa_default(monkeypatch):
     x, inp = torch.randn(1, 4, 16), torch.randn(1, 32, 11)
     grads = {}
     for use_math in (False, True):
-        monkeypatch.setattr(A, "_cpu_math_backward", lambda q, bh, m=use_math: m)
+        monkeypatch.setattr(A, "_cpu_math_backward", lambda q, bh, nbytes=0, m=use_math: m)
         layer.zero_grad()
         out = layer(x, inp)
         out.square().sum().backward()
@@ -136,3 +136,9 @@ def test_cpu_math_backward_path_matches_sdpa_default(monkeypatch):
     assert A._cpu_math_backward(q, threads - 1) and not A._cpu_math_backward(q, threads)
     with torch.no_grad():
         assert not A._cpu_math_backward(q, 0)
+    # bf16 / fp16: the math backend up to MATH_ATTENTION_MAX_BYTES of attention matrix, at any batch x heads
+    qb = torch.zeros(1, dtype=torch.bfloat16, requires_grad=True)
+    cap = A.MATH_ATTENTION_MAX_BYTES
+    assert A._cpu_math_backward(qb, threads, cap) and not A._cpu_math_backward(qb, threads, cap + 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert A._cpu_math_backward(q, threads, cap)

@@ -217,3 +217,38 @@ def test_flops_leave_out_the_once_per_batch_query_projection_of_expanded_latents
     assert layer.flops(n, m) - layer.flops(n, m, expanded_queries=True) == 2 * (n * 8 * 6 + n * 6 * 6)
     layer.absorb = False                                                       # projected: every copy is projected
     assert layer.flops(n, m) == layer.flops(n, m, expanded_queries=True)
+
+
+def test_bf16_cpu_training_runs_sdpa_math_in_bf16_and_matches_fp32(monkeypatch):
+    """CPU training under bf16 autocast (`precision: bf16-mixed`): attention runs SDPA's math backend reducing in
+    bf16 (the flash CPU kernel's bf16 backward is 2-4x slower at latent shapes, attention.py), the global switch is
+    restored afterwards, and values and gradients equal the fp32 layer's to bf16 precision. Inference keeps the
+    fused kernel."""
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def observe(q, *args, **kwargs):
+        seen.append((torch.backends.cuda.flash_sdp_enabled(),
+                     torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed(), q.dtype))
+        return sdpa(q, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", observe)
+    torch.manual_seed(0)
+    layer = SelfAttentionLayer(64, num_heads=4)
+    x = torch.randn(4, 16, 64)
+    runs = {}
+    for bf16 in (False, True):
+        layer.zero_grad()
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = layer(xi)
+        out.float().square().mean().backward()
+        runs[bf16] = [out.detach().float(), xi.grad] + [p.grad.clone() for p in layer.parameters()]
+    assert seen[0] == (True, False, torch.float32)            # fp32: the fused kernel, as before
+    assert seen[1] == (False, True, torch.bfloat16)           # bf16 training: math backend, bf16 reductions
+    assert not torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed() and torch.backends.cuda.flash_sdp_enabled()
+    for ref, got in zip(runs[False], runs[True]):
+        assert (got - ref).norm() <= 0.02 * ref.norm(), (got - ref).norm() / ref.norm()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x)
+    assert seen[2][:2] == (True, False)                       # inference: the fused kernel
