@@ -40,12 +40,12 @@ MATH_ATTENTION_MAX_BYTES = 256 * 2**20
 
 
 def _reduced_precision(q: Tensor) -> bool:
-    """SDPA will run on q in bf16 / fp16: q's own dtype, or autocast's, which casts fp32 q for SDPA."""
+    """SDPA will run on q in bf16 / fp16: q's own dtype, or CPU autocast's, which casts fp32 q for SDPA (only CPU
+    paths ask; autocast has no meta device, on which the CLI checks shapes)."""
     if q.dtype in _REDUCED_DTYPES:
         return True
-    device = q.device.type
-    return (q.dtype == torch.float32 and torch.is_autocast_enabled(device)
-            and torch.get_autocast_dtype(device) in _REDUCED_DTYPES)
+    return (q.dtype == torch.float32 and q.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") in _REDUCED_DTYPES)
 
 
 def _cpu_math_backward(q: Tensor, batch_heads: int, matrix_bytes: int = 0) -> bool:
