@@ -131,9 +131,18 @@ def preload() -> None:
     import perceiver_lit.models  # noqa: F401
 
 
-def build(group: str, impl: str, config: str, device: str = "cpu", bf16: bool = False) -> common.Step:
-    """A training step of one peer (also the memory probe's entry: benchmarks.peers:build)."""
-    cfg = CONFIGS[config]
+# --ceiling: our model again with a 4 x 4 image (16 inputs, same channels), so that the input side costs next to
+# nothing. Its step is the latent side alone (the latent Transformer, the cross-attends' query-side layers, the
+# head, the optimizer), the part in which every implementation does the same matmuls: the peer's step over it is
+# the ratio we could reach if reading the inputs were free.
+CEILING_IMPL, CEILING_SIDE = "ours, 16 inputs", 4
+
+
+def build(group: str, impl: str, config: str, device: str = "cpu", bf16: bool = False,
+          side: int | None = None) -> common.Step:
+    """A training step of one peer (also the memory probe's entry: benchmarks.peers:build); side: another
+    image side than the config's."""
+    cfg = CONFIGS[config] if side is None else dict(CONFIGS[config], side=side)
     torch.manual_seed(0)
     model, channels_first = build_model(group, impl, cfg)
     model.to(device)
@@ -146,13 +155,15 @@ def build(group: str, impl: str, config: str, device: str = "cpu", bf16: bool = 
 
 
 def run(configs: list[str], device: str, bf16: bool, rounds: int, memory: bool = True,
-        groups: list[str] | None = None, short_imagenet: bool = True) -> dict[str, Any]:
+        groups: list[str] | None = None, short_imagenet: bool = True, ceiling: bool = False) -> dict[str, Any]:
     rows = []
     for config in configs:
         for group, impls in GROUPS.items():
             if groups and group not in groups:
                 continue
             steps = {impl: build(group, impl, config, device, bf16) for impl in impls}
+            if ceiling:
+                steps[CEILING_IMPL] = build(group, "ours", config, device, bf16, side=CEILING_SIDE)
             params = {impl: st.params for impl, st in steps.items()}
             # the ImageNet shape takes up to minutes a step on a busy 2-core CPU: unless --rounds is given, one
             # round, no warm-up (its one-time costs are < 1% of such a step), and a one-step memory probe
@@ -166,9 +177,10 @@ def run(configs: list[str], device: str, bf16: bool, rounds: int, memory: bool =
             del steps
             peers = [i for i in impls if i != "ours"]
             fastest = max(peers, key=lambda i: times[i]["samples_per_s"])
-            for impl in impls:
+            for impl in times:
                 t, m = times[impl], mem.get(impl, {})
-                rows.append({"config": config, "group": group, "impl": impl, **CONFIGS[config],
+                side = {"side": CEILING_SIDE} if impl == CEILING_IMPL else {}
+                rows.append({"config": config, "group": group, "impl": impl, **CONFIGS[config], **side,
                              "params": params[impl], **{k: round(v, 5) for k, v in t.items()},
                              "peak_bytes": m.get("peak_bytes"), "memory_method": m.get("method"),
                              "memory_error": m.get("error"),
@@ -176,7 +188,7 @@ def run(configs: list[str], device: str, bf16: bool, rounds: int, memory: bool =
                              "speedup_cpu_time": round(times[fastest]["cpu_s"] / t["cpu_s"], 3),
                              "fastest_peer": fastest})
             print(*[f"{r['config']}/{r['group']}/{r['impl']}: {r['samples_per_s']:.3g} samples/s, "
-                    f"{common.fmt_bytes(r['peak_bytes'])}" for r in rows[-len(impls):]], sep="\n", flush=True)
+                    f"{common.fmt_bytes(r['peak_bytes'])}" for r in rows[-len(times):]], sep="\n", flush=True)
     return {"env": common.environment(device), "bf16": bf16, "rounds": rounds, "rows": rows}
 
 
@@ -186,7 +198,10 @@ def markdown(result: dict[str, Any]) -> str:
              f"{' bf16' if result['bf16'] else ' fp32'}, {env['threads']} threads, load {env['load_avg'][0]:.1f})",
              "", f"Median of {sorted({r['rounds'] for r in result['rows']})} interleaved rounds (1, without warm-up, "
              "for the ImageNet shape on a CPU unless --rounds is given); memory: fresh process per model "
-             "(see benchmarks/common.py). Ratio = our samples/s over the faster peer's.", "",
+             "(see benchmarks/common.py). Ratio = our samples/s over the faster peer's."
+             + (f" Row \"{CEILING_IMPL}\" (--ceiling): our model on a {CEILING_SIDE} x {CEILING_SIDE} image, the "
+                "latent side alone; its ratio is the most any input-side work could give (see peers.py)."
+                if any(r["impl"] == CEILING_IMPL for r in result["rows"]) else ""), "",
              "| config | group | impl | params | samples/s | step s (CPU s) | peak memory | vs fastest peer "
              "(by CPU time) | memory vs peer |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -198,7 +213,8 @@ def markdown(result: dict[str, Any]) -> str:
         if r["impl"] == "ours" and peer and r["peak_bytes"] and peer["peak_bytes"]:
             memr = f"{r['peak_bytes'] / peer['peak_bytes']:.2f}x"
         ratio = (f"**{r['speedup_vs_fastest_peer']:.2f}x** ({r['speedup_cpu_time']:.2f}x)" if r["impl"] == "ours"
-                 else "-")
+                 else f"{r['speedup_vs_fastest_peer']:.2f}x ({r['speedup_cpu_time']:.2f}x): ceiling"
+                 if r["impl"] == CEILING_IMPL else "-")
         lines.append(f"| {r['config']} | {r['group']} | {r['impl']} | {r['params']:,} | {r['samples_per_s']:.3g} | "
                      f"{r['step_s']:.3f} ({r['cpu_s']:.3f}) | "
                      f"{common.fmt_bytes(r['peak_bytes']) if r['peak_bytes'] else r['memory_error'] or '-'} | "
@@ -210,11 +226,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = common.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=None, choices=sorted(CONFIGS))
     p.add_argument("--groups", nargs="+", default=None, choices=sorted(GROUPS))
+    p.add_argument("--ceiling", action="store_true", help=f"also time our model on a {CEILING_SIDE} x "
+                   f"{CEILING_SIDE} image: the latent side alone, the ceiling of the ratio (see peers.py)")
     args = p.parse_args(argv)
     common.setup(args)
     rounds = args.rounds or (2 if args.toy else 5)
     result = run(common.model_configs(args), args.device, args.bf16, rounds, memory=not args.no_memory,
-                 groups=args.groups, short_imagenet=args.rounds is None)
+                 groups=args.groups, short_imagenet=args.rounds is None, ceiling=args.ceiling)
     return common.publish(args, "peers", result, markdown(result))
 
 
