@@ -48,6 +48,7 @@ from lightning_utilities.core.imports import RequirementCache
 from perceiver_lit.callbacks import (AttentionMaps, Checkpoint, GradNorm, NanGuard, PerClassTable, PreemptionCheckpoint,
                                      RunConfig, Summary, Throughput)
 from perceiver_lit.callbacks.predictions import PredictionWriter
+from perceiver_lit.hardware import warn_if_bf16_is_emulated
 from datamodules.base import LogCorruptSamples
 
 _WANDB_AVAILABLE = RequirementCache("wandb")
@@ -338,6 +339,7 @@ class PerceiverCLI(LightningCLI):
 
     # ---- early checks
     def after_instantiate_classes(self) -> None:
+        warn_if_bf16_is_emulated(self.trainer.precision, self.trainer.strategy.root_device.type)
         if self._config().get("fast_check", True):
             check_model_fits_data(self.model, self.datamodule)
 
