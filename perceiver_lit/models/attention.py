@@ -35,52 +35,59 @@ def _eager_cpu_training(q: Tensor) -> bool:
 _REDUCED_DTYPES = (torch.bfloat16, torch.float16)
 
 # Largest attention matrix (bytes) for which SDPA's math backend (it keeps the matrix for backward) is chosen
-# over the fused kernel for speed alone: `attend_unprojected`, and bf16 / fp16 CPU training in `attention`.
+# over the fused kernel for speed alone: in `attention` (CPU training) and `attend_unprojected`.
 MATH_ATTENTION_MAX_BYTES = 256 * 2**20
 
 
 def _reduced_precision(q: Tensor) -> bool:
-    """SDPA will run on q in bf16 / fp16: q's own dtype, or CPU autocast's, which casts fp32 q for SDPA (only CPU
-    paths ask; autocast has no meta device, on which the CLI checks shapes)."""
+    """SDPA will run on q in bf16 / fp16: q's own dtype, or CPU autocast's, which casts fp32 q for SDPA. Autocast
+    is asked about the CPU only: that is where the answer is used, and it has no meta device (the CLI's shape
+    check runs there)."""
     if q.dtype in _REDUCED_DTYPES:
         return True
     return (q.dtype == torch.float32 and q.device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") in _REDUCED_DTYPES)
 
 
-def _cpu_math_backward(q: Tensor, batch_heads: int, matrix_bytes: int = 0) -> bool:
+def _cpu_math_backward(q: Tensor, batch_heads: int, matrix_elements: int) -> bool:
     """On CPU, in training, SDPA's math backend instead of its fused (flash) CPU kernel, in two cases:
 
     - fewer (batch x heads) than threads: the flash kernel's backward parallelises over batch x heads only, so
       the Perceiver's 1-head cross-attend at batch 1 (ImageNet shape) ran its backward on one core: that layer's
       fwd + bwd took 5-10x the math backend's, the whole ImageNet training step 4.7x (benchmarks/README.md);
     - bf16 / fp16 (autocast, `precision: bf16-mixed`): the flash kernel's reduced-precision backward is slow at
-      the latents' shapes. Fwd + bwd of (B, h, N, d) = (16, 8, 64, 32), 2 threads: flash 13.0 ms (fp32: 2.6 ms),
-      math 3.1 ms; (1, 8, 512, 128): 10.5 vs 8.8 ms. Up to MATH_ATTENTION_MAX_BYTES of attention matrix a call.
-    The math backend keeps the (N, M) attention matrix for backward: more memory, only in these cases."""
+      the latents' shapes. Fwd + bwd, 2 threads, (B, h, N, d) = (16, 8, 64, 32): flash 13.0 ms (fp32: 2.6 ms),
+      math 3.1 ms; (1, 8, 512, 128): flash 10.5 ms, math 8.8 ms (one-off timings, not in benchmarks/results).
+    The math backend keeps the (N, M) attention matrix (matrix_elements = B x h x N x M) for backward, so either
+    case holds up to MATH_ATTENTION_MAX_BYTES of it a call (attention dropout keeps its mask too)."""
     if not _eager_cpu_training(q):
         return False
-    return batch_heads < torch.get_num_threads() or (
-        _reduced_precision(q) and matrix_bytes <= MATH_ATTENTION_MAX_BYTES)
+    reduced = _reduced_precision(q)
+    if matrix_elements * (2 if reduced else q.element_size()) > MATH_ATTENTION_MAX_BYTES:
+        return False
+    return batch_heads < torch.get_num_threads() or reduced
 
 
 @contextlib.contextmanager
 def _math_sdpa(q: Tensor) -> Iterator[None]:
-    """SDPA's math backend. For bf16 / fp16 it reduces in that dtype, as the fused kernels and a plain
-    softmax(QK^T)V under autocast do, instead of its default of upcasting q, k, v to fp32 (torch >= 2.5), which
-    cost 1.3-2.5x in the shapes above. The global switch is restored on exit; the math backend is decomposed
-    into ordinary ops in forward, so backward does not read it."""
+    """SDPA's math backend. For bf16 / fp16 q it reduces in that dtype, as a plain softmax(QK^T)V under CPU
+    autocast does (the fused kernels accumulate in fp32), instead of its default of upcasting q, k, v to fp32
+    (torch >= 2.5), which cost 1.3-2.5x in the shapes above. Relative error against fp64 at (16, 8, 64, 32):
+    0.0045, against the flash kernel's 0.0021 (one-off), well inside bf16 training's noise.
+    torch's switch for it is process-wide: it is turned on only if it was off, and turned back off only by the
+    call that turned it on. The math backend is decomposed into ordinary ops in forward, so backward (and
+    activation-checkpoint recomputation, which repeats this choice) does not depend on it afterwards."""
     cuda = torch.backends.cuda
-    switch = getattr(cuda, "allow_fp16_bf16_reduction_math_sdp", None)
-    allowed = cuda.fp16_bf16_reduction_math_sdp_allowed() if switch else True
-    if switch and not allowed and _reduced_precision(q):
+    switch = getattr(cuda, "allow_fp16_bf16_reduction_math_sdp", None)  # torch >= 2.5
+    turned_on = bool(switch) and _reduced_precision(q) and not cuda.fp16_bf16_reduction_math_sdp_allowed()
+    if turned_on:
         switch(True)
     try:
         with sdpa_kernel(SDPBackend.MATH):
             yield
     finally:
-        if switch:
-            switch(allowed)
+        if turned_on:
+            switch(False)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, pad_mask: Tensor | None = None,
@@ -103,8 +110,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, pad_mask: Tensor 
         q, k = F.pad(q, (0, -dqk % 8)), F.pad(k, (0, -dqk % 8))
         v = F.pad(v, (0, -dv % 8))
     mask = None if pad_mask is None else ~pad_mask[:, None, None, :]  # (B, 1, 1, M), True = attend
-    matrix_bytes = B * num_heads * N * M * (2 if _reduced_precision(q) else q.element_size())
-    if _cpu_math_backward(q, B * num_heads, matrix_bytes):
+    if _cpu_math_backward(q, B * num_heads, B * num_heads * N * M):
         with _math_sdpa(q):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     else:

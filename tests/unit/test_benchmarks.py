@@ -35,6 +35,13 @@ def test_peers_ceiling_row_is_our_model_on_16_inputs(tmp_path):
     assert set(rows) == {"ours", "lucidrains", peers.CEILING_IMPL}
     assert rows[peers.CEILING_IMPL]["side"] == peers.CEILING_SIDE == 4 and rows["ours"]["side"] == 8
     assert rows[peers.CEILING_IMPL]["params"] == rows["ours"]["params"]  # the same model, fewer inputs
+    for config in ("small", "imagenet"):  # its encoder keeps the full-size path: absorbed
+        for group in peers.GROUPS:
+            model = peers.build(group, "ours", config, side=peers.CEILING_SIDE).model
+            layers = peers._encoder_cross_attends(model)
+            assert layers and all(layer.absorb is True for layer in layers)
+            layers[0].absorb = None  # left to choose by cost at 16 inputs, it would project them instead
+            assert not layers[0].absorbs(peers.CONFIGS[config]["latents"], peers.CEILING_SIDE ** 2)
     assert "): ceiling |" in (tmp_path / "peers.md").read_text()
     judged = [line for line in run.headline(str(tmp_path)) if "train step" in line]
     assert len(judged) == 1 and "| train step vs lucidrains (perceiver, toy, cpu, fp32, " in judged[0]
@@ -136,7 +143,7 @@ def test_cpu_math_backward_path_matches_sdpa_default(monkeypatch):
     x, inp = torch.randn(1, 4, 16), torch.randn(1, 32, 11)
     grads = {}
     for use_math in (False, True):
-        monkeypatch.setattr(A, "_cpu_math_backward", lambda q, bh, nbytes=0, m=use_math: m)
+        monkeypatch.setattr(A, "_cpu_math_backward", lambda q, bh, n, m=use_math: m)
         layer.zero_grad()
         out = layer(x, inp)
         out.square().sum().backward()
@@ -147,12 +154,13 @@ def test_cpu_math_backward_path_matches_sdpa_default(monkeypatch):
     monkeypatch.undo()
     threads = torch.get_num_threads()
     q = torch.zeros(1, requires_grad=True)
-    assert A._cpu_math_backward(q, threads - 1) and not A._cpu_math_backward(q, threads)
+    cap = A.MATH_ATTENTION_MAX_BYTES  # bytes of attention matrix; the argument counts its elements
+    assert A._cpu_math_backward(q, threads - 1, 1) and not A._cpu_math_backward(q, threads, 1)
+    assert not A._cpu_math_backward(q, threads - 1, cap // 4 + 1)  # fp32: capped too
     with torch.no_grad():
-        assert not A._cpu_math_backward(q, 0)
-    # bf16 / fp16: the math backend up to MATH_ATTENTION_MAX_BYTES of attention matrix, at any batch x heads
+        assert not A._cpu_math_backward(q, 0, 1)
+    # bf16 / fp16: the math backend at any batch x heads, up to MATH_ATTENTION_MAX_BYTES of bf16 matrix
     qb = torch.zeros(1, dtype=torch.bfloat16, requires_grad=True)
-    cap = A.MATH_ATTENTION_MAX_BYTES
-    assert A._cpu_math_backward(qb, threads, cap) and not A._cpu_math_backward(qb, threads, cap + 1)
+    assert A._cpu_math_backward(qb, threads, cap // 2) and not A._cpu_math_backward(qb, threads, cap // 2 + 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert A._cpu_math_backward(q, threads, cap)
+        assert A._cpu_math_backward(q, threads, cap // 2)  # fp32 q that autocast will cast to bf16

@@ -221,9 +221,12 @@ def test_flops_leave_out_the_once_per_batch_query_projection_of_expanded_latents
 
 def test_bf16_cpu_training_runs_sdpa_math_in_bf16_and_matches_fp32(monkeypatch):
     """CPU training under bf16 autocast (`precision: bf16-mixed`): attention runs SDPA's math backend reducing in
-    bf16 (the flash CPU kernel's bf16 backward is 2-4x slower at latent shapes, attention.py), the global switch is
-    restored afterwards, and values and gradients equal the fp32 layer's to bf16 precision. Inference keeps the
-    fused kernel."""
+    bf16 (the flash CPU kernel's bf16 backward was 1.2-4x slower at latent shapes, attention.py); the global switch
+    is restored afterwards (and a user's own setting left alone); values and gradients equal the fp32 layer's to
+    bf16 precision. Inference keeps the fused kernel."""
+    cuda = torch.backends.cuda
+    if not hasattr(cuda, "fp16_bf16_reduction_math_sdp_allowed"):
+        pytest.skip("torch < 2.5: SDPA's math backend has no bf16-reduction switch (it does not upcast either)")
     seen = []
     sdpa = F.scaled_dot_product_attention
 
@@ -235,7 +238,7 @@ def test_bf16_cpu_training_runs_sdpa_math_in_bf16_and_matches_fp32(monkeypatch):
     monkeypatch.setattr(F, "scaled_dot_product_attention", observe)
     torch.manual_seed(0)
     layer = SelfAttentionLayer(64, num_heads=4)
-    x = torch.randn(4, 16, 64)
+    x = torch.randn(max(4, torch.get_num_threads()), 16, 64)  # batch x heads >= threads: fp32 keeps the fused kernel
     runs = {}
     for bf16 in (False, True):
         layer.zero_grad()
@@ -252,3 +255,10 @@ def test_bf16_cpu_training_runs_sdpa_math_in_bf16_and_matches_fp32(monkeypatch):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         layer(x)
     assert seen[2][:2] == (True, False)                       # inference: the fused kernel
+    cuda.allow_fp16_bf16_reduction_math_sdp(True)              # a user's own setting is left as it was
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x.clone().requires_grad_())
+        assert seen[3] == (False, True, torch.bfloat16) and cuda.fp16_bf16_reduction_math_sdp_allowed()
+    finally:
+        cuda.allow_fp16_bf16_reduction_math_sdp(False)
