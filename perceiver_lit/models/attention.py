@@ -49,6 +49,12 @@ def _reduced_precision(q: Tensor) -> bool:
             and torch.get_autocast_dtype("cpu") in _REDUCED_DTYPES)
 
 
+def _math_matrix_fits(q: Tensor, matrix_elements: int) -> bool:
+    """The attention matrix (matrix_elements = B x h x N x M) that SDPA's math backend keeps for backward, in the
+    dtype SDPA runs in, is at most MATH_ATTENTION_MAX_BYTES."""
+    return matrix_elements * (2 if _reduced_precision(q) else q.element_size()) <= MATH_ATTENTION_MAX_BYTES
+
+
 def _cpu_math_backward(q: Tensor, batch_heads: int, matrix_elements: int) -> bool:
     """On CPU, in training, SDPA's math backend instead of its fused (flash) CPU kernel, in two cases:
 
@@ -60,12 +66,9 @@ def _cpu_math_backward(q: Tensor, batch_heads: int, matrix_elements: int) -> boo
       math 3.1 ms; (1, 8, 512, 128): flash 10.5 ms, math 8.8 ms (one-off timings, not in benchmarks/results).
     The math backend keeps the (N, M) attention matrix (matrix_elements = B x h x N x M) for backward, so either
     case holds up to MATH_ATTENTION_MAX_BYTES of it a call (attention dropout keeps its mask too)."""
-    if not _eager_cpu_training(q):
+    if not _eager_cpu_training(q) or not _math_matrix_fits(q, matrix_elements):
         return False
-    reduced = _reduced_precision(q)
-    if matrix_elements * (2 if reduced else q.element_size()) > MATH_ATTENTION_MAX_BYTES:
-        return False
-    return batch_heads < torch.get_num_threads() or reduced
+    return batch_heads < torch.get_num_threads() or _reduced_precision(q)
 
 
 @contextlib.contextmanager
@@ -132,8 +135,7 @@ def attend_unprojected(q: Tensor, x_hat: Tensor, scale: float, pad_mask: Tensor 
     M = x_hat.shape[1]
     kv = x_hat.unsqueeze(1).expand(B, h, M, -1)                                    # (B, h, M, C), no copy
     mask = None if pad_mask is None else ~pad_mask[:, None, None, :]               # (B, 1, 1, M), True = attend
-    if (_eager_cpu_training(q) and not x_hat.requires_grad
-            and B * h * q.shape[2] * M * q.element_size() <= MATH_ATTENTION_MAX_BYTES):
+    if _eager_cpu_training(q) and not x_hat.requires_grad and _math_matrix_fits(q, B * h * q.shape[2] * M):
         with _math_sdpa(q):
             return F.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, scale=scale)
     if q.is_cuda:  # the fused CUDA kernels get plain strides: q may be one row of queries expanded over the batch
