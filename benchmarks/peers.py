@@ -84,8 +84,9 @@ def _lucidrains_mlp_feedforward():
         lp.FeedForward = original
 
 
-def build_model(group: str, impl: str, cfg: dict[str, int]) -> tuple[nn.Module, bool]:
-    """(model, channels_first input) for one peer at a config."""
+def build_model(group: str, impl: str, cfg: dict[str, int], share_cross_attends: bool = True
+                ) -> tuple[nn.Module, bool]:
+    """(model, channels_first input) for one peer at a config (share_cross_attends: our Perceiver's)."""
     from perceiver_lit.models import ImageAdapter, Perceiver, PerceiverIO
 
     s, k, n, d, h, blocks, layers = (cfg[x] for x in ("side", "bands", "latents", "width", "heads", "blocks", "layers"))
@@ -94,7 +95,8 @@ def build_model(group: str, impl: str, cfg: dict[str, int]) -> tuple[nn.Module, 
         adapter = ImageAdapter((s, s, 3), num_frequency_bands=k, max_resolution=(s, s))
         if group == "perceiver":
             return Perceiver(adapter, num_classes=10, num_latents=n, latent_dim=d, num_cross_attends=blocks,
-                             num_self_attends_per_block=layers, num_self_attention_heads=h), False
+                             num_self_attends_per_block=layers, num_self_attention_heads=h,
+                             share_cross_attends=share_cross_attends), False
         return PerceiverIO(adapter, num_classes=10, num_latents=n, latent_dim=d, num_blocks=blocks,
                            num_self_attends_per_block=layers, num_self_attention_heads=h), False
     if impl == "lucidrains" and group == "perceiver":
@@ -139,6 +141,24 @@ def preload() -> None:
 # which every implementation does the same matmuls: the peer's step over it is the ratio we could reach if
 # reading the inputs were free.
 CEILING_IMPL, CEILING_SIDE = "ours, 16 inputs", 4
+
+
+def flop_bound(group: str, config: str) -> dict[str, float]:
+    """The ratio's bound by FLOPs (Amdahl), on any device: the peer's forward FLOPs a sample (the textbook count:
+    k, v projected from every input at every cross-attend, as both peers run it, lucidrains' weight-tied ones
+    too) over those of the latent Transformer alone (the self-attention blocks, which every implementation runs
+    as the same matmuls). If the peer runs those matmuls as fast as we do, no work anywhere else can make our step
+    faster than this ratio. Counted on our model at the config, built on the meta device (no memory, no init)."""
+    from perceiver_lit.models.attention import projected_cross_attention
+
+    cfg = CONFIGS[config]
+    with torch.device("meta"):  # unshared cross-attends: each projects its k, v, as lucidrains' tied ones do
+        model, _ = build_model(group, "ours", cfg, share_cross_attends=False)
+    blocks = model.blocks if group == "perceiver" else model.processor
+    latent = sum(blocks[b].flops(cfg["latents"]) for b in model._block_index)
+    with projected_cross_attention(model):
+        peer = model.flops_per_sample()
+    return {"peer_flops": peer, "latent_flops": latent, "bound": peer / latent}
 
 
 def _encoder_cross_attends(model: nn.Module) -> list[nn.Module]:
@@ -186,6 +206,7 @@ def run(configs: list[str], device: str, bf16: bool, rounds: int, memory: bool =
                     mem[impl] = common.peak_memory("benchmarks.peers:build", dict(
                         group=group, impl=impl, config=config, device=device, bf16=bf16), steps=1 if slow else 2)
             del steps
+            bound = flop_bound(group, config)["bound"]
             peers = [i for i in impls if i != "ours"]
             fastest = max(peers, key=lambda i: times[i]["samples_per_s"])
             for impl in times:
@@ -197,7 +218,7 @@ def run(configs: list[str], device: str, bf16: bool, rounds: int, memory: bool =
                              "memory_error": m.get("error"),
                              "speedup_vs_fastest_peer": round(t["samples_per_s"] / times[fastest]["samples_per_s"], 3),
                              "speedup_cpu_time": round(times[fastest]["cpu_s"] / t["cpu_s"], 3),
-                             "fastest_peer": fastest})
+                             "fastest_peer": fastest, "flop_bound": round(bound, 3)})
             print(*[f"{r['config']}/{r['group']}/{r['impl']}: {r['samples_per_s']:.3g} samples/s, "
                     f"{common.fmt_bytes(r['peak_bytes'])}" for r in rows[-len(times):]], sep="\n", flush=True)
     return {"env": common.environment(device), "bf16": bf16, "rounds": rounds, "rows": rows}
@@ -213,9 +234,12 @@ def markdown(result: dict[str, Any]) -> str:
              + (f" Row \"{CEILING_IMPL}\" (--ceiling): our model on a {CEILING_SIDE} x {CEILING_SIDE} image, the "
                 "latent side alone; its ratio is the most any input-side work could give (see peers.py)."
                 if any(r["impl"] == CEILING_IMPL for r in result["rows"]) else ""), "",
+             " Column \"FLOP bound\": the most our ratio can be on any device if the peer runs the latent "
+             "Transformer's matmuls as fast as we do, its forward FLOPs over the latent Transformer's "
+             "(`peers.flop_bound`).", "",
              "| config | group | impl | params | samples/s | step s (CPU s) | peak memory | vs fastest peer "
-             "(by CPU time) | memory vs peer |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "(by CPU time) | memory vs peer | FLOP bound |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     rows = result["rows"]
     for r in rows:
         peer = next((p for p in rows if p["config"] == r["config"] and p["group"] == r["group"]
@@ -223,13 +247,14 @@ def markdown(result: dict[str, Any]) -> str:
         memr = "-"
         if r["impl"] == "ours" and peer and r["peak_bytes"] and peer["peak_bytes"]:
             memr = f"{r['peak_bytes'] / peer['peak_bytes']:.2f}x"
+        bound = f"{r['flop_bound']:.2f}x" if r["impl"] == "ours" and r.get("flop_bound") else "-"
         ratio = (f"**{r['speedup_vs_fastest_peer']:.2f}x** ({r['speedup_cpu_time']:.2f}x)" if r["impl"] == "ours"
                  else f"{r['speedup_vs_fastest_peer']:.2f}x ({r['speedup_cpu_time']:.2f}x): ceiling"
                  if r["impl"] == CEILING_IMPL else "-")
         lines.append(f"| {r['config']} | {r['group']} | {r['impl']} | {r['params']:,} | {r['samples_per_s']:.3g} | "
                      f"{r['step_s']:.3f} ({r['cpu_s']:.3f}) | "
                      f"{common.fmt_bytes(r['peak_bytes']) if r['peak_bytes'] else r['memory_error'] or '-'} | "
-                     f"{ratio} | {memr} |")
+                     f"{ratio} | {memr} | {bound} |")
     return "\n".join(lines) + "\n"
 
 

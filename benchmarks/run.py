@@ -71,6 +71,13 @@ def _status(ok: bool | None) -> str:
     return "-" if ok is None else ("met" if ok else "**not met**")
 
 
+def _flop_bound(group: str, config: str) -> str:
+    """peers.flop_bound: analytic, so it is known for results written before it existed too."""
+    from benchmarks import peers
+
+    return f"{peers.flop_bound(group, config)['bound']:.2f}x" if config in peers.CONFIGS else "-"
+
+
 def headline(out_dir: str) -> list[str]:
     """One row per goal: (figure, goal, measured, status)."""
     rows = []
@@ -93,7 +100,7 @@ def headline(out_dir: str) -> list[str]:
                          f"{how}) [{stem}]",
                          ">= 1.5x samples/s, <= 1x memory",
                          f"{r['speedup_vs_fastest_peer']:.2f}x samples/s ({r.get('speedup_cpu_time', 0):.2f}x by "
-                         f"CPU time), {mem}", _status(ok)))
+                         f"CPU time), {mem}; FLOP bound {_flop_bound(r['group'], r['config'])}", _status(ok)))
     scaling = _load(out_dir, "scaling")
     if scaling:
         f = scaling["fits"]["perceiver"]

@@ -22,6 +22,9 @@ class GradNorm(pl.Callback):
         self.norm_type = norm_type
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
+        # Lightning has no public "will the loggers keep this step" query; its own LearningRateMonitor,
+        # DeviceStatsMonitor and ThroughputMonitor ask the logger connector the same way. If a later Lightning
+        # drops it, the norm is simply computed every step.
         connector = getattr(trainer, "_logger_connector", None)
         if connector is not None and not getattr(connector, "should_update_logs", True):
             return

@@ -47,6 +47,26 @@ def test_peers_ceiling_row_is_our_model_on_16_inputs(tmp_path):
     assert len(judged) == 1 and "| train step vs lucidrains (perceiver, toy, cpu, fp32, " in judged[0]
 
 
+def test_flop_bound_counts_the_latent_transformer_and_every_cross_attends_projection():
+    """The Amdahl bound of the ratio: the peer's FLOPs over the latent Transformer's, by hand."""
+    from perceiver_lit.models.attention import projected_cross_attention
+
+    cfg = peers.CONFIGS["medium"]
+    n, d, m = cfg["latents"], cfg["width"], cfg["side"] ** 2
+    c = 3 + 2 * (2 * cfg["bands"] + 1)
+    per_layer = 2 * n * d * (3 * d + 2 * n + d + 2 * d)  # qkv, QK^T + AV, output projection, MLP (widening 1)
+    for group in peers.GROUPS:
+        b = peers.flop_bound(group, "medium")
+        assert b["latent_flops"] == cfg["blocks"] * cfg["layers"] * per_layer
+        assert b["bound"] == b["peer_flops"] / b["latent_flops"] > 1
+    # lucidrains projects k, v at each of its 4 weight-tied cross-attends; our shared model counts the shared
+    # one's projection once: the peer count has two more (M x C x 2C multiply-adds each)
+    ours = peers.build_model("perceiver", "ours", cfg)[0]
+    with projected_cross_attention(ours):
+        shared = ours.flops_per_sample()
+    assert peers.flop_bound("perceiver", "medium")["peer_flops"] - shared == 2 * 2 * m * c * 2 * c
+
+
 def test_peer_models_are_matched():
     """Same FLOPs-relevant shapes: lucidrains' cross-attention is C wide with the paper's MLP; HF's has no dropout
     and our Perceiver IO and HF's have the same number of parameters."""
