@@ -86,18 +86,24 @@ class FourierPositionEncoding(nn.Module):
         key = (tuple(index_dims), device, dtype)
         feats = self._cache.get(key)
         if feats is None:
-            res = self.max_resolution or tuple(index_dims)
-            pos = grid_positions(index_dims, device=device).reshape(-1, self.num_dims)  # (N, d)
-            feats = fourier_features(pos, [r / 2 for r in res], self.num_bands, self.concat_pos, self.sine_only)
-            if self.perm is not None:
-                if self.perm.shape[0] != feats.shape[0]:
-                    raise ValueError(f"FourierPositionEncoding: permutation of {self.perm.shape[0]} positions, "
-                                     f"grid {tuple(index_dims)} has {feats.shape[0]}")
-                feats = feats[self.perm.to(device)]
-            feats = feats.to(dtype)
-            if not torch.compiler.is_compiling():  # a cache fill inside a traced graph would hold a fake tensor
-                self._cache[key] = feats
+            # Constants: never inference tensors (a first fill in Lightning's sanity check or under
+            # torch.inference_mode would make them unusable in a later training step's autograd graph).
+            if torch.compiler.is_compiling():  # a cache fill inside a traced graph would hold a fake tensor
+                return self._compute(index_dims, device, dtype)
+            with torch.inference_mode(False), torch.no_grad():
+                feats = self._cache[key] = self._compute(index_dims, device, dtype)
         return feats
+
+    def _compute(self, index_dims: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
+        res = self.max_resolution or tuple(index_dims)
+        pos = grid_positions(index_dims, device=device).reshape(-1, self.num_dims)  # (N, d)
+        feats = fourier_features(pos, [r / 2 for r in res], self.num_bands, self.concat_pos, self.sine_only)
+        if self.perm is not None:
+            if self.perm.shape[0] != feats.shape[0]:
+                raise ValueError(f"FourierPositionEncoding: permutation of {self.perm.shape[0]} positions, "
+                                 f"grid {tuple(index_dims)} has {feats.shape[0]}")
+            feats = feats[self.perm.to(device)]
+        return feats.to(dtype)
 
     def extra_repr(self) -> str:
         return f"num_dims={self.num_dims}, num_bands={self.num_bands}, max_resolution={self.max_resolution}"

@@ -43,6 +43,27 @@ def test_fourier_cache_is_reused_and_keyed():
     assert "_cache" not in str(enc.state_dict().keys())                    # never saved
 
 
+def test_fourier_cache_filled_under_inference_mode_serves_training():
+    """Lightning's sanity check and validation run under torch.inference_mode: a first cache fill there must
+    not leave an inference tensor that a later training step's autograd graph would have to save."""
+    from perceiver_lit.models import ImageAdapter
+
+    enc = FourierPositionEncoding(2, num_bands=4)
+    with torch.inference_mode():
+        feats = enc((4, 4), torch.device("cpu"), torch.float32)
+    assert not feats.is_inference() and not feats.requires_grad
+    # end to end: "add" projects the features with a trainable Linear, which saves them for backward
+    adapter = ImageAdapter((4, 4, 3), num_frequency_bands=4, concat_or_add="add")
+    x = torch.randn(2, 4, 4, 3)
+    with torch.inference_mode():
+        adapter(x)
+    out = adapter(x)
+    out = out[0] if isinstance(out, tuple) else out
+    out.square().sum().backward()
+    grads = [p.grad for p in adapter.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
 def test_fourier_permutation_reorders_rows():
     plain = FourierPositionEncoding(2, num_bands=4)((3, 5), torch.device("cpu"), torch.float32)
     enc = FourierPositionEncoding(2, num_bands=4, permute_seed=7, num_positions=15)
