@@ -1,8 +1,9 @@
 """AttentionMaps: log the first cross-attention's weights of a few latents over the input to W&B, at validation.
 
-SDPA returns no attention weights, so a forward hook on the model's first `CrossAttentionLayer` keeps what went
-into it (latents, input elements, pad mask) on the first validation batch, and we recompute
-softmax(q k^T / sqrt(d)) for a few latents from the layer's own norms and projections. One image per sample:
+SDPA returns no attention weights, so a forward hook on the model's first `CrossAttentionLayer` recomputes
+softmax(q k^T / sqrt(d)) for a few latents of the first validation batch from what went into the layer and the
+layer's own norms and projections. It runs inside the layer's call, before FSDP2's post-forward hook reshards the
+parameters, so it sees them whole under FSDP2 too (rank 0 only; no collective). One image per sample:
 
 - 2-D element grids (images; mel spectrograms): the input, then one heat map per latent;
 - 3-D grids (video patches): the maps averaged over time;
@@ -38,8 +39,10 @@ def cross_attention_weights(layer: CrossAttentionLayer, latents: Tensor, inputs:
     """softmax(q k^T / sqrt(d)) of `layer` for latents (B, K, D) over inputs (B, M, C): (B, K, M), mean over heads."""
     B, K, _ = latents.shape
     M, h = inputs.shape[1], layer.num_heads
-    q = layer.to_q(layer.norm_q(latents.float()))                                    # (B, K, Cqk)
-    k = layer.project_kv(inputs.float())[..., : layer.qk_channels]                   # (B, M, Cqk)
+    dtype = layer.to_q.weight.dtype  # fp32, or FSDP2's parameter dtype under its mixed precision
+    with torch.autocast(latents.device.type, enabled=False):
+        q = layer.to_q(layer.norm_q(latents.to(dtype))).float()                      # (B, K, Cqk)
+        k = layer.project_kv(inputs.to(dtype))[..., : layer.qk_channels].float()     # (B, M, Cqk)
     q = q.view(B, K, h, -1).transpose(1, 2)                                          # (B, h, K, d)
     k = k.view(B, M, h, -1).transpose(1, 2)                                          # (B, h, M, d)
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])                        # (B, h, K, M)
@@ -126,7 +129,7 @@ class AttentionMaps(pl.Callback):
         self.num_latents, self.num_samples, self.every_n_epochs = num_latents, num_samples, every_n_epochs
         self._logger: WandbLogger | None = None
         self._handle = None
-        self._captured: tuple[Tensor, Tensor, Tensor | None] | None = None
+        self._maps: tuple[list[int], Tensor] | None = None  # latent ids, weights (S, K, M) on the CPU
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
@@ -137,34 +140,44 @@ class AttentionMaps(pl.Callback):
                            "cross-attention; attention maps are not logged")
             self._logger = None
 
-    def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> None:
-        if self._captured is None:  # the first call of the first batch: the first cross-attend
+    def attach(self, layer: CrossAttentionLayer) -> None:
+        """Compute the maps at the next call of `layer`. The hook is prepended: it runs before FSDP2's
+        post-forward hook, while the layer's parameters are still gathered."""
+        self._maps = None
+        self._handle = layer.register_forward_hook(self._hook, with_kwargs=True, prepend=True)
+
+    def detach(self) -> tuple[list[int], Tensor] | None:
+        """Remove the hook; the maps it computed: (latent ids, weights (S, K, M)), or None."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        maps, self._maps = self._maps, None
+        return maps
+
+    def _hook(self, module: CrossAttentionLayer, args: tuple, kwargs: dict, output: Tensor) -> None:
+        if self._maps is None:  # the first call of the first batch: the first cross-attend
             x = args[0] if len(args) > 0 else kwargs["x"]
             inputs = args[1] if len(args) > 1 else kwargs["inputs"]
             mask = args[2] if len(args) > 2 else kwargs.get("pad_mask")
-            n = self.num_samples
-            self._captured = (x[:n].detach(), inputs[:n].detach(), None if mask is None else mask[:n].detach())
+            n, N = self.num_samples, x.shape[1]
+            ids = torch.linspace(0, N - 1, min(self.num_latents, N)).round().long().unique().tolist()
+            w = cross_attention_weights(module, x[:n, ids], inputs[:n], None if mask is None else mask[:n])
+            self._maps = (ids, w.cpu())
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if (self._logger is None or batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking
                 or not trainer.is_global_zero or trainer.current_epoch % self.every_n_epochs):
             return
-        self._captured = None
-        self._handle = first_cross_attention(pl_module).register_forward_hook(self._hook, with_kwargs=True)
+        self.attach(first_cross_attention(pl_module))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self._handle is None:
             return
-        self._handle.remove()
-        self._handle = None
-        if self._captured is None:
+        maps = self.detach()
+        if maps is None:
             return
-        latents, inputs, mask = self._captured
-        self._captured = None
-        layer = first_cross_attention(pl_module)
-        N, M = latents.shape[1], inputs.shape[1]
-        ids = torch.linspace(0, N - 1, min(self.num_latents, N)).round().long().unique().tolist()
-        w = cross_attention_weights(layer, latents[:, ids], inputs, mask).cpu()       # (S, K, M)
+        ids, w = maps                                                                  # (S, K, M)
+        M = w.shape[-1]
         net = getattr(pl_module, "net", pl_module)
         grid = getattr(getattr(net, "adapter", None), "grid", None)
         grid = tuple(grid) if grid is not None and math.prod(grid) == M else None

@@ -99,3 +99,53 @@ def test_fsdp_yaml_through_the_cli_on_two_cpu_ranks(tmp_path: Path, fashion_shar
     assert list(csv_steps(tmp_path).values()) == [list(range(steps))]
     assert len(full["callbacks"]["PreemptionCheckpoint"]["rng"]) == 2  # each rank's RNG state, gathered
     assert not processes_with_env("PLIT_TEST_RUN", marker), "a rank was left behind"
+
+
+_MAPS_UNDER_FSDP2 = """
+import sys, torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from perceiver_lit.callbacks.attention_maps import AttentionMaps, first_cross_attention
+from perceiver_lit.distributed import ShardOptions, shard_model
+from perceiver_lit.models import ImageAdapter, Perceiver
+
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{sys.argv[1]}", rank=0, world_size=1)
+try:
+    def maps(net):
+        cb = AttentionMaps(num_latents=3, num_samples=2)
+        net.eval()
+        cb.attach(first_cross_attention(net))
+        with torch.no_grad():
+            net(x)
+        return cb.detach()
+
+    torch.manual_seed(0)
+    make = lambda: Perceiver(ImageAdapter((4, 4, 1), num_frequency_bands=2), num_classes=3, num_latents=8,
+                             latent_dim=16, num_cross_attends=2, num_self_attends_per_block=1,
+                             num_self_attention_heads=2)
+    x = torch.randn(3, 4, 4, 1)
+    reference = make()
+    ids, expected = maps(reference)
+    for param_dtype in (None, "bfloat16"):
+        net = make()
+        net.load_state_dict(reference.state_dict())
+        shard_model(net, init_device_mesh("cpu", (1,)), ShardOptions(param_dtype=param_dtype))
+        got_ids, got = maps(net)
+        assert got_ids == ids and got.shape == expected.shape == (2, 3, 16), (got_ids, got.shape)
+        atol = 1e-6 if param_dtype is None else 2e-2
+        assert torch.allclose(got, expected, atol=atol), (param_dtype, (got - expected).abs().max())
+    print("maps ok")
+finally:
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.ddp
+def test_attention_maps_under_fsdp2_see_whole_parameters(tmp_path: Path) -> None:
+    """AttentionMaps (on by default with W&B) computes its maps inside the layer's call, before FSDP2 reshards:
+    with sharded parameters, in fp32 and under a bf16 MixedPrecisionPolicy, it gives the unsharded model's maps."""
+    script = tmp_path / "maps_fsdp2.py"
+    script.write_text(_MAPS_UNDER_FSDP2)
+    proc = subprocess.run([sys.executable, str(script), str(free_port())], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "maps ok" in proc.stdout, (proc.stdout + proc.stderr)[-4000:]
