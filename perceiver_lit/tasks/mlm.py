@@ -74,10 +74,11 @@ class MaskedByteModelling(Task):
             gen = torch.Generator().manual_seed(self.eval_seed + batch_idx)
         inputs, labels = mask_tokens(tokens, pad_mask, self.mask_prob, gen, self.num_classes)
         logits = self(inputs, pad_mask)  # (B, L, vocab)
-        if not (labels != IGNORE).any():  # nothing masked (tiny batch): a zero loss that keeps the graph
-            loss = logits.sum() * 0.0
-        else:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+        # Mean over the masked positions, written without a branch on their count (a branch would make the host
+        # wait for the device every step); nothing masked (a tiny batch) gives a zero loss that keeps the graph.
+        num_masked = (labels != IGNORE).sum().clamp(min=1)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE,
+                               reduction="sum") / num_masked
         batch_size = tokens.shape[0]
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
                  batch_size=batch_size, sync_dist=stage != "train")

@@ -104,6 +104,18 @@ def test_mlm_loss_is_on_masked_positions_only():
     assert metrics["val/mlm_acc"] == pytest.approx((logits[m].argmax(-1) == labels[m]).float().mean().item(), abs=1e-6)
 
 
+def test_mlm_batch_with_nothing_masked_gives_a_zero_loss_that_backpropagates():
+    torch.manual_seed(0)
+    task = MaskedByteModelling(TinyTokenNet(), mask_prob=0.0)
+    tokens = torch.randint(6, 262, (2, 8))
+    batch = {"inputs": tokens, "pad_mask": torch.zeros_like(tokens, dtype=torch.bool)}
+    loss = task.shared_step(batch, "train", 0)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    grads = [p.grad for p in task.parameters() if p.requires_grad]
+    assert grads and all(g is not None and not g.any() for g in grads)
+
+
 def test_mixup_and_cutmix_soft_targets():
     torch.manual_seed(0)
     x = torch.randn(8, 6, 6, 1)
