@@ -35,7 +35,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -262,6 +262,10 @@ class PerceiverCLI(LightningCLI):
                             help="run name: runs/<name>/ and the W&B run name (default: the config file's stem)")
         parser.add_argument("--fast_check", type=bool, default=True,
                             help="run the model on one zero sample of data.input_shape before training")
+        parser.add_argument("--float32_matmul_precision", type=Literal["highest", "high", "medium"], default="high",
+                            help="torch.set_float32_matmul_precision on a CUDA device: 'high' lets the matmuls "
+                                 "left in fp32 (under bf16-mixed: the loss, the metrics; all of them under 32-true) "
+                                 "use TF32 tensor cores; 'highest' keeps full fp32. CPU runs are left in fp32.")
         parser.add_class_arguments(WandbSettings, "wandb")
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.add_lightning_class_args(Throughput, "throughput")
@@ -339,7 +343,10 @@ class PerceiverCLI(LightningCLI):
 
     # ---- early checks
     def after_instantiate_classes(self) -> None:
-        warn_if_bf16_is_emulated(self.trainer.precision, self.trainer.strategy.root_device.type)
+        device = self.trainer.strategy.root_device.type
+        warn_if_bf16_is_emulated(self.trainer.precision, device)
+        if device == "cuda":
+            torch.set_float32_matmul_precision(self._config().get("float32_matmul_precision") or "high")
         if self._config().get("fast_check", True):
             check_model_fits_data(self.model, self.datamodule)
 

@@ -77,6 +77,16 @@ def test_auto_optimizer_arguments_are_rejected(tmp_path, capsys):
     assert "optimizer" in capsys.readouterr().err
 
 
+def test_float32_matmul_precision_is_checked_and_leaves_cpu_runs_in_fp32(tmp_path, capsys):
+    before = torch.get_float32_matmul_precision()
+    cli = _cli(tmp_path, {"model": tiny_perceiver(), "data": FASHION}, "--float32_matmul_precision", "medium")
+    assert cli.config.float32_matmul_precision == "medium"
+    assert torch.get_float32_matmul_precision() == before == "highest"  # applied on CUDA devices only
+    with pytest.raises(SystemExit):
+        _cli(tmp_path, {"model": tiny_perceiver(), "data": FASHION}, "--float32_matmul_precision", "tf32")
+    assert "float32_matmul_precision" in capsys.readouterr().err
+
+
 def test_print_config(tmp_path, capsys):
     cfg = write_config(tmp_path, {"model": tiny_perceiver(), "data": FASHION}, "exp.yaml")
     with pytest.raises(SystemExit) as exit_info:
