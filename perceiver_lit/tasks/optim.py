@@ -50,6 +50,7 @@ class Lamb(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             b1, b2 = group["betas"]
+            params, updates = [], []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -68,12 +69,45 @@ class Lamb(torch.optim.Optimizer):
                 update = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt_().add_(group["eps"]))
                 if group["weight_decay"] != 0:
                     update.add_(p, alpha=group["weight_decay"])
-                norm_dtype = torch.promote_types(p.dtype, torch.float32)  # bf16 params: norms in fp32
-                w_norm = torch.linalg.vector_norm(p, dtype=norm_dtype)
-                u_norm = torch.linalg.vector_norm(update, dtype=norm_dtype)
-                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                p.add_(update * trust.to(update.dtype), alpha=-group["lr"])
+                params.append(p)
+                updates.append(update)
+            if not params:
+                continue
+            # All the group's norms at once: under FSDP2 one all-reduce, not two collectives per tensor.
+            w_norms, u_norms = _global_norms(params + updates).split(len(params))
+            trust = torch.where((w_norms > 0) & (u_norms > 0), w_norms / u_norms, torch.ones_like(w_norms))
+            for p, update, tr in zip(params, updates, trust):  # tr stays on the device: no host sync
+                p.add_(update * tr.to(update.dtype), alpha=-group["lr"])
         return loss
+
+
+def _global_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of each whole tensor, (len(tensors),), in at least fp32 (bf16 parameters: fp32 norms). A DTensor
+    sharded over mesh dimensions (FSDP2's parameters and what is computed from them) counts all its shards: the
+    local squared norms are summed over those dimensions in one all-reduce per (mesh, dimensions), instead of one
+    per tensor."""
+    from torch.distributed.tensor import DTensor
+
+    local = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+    dtypes = [torch.promote_types(t.dtype, torch.float32) for t in local]
+    dtype = dtypes[0]
+    for d in dtypes[1:]:
+        dtype = torch.promote_types(dtype, d)
+    device = local[0].device
+    sq = torch.stack([torch.linalg.vector_norm(t, dtype=d).to(device, dtype) for t, d in zip(local, dtypes)]).square()
+    sharded: dict[tuple, tuple[object, tuple[int, ...], list[int]]] = {}
+    for i, t in enumerate(tensors):
+        if isinstance(t, DTensor):
+            dims = tuple(d for d, placement in enumerate(t.placements) if placement.is_shard())
+            if dims:
+                sharded.setdefault((id(t.device_mesh), dims), (t.device_mesh, dims, []))[2].append(i)
+    for mesh, dims, idx in sharded.values():
+        index = torch.tensor(idx, device=sq.device)
+        part = sq[index]
+        for d in dims:
+            torch.distributed.all_reduce(part, group=mesh.get_group(d))
+        sq[index] = part
+    return sq.sqrt()
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

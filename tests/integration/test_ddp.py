@@ -27,7 +27,7 @@ STEPS, BATCH, NUM_CLASSES, SHAPE = 3, 4, 4, (8, 8, 1)
 # --- the worker --------------------------------------------------------------------------------------------------
 
 
-def _tiny_task(activation_checkpointing: bool = False):
+def _tiny_task(activation_checkpointing: bool = False, optimizer: str = "adamw"):
     from perceiver_lit.models import ImageAdapter, Perceiver
     from perceiver_lit.tasks import Classification
 
@@ -37,7 +37,7 @@ def _tiny_task(activation_checkpointing: bool = False):
                     num_self_attention_heads=2, activation_checkpointing=activation_checkpointing)
     # eps 1e-3, not 1e-8: the attention key biases have an exactly-zero gradient (softmax ignores a per-query
     # constant), so theirs is float noise, which Adam with a tiny eps would blow up to lr-sized, rank-dependent steps.
-    return Classification(net, num_classes=NUM_CLASSES, optimizer="adamw", lr=1e-2, weight_decay=0.01,
+    return Classification(net, num_classes=NUM_CLASSES, optimizer=optimizer, lr=1e-2, weight_decay=0.01,
                           schedule="constant", eps=1e-3)
 
 
@@ -71,6 +71,7 @@ def worker(argv: list[str]) -> None:
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--sharded-ckpt", type=Path, help="fsdp: also save a sharded checkpoint here")
+    p.add_argument("--optimizer", choices=["adamw", "lamb"], default="adamw")
     args = p.parse_args(argv)
 
     import lightning.pytorch as pl
@@ -83,7 +84,7 @@ def worker(argv: list[str]) -> None:
     pl.seed_everything(0, verbose=False)
     # Activation checkpointing changes no number, so the distributed runs use it and still must match the single
     # run: DDP the model's own switch on shared layers (what static_graph is for), FSDP2 the strategy's.
-    task = _tiny_task(activation_checkpointing=args.strategy == "ddp")
+    task = _tiny_task(activation_checkpointing=args.strategy == "ddp", optimizer=args.optimizer)
     strategy = {
         "single": "auto",
         "ddp": DDPStrategy(static_graph=True),

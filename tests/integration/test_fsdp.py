@@ -41,6 +41,19 @@ def test_fsdp2_two_ranks_match_one_rank_and_checkpoint_consolidates(tmp_path: Pa
     assert torch.equal(task.net.latents.detach(), fsdp["latents"])
 
 
+@pytest.mark.integration
+@pytest.mark.ddp
+def test_lamb_under_fsdp2_uses_whole_tensor_norms(tmp_path: Path) -> None:
+    """LAMB's trust ratio needs each tensor's whole norm: with parameters sharded over 2 ranks (its norms summed
+    over the shards in one all-reduce) it must train exactly as one process does."""
+    single, fsdp = tmp_path / "single_lamb.pt", tmp_path / "fsdp_lamb.pt"
+    run_worker_group([["--strategy", "single", "--batch", str(2 * BATCH), "--out", str(single), "--optimizer", "lamb"],
+                      ["--strategy", "fsdp", "--devices", "2", "--batch", str(BATCH), "--out", str(fsdp),
+                       "--optimizer", "lamb"]],
+                     [{}, {"MASTER_PORT": str(free_port())}])
+    assert_same_weights(torch.load(fsdp), torch.load(single), atol=1e-6)
+
+
 def test_shared_layers_are_sharded_once() -> None:
     from perceiver_lit.models import ImageAdapter, Perceiver
 
