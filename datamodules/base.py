@@ -34,6 +34,7 @@ import random
 import re
 import sys
 import tarfile
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -377,12 +378,42 @@ def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors, out=out)
 
 
+def pin_device() -> str | None:
+    """The accelerator that batches can be pinned for ("cuda", ...), or None where pinning is impossible: a
+    CPU-only build, or MPS (the DataLoader's own rule, torch.utils.data.dataloader)."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is None:
+        return "cuda" if torch.cuda.is_available() else None
+    if not accelerator.is_available():
+        return None
+    acc = accelerator.current_accelerator()
+    return None if acc is None or acc.type == "mps" else acc.type
+
+
+def pin_plan(pin_memory: bool, mix: int, device: str | None) -> tuple[bool, bool]:
+    """Who pins the batches: (the DataLoader's pin thread, the cross-worker mix).
+
+    The mix re-stacks every batch into new memory, so pinning before it is wasted work and pinning only there
+    keeps the batches the trainer gets pinned. Nobody pins with pin_memory off or without a `device`."""
+    if not pin_memory or device is None:
+        return False, False
+    return mix <= 1, mix > 1
+
+
 class MixingLoader(DataLoader):
     """A DataLoader that mixes samples across `mix` consecutive batches (which come from different workers),
-    the cross-worker shuffle. Batch count and size are unchanged, so per-rank step counts stay exact."""
+    the cross-worker shuffle. Batch count and size are unchanged, so per-rank step counts stay exact.
 
-    def __init__(self, *args: Any, mix: int = 1, mix_seed: int = 0, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    `pin_memory` pins the batches the loader yields: with mixing on, the mix writes them straight into pinned
+    memory and the DataLoader does not pin (see `pin_plan`)."""
+
+    def __init__(self, *args: Any, mix: int = 1, mix_seed: int = 0, pin_memory: bool = False, **kwargs: Any):
+        device = pin_device()
+        if pin_memory and device is None:
+            warnings.warn("pin_memory=True but no accelerator that supports pinned memory is available: "
+                          "batches are not pinned", stacklevel=2)
+        loader_pins, self.pin_mixed = pin_plan(pin_memory, mix, device)
+        super().__init__(*args, pin_memory=loader_pins, **kwargs)
         self.mix, self._gen = mix, torch.Generator().manual_seed(mix_seed)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -399,17 +430,36 @@ class MixingLoader(DataLoader):
             if not group:
                 return
             if len(group) == 1:
-                yield group[0]
+                yield _pinned(group[0]) if self.pin_mixed else group[0]
                 continue
-            yield from _mix(group, self._gen)
+            yield from _mix(group, self._gen, pin=self.pin_mixed)
 
 
-def _mix(group: list[dict[str, Any]], gen: torch.Generator) -> list[dict[str, Any]]:
+def _pinned(batch: Any) -> Any:
+    """A copy of `batch` with every tensor (also inside dicts) in pinned memory; other values as they are."""
+    if isinstance(batch, torch.Tensor):
+        return batch.pin_memory()
+    if isinstance(batch, dict):
+        return {k: _pinned(v) for k, v in batch.items()}
+    return batch
+
+
+def _mix(group: list[dict[str, Any]], gen: torch.Generator, pin: bool = False) -> list[dict[str, Any]]:
     """Re-deal the samples of `group` (batches) into batches of the same sizes, in a random order.
-    Each sample row is copied once (no cat-then-index double copy)."""
+    Each sample row is copied once (no cat-then-index double copy); with `pin`, into pinned memory.
+
+    The pinned batches come from torch's pinned-memory allocator, never from `BufferPool`: that allocator
+    reuses a freed block only after the asynchronous (non_blocking) copies recorded on it have finished, while
+    the pool would hand the memory to the next batch as soon as the last Python reference is gone."""
     sizes = [len(b["key"]) for b in group]
     perm = torch.randperm(sum(sizes), generator=gen).tolist()
     bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+
+    def stack_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+        if not pin:
+            return torch.stack(rows)
+        out = torch.empty((len(rows), *rows[0].shape), dtype=rows[0].dtype, pin_memory=True)
+        return torch.stack(rows, out=out)
 
     def deal(values: list[Any]) -> list[Any]:
         if isinstance(values[0], dict):
@@ -417,7 +467,7 @@ def _mix(group: list[dict[str, Any]], gen: torch.Generator) -> list[dict[str, An
             return [{k: parts[k][i] for k in parts} for i in range(len(sizes))]
         rows = [row for v in values for row in (v.unbind(0) if isinstance(v, torch.Tensor) else v)]
         picked = [[rows[p] for p in perm[bounds[i] : bounds[i + 1]]] for i in range(len(sizes))]
-        return [torch.stack(r) for r in picked] if isinstance(values[0], torch.Tensor) else picked
+        return [stack_rows(r) for r in picked] if isinstance(values[0], torch.Tensor) else picked
 
     parts = {k: deal([b[k] for b in group]) for k in group[0]}
     return [{k: parts[k][i] for k in parts} for i in range(len(group))]
@@ -441,6 +491,9 @@ class StreamingDataModule(L.LightningDataModule):
         check_counts: compare eval sample counts with index.json (mismatch is an error).
         mix_batches: cross-worker shuffle: this many consecutive batches (from different workers) are re-dealt
             in the main process (training with num_workers > 1; 1 = off). Costs one copy per sample.
+        pin_memory: hand batches over in pinned (page-locked) memory, for asynchronous host-to-device copies;
+            with mixing on, the mixed batches are pinned (the mix writes them into pinned memory). No effect,
+            with one warning, where no accelerator supports pinning.
         seed: base seed for shard resampling and shuffling (each rank and worker derives its own).
         predict_urls: shards for `perceiver-lit predict` (default: `test_urls`); read like eval, exactly once.
     """

@@ -175,3 +175,103 @@ def test_buffer_pool_reuses_memory_only_once_nothing_refers_to_it():
     assert pool.empty((2, 1024), torch.float32).shape == (2, 1024)  # another shape: its own buffer
     assert pool.empty((4, 1024), torch.int64).dtype == torch.int64
     assert len(pool.entries) <= 3  # the oldest free buffers are forgotten
+
+
+# ---- pinned memory and the cross-worker mix
+def _group(sizes=(3, 3, 2)):
+    import torch
+
+    n = sum(sizes)
+    rows = torch.arange(n * 6, dtype=torch.float32).reshape(n, 2, 3)
+    group, start = [], 0
+    for s in sizes:
+        group.append({"inputs": rows[start : start + s].clone(), "target": torch.arange(start, start + s),
+                      "extra": {"mask": rows[start : start + s, :, 0] > 10},
+                      "key": [f"k{i}" for i in range(start, start + s)]})
+        start += s
+    return group, rows
+
+
+def test_mix_without_pinning_is_the_seeded_redeal():
+    import torch
+
+    from datamodules.base import _mix
+
+    group, rows = _group()
+    out = _mix(group, torch.Generator().manual_seed(7), pin=False)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(7))  # the same draw _mix makes
+    bounds = [0, 3, 6, 8]
+    assert [len(b["key"]) for b in out] == [3, 3, 2]
+    for i, b in enumerate(out):
+        idx = perm[bounds[i] : bounds[i + 1]]
+        assert torch.equal(b["inputs"], rows[idx]) and torch.equal(b["target"], idx)
+        assert torch.equal(b["extra"]["mask"], rows[idx, :, 0] > 10)
+        assert b["key"] == [f"k{j}" for j in idx.tolist()]
+        assert not b["inputs"].is_pinned() and not b["extra"]["mask"].is_pinned()
+    assert out[0]["inputs"].data_ptr() != group[0]["inputs"].data_ptr()  # new memory, the inputs untouched
+
+
+def test_pin_plan_pins_once_and_only_when_asked_and_possible():
+    from datamodules.base import pin_plan
+
+    assert pin_plan(False, 4, "cuda") == (False, False)  # off: no pinning work anywhere
+    assert pin_plan(True, 4, None) == (False, False)  # CPU-only / MPS: skipped
+    assert pin_plan(True, 4, "cuda") == (False, True)  # mixing: the mix pins its output, the loader does not
+    assert pin_plan(True, 1, "cuda") == (True, False)  # no mixing (eval, num_workers <= 1): the loader pins
+
+
+def test_pin_device_says_whether_pinned_memory_can_be_had():
+    import torch
+
+    from datamodules.base import pin_device
+
+    if pin_device() is None:  # e.g. this CPU-only build: pinned memory is really unavailable
+        with pytest.raises(RuntimeError):
+            torch.empty(4, pin_memory=True)
+    else:
+        assert torch.empty(4, pin_memory=True).is_pinned()
+
+
+@pytest.mark.skipif("__import__('datamodules.base').base.pin_device() is None", reason="no pinned memory here")
+def test_mix_with_pinning_pins_every_tensor():
+    import torch
+
+    from datamodules.base import _mix, _pinned
+
+    group, _ = _group()
+    plain = _mix(group, torch.Generator().manual_seed(7))
+    pinned = _mix(group, torch.Generator().manual_seed(7), pin=True)
+    for a, b in zip(plain, pinned):
+        assert b["inputs"].is_pinned() and b["target"].is_pinned() and b["extra"]["mask"].is_pinned()
+        assert torch.equal(a["inputs"], b["inputs"]) and a["key"] == b["key"]
+    single = _pinned(group[0])
+    assert single["inputs"].is_pinned() and single["extra"]["mask"].is_pinned() and single["key"] == group[0]["key"]
+
+
+def test_train_loader_pinning_decision(tiny):
+    """With mixing on, the DataLoader never pins (the mix would re-stack its pinned batches); the mixed
+    batches are pinned exactly where pinned memory exists; pin_memory changes no batch content."""
+    import warnings
+
+    from datamodules.base import pin_device
+
+    def batches(pin):
+        dm = make_dm(tiny, num_workers=2, samples_per_epoch=16, shuffle_buffer=8, pin_memory=pin)
+        dm.setup("fit")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loader = dm.train_dataloader()
+        assert loader.mix == 4 and loader.pin_memory is False  # the DataLoader's own pin thread stays off
+        assert loader.pin_mixed == (pin and pin_device() is not None)
+        assert any("pin_memory=True" in str(w.message) for w in caught) == (pin and pin_device() is None)
+        return list(loader)
+
+    plain, pinned = batches(False), batches(True)
+    assert [b["key"] for b in plain] == [b["key"] for b in pinned] and len(plain) == 4
+    assert all(b["inputs"].is_pinned() == (pin_device() is not None) for b in pinned)
+    assert not any(b["inputs"].is_pinned() for b in plain)
+    dm = make_dm(tiny, num_workers=0, pin_memory=True)  # no mixing: the DataLoader pins, where it can
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dm.setup("validate")
+        assert dm.val_dataloader().pin_memory == (pin_device() is not None)
