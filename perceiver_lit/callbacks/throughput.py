@@ -66,18 +66,23 @@ class Throughput(pl.Callback):
                 self.peak_flops = measure_matmul_flops()
         self._t0, self._samples, self._steps = None, 0, 0
 
+    def _clock(self, device: torch.device) -> float:
+        """A timestamp after the device has finished its queued work. Called only at window edges: a sync on
+        every step would stall the GPU's queue (the host could no longer run ahead of the device)."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        now = time.perf_counter()
         if self._t0 is None:  # the clock starts after the first step (warm-up, loader start)
-            self._t0, self._samples, self._steps = now, 0, 0
+            self._t0, self._samples, self._steps = self._clock(pl_module.device), 0, 0
             return
         target = batch.get("target") if isinstance(batch, dict) else None
         self._samples += len(target) if target is not None else 1
         self._steps += 1
         if self._steps < self.window:
             return
+        now = self._clock(pl_module.device)  # ends this window and starts the next
         per_device = self._samples / (now - self._t0)
         metrics = {
             "perf/samples_per_sec_per_device": per_device,

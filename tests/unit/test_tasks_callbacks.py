@@ -27,8 +27,77 @@ def test_throughput_logs_samples_per_sec_and_mfu():
     assert cb.last["perf/mfu"] == pytest.approx(3 * task.net.flops_per_sample() * sps / 1e9)
 
 
+class _TickingThroughput(Throughput):
+    """Throughput whose clock (the one hook that syncs the device) ticks 0.5 s per call and counts its calls."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.clock_steps: list[int] = []
+
+    def _clock(self, device: torch.device) -> float:
+        assert super()._clock(device) > 0  # the real hook still runs (on CUDA: the sync)
+        self.clock_steps.append(self._trainer_step)
+        return 0.5 * len(self.clock_steps)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._trainer_step = trainer.global_step
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+def test_throughput_syncs_only_at_window_edges_and_logs_its_figures(tmp_path):
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    torch.manual_seed(0)
+    task = Classification(TinyNet(num_classes=5), schedule="constant")
+    cb = _TickingThroughput(window=2, peak_flops=1e9)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=CSVLogger(tmp_path, name="", version=""),
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         callbacks=[cb], log_every_n_steps=1)
+    trainer.fit(task, train_dataloaders=_loader(_batches(6, 8, 5)))
+    # 6 steps, window 2: the clock starts after step 1 and windows end after steps 3 and 5; step 6 opens a window.
+    assert cb.clock_steps == [1, 3, 5]
+    rows = [r for r in csv.DictReader((tmp_path / "metrics.csv").read_text().splitlines())
+            if r.get("perf/samples_per_sec")]
+    assert [int(r["step"]) for r in rows] == [3, 5]
+    for r in rows:  # 2 steps x 8 samples in 0.5 s (one tick per window: a per-step clock would halve it)
+        assert float(r["perf/samples_per_sec_per_device"]) == pytest.approx(32.0)
+        assert float(r["perf/samples_per_sec"]) == pytest.approx(32.0)
+        assert float(r["perf/mfu"]) == pytest.approx(3 * task.net.flops_per_sample() * 32.0 / 1e9)
+
+
 def test_measured_cpu_peak_is_positive():
     assert measure_matmul_flops(n=64, repeats=2) > 0
+
+
+class _NaNAfter(TinyNet):
+    """NaN outputs from the `bad_from`-th forward on."""
+
+    def __init__(self, bad_from: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.bad_from, self.calls = bad_from, 0
+
+    def forward(self, inputs, pad_mask=None):
+        self.calls += 1
+        out = super().forward(inputs)
+        return out * float("nan") if self.calls > self.bad_from else out
+
+
+def test_nan_guard_single_process_message_and_every_n_steps():
+    from perceiver_lit.callbacks import NanGuard, NonFiniteLossError
+
+    # NaN from step 1; checked every 2 steps: step 1 slips through (and NaNs the weights), step 2 is caught.
+    task = Classification(_NaNAfter(bad_from=1, num_classes=5), schedule="constant")
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False,
+                         callbacks=[NanGuard(every_n_steps=2, max_keys=2)])
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.fit(task, train_dataloaders=_loader(_batches(4, 4, 5)))
+    assert str(err.value) == ("training loss is nan at global step 2 (epoch 0, batch 2); batch keys: "
+                              "['s2-0', 's2-1'] (+2 more). Lower the lr, set trainer.gradient_clip_val, or check "
+                              "these samples.")
+    assert trainer.global_step == 2 and task.net.calls == 3
 
 
 def test_checkpoint_monitors_the_task_metric_in_the_run_dir(tmp_path):
