@@ -220,6 +220,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (default on cuda)")
+    p.add_argument("--fp32", action="store_true", help="on cuda: plain fp32, no autocast and no TF32 (default there: "
+                   "bf16 autocast, TF32 for what stays fp32)")
     p.add_argument("--quick", action="store_true", help="small sizes only, few rounds")
     p.add_argument("--toy", action="store_true", help="tiny sizes: a smoke test of the script, not a measurement")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (median reported)")
@@ -236,15 +238,16 @@ def setup(args: argparse.Namespace) -> None:
     freed activations stay in the heap), for every model of the run alike."""
     from perceiver_lit.host_memory import tune_host_allocator
 
+    if args.fp32 and args.bf16:
+        raise SystemExit("--fp32 and --bf16 exclude each other")
     tune_host_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device visible to torch")
-        args.bf16 = True if not args.bf16 else args.bf16
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        args.bf16 = not args.fp32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not args.fp32
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ GOALS = {"peers": 1.5, "slope": 1.1, "loader": 0.15, "mfu_cpu": 0.50, "mfu_cuda"
 
 def _common_args(args) -> list[str]:
     a = ["--device", args.device, "--out-dir", args.out_dir]
-    for flag in ("quick", "toy", "bf16"):
+    for flag in ("quick", "toy", "bf16", "fp32"):
         if getattr(args, flag):
             a.append(f"--{flag}")
     if args.threads:
@@ -126,7 +126,7 @@ def headline(out_dir: str) -> list[str]:
         cuda = mfu["env"]["device"].startswith("cuda")
         goal = GOALS["mfu_cuda" if cuda else "mfu_cpu"]
         for r in mfu["rows"]:
-            judged = not cuda or r["config"] == "imagenet"  # the GPU goal is for the ImageNet config
+            judged = not cuda or (r["config"] == "imagenet" and mfu["bf16"])  # the GPU goal: ImageNet, bf16
             rows.append((f"utilization {r['model']} {r['config']} ({mfu['env']['device']}, {mfu['env']['threads']} threads"
                          f"{' bf16' if mfu['bf16'] else ' fp32'})", f">= {100 * goal:.0f}%" if judged else "-",
                          f"{100 * r['utilization']:.1f}% ({100 * r.get('utilization_cpu_time', 0):.1f}% by CPU time)",

@@ -184,3 +184,9 @@ def test_cpu_math_backward_path_matches_sdpa_default(monkeypatch):
     assert A._cpu_math_backward(qb, threads, cap // 2) and not A._cpu_math_backward(qb, threads, cap // 2 + 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert A._cpu_math_backward(q, threads, cap // 2)  # fp32 q that autocast will cast to bf16
+
+
+def test_fp32_and_bf16_flags_exclude_each_other():
+    args = common.base_parser("x").parse_args(["--fp32", "--bf16"])
+    with pytest.raises(SystemExit, match="exclude each other"):
+        common.setup(args)
