@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from perceiver_lit.tasks.optim import LRSchedule, build_optimizer
@@ -36,9 +37,15 @@ class Task(pl.LightningModule):
             `net.num_classes`.
         optimizer: "adamw" or "lamb" (the papers' choice). Weight decay skips `net.no_weight_decay()`.
         lr, weight_decay, betas, eps: optimizer settings (lr is the peak lr).
+        decay_embeddings: decay the latent, position and query arrays too, sparing only biases and norms
+            (DeepMind's ImageNet setting, `decay_pos_embs=True`); off: they take no decay (timm, nanoGPT).
         schedule: "constant", "step" (x decay_factor at each of decay_epochs) or "cosine" (flat for flat_epochs,
             then cosine to 0 at the end of training). Steps per epoch come from the trainer's estimate.
         warmup_epochs: linear warm-up (fractional epochs allowed); 0 in the papers.
+        warmup_steps: the same in optimizer steps, for step-based runs (give one of the two).
+        reference_batch_size: the global batch the recipe's lr was tuned at (ImageNet: 1024). At fit start the
+            task prints the global batch (per-device batch x devices x nodes x accumulation) and warns, naming
+            the fields and the linearly scaled lr, when it differs.
         compile: wrap the net with torch.compile in configure_model.
     """
 
@@ -54,11 +61,14 @@ class Task(pl.LightningModule):
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        decay_embeddings: bool = False,
         schedule: Literal["constant", "step", "cosine"] = "cosine",
         warmup_epochs: float = 0.0,
+        warmup_steps: int = 0,
         decay_epochs: list[float] | None = None,
         decay_factor: float = 0.1,
         flat_epochs: float = 0.0,
+        reference_batch_size: int | None = None,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -74,8 +84,17 @@ class Task(pl.LightningModule):
         self.num_classes = int(num_classes)
         self.optimizer_name = optimizer
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, tuple(betas), eps
+        self.decay_embeddings = decay_embeddings
         self.schedule = schedule
-        self.warmup_epochs, self.flat_epochs = warmup_epochs, flat_epochs
+        if warmup_epochs > 0 and warmup_steps > 0:
+            raise ValueError(f"model.init_args.warmup_epochs ({warmup_epochs}) and warmup_steps ({warmup_steps}): "
+                             "give one of the two")
+        if warmup_steps < 0 or warmup_epochs < 0:
+            raise ValueError("model.init_args.warmup_epochs / warmup_steps must be >= 0")
+        self.warmup_epochs, self.warmup_steps, self.flat_epochs = warmup_epochs, int(warmup_steps), flat_epochs
+        if reference_batch_size is not None and reference_batch_size < 1:
+            raise ValueError(f"model.init_args.reference_batch_size must be >= 1, got {reference_batch_size}")
+        self.reference_batch_size = reference_batch_size
         self.decay_epochs, self.decay_factor = list(decay_epochs or []), decay_factor
         self.compile_net = compile
         if schedule == "step" and not self.decay_epochs:
@@ -127,6 +146,34 @@ class Task(pl.LightningModule):
 
     # ---- bookkeeping ------------------------------------------------------------------------------------------
 
+    def global_batch_size(self) -> tuple[int, str] | None:
+        """(samples per optimizer step over all ranks, how it is made up), from the data module's per-device
+        `batch_size`; None without a data module that has one."""
+        per_device = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
+        if not isinstance(per_device, int):
+            return None
+        trainer = self.trainer
+        accumulate = max(1, int(trainer.accumulate_grad_batches))
+        total = per_device * trainer.world_size * accumulate
+        return total, (f"{per_device} per device (data.init_args.batch_size) x {trainer.num_devices} devices x "
+                       f"{trainer.num_nodes} nodes x {accumulate} accumulated (trainer.accumulate_grad_batches)")
+
+    def on_fit_start(self) -> None:
+        found = self.global_batch_size()
+        if found is None:
+            return
+        total, parts = found
+        rank_zero_info(f"[perceiver-lit] global batch {total} = {parts}")
+        ref = self.reference_batch_size
+        if ref is not None and total != ref:
+            rank_zero_warn(
+                f"Global batch {total} = {parts}, but the recipe's lr {self.lr:g} was tuned at a global batch of "
+                f"{ref} (model.init_args.reference_batch_size). Raise trainer.num_nodes / trainer.devices or "
+                f"trainer.accumulate_grad_batches to reach {ref}, or scale the lr linearly: "
+                f"--model.init_args.lr {self.lr * total / ref:.3g}, and set reference_batch_size to {total} "
+                "to silence this."
+            )
+
     def on_train_start(self) -> None:
         # self.log is not allowed before the first step's hooks; write straight to the loggers, once.
         if self.trainer.is_global_zero:
@@ -169,7 +216,7 @@ class Task(pl.LightningModule):
         precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
         optimizer = build_optimizer(
             self.optimizer_name, self.net, self.lr, self.weight_decay, self.betas, self.eps,
-            fused=not precision.startswith("16"),
+            fused=not precision.startswith("16"), decay_embeddings=self.decay_embeddings,
         )
         # Steps per epoch are needed only for what is stated in epochs (the loader may have no length otherwise).
         needs_epochs = self.warmup_epochs > 0 or self.flat_epochs > 0 or (self.schedule == "step")
@@ -178,7 +225,7 @@ class Task(pl.LightningModule):
         schedule = LRSchedule(
             self.schedule,
             total_steps=self.total_steps() if self.schedule == "cosine" else None,
-            warmup_steps=round(self.warmup_epochs * spe),
+            warmup_steps=self.warmup_steps or round(self.warmup_epochs * spe),
             decay_steps=[round(e * spe) for e in self.decay_epochs],
             decay_factor=self.decay_factor,
             flat_steps=round(self.flat_epochs * spe),

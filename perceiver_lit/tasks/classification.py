@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +22,11 @@ class Classification(Task):
 
     Args:
         label_smoothing: cross-entropy label smoothing (0.1 in the Perceiver IO ImageNet recipe).
-        mixup_alpha, cutmix_alpha: Beta(alpha, alpha) mixing; 0 turns each off (Perceiver IO: both 0.2).
+        mixup_alpha, cutmix_alpha: Beta(alpha, alpha) mixing ratios; 0 turns each off. The ImageNet recipes use
+            DeepMind's: MixUp 0.2, CutMix 1.0 (a uniform box area).
         mix_prob: probability that a training batch is mixed at all.
+        mix_mode: with both on, "split" (DeepMind: half of each batch MixUp, half CutMix, a ratio per sample) or
+            "switch" (timm: one of the two per batch, one ratio per batch). See `tasks/mixing.py`.
         **kwargs: optimizer and schedule, see `Task`.
     """
 
@@ -36,11 +39,12 @@ class Classification(Task):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         mix_prob: float = 1.0,
+        mix_mode: Literal["split", "switch"] = "switch",
         **kwargs: Any,
     ) -> None:
         super().__init__(net, **kwargs)
         self.label_smoothing = label_smoothing
-        self.mixing = MixUpCutMix(mixup_alpha, cutmix_alpha, prob=mix_prob)
+        self.mixing = MixUpCutMix(mixup_alpha, cutmix_alpha, prob=mix_prob, mode=mix_mode)
         # One metric object per stage: states never leak between train, val and test.
         # (ModuleDict keys may not be "train": it would shadow nn.Module.train.)
         self.metrics = nn.ModuleDict({f"{s}_metrics": self._make_metrics(s) for s in ("train", "val", "test")})

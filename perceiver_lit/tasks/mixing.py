@@ -1,44 +1,76 @@
-"""MixUp and CutMix on a batch (the Perceiver IO ImageNet recipe: both, alpha 0.2, one of them per batch).
+"""MixUp and CutMix on a batch.
 
-Works on the batch dict's channels-last inputs: images (B, H, W, C), and for MixUp any tensor or dict of tensors.
-Targets become soft: lam * onehot(y) + (1 - lam) * onehot(y[perm]).
+Two ways to combine them (`MixUpCutMix.mode`):
+- "split" (DeepMind's Perceiver / Perceiver IO ImageNet code): the first half of every batch is MixUp'd and the
+  second half CutMix'd, each sample with its own ratio: MixUp's from Beta(mixup_alpha, mixup_alpha), CutMix's box
+  area from Beta(cutmix_alpha, cutmix_alpha), uniform at 1.0 as DeepMind draws it. DeepMind pairs two freshly
+  loaded batches; here a sample's partner is another sample of the same batch (a random permutation), which
+  mixes the same distribution of pairs without loading twice the data.
+- "switch" (timm's convention): the whole batch gets one of the two, CutMix with probability `switch_prob`, with
+  one ratio for the batch.
+
+Works on the batch dict's channels-last inputs: images (B, H, W, C), and for MixUp any tensor or dict of tensors
+(CutMix falls back to MixUp on inputs that are not images). Targets become soft: lam * onehot(y) + (1 - lam) *
+onehot(y[perm]), lam per sample.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 
-def _mix_tensors(x: Any, perm: torch.Tensor, lam: float) -> Any:
+def _beta(alpha: float, n: int, gen: torch.Generator | None) -> torch.Tensor:
+    """n draws from Beta(alpha, alpha), (n,); with `gen`, reproducibly from it (torch's Beta sampler takes no
+    generator, so it runs on a seed drawn from `gen`, leaving the global RNG as it was)."""
+    dist = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
+    if gen is None:
+        return dist.sample((n,))
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return dist.sample((n,))
+
+
+def _mix_tensors(x: Any, perm: torch.Tensor, lam: torch.Tensor) -> Any:
+    """x * lam + x[perm] * (1 - lam), lam (B,) broadcast over each tensor's trailing dims."""
     if isinstance(x, dict):
         return {k: _mix_tensors(v, perm, lam) for k, v in x.items()}
-    return x.mul(lam).add_(x[perm], alpha=1.0 - lam)
+    w = lam.to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1)))
+    return x * w + x[perm] * (1 - w)
 
 
-def _cutmix_image(x: torch.Tensor, perm: torch.Tensor, lam: float, gen: torch.Generator | None) -> tuple[torch.Tensor, float]:
-    """Paste a box from x[perm] into x (B, H, W, C); returns the inputs and lam corrected to the box's real area."""
-    _, h, w, _ = x.shape
-    cut = (1.0 - lam) ** 0.5
-    ch, cw = int(h * cut), int(w * cut)
-    cy = int(torch.randint(h, (1,), generator=gen))
-    cx = int(torch.randint(w, (1,), generator=gen))
-    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
-    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
-    x = x.clone()
-    x[:, y0:y1, x0:x1] = x[perm, y0:y1, x0:x1]
-    return x, 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+def _cutmix_images(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, gen: torch.Generator | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste into each image of x (B, H, W, C) a box of its partner x[perm], the box's area (1 - lam) of the
+    image, centred uniformly and clipped at the borders; returns the images and lam corrected to the area kept."""
+    b, h, w, _ = x.shape
+    cut = (1.0 - lam).clamp(0, 1).sqrt()                                   # (B,) box side / image side
+    ch, cw = (h * cut).long(), (w * cut).long()
+    cy, cx = torch.randint(h, (b,), generator=gen), torch.randint(w, (b,), generator=gen)
+    y0, y1 = (cy - ch // 2).clamp(0, h), (cy + ch // 2).clamp(0, h)
+    x0, x1 = (cx - cw // 2).clamp(0, w), (cx + cw // 2).clamp(0, w)
+    rows, cols = torch.arange(h), torch.arange(w)
+    inside = (((rows >= y0[:, None]) & (rows < y1[:, None]))[:, :, None]
+              & ((cols >= x0[:, None]) & (cols < x1[:, None]))[:, None, :])  # (B, H, W)
+    mixed = torch.where(inside.to(x.device)[..., None], x[perm], x)
+    return mixed, 1.0 - ((y1 - y0) * (x1 - x0)).float() / (h * w)
 
 
 class MixUpCutMix:
-    """Apply MixUp (alpha `mixup_alpha`) or CutMix (alpha `cutmix_alpha`) with probability `prob`; when both are
-    on, each batch picks one with probability `switch_prob` for CutMix (timm's convention)."""
+    """MixUp (`mixup_alpha`) and / or CutMix (`cutmix_alpha`; 0 turns either off) on a training batch, applied
+    with probability `prob`; `mode` "split" or "switch" combines the two (module docstring)."""
 
     def __init__(self, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0,
-                 switch_prob: float = 0.5) -> None:
+                 switch_prob: float = 0.5, mode: Literal["split", "switch"] = "switch") -> None:
+        if mixup_alpha < 0 or cutmix_alpha < 0:
+            raise ValueError(f"mixup_alpha / cutmix_alpha must be >= 0, got {mixup_alpha} / {cutmix_alpha}")
+        if mode not in ("split", "switch"):
+            raise ValueError(f"model.init_args.mix_mode: expected 'split' or 'switch', got {mode!r}")
         self.mixup_alpha, self.cutmix_alpha, self.prob, self.switch_prob = mixup_alpha, cutmix_alpha, prob, switch_prob
+        self.mode = mode
 
     @property
     def enabled(self) -> bool:
@@ -46,18 +78,40 @@ class MixUpCutMix:
 
     def __call__(self, inputs: Any, target: torch.Tensor, num_classes: int,
                  gen: torch.Generator | None = None) -> tuple[Any, torch.Tensor]:
-        """inputs, int64 target (B,) -> mixed inputs, float soft target (B, num_classes)."""
+        """inputs, int64 target (B,) (or soft (B, K)) -> mixed inputs, float soft target (B, num_classes)."""
         soft = F.one_hot(target, num_classes).float() if target.ndim == 1 else target.float()
         if not self.enabled or float(torch.rand((), generator=gen)) >= self.prob:
             return inputs, soft
-        use_cutmix = self.cutmix_alpha > 0 and (
-            self.mixup_alpha <= 0 or float(torch.rand((), generator=gen)) < self.switch_prob
-        )
-        alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
-        lam = float(torch.distributions.Beta(alpha, alpha).sample())
-        perm = torch.randperm(soft.shape[0], generator=gen).to(soft.device)
-        if use_cutmix and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
-            inputs, lam = _cutmix_image(inputs, perm, lam, gen)
-        else:  # MixUp (also CutMix's fallback for non-image inputs)
-            inputs = _mix_tensors(inputs, perm, lam)
-        return inputs, soft.mul(lam).add_(soft[perm], alpha=1.0 - lam)
+        b = soft.shape[0]
+        perm = torch.randperm(b, generator=gen)
+        # Which samples get CutMix (the rest get MixUp).
+        if self.mixup_alpha <= 0:
+            cut = torch.ones(b, dtype=torch.bool)
+        elif self.cutmix_alpha <= 0:
+            cut = torch.zeros(b, dtype=torch.bool)
+        elif self.mode == "split":
+            cut = torch.arange(b) >= b // 2
+        else:
+            cut = torch.full((b,), float(torch.rand((), generator=gen)) < self.switch_prob)
+        one_draw = self.mode == "switch"  # timm: one ratio for the whole batch
+        n = 1 if one_draw else b
+        lam = torch.ones(b)
+        if self.mixup_alpha > 0:
+            lam = torch.where(cut, lam, _beta(self.mixup_alpha, n, gen).expand(b))
+        images = isinstance(inputs, torch.Tensor) and inputs.ndim == 4
+        if cut.any():
+            lam_cut = _beta(self.cutmix_alpha, n, gen).expand(b)
+            if images:
+                pasted, kept = _cutmix_images(inputs, perm, lam_cut, gen)
+                lam = torch.where(cut, kept, lam)
+            else:  # CutMix falls back to MixUp on inputs that are not images
+                lam = torch.where(cut, lam_cut, lam)
+        if images and cut.all():
+            mixed = pasted
+        elif images and cut.any():
+            mixed = torch.where(cut.to(inputs.device).view(-1, 1, 1, 1), pasted, _mix_tensors(inputs, perm, lam))
+        else:
+            mixed = _mix_tensors(inputs, perm, lam)
+        lam = lam.to(soft.device)[:, None]
+        perm = perm.to(soft.device)
+        return mixed, soft * lam + soft[perm] * (1 - lam)

@@ -110,12 +110,17 @@ def _global_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     return sq.sqrt()
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
     """Split parameters into a decayed and a non-decayed group.
 
     Names in `model.no_weight_decay()` (the models' contract: latents, position and query embeddings, norms,
     biases) take no decay. A model without that method falls back to: biases, norm weights and every 1-D tensor.
     A name in `no_weight_decay()` may also be a prefix of parameter names (e.g. "latents" or "adapter.pos").
+
+    decay_embeddings: decay the latent, position and query arrays too, and spare only the 1-D tensors (biases
+    and norms). That is DeepMind's ImageNet setting (`decay_pos_embs=True`: the latents and the output query are
+    Haiku position encodings, and only biases and norm parameters are excluded), and PAPER.md's "not on biases
+    or norms"; timm and nanoGPT spare embeddings, which is the default here.
     """
     explicit: set[str] | None = None
     if hasattr(model, "no_weight_decay") and callable(model.no_weight_decay):
@@ -126,6 +131,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             continue
         if explicit is not None:
             skip = name in explicit or any(name.startswith(e + ".") for e in explicit)
+            skip = skip and not (decay_embeddings and p.ndim >= 2)
         else:
             skip = p.ndim <= 1 or name.endswith(".bias") or "norm" in name.lower()
         (no_decay if skip else decay).append(p)
@@ -150,11 +156,13 @@ def build_optimizer(
     betas: Sequence[float],
     eps: float,
     fused: bool = False,
+    decay_embeddings: bool = False,
 ) -> torch.optim.Optimizer:
     """AdamW or LAMB over `param_groups`. fused: torch's single-kernel AdamW where `can_fuse` allows it (same
     update; measured 5-10% of the quickstart's CPU step); off under 16-bit AMP, whose gradient clipping must
-    unscale before the step (Lightning refuses clipping with optimizers that unscale internally)."""
-    groups = param_groups(model, weight_decay)
+    unscale before the step (Lightning refuses clipping with optimizers that unscale internally).
+    decay_embeddings: see `param_groups`."""
+    groups = param_groups(model, weight_decay, decay_embeddings)
     if name == "adamw":
         fused = fused and can_fuse([p for g in groups for p in g["params"]])
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,

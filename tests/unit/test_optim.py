@@ -138,3 +138,23 @@ def test_fused_adamw_on_cpu_gives_the_same_update_and_keeps_the_groups():
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         torch.testing.assert_close(a, b)
     assert all((a != b).any() for a, b in zip(nets[0].parameters(), before))  # every tensor moved
+
+
+def test_decay_embeddings_decays_latents_and_query_but_never_biases_or_norms():
+    """DeepMind's ImageNet setting (decay_pos_embs=True): of the model's no_weight_decay() names, only the 1-D
+    tensors (biases, norms) stay undecayed; the default spares the latent and query arrays too."""
+    from perceiver_lit.models import perceiver_io_imagenet
+
+    with torch.device("meta"):
+        net = perceiver_io_imagenet()
+    by_id = {id(p): n for n, p in net.named_parameters()}
+
+    def undecayed(**kw) -> set[str]:
+        groups = param_groups(net, 0.1, **kw)
+        assert sum(len(g["params"]) for g in groups) == len(by_id)
+        return {by_id[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+
+    default, deepmind = undecayed(), undecayed(decay_embeddings=True)
+    assert {"latents", "queries.queries"} <= default - deepmind
+    assert deepmind == {n for n, p in net.named_parameters() if p.ndim < 2}
+    assert any(n.endswith(".bias") for n in deepmind) and any("norm" in n for n in deepmind)

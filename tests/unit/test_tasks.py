@@ -176,3 +176,101 @@ def test_configure_model_without_mesh_leaves_net():
     net = task.net
     task.configure_model()
     assert task.net is net
+
+
+def _constant_images(b: int, side: int = 16) -> torch.Tensor:
+    """Image i is the constant i + 1 (B, side, side, 1): every pixel tells which images it came from."""
+    return (torch.arange(b, dtype=torch.float32) + 1)[:, None, None, None].expand(b, side, side, 1).contiguous()
+
+
+def test_split_mixing_is_deepminds_half_mixup_half_cutmix_with_a_ratio_per_sample():
+    b = 16
+    x, y = _constant_images(b), torch.arange(b)
+    mixing = MixUpCutMix(mixup_alpha=0.2, cutmix_alpha=1.0, mode="split")
+    mixed, soft = mixing(x, y, b, gen=torch.Generator().manual_seed(0))
+    assert torch.allclose(soft.sum(-1), torch.ones(b))
+    own = soft[torch.arange(b), y]                                           # weight of each sample's own label
+    first, second = mixed[: b // 2], mixed[b // 2:]
+    # MixUp half: every pixel is the same blend own * lam + partner * (1 - lam), lam = the target's own weight.
+    assert (first == first[:, :1, :1]).all()
+    partner = (soft - own[:, None] * F.one_hot(y, b)).argmax(-1)            # the other label (any, if own = 1)
+    blend = own * (y + 1) + (1 - own) * (partner + 1)
+    torch.testing.assert_close(first[:, 0, 0, 0], blend[: b // 2])
+    assert own[: b // 2].unique().numel() > 1                                # a ratio per sample, not per batch
+    # CutMix half: pixels are either the sample's own or its partner's, and the own weight is the kept area.
+    kept = (second == x[b // 2:]).float().mean(dim=(1, 2, 3))
+    torch.testing.assert_close(own[b // 2:], kept)
+    pasted = (second == (partner[b // 2:] + 1).float()[:, None, None, None])
+    assert ((second == x[b // 2:]) | pasted).all() and not torch.equal(second, x[b // 2:])
+    # Reproducible from the generator alone, and the global RNG is left alone.
+    state = torch.get_rng_state()
+    again, soft_again = mixing(x, y, b, gen=torch.Generator().manual_seed(0))
+    assert torch.equal(again, mixed) and torch.equal(soft_again, soft)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_cutmix_alpha_one_draws_a_uniform_area_where_alpha_point_two_draws_near_whole_images():
+    """DeepMind's CutMix area is uniform (Beta(1, 1)); Beta(0.2, 0.2) leaves most boxes tiny or whole."""
+    from perceiver_lit.tasks.mixing import _beta
+
+    gen = torch.Generator().manual_seed(0)
+    uniform, peaked = _beta(1.0, 20000, gen), _beta(0.2, 20000, gen)
+    assert abs(uniform.mean().item() - 0.5) < 0.01 and abs((uniform > 0.9).float().mean().item() - 0.1) < 0.01
+    one_image = lambda lam: (torch.maximum(lam, 1 - lam) > 0.9).float().mean().item()  # >90% from one image
+    assert abs(one_image(uniform) - 0.2) < 0.015 and one_image(peaked) > 0.45
+
+
+def test_switch_mixing_applies_one_method_with_one_ratio_to_the_whole_batch():
+    b = 8
+    x, y = _constant_images(b), torch.arange(b)
+    seen = set()
+    for seed in range(8):
+        mixed, soft = MixUpCutMix(mixup_alpha=0.2, cutmix_alpha=1.0, mode="switch")(
+            x, y, b, gen=torch.Generator().manual_seed(seed))
+        own = soft[torch.arange(b), y]
+        if torch.equal(mixed, mixed.round()):        # CutMix: every pixel is some image's own value
+            seen.add("cutmix")
+        else:                                        # MixUp: whole images blended, by one ratio for the batch
+            seen.add("mixup")
+            assert (mixed == mixed[:, :1, :1]).all()
+            assert own[own < 1].unique().numel() == 1  # (a sample paired with itself keeps weight 1)
+    assert seen == {"cutmix", "mixup"}
+
+
+def test_mix_mode_is_validated():
+    with pytest.raises(ValueError, match="mix_mode"):
+        Classification(TinyNet(), mixup_alpha=0.2, mix_mode="both")
+
+
+class _BatchDataModule(pl.LightningDataModule):
+    """A real data module with a per-device `batch_size`, as the project's data modules have."""
+
+    def __init__(self, batch_size: int) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
+    def train_dataloader(self):
+        return _loader(_batches(2, self.batch_size, 5))
+
+
+def test_fit_warns_when_the_global_batch_is_not_the_recipes(recwarn):
+    torch.manual_seed(0)
+    task = Classification(TinyNet(num_classes=5), schedule="constant", lr=0.004, reference_batch_size=1024)
+    with pytest.warns(UserWarning, match=r"Global batch 8 = 4 per device .* x 2 accumulated .*reference_batch_size"
+                                         r".*--model.init_args.lr 3.13e-05"):
+        _trainer(max_epochs=1, accumulate_grad_batches=2).fit(task, datamodule=_BatchDataModule(4))
+    assert task.global_batch_size()[0] == 8
+    recwarn.clear()
+    task = Classification(TinyNet(num_classes=5), schedule="constant", reference_batch_size=8)
+    _trainer(max_epochs=1, accumulate_grad_batches=2).fit(task, datamodule=_BatchDataModule(4))
+    assert not [w for w in recwarn if "Global batch" in str(w.message)]
+
+
+def test_warmup_in_steps():
+    torch.manual_seed(0)
+    task = Classification(TinyNet(num_classes=5), schedule="constant", lr=1.0, warmup_steps=4)
+    trainer = _trainer(max_steps=1)
+    trainer.fit(task, train_dataloaders=_loader(_batches(2, 4, 5)))
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(2 / 4)
+    with pytest.raises(ValueError, match="give one of the two"):
+        Classification(TinyNet(), warmup_steps=4, warmup_epochs=0.5)
