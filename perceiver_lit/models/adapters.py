@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .attention import trunc_normal_
 from .position import FourierPositionEncoding, LearnedPositionEncoding, fourier_features, num_fourier_channels
 
 PadMask = Tensor | None
@@ -279,8 +280,9 @@ class MultimodalAdapter(InputAdapter):
         self.adapters = nn.ModuleDict(built)
         self.num_output_channels = max(a.num_output_channels for a in built.values()) + min_padding_size
         self.num_elements = sum(a.num_elements for a in built.values())
+        # Learned per-modality padding, truncated normal std 0.02 (DeepMind: TrainablePositionEncoding).
         self.padding = nn.ParameterDict({
-            n: nn.Parameter(torch.randn(self.num_output_channels - a.num_output_channels) * 0.02)
+            n: nn.Parameter(trunc_normal_(torch.empty(self.num_output_channels - a.num_output_channels), 0.02))
             for n, a in built.items()})
         self.modality_dropout = dict(modality_dropout or {})
         bad = set(self.modality_dropout) - set(self.names)

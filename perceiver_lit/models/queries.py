@@ -70,8 +70,9 @@ class MultimodalQueries(QueryProvider):
         self.names = sorted(queries)
         self.providers = nn.ModuleDict({n: queries[n] for n in self.names})
         self.num_channels = max(q.num_channels for q in queries.values()) + min_padding_size
-        self.padding = nn.ParameterDict({n: nn.Parameter(torch.randn(self.num_channels - q.num_channels) * 0.02)
-                                         for n, q in queries.items()})
+        self.padding = nn.ParameterDict({  # truncated normal std 0.02, as DeepMind's TrainablePositionEncoding
+            n: nn.Parameter(trunc_normal_(torch.empty(self.num_channels - q.num_channels), 0.02))
+            for n, q in queries.items()})
         self.sizes = {n: self.providers[n].num_queries for n in self.names}
         self.num_queries = sum(self.sizes.values())
 

@@ -99,3 +99,17 @@ def test_multimodal_never_drops_everything():
     assert not mask.all(dim=1).any()
     with pytest.raises(ValueError, match="no input_shape"):
         MultimodalAdapter({"a": (16,)}, {"z": {}})
+
+
+def test_modality_paddings_are_truncated_normal_like_deepminds_position_encodings():
+    """DeepMind's modality embeddings are TrainablePositionEncodings: truncated normal, std 0.02, cut at 2 std."""
+    from perceiver_lit.models import MultimodalQueries, TrainableQueries
+
+    torch.manual_seed(0)
+    mm = MultimodalAdapter({"audio": (64,), "text": (8,)},
+                           {"audio": {"samples_per_patch": 16, "num_frequency_bands": 2}, "text": {}},
+                           min_padding_size=5000)
+    mq = MultimodalQueries({"a": TrainableQueries(2, 8), "b": TrainableQueries(3, 4)}, min_padding_size=5000)
+    for padding in (*mm.padding.values(), *mq.padding.values()):
+        assert padding.abs().max() <= 0.04 + 1e-7                  # randn * 0.02 would exceed 2 std ~230 times
+        assert 0.016 < padding.std() < 0.019                        # 0.02 x 0.88 (the truncation's variance)
