@@ -111,7 +111,8 @@ def test_mfu_rows(results):
         assert r["flops_per_step"] > 0 and 0 < r["utilization"] < 10
         # the toy encoders absorb their k/v projections: the textbook count is larger, the utilization with it too
         assert r["projected_flops_per_step"] > r["flops_per_step"]
-        assert r["utilization_projected_flops"] > r["utilization"]
+        # (>=: both are rounded to 4 decimals, and a toy step on a loaded machine can round to the same value)
+        assert r["utilization_projected_flops"] >= r["utilization"]
 
 
 def test_projected_flops_count_leaves_the_layers_as_they_were():
