@@ -46,7 +46,7 @@ import torch.distributed as dist
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from datamodules.tarstream import NotATarError, iter_file_members, iter_members
+from datamodules.tarstream import NotATarError, first_header_problem, iter_file_members, iter_members
 
 log = logging.getLogger("datamodules")
 
@@ -136,6 +136,7 @@ def iter_tar_samples(url: str, on_truncated: Callable[[str, str, Exception], Non
         raise ShardOpenError(f"cannot open shard {url!r}: {type(e).__name__}: {e}") from e
     current: dict[str, Any] | None = None
     key = "<after the last complete member>"
+    read_to_end = False
     try:
         try:
             for name, data in members:
@@ -162,10 +163,17 @@ def iter_tar_samples(url: str, on_truncated: Callable[[str, str, Exception], Non
             return  # the sample being read when the stream broke is dropped with the rest of the shard
         if current is not None:
             yield current
+        read_to_end = True
     finally:
         members.close()
         if stream is not None and hasattr(stream, "close"):
-            stream.close()
+            try:
+                stream.close()  # a `pipe:` source reports its command's exit status here
+            except OSError as e:
+                # After a complete read, a failed command (curl, aws s3 cp ... cut off) is a damaged shard: count
+                # it and go on. Otherwise an error is already on its way, or the reader stopped early.
+                if read_to_end:
+                    on_truncated(url, key, e)
 
 
 # -------------------------------------------------------------------------------------------- the dataset itself
@@ -219,10 +227,11 @@ class ShardStream(IterableDataset):
     def _samples(self, urls: Iterator[str] | list[str], exact: bool) -> Iterator[dict[str, Any]]:
         """Raw samples of `urls` in order; unopenable shards raise or are skipped; eval counts are checked."""
         dm = self.dm
-        bad_in_a_row = 0
+        bad_in_a_row = 0  # shards in a row that gave no sample: unopenable, empty, or broken at the first member
         for url in urls:
             if bad_in_a_row > 2 * len(self.urls) + 10:
-                raise DataError(f"{bad_in_a_row} shards in a row could not be opened, e.g. {url!r}")
+                raise DataError(f"{bad_in_a_row} shards in a row gave no sample (unopenable, empty, or broken at "
+                                f"their first member), the last {url!r}: check the shards and their URLs")
             try:
                 n = 0
                 truncated = []
@@ -236,7 +245,7 @@ class ShardStream(IterableDataset):
                 dm._bad_shard(url, e)
                 bad_in_a_row += 1
                 continue
-            bad_in_a_row = 0
+            bad_in_a_row = bad_in_a_row + 1 if n == 0 else 0
             if exact and dm.check_counts and self.counts is not None and n != self.counts[url]:
                 raise DataError(f"shard {url!r} held {n} samples, index.json says {self.counts[url]}"
                                 + (" (truncated tar)" if truncated else "")
@@ -262,16 +271,26 @@ class ShardStream(IterableDataset):
             raise DataError(f"{len(self.urls)} eval shards for {world} ranks x {num_workers} workers: each worker "
                             "needs at least one shard; write more, smaller shards (--maxcount) or lower num_workers")
         batch: list[dict[str, Any]] = []
-        for raw in self._samples(self._eval_urls(rank, world, worker, num_workers), exact=True):
+        urls = self._eval_urls(rank, world, worker, num_workers)
+        good = bad = in_a_row = 0
+        for raw in self._samples(urls, exact=True):
             sample = dm._make_sample(raw, False)
             if sample is None:
+                bad, in_a_row = bad + 1, in_a_row + 1
+                if in_a_row >= CORRUPT_IN_A_ROW_LIMIT:
+                    raise _too_many_corrupt(in_a_row)
                 continue
+            good, in_a_row = good + 1, 0
             batch.append(sample)
             if len(batch) == dm.batch_size:
                 yield dm.collate(batch)
                 batch = []
         if batch:  # the last partial batch is kept: every sample is seen exactly once
             yield dm.collate(batch)
+        if bad and not good:  # an evaluation that measured nothing must not pass for one
+            where = repr(urls[0]) + (f" and {len(urls) - 1} more shards" if len(urls) > 1 else "")
+            raise DataError(f"every one of the {bad} samples in {where} was corrupt: check the data module's "
+                            "input_exts, num_classes and transforms against the shards (see the warnings above)")
 
     def _resampled(self, rng: random.Random) -> Iterator[str]:
         """Shards drawn with replacement, forever; a run of unopenable shards stops with an error."""
@@ -279,15 +298,22 @@ class ShardStream(IterableDataset):
             yield rng.choice(self.urls)
 
 
-def _good(samples: Iterator[dict[str, Any] | None], limit: int = 1000) -> Iterator[dict[str, Any]]:
+CORRUPT_IN_A_ROW_LIMIT = 1000  # corrupt samples in a row that mean the data is wrong, not damaged
+
+
+def _too_many_corrupt(n: int) -> DataError:
+    return DataError(f"{n} corrupt samples in a row: check the data module's input_exts, num_classes and "
+                     "transforms against the shards (see the warnings above)")
+
+
+def _good(samples: Iterator[dict[str, Any] | None], limit: int = CORRUPT_IN_A_ROW_LIMIT) -> Iterator[dict[str, Any]]:
     """Drop the corrupt (None) samples; `limit` corrupt ones in a row means the data is wrong, not damaged."""
     bad = 0
     for s in samples:
         if s is None:
             bad += 1
             if bad >= limit:
-                raise DataError(f"{bad} corrupt samples in a row: check the data module's input_exts, "
-                                "num_classes and transforms against the shards (see the warnings above)")
+                raise _too_many_corrupt(bad)
             continue
         bad = 0
         yield s
@@ -565,6 +591,9 @@ class StreamingDataModule(L.LightningDataModule):
 
     def _bad_shard(self, url: str, exc: BaseException) -> None:
         self._counters[1, min(self._worker_slot, 64)] += 1
+        if (url, None) in self._warned:  # resampled: the same shard again; warn once per worker
+            return
+        self._warned.add((url, None))
         log.warning("unreadable shard skipped (skip_bad_shards=True): %s", exc)
 
     # ---- per-sample decoding (runs in the workers)
@@ -582,12 +611,17 @@ class StreamingDataModule(L.LightningDataModule):
         raise KeyError(f"no input among {list(exts)}; sample has {found}")
 
     def decode_target(self, sample: dict[str, Any]) -> torch.Tensor:
-        """`cls`: ASCII class index -> int64 (). `json`: a list of indices (or {"label": ...}) -> float32 (C,)
-        multi-hot when multilabel, else its single index."""
-        if "cls" in sample and not self.multilabel:
+        """`cls`: ASCII class index -> int64 (), or a one-hot float32 (C,) when multilabel (a sample with one
+        label). `json`: a list of indices (or {"label": ...}) -> float32 (C,) multi-hot when multilabel, else its
+        single index. `json` wins when a multilabel sample has both."""
+        if "cls" in sample and not (self.multilabel and "json" in sample):
             y = int(sample["cls"].decode("ascii").strip())
             if not 0 <= y < self.num_classes:
                 raise ValueError(f"label {y} outside [0, {self.num_classes})")
+            if self.multilabel:
+                target = np.zeros(self.num_classes, dtype=np.float32)
+                target[y] = 1.0
+                return torch.from_numpy(target)
             return torch.tensor(y, dtype=torch.int64)
         if "json" in sample:
             obj = json.loads(sample["json"].decode("utf-8"))
@@ -679,8 +713,31 @@ class StreamingDataModule(L.LightningDataModule):
                 raise DataError(f"{split}_urls has {len(urls)} shards for {world} ranks x {nw} workers: exact eval "
                                 "gives each worker whole shards; write more, smaller shards (perceiver-lit-shards "
                                 "--maxcount) or lower num_workers")
+            self._check_shard_headers(split, urls)
             self._check_first_sample(split, urls)
             self._streams[split] = ShardStream(self, urls, train=split == "train", counts=counts)
+
+    def _check_shard_headers(self, split: str, urls: list[str]) -> None:
+        """Read the first header of every local shard: an empty, zero-length or non-tar shard anywhere in the list
+        fails here (skip_bad_shards=False) or is named once (True), instead of stopping training when it is drawn."""
+        bad = []
+        for url in urls:
+            if not is_local(url):
+                continue
+            try:
+                problem = first_header_problem(url.removeprefix("file://"))
+            except OSError as e:
+                problem = f"{type(e).__name__}: {e}"
+            if problem is not None:
+                bad.append(f"{url}: {problem}")
+        if not bad:
+            return
+        listed = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        if not self.skip_bad_shards:
+            raise DataError(f"{len(bad)} of {len(urls)} {split} shards are unreadable: {listed}. Rewrite or remove "
+                            "them, or set skip_bad_shards=True to skip them while training")
+        log.warning("%d of %d %s shards are unreadable and will be skipped (skip_bad_shards=True): %s",
+                    len(bad), len(urls), split, listed)
 
     def _check_first_sample(self, split: str, urls: list[str]) -> None:
         """Fail before training if the first sample of the first local shard lacks the input or the label."""

@@ -101,7 +101,10 @@ def _pax_records(data: bytes) -> dict[str, str]:
         space = data.find(b" ", pos)
         if space < 0:
             break
-        length = int(data[pos:space])
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise tarfile.ReadError(f"invalid PAX record length {bytes(data[pos:space])[:20]!r}") from None
         if length <= 0:
             raise tarfile.ReadError(f"invalid PAX record length {length}")
         key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
@@ -184,6 +187,24 @@ def iter_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
     return _members(_StreamSource(stream))  # type: ignore[return-value]
 
 
+def first_header_problem(path: str) -> str | None:
+    """What is wrong with a local shard's start, read cheaply (its first 512 bytes, decompressed if need be):
+    None for a tar whose first header is valid; else "empty file", "not a tar archive (...)" or "an empty
+    archive". Run over every shard at setup, so that a bad shard late in the list fails the run before it trains,
+    not hours in. A shard that breaks later on is caught when it is read."""
+    with open(path, "rb") as f:
+        head = open_stream(f).read(BLOCK)
+    if not head:
+        return "empty file"
+    if len(head) < BLOCK:
+        return f"not a tar archive ({len(head)} bytes, less than one tar header)"
+    if head == _ZERO_BLOCK:
+        return "an empty archive (no members)"
+    if not _checksum_ok(head):
+        return "not a tar archive (bad checksum in the first header)"
+    return None
+
+
 def iter_file_members(path: str, view_exts: Iterable[str] = (), view_min: int = 1 << 16
                       ) -> Iterator[tuple[str, bytes | memoryview]]:
     """iter_members for a local file: memory-mapped when it is an uncompressed tar (headers and members are
@@ -246,7 +267,10 @@ def _members(source: _StreamSource | _MappedSource) -> Iterator[tuple[str, bytes
                 prefix = header[345:500].split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
                 name = f"{prefix}/{name}"
         if "size" in pax:
-            size = int(pax["size"])
+            try:
+                size = int(pax["size"])
+            except ValueError:
+                raise tarfile.ReadError(f"invalid PAX size {pax['size'][:20]!r} for member {name!r}") from None
         if size < 0:
             raise tarfile.ReadError(f"invalid tar header: member {name!r} has size {size}")
         data = source.data(size, name)

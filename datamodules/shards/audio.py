@@ -59,7 +59,7 @@ def parse_labels(text: str, label_map: dict[str, int] | None) -> list[str | int]
             continue
         if label_map is not None:
             if part not in label_map:
-                raise ValueError(f"label {part!r} not in the label map")
+                raise ValueError(f"label {part!r} not in the label map (--label-map)")
             out.append(label_map[part])
         else:
             out.append(int(part) if part.lstrip("-").isdigit() else part)
@@ -89,8 +89,13 @@ def read_simple_csv(csv_path: str | os.PathLike, root: str | os.PathLike,
         if "path" not in fields or not ({"labels", "label"} & set(fields)):
             raise ValueError(f"{csv_path}: expected a header 'path,labels' (or 'path,label'), got {fields}")
         column = "labels" if "labels" in fields else "label"
-        return [(os.path.join(root, row["path"].strip()), parse_labels(row[column] or "", label_map))
-                for row in reader]
+        rows = []
+        for row in reader:
+            try:
+                rows.append((os.path.join(root, row["path"].strip()), parse_labels(row[column] or "", label_map)))
+            except (ValueError, AttributeError) as e:
+                raise ValueError(f"{csv_path}, line {reader.line_num}: {e}") from None
+        return rows
 
 
 def read_audioset_csv(csv_path: str | os.PathLike, root: str | os.PathLike, label_map: dict[str, int],
@@ -104,19 +109,25 @@ def read_audioset_csv(csv_path: str | os.PathLike, root: str | os.PathLike, labe
                 by_stem[stem] = os.path.join(dirpath, name)
     rows, missing = [], 0
     with open(csv_path, newline="") as f:
-        for row in csv.reader(f, skipinitialspace=True):
+        reader = csv.reader(f, skipinitialspace=True)
+        for row in reader:
             if not row or row[0].startswith("#"):
                 continue
             if len(row) < 4:
-                raise ValueError(f"{csv_path}: expected 'YTID, start, end, \"labels\"', got {row}")
-            ytid, start = row[0].strip(), float(row[1])
+                raise ValueError(f"{csv_path}, line {reader.line_num}: expected 'YTID, start, end, \"labels\"', "
+                                 f"got {row}")
+            try:
+                ytid, start = row[0].strip(), float(row[1])
+                labels = parse_labels(row[3], label_map)
+            except ValueError as e:
+                raise ValueError(f"{csv_path}, line {reader.line_num}: {e}") from None
             candidates = (ytid, f"{ytid}_{int(start)}", f"{ytid}_{start:.3f}", f"{ytid}_{int(round(start * 1000))}",
                           f"{ytid}_{start:.1f}")
             path = next((by_stem[c] for c in candidates if c in by_stem), None)
             if path is None:
                 missing += 1
                 continue
-            rows.append((path, parse_labels(row[3], label_map)))
+            rows.append((path, labels))
     return rows, missing
 
 

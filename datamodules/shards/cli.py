@@ -60,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    summaries = args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        summaries = args.func(args)
+    except (ValueError, OSError) as e:  # bad input (layout, CSV, paths): one line naming it, not a traceback
+        parser.exit(2, f"{parser.prog} {args.command}: error: {e}\n")
     print("\nsummary:")
     for s in summaries:
         print("  " + s.describe())

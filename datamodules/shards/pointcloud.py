@@ -18,6 +18,7 @@ import numpy as np
 from datamodules.shards.writer import ShardSummary, write_shards
 
 MESH_EXTS = (".off", ".ply", ".obj", ".stl")
+SPLITS = ("", "train", "test", "val", "valid", "validation")  # "": meshes right in the class folder
 
 
 def read_off(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +40,11 @@ def read_off(path: str) -> tuple[np.ndarray, np.ndarray]:
         idx = [int(i) for i in rest[pos + 1 : pos + 1 + k]]
         pos += 1 + k
         faces += [(idx[0], idx[j], idx[j + 1]) for j in range(1, k - 1)]
-    return verts, np.array(faces, dtype=np.int64).reshape(-1, 3)
+    faces_arr = np.array(faces, dtype=np.int64).reshape(-1, 3)
+    if faces_arr.size and (faces_arr.min() < 0 or faces_arr.max() >= nv):
+        raise ValueError(f"{path}: face vertex index {int(faces_arr.min() if faces_arr.min() < 0 else faces_arr.max())}"
+                         f" outside [0, {nv}) (the file has {nv} vertices)")
+    return verts, faces_arr
 
 
 def load_mesh(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +100,12 @@ def list_meshes(root: str) -> tuple[dict[str, list[tuple[str, int]]], list[str]]
         for dirpath, _, files in os.walk(os.path.join(root, name)):
             rel = os.path.relpath(dirpath, os.path.join(root, name))
             split = rel.split(os.sep)[0] if rel != "." else ""
+            if split not in SPLITS and any(f.lower().endswith(MESH_EXTS) for f in files):
+                raise ValueError(
+                    f"{os.path.join(root, name, split)!r}: meshes in a folder {split!r} where the layout "
+                    f"root/<class>/[train|test|val/]<mesh>.off has a split folder or none (classes found: "
+                    f"{classes[:5]}{' ...' if len(classes) > 5 else ''}); is the root one level too high? "
+                    f"Try {os.path.join(root, name)!r}")
             for f in sorted(files):
                 if f.lower().endswith(MESH_EXTS):
                     splits.setdefault(split, []).append((os.path.join(dirpath, f), label))

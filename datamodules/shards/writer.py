@@ -78,6 +78,7 @@ class _TarOut:
 
     def add(self, sample: dict[str, Any]) -> None:
         key = sample["__key__"]
+        check_key(key)
         for ext, data in sample.items():
             if ext.startswith("__"):
                 continue
@@ -93,17 +94,29 @@ class _TarOut:
         self.tar.close()
 
 
-def _write_job(args: tuple[str, str, int, list[tuple[int, Any]], Encoder, str, int | None]) -> tuple[list, int, int]:
+def check_key(key: str, what: str = "sample key") -> None:
+    """Readers split a member name at the first '.' of its basename into key and extension (WebDataset's rule),
+    and skip basenames starting with '__': a key must have neither, or its samples come back merged or lost."""
+    base = key.rpartition("/")[2]
+    if not base or "." in base or base.startswith("__"):
+        raise ValueError(f"{what} {key!r}: must be non-empty, without '.' and not start with '__' (readers split "
+                         "'<key>.<ext>' at the first dot); rename it, e.g. with '_' for '.'")
+
+
+def _write_job(args: tuple[str, str, int, list[tuple[int, Any]], Encoder, str, int | None]
+               ) -> tuple[list, int, int, str]:
     """Encode one chunk of items into one or more temp shards (more when --maxsize binds)."""
     out_dir, prefix, job, items, encode, key_prefix, maxsize = args
     outs: list[_TarOut] = []
     skipped = 0
+    first_error = ""
     cur: _TarOut | None = None
     for index, item in items:
         try:
             sample = encode(item)
         except Exception as e:  # noqa: BLE001 - a bad source file is skipped with one line, counted
             log.warning("skipping %r: %s: %s", item, type(e).__name__, e)
+            first_error = first_error or f"{item!r}: {type(e).__name__}: {e}"
             sample = None
         if sample is None:
             skipped += 1
@@ -118,7 +131,7 @@ def _write_job(args: tuple[str, str, int, list[tuple[int, Any]], Encoder, str, i
         cur.add(sample)
     if cur is not None:
         cur.close()
-    return [(o.path, o.count, os.path.getsize(o.path)) for o in outs], skipped, len(items)
+    return [(o.path, o.count, os.path.getsize(o.path)) for o in outs], skipped, len(items), first_error
 
 
 def write_shards(items: Sequence[Any], encode: Encoder, out_dir: str, prefix: str, *, maxcount: int = 1000,
@@ -130,6 +143,9 @@ def write_shards(items: Sequence[Any], encode: Encoder, out_dir: str, prefix: st
 
     if maxcount < 1:
         raise ValueError(f"--maxcount must be >= 1, got {maxcount}")
+    if "/" in prefix:
+        raise ValueError(f"--prefix {prefix!r}: a file name prefix, without '/' (--out chooses the folder)")
+    check_key(prefix, "--prefix")
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
     order = list(range(len(items)))
@@ -137,9 +153,7 @@ def write_shards(items: Sequence[Any], encode: Encoder, out_dir: str, prefix: st
         random.Random(seed).shuffle(order)  # shuffle before writing: each shard is a random sample of the split
     jobs = [(out_dir, prefix, j, [(i, items[i]) for i in order[s : s + maxcount]], encode, prefix, maxsize)
             for j, s in enumerate(range(0, len(order), maxcount))]
-    for old in glob.glob(os.path.join(out_dir, f"{prefix}-[0-9][0-9][0-9][0-9][0-9][0-9].tar")):
-        os.remove(old)  # stale shards of an earlier, larger run would otherwise join the brace pattern
-    results: list[tuple[list, int, int]] = []
+    results: list[tuple[list, int, int, str]] = []
     bar = tqdm(total=len(items), desc=f"{prefix} -> {out_dir}", unit="sample", disable=not progress)
     if workers > 1 and len(jobs) > 1:
         with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(workers) as pool:
@@ -153,6 +167,13 @@ def write_shards(items: Sequence[Any], encode: Encoder, out_dir: str, prefix: st
     bar.close()
     summary = ShardSummary(out_dir=out_dir, prefix=prefix)
     temps = sorted(t for res in results for t in res[0])  # job order, then sub-shard order
+    if items and not temps:  # nothing encoded: fail, and leave the shards of an earlier run as they were
+        first = next((res[3] for res in results if res[3]), "")
+        raise ValueError(f"{prefix}: none of the {len(items)} inputs could be written (the first failure: "
+                         f"{first or 'the encoder returned no sample'}); nothing was written to {out_dir}")
+    # Only now, with the new shards ready: stale shards of an earlier, larger run would join the brace pattern.
+    for old in glob.glob(os.path.join(out_dir, f"{prefix}-[0-9][0-9][0-9][0-9][0-9][0-9].tar")):
+        os.remove(old)
     for n, (tmp, count, nbytes) in enumerate(temps):
         name = f"{prefix}-{n:06d}.tar"
         os.replace(tmp, os.path.join(out_dir, name))

@@ -101,3 +101,17 @@ def test_video_writer_class_folders_with_audio_twins(tmp_path) -> None:
     assert sorted(s["cls"] for s in samples.values()) == [b"0", b"1"]
     assert all(set(s) == {"mp4", "flac", "json", "cls"} for s in samples.values())
     assert (out / "classes.txt").read_text().split() == ["cat", "dog"]
+
+
+def test_csv_errors_name_the_file_and_line(tmp_path) -> None:
+    (tmp_path / "labels.csv").write_text(LABEL_MAP)
+    label_map = SA.read_label_map(str(tmp_path / "labels.csv"))
+    (tmp_path / "segments.csv").write_text(AUDIOSET_CSV.replace('"/m/07rwj"', '"/m/zzz"'))
+    with pytest.raises(ValueError, match=r"segments.csv, line 5: label '/m/zzz' not in the label map"):
+        SA.read_audioset_csv(tmp_path / "segments.csv", tmp_path, label_map)
+    (tmp_path / "segments.csv").write_text(AUDIOSET_CSV.replace("420.000", "thirty"))
+    with pytest.raises(ValueError, match=r"segments.csv, line 5: could not convert string to float"):
+        SA.read_audioset_csv(tmp_path / "segments.csv", tmp_path, label_map)
+    (tmp_path / "simple.csv").write_text("path,labels\na.wav,/m/09x0r\nb.wav,/m/nope\n")
+    with pytest.raises(ValueError, match=r"simple.csv, line 3: label '/m/nope'"):
+        SA.read_simple_csv(tmp_path / "simple.csv", tmp_path, label_map)

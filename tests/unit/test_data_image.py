@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from datamodules.base import DataError
 from datamodules.image import FashionMNISTDataModule, ImageDataModule
 from datamodules.shards.fashion_mnist import DEFAULT_DIR, load_split
 from datamodules.transforms import image as T
@@ -82,7 +83,9 @@ def test_jpeg_round_trip_train_and_eval(jpeg_shards):
 def test_crop_false_requires_the_size(fashion_shards):
     dm = FashionMNISTDataModule(val_urls=fashion_shards.test_urls, image_size=32, batch_size=400, num_workers=0)
     dm.setup("validate")
-    assert list(dm.val_dataloader()) == [] and dm.corrupt_samples == 400  # every sample names the mismatch
+    with pytest.raises(DataError, match=r"every one of the 400 samples in .*test-000000.tar' and 3 more shards"):
+        list(dm.val_dataloader())  # an evaluation that measured nothing is an error, not an empty result
+    assert dm.corrupt_samples == 400  # every sample was counted (and its warning names the size mismatch)
 
 
 def test_bad_channel_config_is_rejected():

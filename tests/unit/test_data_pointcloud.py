@@ -68,3 +68,26 @@ def test_other_mesh_formats_via_trimesh(tmp_path, ext):
     verts, faces = load_mesh(str(tmp_path / f"box.{ext}"))
     pts = sample_surface(verts, faces, 200, np.random.default_rng(1))
     assert np.allclose(np.abs(pts).max(0), (0.5, 1, 1.5), atol=0.05)
+
+
+def test_read_off_refuses_face_indices_outside_the_vertices(tmp_path):
+    path = tmp_path / "neg.off"
+    path.write_text("OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 -1\n")  # numpy would wrap -1 to the last vertex
+    with pytest.raises(ValueError, match=r"neg.off: face vertex index -1 outside \[0, 3\)"):
+        read_off(str(path))
+    path.write_text("OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 3\n")
+    with pytest.raises(ValueError, match=r"index 3 outside"):
+        read_off(str(path))
+
+
+def test_a_modelnet_root_one_level_too_high_is_refused(tmp_path):
+    from datamodules.shards.pointcloud import list_meshes
+
+    mesh = trimesh.creation.box()
+    for cls in ("chair", "desk"):
+        (tmp_path / "ModelNet40" / cls / "train").mkdir(parents=True)
+        mesh.export(tmp_path / "ModelNet40" / cls / "train" / f"{cls}_0001.off")
+    with pytest.raises(ValueError, match=r"one level too high\? Try .*ModelNet40'"):
+        list_meshes(str(tmp_path))                                # classes would be ['ModelNet40'], splits the classes
+    splits, classes = list_meshes(str(tmp_path / "ModelNet40"))
+    assert classes == ["chair", "desk"] and sorted(splits) == ["train"] and len(splits["train"]) == 2

@@ -93,3 +93,34 @@ def test_cli_text_fortunes(tmp_path, capsys):
     cli.main(["text", src, "--unit", "fortune", "--label-from", "file", "--out", str(tmp_path), "--no-progress"])
     assert "train:" in capsys.readouterr().out
     assert json.load(open(tmp_path / "classes.json")) == ["science"]
+
+
+def test_a_prefix_or_key_with_a_dot_is_refused(tmp_path):
+    """Readers split '<key>.<ext>' at the first dot: 'train.v2-000000.tar' members would merge into one sample."""
+    with pytest.raises(ValueError, match=r"--prefix 'train.v2'.*without '\.'"):
+        write_shards(list(range(3)), encode_sized, str(tmp_path), "train.v2", progress=False)
+    with pytest.raises(ValueError, match=r"sample key 'img.v2'"):
+        write_shards([0], lambda i: {"__key__": "img.v2", "cls": b"1"}, str(tmp_path), "train", progress=False)
+    assert cli.main(["synthetic", "text", "--num-samples", "4", "--out", str(tmp_path / "ok"), "--prefix",
+                     "train_v2", "--no-progress"]) == 0
+
+
+def test_a_run_where_every_input_fails_keeps_the_earlier_shards_and_exits_non_zero(tmp_path, capsys):
+    first = write_shards(list(range(10)), encode_sized, str(tmp_path), "train", maxcount=4, progress=False)
+    before = {n: (tmp_path / n).read_bytes() for n in first.shards}
+
+    def broken(i):
+        raise OSError(f"truncated file {i}")
+
+    with pytest.raises(ValueError, match=r"none of the 3 inputs could be written .*truncated file"):
+        write_shards(list(range(3)), broken, str(tmp_path), "train", progress=False)
+    assert {n: (tmp_path / n).read_bytes() for n in first.shards} == before
+    assert json.load(open(tmp_path / "index.json"))["shards"] == first.shards
+    (tmp_path / "src" / "cat").mkdir(parents=True)
+    (tmp_path / "src" / "cat" / "0.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["image-folder", str(tmp_path / "src"), "--out", str(tmp_path), "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "image-folder: error: train: none of the 1 inputs" in err and "0.jpg" in err and "Traceback" not in err
+    assert {n: (tmp_path / n).read_bytes() for n in first.shards} == before
