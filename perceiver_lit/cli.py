@@ -303,6 +303,10 @@ class PerceiverCLI(LightningCLI):
             cfg.name = Path(self._configs[-1]).stem if self._configs and os.path.isfile(self._configs[-1]) else "default"
         if cfg.trainer.get("default_root_dir") is None:
             cfg.trainer.default_root_dir = os.path.join("runs", cfg.name)
+        if self.subcommand in ("validate", "test", "predict") and not cfg.get("ckpt_path"):
+            rank_zero_warn(f"perceiver-lit {self.subcommand} without --ckpt_path evaluates the model's initial "
+                           "(untrained) weights; pass --ckpt_path "
+                           f"{os.path.join(cfg.trainer.default_root_dir, 'checkpoints', 'best.ckpt')} (or last.ckpt)")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         cfg = self._config()
@@ -405,11 +409,18 @@ def main(args: list[str] | None = None) -> None:
     from perceiver_lit.host_memory import tune_host_allocator
 
     tune_host_allocator()  # freed activations stay in the heap: no page faults on them every step
-    PerceiverCLI(args=args)
-    # Lightning leaves the process group to interpreter exit, where gloo sometimes aborts. Not in a `finally`:
-    # after a crash, the barrier would wait for a dead rank until the timeout.
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from perceiver_lit.callbacks.preemption import interrupted_exit_status
     from perceiver_lit.distributed import destroy_process_group
 
+    try:
+        PerceiverCLI(args=args)
+    except SIGTERMException:  # stopped by SIGTERM / Ctrl-C, every rank together, after last.ckpt was saved
+        destroy_process_group()
+        sys.exit(interrupted_exit_status())
+    # Lightning leaves the process group to interpreter exit, where gloo sometimes aborts. Not in a `finally`:
+    # after a crash, the barrier would wait for a dead rank until the timeout.
     destroy_process_group()
 
 

@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import os
 
+from typing import Literal
+
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
+
+_LOWER_IS_BETTER = ("loss", "err", "perplexity", "ppl", "bpb", "bits")
+_HIGHER_IS_BETTER = ("acc", "map", "auc", "f1", "precision", "recall", "top")
+
+
+def _mode_for(monitor: str | None) -> str:
+    """"min" or "max" for a metric named `monitor`, from its name; a name that says neither is an error."""
+    if monitor is None:
+        return "min"
+    leaf = monitor.rsplit("/", 1)[-1].lower()
+    if any(w in leaf for w in _LOWER_IS_BETTER):
+        return "min"
+    if any(w in leaf for w in _HIGHER_IS_BETTER):
+        return "max"
+    raise ValueError(f"checkpoint.monitor {monitor!r}: cannot tell from its name whether higher or lower is better; "
+                     "set --checkpoint.mode min or max")
 
 
 class Checkpoint(ModelCheckpoint):
@@ -15,12 +34,21 @@ class Checkpoint(ModelCheckpoint):
     - `dirpath` None: `<trainer.default_root_dir>/checkpoints` (not the logger's version folder), so a run's
       checkpoints sit next to its config.
     - `monitor="auto"`: the task's `monitor` attribute, e.g. ("val/acc1", "max") for classification.
-    - Keeps `last.ckpt` (resume with `--ckpt_path <dir>/checkpoints/last.ckpt`) and the best one as `best.ckpt`.
+    - `mode` None: the task's for "auto"; for a named monitor, "min" for losses and errors, "max" for accuracies,
+      mAP, AUC, F1, precision and recall; any other name must say `--checkpoint.mode`.
+    - Keeps `last.ckpt` (resume with `--ckpt_path <dir>/checkpoints/last.ckpt`) and the best one as `best.ckpt`,
+      always under these names: a new fit into a run directory that holds them overwrites them, with a warning
+      (Lightning's default would write `best-v1.ckpt` beside the old run's `best.ckpt`, which the docs, scripts and
+      sweeps then read).
     """
 
     def __init__(self, dirpath: str | None = None, filename: str = "best", monitor: str | None = "auto",
-                 mode: str = "max", save_last: bool = True, save_top_k: int = 1, **kwargs) -> None:
+                 mode: Literal["min", "max"] | None = None, save_last: bool = True, save_top_k: int = 1,
+                 **kwargs) -> None:
         self._auto = monitor == "auto"
+        if mode is None:
+            mode = "max" if self._auto else _mode_for(monitor)
+        kwargs.setdefault("enable_version_counter", False)
         super().__init__(dirpath=dirpath, filename=filename, monitor=None if self._auto else monitor, mode=mode,
                          save_last=save_last, save_top_k=save_top_k, auto_insert_metric_name=False, **kwargs)
 
@@ -42,6 +70,12 @@ class Checkpoint(ModelCheckpoint):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._default_dirpath(trainer)
+        if stage == "fit" and trainer.ckpt_path is None and os.path.isdir(self.dirpath):
+            old = sorted(f for f in os.listdir(self.dirpath) if f.endswith(".ckpt"))
+            if old:
+                rank_zero_warn(f"{self.dirpath} holds {', '.join(old)} from an earlier run; this new run (no "
+                               "--ckpt_path) overwrites them. To continue that run instead pass --ckpt_path last; "
+                               "to keep both, choose another --name or --trainer.default_root_dir")
         if self._auto and self.monitor is None:
             monitor, mode = getattr(pl_module, "monitor", ("val/loss", "min"))
             self.monitor, self.mode = monitor, mode

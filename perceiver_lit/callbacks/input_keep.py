@@ -42,6 +42,10 @@ class InputKeepSchedule(pl.Callback):
         self._start_epochs(trainer)  # fail before the first step
         self._keep = {id(m): m.config.input_keep for m in _subsampling_modules(pl_module)}
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A run resumed mid-epoch starts without on_train_epoch_start (Lightning skips it): apply the schedule here.
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         scheduled = [k for e, k in self._start_epochs(trainer) if e <= trainer.current_epoch]
         for m in _subsampling_modules(pl_module):

@@ -210,8 +210,20 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+_SIGINT_RECEIVED = False  # Ctrl-C, which takes SIGTERM's path: the exit status should still say SIGINT
+
+
 def _sigint_to_sigterm(signum: int, frame: Any) -> None:
+    global _SIGINT_RECEIVED
+    _SIGINT_RECEIVED = True
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def interrupted_exit_status() -> int:
+    """The shell's status for a run stopped by a signal after saving: 130 for Ctrl-C (SIGINT), 143 for SIGTERM.
+    Lightning's SIGTERMException is a SystemExit without a code, which would exit 0: a script (`set -e`, the
+    quickstart, a sweep trial) would take the cut run for a finished one."""
+    return 128 + (signal.SIGINT if _SIGINT_RECEIVED else signal.SIGTERM)
 
 
 def _save_atomic(trainer: Trainer, path: str) -> None:

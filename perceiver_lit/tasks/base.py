@@ -174,7 +174,27 @@ class Task(pl.LightningModule):
                 "to silence this."
             )
 
+    def _warn_if_the_restored_schedule_ends_early(self) -> None:
+        """A run resumed with a larger max_epochs / max_steps keeps its checkpoint's schedule (an exact resume): a
+        cosine that reached 0 at the old end trains on at lr 0. Say so at the start, not after the run."""
+        configs = self.trainer.lr_scheduler_configs
+        fn = getattr(configs[0].scheduler, "lr_lambdas", [None])[0] if configs else None
+        if not isinstance(fn, LRSchedule) or fn.kind != "cosine" or not fn.total_steps:
+            return
+        try:
+            planned = self.total_steps()
+        except ValueError:
+            return
+        if planned > fn.total_steps:
+            rank_zero_warn(
+                f"The schedule restored from the checkpoint ends at step {fn.total_steps} (lr 0 from there), but this "
+                f"run goes on to step {planned}: trainer.max_epochs / max_steps grew since the checkpoint was saved. "
+                "Steps after the old end train at lr 0. Resume with the original length, or start a new run (no "
+                "--ckpt_path) for a new schedule."
+            )
+
     def on_train_start(self) -> None:
+        self._warn_if_the_restored_schedule_ends_early()
         # self.log is not allowed before the first step's hooks; write straight to the loggers, once.
         if self.trainer.is_global_zero:
             for logger in self.loggers:

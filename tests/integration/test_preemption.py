@@ -71,9 +71,12 @@ def test_sigterm_and_sigint_save_and_resume_at_the_same_step(tmp_path: Path, fas
     marker = uuid.uuid4().hex
     periodic = ["--checkpoint.every_n_train_steps", "3"]
 
-    # 1. SIGTERM mid-training: the step finishes, last.ckpt is written at that step, the process exits cleanly.
-    out = _signal_when_training(_fit(run, config, *periodic, marker=marker), ckpt, signal.SIGTERM)
+    # 1. SIGTERM mid-training: the step finishes, last.ckpt is written at that step, and the process exits with
+    #    128 + SIGTERM, so a script (set -e, a sweep trial) does not take the cut run for a finished one.
+    proc = _fit(run, config, *periodic, marker=marker)
+    out = _signal_when_training(proc, ckpt, signal.SIGTERM)
     n1 = _preempted_step(out)
+    assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, out[-2000:])
     c1 = _load(ckpt)
     assert c1["global_step"] == n1 >= 3
     assert _adam_step(c1) == n1  # optimizer state saved at the same step
@@ -83,10 +86,11 @@ def test_sigterm_and_sigint_save_and_resume_at_the_same_step(tmp_path: Path, fas
     assert not list(run.glob("checkpoints/*.partial")), "the atomic save left its temp file"
 
     # 2. Resume from `last`, then SIGINT (Ctrl-C): same graceful path.
-    out = _signal_when_training(_fit(run, config, *periodic, "--ckpt_path", "last", marker=marker), ckpt,
-                                signal.SIGINT)
+    proc = _fit(run, config, *periodic, "--ckpt_path", "last", marker=marker)
+    out = _signal_when_training(proc, ckpt, signal.SIGINT)
     assert f"Restored all states from the checkpoint at {ckpt}" in out, out[-4000:]
     n2 = _preempted_step(out)
+    assert proc.returncode == 128 + signal.SIGINT, (proc.returncode, out[-2000:])  # 130, as a shell reports Ctrl-C
     c2 = _load(ckpt)
     assert c2["global_step"] == n2 > n1
     assert _adam_step(c2) == n2 and c2["lr_schedulers"][0]["last_epoch"] == n2  # counters continued, not restarted

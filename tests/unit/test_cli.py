@@ -135,3 +135,13 @@ def test_default_logger_is_wandb_offline(tmp_path, monkeypatch):
     assert isinstance(logger, WandbLogger)
     assert logger._offline and logger._wandb_init["group"] == "g"
     assert logger._wandb_init["name"] == "exp" and logger._wandb_init["tags"] == ["a", "b"]
+
+
+def test_evaluating_without_a_checkpoint_warns_that_the_weights_are_untrained(tmp_path, fashion_shards):
+    from tests.fixtures.training import fashion_data, run_cli
+
+    cfg = write_config(tmp_path, {"model": tiny_perceiver(), "data": fashion_data(fashion_shards)}, "exp.yaml")
+    with pytest.warns(UserWarning, match=r"test without --ckpt_path evaluates the model's initial \(untrained\) "
+                                         r"weights; pass --ckpt_path .*checkpoints/best.ckpt"):
+        run_cli(["test", "--config", cfg, "--trainer.logger", "false", "--trainer.limit_test_batches", "1",
+                 "--trainer.default_root_dir", str(tmp_path / "run")])

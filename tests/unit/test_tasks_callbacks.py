@@ -139,7 +139,7 @@ def test_summary_prints_one_line_per_epoch_with_train_and_val_metrics(caplog, tm
     assert f"val/acc1={val:.4f}" in lines[1] and "train/loss=" in lines[1]
 
 
-def _keep_run(callback, epochs: int = 3) -> tuple[dict, object]:
+def _keep_run(callback, epochs: int = 3, extra: tuple = (), ckpt_path: str | None = None) -> tuple[dict, object]:
     """Fit a 16-pixel Perceiver (input_keep 0.5) with `callback`; return the inputs seen per epoch, and the net."""
     from perceiver_lit.models import ImageAdapter, Perceiver
 
@@ -149,13 +149,13 @@ def _keep_run(callback, epochs: int = 3) -> tuple[dict, object]:
                     input_keep=0.5)
     seen: dict[int, set] = {}
     trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, callbacks=[callback])
+                         enable_model_summary=False, enable_checkpointing=bool(extra), callbacks=[callback, *extra])
     net.cross_attends[0].register_forward_pre_hook(
         lambda m, args: seen.setdefault(trainer.current_epoch, set()).add(args[1].shape[1]) if m.training else None)
     g = torch.Generator().manual_seed(0)
     batches = [{"inputs": torch.randn(4, 4, 4, 1, generator=g), "target": torch.randint(3, (4,), generator=g),
                 "key": [str(j) for j in range(4)]} for _ in range(2)]
-    trainer.fit(Classification(net, schedule="constant"), train_dataloaders=_loader(batches))
+    trainer.fit(Classification(net, schedule="constant"), train_dataloaders=_loader(batches), ckpt_path=ckpt_path)
     return seen, net
 
 
@@ -176,3 +176,54 @@ def test_input_keep_schedule_follows_its_milestones():
     assert seen == {0: {4}, 1: {12}, 2: {12}, 3: {16}}
     with pytest.raises(ValueError, match=r"milestones\[3\] = 1.5, expected a fraction in \(0, 1\]"):
         InputKeepSchedule({3: 1.5})
+
+
+def test_unmasked_tuning_holds_after_a_resume_in_the_middle_of_an_unmasked_epoch(tmp_path):
+    """Lightning skips on_train_epoch_start when it resumes mid-epoch: the schedule must still apply."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from perceiver_lit.callbacks import UnmaskedTuning
+
+    saver = ModelCheckpoint(dirpath=tmp_path, filename="s{step}", every_n_train_steps=5, save_top_k=-1,
+                            auto_insert_metric_name=False)
+    _keep_run(UnmaskedTuning(epochs=1), extra=(saver,))  # step 5 = the first batch of the last epoch
+    seen, _ = _keep_run(UnmaskedTuning(epochs=1), ckpt_path=str(tmp_path / "s5.ckpt"))
+    assert seen == {2: {16}}                           # the rest of that epoch on every input
+
+
+def test_checkpoint_mode_follows_a_named_monitor():
+    assert Checkpoint(monitor="val/loss").mode == "min" and Checkpoint(monitor="val/mAP").mode == "max"
+    assert Checkpoint(monitor="val/acc1").mode == "max" and Checkpoint(monitor="val/loss", mode="max").mode == "max"
+    with pytest.raises(ValueError, match=r"checkpoint.monitor 'val/score'.*--checkpoint.mode"):
+        Checkpoint(monitor="val/score")
+
+
+def test_a_new_fit_into_a_used_run_dir_overwrites_best_and_last_and_says_so(tmp_path):
+    def fit() -> Checkpoint:
+        ckpt = Checkpoint()
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[ckpt], default_root_dir=str(tmp_path))
+        trainer.fit(Classification(TinyNet(num_classes=5), schedule="constant"),
+                    train_dataloaders=_loader(_batches(2, 8, 5)), val_dataloaders=_loader(_batches(1, 8, 5)))
+        return ckpt
+
+    fit()
+    first = (tmp_path / "checkpoints" / "best.ckpt").read_bytes()
+    with pytest.warns(UserWarning, match=r"holds best.ckpt, last.ckpt from an earlier run; this new run .* overwrites"):
+        ckpt = fit()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert ckpt.best_model_path.endswith("best.ckpt") and (tmp_path / "checkpoints" / "best.ckpt").read_bytes() != first
+
+
+def test_resuming_into_a_longer_run_warns_that_the_restored_schedule_has_ended(tmp_path):
+    def fit(epochs: int, ckpt_path: str | None = None) -> None:
+        torch.manual_seed(0)
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[Checkpoint(monitor="val/loss")],
+                             default_root_dir=str(tmp_path))
+        trainer.fit(Classification(TinyNet(num_classes=5), schedule="cosine"), ckpt_path=ckpt_path,
+                    train_dataloaders=_loader(_batches(2, 8, 5)), val_dataloaders=_loader(_batches(1, 8, 5)))
+
+    fit(1)
+    with pytest.warns(UserWarning, match=r"restored from the checkpoint ends at step 2 .* goes on to step 6"):
+        fit(3, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
