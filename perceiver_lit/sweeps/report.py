@@ -61,6 +61,9 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, metric: s
     goal = plan.get("metric", {}).get("goal", "maximize")
     metric = metric or plan.get("metric", {}).get("name") or next(
         (m for m in metric_names if m.startswith("val")), metric_names[0] if metric_names else None)
+    if metric and metric_names and metric not in metric_names:
+        raise SweepError(f"metric {metric!r} was logged by no trial of {sweep_dir} (a typo in --metric or the spec's "
+                         f"metric.name?); logged: {', '.join(metric_names)}")
 
     with open(out / "report.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -191,6 +191,8 @@ def test_report_from_trial_dirs(tmp_path):
     assert names == ["val_acc_vs_num_latents.png", "val_acc_vs_pos.png"]
     for p in rep["plots"]:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+    with pytest.raises(SweepError, match=r"metric 'val/accuracy' was logged by no trial .*logged: .*val/acc"):
+        write_report(d, metric="val/accuracy")                 # a typo no longer gives a report without a best
 
 
 def test_trial_index_out_of_range_is_a_clear_error(tmp_path, capsys):
