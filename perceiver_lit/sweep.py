@@ -1,10 +1,11 @@
 """`perceiver-lit-sweep`: run a W&B-format sweep spec without a W&B server.
 
-    perceiver-lit-sweep run SPEC.yaml [--dir DIR] [--trials N] [--seed S] [--slurm]   expand, then run every
-                                         unfinished trial (one subprocess each) or submit them as a Slurm job array
+    perceiver-lit-sweep run SPEC.yaml [--dir DIR] [--trials N] [--seed S] [--slurm]   check that trial 0's command
+                                         parses, expand, then run every unfinished trial (one subprocess each) or
+                                         submit them as a Slurm job array
     perceiver-lit-sweep trial DIR I      run trial I of a prepared sweep (what each Slurm array task does)
     perceiver-lit-sweep report DIR       report.csv, report.md and metric-vs-parameter plots
-    perceiver-lit-sweep show SPEC.yaml   print the trials' commands without running anything
+    perceiver-lit-sweep show SPEC.yaml [--check]   print the trials' commands without running anything
 
 The same SPEC works with `wandb sweep SPEC.yaml` + `wandb agent` (see docs/sweeps.md).
 """
@@ -19,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from perceiver_lit.sweeps.report import write_report
-from perceiver_lit.sweeps.runner import prepare, run_local, run_trial, submit_slurm
+from perceiver_lit.sweeps.runner import check_first_trial, prepare, run_local, run_trial, submit_slurm
 from perceiver_lit.sweeps.spec import SweepError, build_command, expand, load_spec
 
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--max-parallel", type=int, help="Slurm: at most this many array tasks at once (%%K)")
     r.add_argument("--sbatch-arg", action="append", default=[], help="extra sbatch option, repeatable")
     r.add_argument("--echo", action="store_true", help="stream trial output here instead of trial-<i>/log.txt")
+    r.add_argument("--no-check", dest="check", action="store_false",
+                   help="do not parse trial 0's command with --print_config first")
     t = sub.add_parser("trial", help="run trial I of a prepared sweep directory")
     t.add_argument("dir")
     t.add_argument("index", type=int)
@@ -54,12 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("spec")
     s.add_argument("--trials", type=int)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--check", action="store_true", help="also parse trial 0's command with --print_config")
     args = p.parse_args(argv)
     warnings.simplefilter("always", UserWarning)
     try:
         if args.cmd == "run":
             spec = load_spec(args.spec)
             sweep_dir = Path(args.dir) if args.dir else _default_dir(args.spec)
+            if args.check:
+                check_first_trial(spec)
             dirs = prepare(spec, sweep_dir, trials=args.trials, seed=args.seed)
             print(f"[sweep] {spec.source}: {spec.method}, {len(dirs)} trials in {sweep_dir}")
             if args.slurm:
@@ -77,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "show":
             spec = load_spec(args.spec)
+            if args.check:
+                check_first_trial(spec)
             for i, params in enumerate(expand(spec, trials=args.trials, seed=args.seed)):
                 print(f"# trial {i}: {json.dumps(params)}")
                 print(shlex.join(build_command(spec, params)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -110,6 +111,21 @@ def _resolve_executable(cmd: list[str]) -> list[str]:
         if local.exists():
             return [str(local)] + cmd[1:]
     return cmd
+
+
+def check_first_trial(spec: SweepSpec) -> None:
+    """Parse trial 0's `perceiver-lit` command with --print_config (no data, no model: a few seconds), so that a
+    misspelled parameter or config key fails here, once, not in every trial or after a Slurm array is queued.
+    Commands of other programs are left to themselves."""
+    cmd = build_command(spec, expand(spec, trials=1, seed=0)[0])
+    if not _is_perceiver_lit(cmd):
+        return
+    proc = subprocess.run([*_resolve_executable(cmd), "--print_config"], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-6:])
+        raise SweepError(f"{spec.source}: trial 0's command does not parse ({shlex.join(cmd)}):\n{tail}\n"
+                         "(check the parameter names against `perceiver-lit fit --config ... --print_config`; "
+                         "--no-check skips this)")
 
 
 def run_trial(sweep_dir: str | Path, index: int, force: bool = False, echo: bool = False) -> int:

@@ -199,3 +199,25 @@ def test_trial_index_out_of_range_is_a_clear_error(tmp_path, capsys):
     prepare(parse_spec({"method": "grid", "parameters": {"x": {"values": [1]}}, "command": ["true"]}), tmp_path)
     assert main(["trial", str(tmp_path), "4"]) == 2
     assert "has 1 trials (0..0)" in capsys.readouterr().err
+
+
+def test_a_misspelled_parameter_fails_before_any_trial_runs(tmp_path, capsys):
+    """run (and show --check) parse trial 0's perceiver-lit command with --print_config first."""
+    from tests.fixtures.training import tiny_perceiver, write_config
+
+    cfg = write_config(tmp_path, {"model": tiny_perceiver(), "data": {
+        "class_path": "datamodules.image.FashionMNISTDataModule", "init_args": {"batch_size": 4}}}, "exp.yaml")
+
+    def spec(name: str) -> str:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(json.dumps({
+            "method": "grid", "parameters": {f"model.init_args.net.init_args.{name}": {"values": [4, 8]}},
+            "command": ["${interpreter}", "-m", "perceiver_lit.cli", "fit", "--config", cfg, "${args}"]}))
+        return str(path)
+
+    assert main(["run", spec("num_latentz"), "--dir", str(tmp_path / "sw")]) == 2
+    err = capsys.readouterr().err
+    assert "trial 0's command does not parse" in err and "num_latentz" in err
+    assert not (tmp_path / "sw").exists()                     # nothing prepared, nothing run
+    assert main(["show", spec("num_latents"), "--check"]) == 0
+    assert "num_latents=4" in capsys.readouterr().out
