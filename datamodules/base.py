@@ -272,24 +272,24 @@ class ShardStream(IterableDataset):
                             "needs at least one shard; write more, smaller shards (--maxcount) or lower num_workers")
         batch: list[dict[str, Any]] = []
         urls = self._eval_urls(rank, world, worker, num_workers)
-        good = bad = in_a_row = 0
-        for raw in self._samples(urls, exact=True):
-            sample = dm._make_sample(raw, False)
-            if sample is None:
-                bad, in_a_row = bad + 1, in_a_row + 1
-                if in_a_row >= CORRUPT_IN_A_ROW_LIMIT:
-                    raise _too_many_corrupt(in_a_row)
-                continue
-            good, in_a_row = good + 1, 0
+        seen = good = 0
+
+        def make(raw: dict[str, Any]) -> dict[str, Any] | None:
+            nonlocal seen
+            seen += 1
+            return dm._make_sample(raw, False)
+
+        for sample in _good(map(make, self._samples(urls, exact=True))):
+            good += 1
             batch.append(sample)
             if len(batch) == dm.batch_size:
                 yield dm.collate(batch)
                 batch = []
         if batch:  # the last partial batch is kept: every sample is seen exactly once
             yield dm.collate(batch)
-        if bad and not good:  # an evaluation that measured nothing must not pass for one
+        if seen and not good:  # an evaluation that measured nothing must not pass for one
             where = repr(urls[0]) + (f" and {len(urls) - 1} more shards" if len(urls) > 1 else "")
-            raise DataError(f"every one of the {bad} samples in {where} was corrupt: check the data module's "
+            raise DataError(f"every one of the {seen} samples in {where} was corrupt: check the data module's "
                             "input_exts, num_classes and transforms against the shards (see the warnings above)")
 
     def _resampled(self, rng: random.Random) -> Iterator[str]:
@@ -298,22 +298,15 @@ class ShardStream(IterableDataset):
             yield rng.choice(self.urls)
 
 
-CORRUPT_IN_A_ROW_LIMIT = 1000  # corrupt samples in a row that mean the data is wrong, not damaged
-
-
-def _too_many_corrupt(n: int) -> DataError:
-    return DataError(f"{n} corrupt samples in a row: check the data module's input_exts, num_classes and "
-                     "transforms against the shards (see the warnings above)")
-
-
-def _good(samples: Iterator[dict[str, Any] | None], limit: int = CORRUPT_IN_A_ROW_LIMIT) -> Iterator[dict[str, Any]]:
+def _good(samples: Iterator[dict[str, Any] | None], limit: int = 1000) -> Iterator[dict[str, Any]]:
     """Drop the corrupt (None) samples; `limit` corrupt ones in a row means the data is wrong, not damaged."""
     bad = 0
     for s in samples:
         if s is None:
             bad += 1
             if bad >= limit:
-                raise _too_many_corrupt(bad)
+                raise DataError(f"{bad} corrupt samples in a row: check the data module's input_exts, "
+                                "num_classes and transforms against the shards (see the warnings above)")
             continue
         bad = 0
         yield s
@@ -618,12 +611,10 @@ class StreamingDataModule(L.LightningDataModule):
             y = int(sample["cls"].decode("ascii").strip())
             if not 0 <= y < self.num_classes:
                 raise ValueError(f"label {y} outside [0, {self.num_classes})")
-            if self.multilabel:
-                target = np.zeros(self.num_classes, dtype=np.float32)
-                target[y] = 1.0
-                return torch.from_numpy(target)
-            return torch.tensor(y, dtype=torch.int64)
-        if "json" in sample:
+            if not self.multilabel:
+                return torch.tensor(y, dtype=torch.int64)
+            labels = [y]
+        elif "json" in sample:
             obj = json.loads(sample["json"].decode("utf-8"))
             labels = obj.get("label", obj.get("labels")) if isinstance(obj, dict) else obj
             labels = [labels] if isinstance(labels, int) else list(labels)
@@ -633,10 +624,11 @@ class StreamingDataModule(L.LightningDataModule):
                 if len(labels) != 1:
                     raise ValueError(f"single-label data module got {len(labels)} labels")
                 return torch.tensor(labels[0], dtype=torch.int64)
-            target = np.zeros(self.num_classes, dtype=np.float32)  # numpy: 1.6 us against torch's 6.3
-            target[labels] = 1.0
-            return torch.from_numpy(target)
-        raise KeyError(f"no label: expected one of {list(self.label_exts)}")
+        else:
+            raise KeyError(f"no label: expected one of {list(self.label_exts)}")
+        target = np.zeros(self.num_classes, dtype=np.float32)  # multi-hot; numpy: 1.6 us against torch's 6.3
+        target[labels] = 1.0
+        return torch.from_numpy(target)
 
     def permute_inputs(self, inputs: Any) -> Any:
         """Apply the fixed `permute_seed` permutation (default: elements = all dims but the last)."""

@@ -41,9 +41,9 @@ def read_off(path: str) -> tuple[np.ndarray, np.ndarray]:
         pos += 1 + k
         faces += [(idx[0], idx[j], idx[j + 1]) for j in range(1, k - 1)]
     faces_arr = np.array(faces, dtype=np.int64).reshape(-1, 3)
-    if faces_arr.size and (faces_arr.min() < 0 or faces_arr.max() >= nv):
-        raise ValueError(f"{path}: face vertex index {int(faces_arr.min() if faces_arr.min() < 0 else faces_arr.max())}"
-                         f" outside [0, {nv}) (the file has {nv} vertices)")
+    outside = faces_arr[(faces_arr < 0) | (faces_arr >= nv)]
+    if outside.size:
+        raise ValueError(f"{path}: face vertex index {int(outside[0])} outside [0, {nv}) (the file has {nv} vertices)")
     return verts, faces_arr
 
 

@@ -42,11 +42,10 @@ def _mix_tensors(x: Any, perm: torch.Tensor, lam: torch.Tensor) -> Any:
     return x * w + x[perm] * (1 - w)
 
 
-def _cutmix_images(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, gen: torch.Generator | None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paste into each image of x (B, H, W, C) a box of its partner x[perm], the box's area (1 - lam) of the
-    image, centred uniformly and clipped at the borders; returns the images and lam corrected to the area kept."""
-    b, h, w, _ = x.shape
+def _cutmix_boxes(b: int, h: int, w: int, lam: torch.Tensor, gen: torch.Generator | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each of b images (h, w), a box of area (1 - lam) of the image, centred uniformly and clipped at the
+    borders: the mask of where the partner is pasted (B, H, W), and lam corrected to the area kept (B,)."""
     cut = (1.0 - lam).clamp(0, 1).sqrt()                                   # (B,) box side / image side
     ch, cw = (h * cut).long(), (w * cut).long()
     cy, cx = torch.randint(h, (b,), generator=gen), torch.randint(w, (b,), generator=gen)
@@ -55,8 +54,7 @@ def _cutmix_images(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, gen: 
     rows, cols = torch.arange(h), torch.arange(w)
     inside = (((rows >= y0[:, None]) & (rows < y1[:, None]))[:, :, None]
               & ((cols >= x0[:, None]) & (cols < x1[:, None]))[:, None, :])  # (B, H, W)
-    mixed = torch.where(inside.to(x.device)[..., None], x[perm], x)
-    return mixed, 1.0 - ((y1 - y0) * (x1 - x0)).float() / (h * w)
+    return inside, 1.0 - ((y1 - y0) * (x1 - x0)).float() / (h * w)
 
 
 class MixUpCutMix:
@@ -93,25 +91,17 @@ class MixUpCutMix:
             cut = torch.arange(b) >= b // 2
         else:
             cut = torch.full((b,), float(torch.rand((), generator=gen)) < self.switch_prob)
-        one_draw = self.mode == "switch"  # timm: one ratio for the whole batch
-        n = 1 if one_draw else b
+        n = 1 if self.mode == "switch" else b  # ratios to draw: timm's switch uses one for the whole batch
         lam = torch.ones(b)
         if self.mixup_alpha > 0:
             lam = torch.where(cut, lam, _beta(self.mixup_alpha, n, gen).expand(b))
-        images = isinstance(inputs, torch.Tensor) and inputs.ndim == 4
         if cut.any():
             lam_cut = _beta(self.cutmix_alpha, n, gen).expand(b)
-            if images:
-                pasted, kept = _cutmix_images(inputs, perm, lam_cut, gen)
+            if isinstance(inputs, torch.Tensor) and inputs.ndim == 4:  # images: one blend weight per pixel
+                inside, kept = _cutmix_boxes(b, inputs.shape[1], inputs.shape[2], lam_cut, gen)
                 lam = torch.where(cut, kept, lam)
-            else:  # CutMix falls back to MixUp on inputs that are not images
-                lam = torch.where(cut, lam_cut, lam)
-        if images and cut.all():
-            mixed = pasted
-        elif images and cut.any():
-            mixed = torch.where(cut.to(inputs.device).view(-1, 1, 1, 1), pasted, _mix_tensors(inputs, perm, lam))
-        else:
-            mixed = _mix_tensors(inputs, perm, lam)
-        lam = lam.to(soft.device)[:, None]
-        perm = perm.to(soft.device)
-        return mixed, soft * lam + soft[perm] * (1 - lam)
+                weight = torch.where(cut[:, None, None], ~inside, lam[:, None, None]).to(inputs.device, inputs.dtype)
+                weight = weight[..., None]                                  # (B, H, W, 1): 1 own, 0 partner
+                return inputs * weight + inputs[perm] * (1 - weight), _mix_tensors(soft, perm, lam)
+            lam = torch.where(cut, lam_cut, lam)  # CutMix falls back to MixUp on inputs that are not images
+        return _mix_tensors(inputs, perm, lam), _mix_tensors(soft, perm, lam)
