@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from perceiver_lit.tasks.optim import LRSchedule, build_optimizer
+from perceiver_lit.tasks.optim import LRSchedule, build_optimizer, fused_adamw_allowed
 
 
 def _hparams_given_by_cli() -> bool:
@@ -233,10 +233,12 @@ class Task(pl.LightningModule):
         return by_epochs if by_steps is None else min(by_steps, by_epochs)
 
     def configure_optimizers(self) -> dict:
-        precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
+        # Fused AdamW only where the precision plugin and clipping allow it (bf16-mixed + clipping: issue 19).
+        trainer = self._trainer
+        fused = trainer is None or fused_adamw_allowed(trainer.precision_plugin, trainer.gradient_clip_val)
         optimizer = build_optimizer(
             self.optimizer_name, self.net, self.lr, self.weight_decay, self.betas, self.eps,
-            fused=not precision.startswith("16"), decay_embeddings=self.decay_embeddings,
+            fused=fused, decay_embeddings=self.decay_embeddings,
         )
         # Steps per epoch are needed only for what is stated in epochs (the loader may have no length otherwise).
         needs_epochs = self.warmup_epochs > 0 or self.flat_epochs > 0 or (self.schedule == "step")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from perceiver_lit.tasks.optim import Lamb, LRSchedule, build_optimizer, param_groups
+from perceiver_lit.tasks.optim import Lamb, LRSchedule, build_optimizer, fused_adamw_allowed, param_groups
 from tests.fixtures.training import TinyNet
 
 
@@ -138,6 +138,43 @@ def test_fused_adamw_on_cpu_gives_the_same_update_and_keeps_the_groups():
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         torch.testing.assert_close(a, b)
     assert all((a != b).any() for a, b in zip(nets[0].parameters(), before))  # every tensor moved
+
+
+def _plugin(precision: str):
+    from lightning.pytorch.plugins.precision import HalfPrecision, MixedPrecision, Precision
+
+    if precision.endswith("-mixed"):
+        # 16-mixed: Lightning's plugin for CUDA (a GradScaler; on a CPU-only torch it is built disabled, but set).
+        return MixedPrecision(precision, "cuda" if precision == "16-mixed" else "cpu")
+    return Precision() if precision == "32-true" else HalfPrecision(precision)
+
+
+@pytest.mark.parametrize(("precision", "clip", "fused"), [
+    ("32-true", None, True), ("32-true", 1.0, True),          # the quickstart: fused, as before
+    ("bf16-true", 1.0, True), ("16-true", 1.0, True),         # no AMP: Lightning clips like fp32
+    ("bf16-mixed", None, True), ("bf16-mixed", 0.0, True),    # AMP without clipping: fused is accepted
+    ("bf16-mixed", 1.0, False),                               # every shipped bf16 preset + recipe (issue 19)
+    ("16-mixed", None, False), ("16-mixed", 1.0, False),      # a scaler must unscale before GradNorm / clipping
+])
+def test_fused_adamw_only_where_lightnings_precision_plugin_accepts_it(precision, clip, fused):
+    """The task fuses AdamW only where Lightning's precision plugin will clip and step it; the plugin's own
+    clip_gradients (what trainer.gradient_clip_val calls) must accept the optimizer that is built."""
+    plugin = _plugin(precision)
+    assert fused_adamw_allowed(plugin, clip) is fused
+    net = TinyNet()
+    opt = build_optimizer("adamw", net, 1e-2, 0.1, (0.9, 0.999), 1e-8, fused=fused_adamw_allowed(plugin, clip))
+    assert bool(opt.defaults["fused"]) is fused
+    net(torch.randn(3, 4, 3)).sum().backward()
+    plugin.clip_gradients(opt, clip or 0.0)  # raises RuntimeError for a fused AdamW under AMP with clipping
+
+
+def test_lightning_refuses_clipping_a_fused_adamw_under_bf16_mixed():
+    """The crash of issue 19, on the component: what `fused_adamw_allowed` avoids is real."""
+    net = TinyNet()
+    opt = build_optimizer("adamw", net, 1e-2, 0.1, (0.9, 0.999), 1e-8, fused=True)
+    net(torch.randn(3, 4, 3)).sum().backward()
+    with pytest.raises(RuntimeError, match="does not allow for gradient clipping"):
+        _plugin("bf16-mixed").clip_gradients(opt, 1.0)
 
 
 def test_decay_embeddings_decays_latents_and_query_but_never_biases_or_norms():
