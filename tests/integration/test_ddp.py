@@ -132,17 +132,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def launch(*args: str, env: dict[str, str] | None = None, worker: Path = WORKER) -> subprocess.Popen:
     """Start the worker (Lightning's launcher starts the other local ranks from the same command line)."""
-    return subprocess.Popen([sys.executable, str(WORKER), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, str(worker), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
-def run_worker_group(arg_lists: list[list[str]], envs: list[dict[str, str]], timeout: float = 120) -> float:
-    """Run worker processes to completion; fail with their output if one fails; assert none is left behind."""
+def run_worker_group(arg_lists: list[list[str]], envs: list[dict[str, str]], timeout: float = 120,
+                     worker: Path = WORKER) -> float:
+    """Run worker processes (this file, or the script `worker`) to completion; fail with their output if one
+    fails; assert none is left behind."""
     marker = uuid.uuid4().hex
     t0 = time.monotonic()
-    procs = [launch(*a, env={**os.environ, **e, "PLIT_TEST_RUN": marker}) for a, e in zip(arg_lists, envs)]
+    procs = [launch(*a, env={**os.environ, **e, "PLIT_TEST_RUN": marker}, worker=worker)
+             for a, e in zip(arg_lists, envs)]
     outs = []
     try:
         for p in procs:
