@@ -21,7 +21,8 @@ import pytest
 
 WORKER = Path(__file__).resolve()
 ROOT = WORKER.parents[2]
-STEPS, BATCH, NUM_CLASSES, SHAPE = 3, 4, 4, (8, 8, 1)
+STEPS, BATCH, NUM_CLASSES, SHAPE, LR = 3, 4, 4, (8, 8, 1), 1e-2
+U_BF16 = 2.0**-8  # bf16's unit roundoff: 8 significant bits, round to nearest
 
 
 # --- the worker --------------------------------------------------------------------------------------------------
@@ -37,7 +38,7 @@ def _tiny_task(activation_checkpointing: bool = False, optimizer: str = "adamw")
                     num_self_attention_heads=2, activation_checkpointing=activation_checkpointing)
     # eps 1e-3, not 1e-8: the attention key biases have an exactly-zero gradient (softmax ignores a per-query
     # constant), so theirs is float noise, which Adam with a tiny eps would blow up to lr-sized, rank-dependent steps.
-    return Classification(net, num_classes=NUM_CLASSES, optimizer=optimizer, lr=1e-2, weight_decay=0.01,
+    return Classification(net, num_classes=NUM_CLASSES, optimizer=optimizer, lr=LR, weight_decay=0.01,
                           schedule="constant", eps=1e-3)
 
 
@@ -62,6 +63,22 @@ def _data(batch_size: int, num_samples: int):
     return Data()
 
 
+def shipped_strategy(name: str):
+    """(strategy, precision) as configs/trainer/<name>.yaml builds them; "single": ("auto", bf16-mixed), the
+    precision every shipped GPU preset uses."""
+    import importlib
+
+    import yaml
+
+    if name == "single":
+        return "auto", "bf16-mixed"
+    trainer = yaml.safe_load((ROOT / "configs" / "trainer" / f"{name}.yaml").read_text())["trainer"]
+    spec = trainer["strategy"]
+    module, cls = spec["class_path"].rsplit(".", 1)
+    init = {k: v for k, v in (spec.get("init_args") or {}).items() if v is not None}
+    return getattr(importlib.import_module(module), cls)(**init), trainer["precision"]
+
+
 def worker(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--strategy", choices=["single", "ddp", "fsdp"], required=True)
@@ -72,6 +89,8 @@ def worker(argv: list[str]) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--sharded-ckpt", type=Path, help="fsdp: also save a sharded checkpoint here")
     p.add_argument("--optimizer", choices=["adamw", "lamb"], default="adamw")
+    p.add_argument("--shipped", action="store_true",
+                   help="precision and strategy settings from configs/trainer/{ddp,fsdp}.yaml (single: bf16-mixed)")
     args = p.parse_args(argv)
 
     import lightning.pytorch as pl
@@ -85,15 +104,20 @@ def worker(argv: list[str]) -> None:
     # Activation checkpointing changes no number, so the distributed runs use it and still must match the single
     # run: DDP the model's own switch on shared layers (what static_graph is for), FSDP2 the strategy's.
     task = _tiny_task(activation_checkpointing=args.strategy == "ddp", optimizer=args.optimizer)
-    strategy = {
-        "single": "auto",
-        "ddp": DDPStrategy(static_graph=True),
-        # fp32 here so the comparison is exact up to float reordering; the config uses bf16.
-        "fsdp": FSDP2Strategy(param_dtype=None, reduce_dtype=None, activation_checkpointing=True),
-    }[args.strategy]
+    precision = "32-true"
+    if args.shipped:
+        # The presets' own precision and strategy arguments, as shipped (accelerator and devices set below).
+        strategy, precision = shipped_strategy(args.strategy)
+    else:
+        strategy = {
+            "single": "auto",
+            "ddp": DDPStrategy(static_graph=True),
+            # fp32 here so the comparison is exact up to float reordering; the config uses bf16 (--shipped).
+            "fsdp": FSDP2Strategy(param_dtype=None, reduce_dtype=None, activation_checkpointing=True),
+        }[args.strategy]
     world = args.devices * args.num_nodes
     trainer = pl.Trainer(accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy,
-                         max_steps=args.steps, precision="32-true", logger=False, enable_checkpointing=False,
+                         max_steps=args.steps, precision=precision, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          limit_val_batches=0, use_distributed_sampler=False,
                          # FSDP still gathers its weights after fit: it destroys the group itself, below.
@@ -112,7 +136,8 @@ def worker(argv: list[str]) -> None:
         assert len(units) == 5, [type(m).__name__ for m in units]
         from torch.distributed._composable import checkpoint
 
-        assert all(checkpoint.state(m) is not None for m in units if m is not task.net), "no activation checkpointing"
+        if not args.shipped:  # fsdp.yaml ships it off
+            assert all(checkpoint.state(m) is not None for m in units if m is not task.net), "no activation checkpointing"
         state = get_model_state_dict(task.net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if args.sharded_ckpt:
             trainer.save_checkpoint(args.sharded_ckpt)
@@ -205,6 +230,52 @@ def test_ddp_two_ranks_match_one_rank_with_double_batch(tmp_path: Path) -> None:
     pl.seed_everything(0, verbose=False)
     initial = _tiny_task().net.state_dict()
     assert max((single[k] - v).abs().max() for k, v in initial.items()) > 1e-3
+
+
+def assert_within_bf16_rounding(a: dict, b: dict, initial: dict) -> None:
+    """Weights of two bf16-mixed runs that differ only in how the batch is split over ranks agree to bf16's rounding.
+
+    Where the tolerance comes from: AdamW moves an element by at most about lr a step, so n steps move it at most
+    n * lr (here 0.03). Under bf16 autocast every matmul output is rounded to 8 significant bits (relative error
+    <= u = 2^-8), the weight-gradient matmuls included: one rank rounds the sum over its B samples, the single
+    process the sum over 2B, then DDP / FSDP2 average in fp32. So the gradients reaching AdamW differ by O(u)
+    relative, its normalised update direction by O(u), and the weights by O(n * lr * u) = 1.2e-4. Allowed: 2 n lr u
+    as the RMS over all weights (measured 0.8 n lr u for DDP; bf16 against fp32 in this same setup differs by
+    5 n lr u, and a rank's gradient left out of the mean by O(n lr)). Single elements can differ by more (a sum
+    that cancels amplifies its rounding error), so per element only a quarter of the largest move is allowed.
+    """
+    import math
+
+    assert a.keys() == b.keys()
+    n = sum(v.numel() for v in a.values())
+    rms = math.sqrt(sum(((a[k].float() - b[k].float()) ** 2).sum().item() for k in a) / n)
+    worst = max(a, key=lambda k: (a[k].float() - b[k].float()).abs().max().item())
+    worst_diff = (a[worst].float() - b[worst].float()).abs().max().item()
+    assert rms <= 2 * STEPS * LR * U_BF16, f"RMS weight difference {rms:.2e} > 2 n lr u = {2 * STEPS * LR * U_BF16:.2e}"
+    assert worst_diff <= STEPS * LR / 4, f"{worst}: max diff {worst_diff:.2e} > n lr / 4"
+    moved = math.sqrt(sum(((b[k].float() - initial[k].float()) ** 2).sum().item() for k in b) / n)
+    assert moved > 10 * rms, f"the weights moved {moved:.2e} RMS: too little for the comparison to mean anything"
+
+
+def initial_weights() -> dict:
+    import lightning.pytorch as pl
+
+    pl.seed_everything(0, verbose=False)
+    return _tiny_task().net.state_dict()
+
+
+@pytest.mark.integration
+@pytest.mark.ddp
+def test_ddp_as_shipped_bf16_matches_one_rank_within_bf16_rounding(tmp_path: Path) -> None:
+    """configs/trainer/ddp.yaml's precision and strategy (bf16-mixed, static_graph, gradient_as_bucket_view):
+    2 ranks x batch B against one bf16-mixed process x batch 2B."""
+    import torch
+
+    single, ddp = tmp_path / "single_bf16.pt", tmp_path / "ddp_bf16.pt"
+    run_worker_group([["--strategy", "single", "--batch", str(2 * BATCH), "--out", str(single), "--shipped"],
+                      ["--strategy", "ddp", "--devices", "2", "--batch", str(BATCH), "--out", str(ddp), "--shipped"]],
+                     [{}, {"MASTER_PORT": str(free_port())}])
+    assert_within_bf16_rounding(torch.load(ddp), torch.load(single), initial_weights())
 
 
 @pytest.mark.integration
