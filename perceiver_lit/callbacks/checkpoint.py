@@ -39,17 +39,22 @@ class Checkpoint(ModelCheckpoint):
       always under these names: a new fit into a run directory that holds them overwrites them, with a warning
       (Lightning's default would write `best-v1.ckpt` beside the old run's `best.ckpt`, which the docs, scripts and
       sweeps then read).
+
+    Args:
+        enable_version_counter: False (the default here, unlike ModelCheckpoint's): keep the fixed names above. A
+            named argument, so that LightningCLI, which passes every argument, passes this default and not
+            ModelCheckpoint's True.
     """
 
     def __init__(self, dirpath: str | None = None, filename: str = "best", monitor: str | None = "auto",
                  mode: Literal["min", "max"] | None = None, save_last: bool = True, save_top_k: int = 1,
-                 **kwargs) -> None:
+                 enable_version_counter: bool = False, **kwargs) -> None:
         self._auto = monitor == "auto"
         if mode is None:
             mode = "max" if self._auto else _mode_for(monitor)
-        kwargs.setdefault("enable_version_counter", False)
         super().__init__(dirpath=dirpath, filename=filename, monitor=None if self._auto else monitor, mode=mode,
-                         save_last=save_last, save_top_k=save_top_k, auto_insert_metric_name=False, **kwargs)
+                         save_last=save_last, save_top_k=save_top_k, auto_insert_metric_name=False,
+                         enable_version_counter=enable_version_counter, **kwargs)
 
     def _default_dirpath(self, trainer: pl.Trainer) -> None:
         if self.dirpath is None:
