@@ -48,6 +48,9 @@ from lightning_utilities.core.imports import RequirementCache
 from perceiver_lit.callbacks import (AttentionMaps, Checkpoint, GradNorm, NanGuard, PerClassTable, PreemptionCheckpoint,
                                      RunConfig, Summary, Throughput)
 from perceiver_lit.callbacks.predictions import PredictionWriter
+from perceiver_lit.checkpoint_io import AtomicCheckpointIO, CheckpointFileError, read_checkpoint
+from perceiver_lit.run_dir import RunDirError, RunLock, RunOutputs, check_resume, cleanup_failed_start, \
+    load_initial_weights, snapshot
 from perceiver_lit.hardware import warn_if_bf16_is_emulated
 from datamodules.base import LogCorruptSamples
 
@@ -220,7 +223,10 @@ def plan_links(tree: dict) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------- callbacks
 class SaveRunConfig(SaveConfigCallback):
     """Writes the resolved config into the run directory (`<default_root_dir>/config.yaml` for fit,
-    `config_<subcommand>.yaml` otherwise), overwriting, so re-running into the same directory works."""
+    `config_<subcommand>.yaml` otherwise), overwriting, so re-running into the same directory works.
+
+    fit writes it when training starts, after the earlier run's outputs moved out (RunOutputs): a fit that fails
+    before that leaves the earlier run's config.yaml as it was."""
 
     def __init__(self, *args: Any, subcommand: str | None = None, **kwargs: Any) -> None:
         kwargs["overwrite"] = True
@@ -228,6 +234,14 @@ class SaveRunConfig(SaveConfigCallback):
         self.subcommand = subcommand
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.subcommand in (None, "fit"):
+            return
+        self._save(trainer)
+
+    def on_train_batch_start(self, trainer: Trainer, *args: Any) -> None:
+        self._save(trainer)
+
+    def _save(self, trainer: Trainer) -> None:
         if self.already_saved:
             return
         name = self.config_filename if self.subcommand in (None, "fit") else f"config_{self.subcommand}.yaml"
@@ -249,8 +263,18 @@ class PerceiverCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("seed_everything_default", 1234)
-        super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                         args=args, **kwargs)
+        self._run_dir: str | None = None
+        self._lock: RunLock | None = None
+        self._outputs: RunOutputs | None = None
+        try:
+            super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                             args=args, **kwargs)
+        except BaseException:
+            self._clean_failed_start()
+            raise
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
         # Tell the config callback which subcommand it saves for (file name), then build as usual.
@@ -260,6 +284,9 @@ class PerceiverCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--name", type=str | None, default=None,
                             help="run name: runs/<name>/ and the W&B run name (default: the config file's stem)")
+        parser.add_argument("--init_weights", type=str | None, default=None,
+                            help="fit: start a new run from this checkpoint's model weights (no optimizer, schedule "
+                                 "or step: unlike --ckpt_path, which resumes its run exactly)")
         parser.add_argument("--fast_check", type=bool, default=True,
                             help="run the model on one zero sample of data.input_shape before training")
         parser.add_argument("--float32_matmul_precision", type=Literal["highest", "high", "medium"], default="high",
@@ -303,6 +330,7 @@ class PerceiverCLI(LightningCLI):
             cfg.name = Path(self._configs[-1]).stem if self._configs and os.path.isfile(self._configs[-1]) else "default"
         if cfg.trainer.get("default_root_dir") is None:
             cfg.trainer.default_root_dir = os.path.join("runs", cfg.name)
+        self._remember_run_dir(cfg)
         if self.subcommand in ("validate", "test", "predict") and not cfg.get("ckpt_path"):
             rank_zero_warn(f"perceiver-lit {self.subcommand} without --ckpt_path evaluates the model's initial "
                            "(untrained) weights; pass --ckpt_path "
@@ -324,8 +352,14 @@ class PerceiverCLI(LightningCLI):
         if _WANDB_AVAILABLE and type(trainer_cfg["logger"]).__name__ == "WandbLogger":
             extra += [RunConfig(), AttentionMaps(), PerClassTable()]  # the W&B dashboard (docs/sweeps.md)
         callbacks += [cb for cb in extra if not any(isinstance(c, type(cb)) for c in callbacks)]
-        trainer_cfg["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
+        self._outputs = RunOutputs(self._run_dir, self._before, new_run=self.subcommand == "fit" and
+                                   not cfg.get("ckpt_path"))
+        trainer_cfg["callbacks"] = callbacks + [self._outputs]
+        trainer = super().instantiate_trainer(**kwargs)
+        self._set_up_checkpoint_io(trainer)
+        if self.subcommand == "fit" and trainer.is_global_zero:  # one lock per run: ranks > 0 belong to rank 0's
+            self._lock = RunLock(self._run_dir)
+        return trainer
 
     def _default_logger(self, cfg: Any) -> Any:
         root = cfg.trainer.default_root_dir
@@ -345,6 +379,60 @@ class PerceiverCLI(LightningCLI):
         return WandbLogger(name=cfg.name, save_dir=root, project=w.project, group=w.group, tags=list(w.tags or []),
                            entity=w.entity, offline=offline, job_type=self.subcommand)
 
+    # ---- run directory, checkpoints, resumes (perceiver_lit/run_dir.py, perceiver_lit/checkpoint_io.py)
+    def _parse_ckpt_path(self) -> None:
+        # Overrides LightningCLI's private `_parse_ckpt_path`, which parses the checkpoint's saved hyperparameters
+        # over the command line, so `--ckpt_path` silently ran the checkpoint's settings. Here the command line is
+        # what runs; the loaded checkpoint is checked against it (check_resume, through AtomicCheckpointIO.on_load).
+        # A file that is not a usable checkpoint fails now, in one line, before anything is written.
+        if not self.config.get("subcommand"):
+            return
+        cfg = self.config[self.config.subcommand]
+        ckpt_path, init_weights = cfg.get("ckpt_path"), cfg.get("init_weights")
+        if ckpt_path and init_weights:
+            raise RunDirError(f"--ckpt_path {ckpt_path} (resume a run) and --init_weights {init_weights} (start a new "
+                              "run from weights) exclude each other: pass one")
+        for path in (ckpt_path, init_weights):
+            # "last", "best", "hpc", "registry[:...]" are resolved by Lightning; a sharded FSDP checkpoint is a folder
+            if path and path not in ("last", "best", "hpc") and not str(path).startswith("registry") \
+                    and "://" not in str(path) and not os.path.isdir(path):
+                read_checkpoint(path, mmap=True)
+
+    def _remember_run_dir(self, cfg: Any) -> None:
+        self._run_dir = os.path.abspath(cfg.trainer.default_root_dir)
+        self._existed = os.path.isdir(self._run_dir)
+        first_new = self._run_dir
+        while not os.path.exists(os.path.dirname(first_new)):
+            first_new = os.path.dirname(first_new)
+        self._first_new_dir = None if self._existed else first_new
+        self._before = snapshot(self._run_dir)
+
+    def _set_up_checkpoint_io(self, trainer: Trainer) -> None:
+        from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+        if type(trainer.strategy.checkpoint_io) is not TorchCheckpointIO:  # a user's own CheckpointIO stays
+            return
+        io = AtomicCheckpointIO()
+        stage = self.subcommand
+        io.on_load = lambda path, ckpt: check_resume(ckpt.get("hyper_parameters"), self.model.hparams, path,
+                                                     stage, self._run_dir)
+        trainer.strategy.checkpoint_io = io
+
+    def _clean_failed_start(self) -> None:
+        """After a failure before the first step: remove what this run created (see run_dir.py)."""
+        if self._run_dir is None or (self._outputs is not None and self._outputs.started):
+            return
+        if self._lock is not None:  # only the lock holder may touch the directory (no other fit writes there)
+            removed = cleanup_failed_start(self._run_dir, self._before, self._existed)
+            if removed:
+                rank_zero_info(f"[perceiver-lit] the run failed before its first step; removed what it wrote in "
+                               f"{self._run_dir}: {', '.join(removed)}")
+        if self._first_new_dir is not None:  # directories this command made and left empty
+            d = self._run_dir
+            while os.path.isdir(d) and not os.listdir(d) and len(d) >= len(self._first_new_dir):
+                os.rmdir(d)
+                d = os.path.dirname(d)
+
     # ---- early checks
     def after_instantiate_classes(self) -> None:
         device = self.trainer.strategy.root_device.type
@@ -353,6 +441,8 @@ class PerceiverCLI(LightningCLI):
             torch.set_float32_matmul_precision(self._config().get("float32_matmul_precision") or "high")
         if self._config().get("fast_check", True):
             check_model_fits_data(self.model, self.datamodule)
+        if self._config().get("init_weights"):
+            load_initial_weights(self.model, self._config().init_weights)
 
 
 def _zeros_for(shape: Any, dtype: torch.dtype, device: str) -> Any:
@@ -416,6 +506,9 @@ def main(args: list[str] | None = None) -> None:
 
     try:
         PerceiverCLI(args=args)
+    except (CheckpointFileError, RunDirError) as e:  # one line naming the file, directory or key
+        destroy_process_group()
+        sys.exit(f"perceiver-lit: error: {e}")
     except SIGTERMException:  # stopped by SIGTERM / Ctrl-C, every rank together, after last.ckpt was saved
         destroy_process_group()
         sys.exit(interrupted_exit_status())

@@ -36,9 +36,9 @@ class Checkpoint(ModelCheckpoint):
     - `mode` None: the task's for "auto"; for a named monitor, "min" for losses and errors, "max" for accuracies,
       mAP, AUC, F1, precision and recall; any other name must say `--checkpoint.mode`.
     - Keeps `last.ckpt` (resume with `--ckpt_path <dir>/checkpoints/last.ckpt`) and the best one as `best.ckpt`,
-      always under these names: a new fit into a run directory that holds them overwrites them, with a warning
-      (Lightning's default would write `best-v1.ckpt` beside the old run's `best.ckpt`, which the docs, scripts and
-      sweeps then read).
+      always under these names: a new fit into a run directory that holds them replaces them, with a warning (the
+      earlier run's outputs move to `<run dir>.previous/`, perceiver_lit/run_dir.py); Lightning's default would write
+      `best-v1.ckpt` beside the old run's `best.ckpt`, which the docs, scripts and sweeps then read.
 
     Args:
         enable_version_counter: False (the default here, unlike ModelCheckpoint's): keep the fixed names above. A
@@ -78,8 +78,9 @@ class Checkpoint(ModelCheckpoint):
             old = sorted(f for f in os.listdir(self.dirpath) if f.endswith(".ckpt"))
             if old:
                 rank_zero_warn(f"{self.dirpath} holds {', '.join(old)} from an earlier run; this new run (no "
-                               "--ckpt_path) overwrites them. To continue that run instead pass --ckpt_path last; "
-                               "to keep both, choose another --name or --trainer.default_root_dir")
+                               "--ckpt_path) replaces it: when training starts, the earlier run's outputs move to "
+                               f"{os.path.dirname(self.dirpath)}.previous/. To continue that run instead pass "
+                               "--ckpt_path last; to keep both, choose another --name or --trainer.default_root_dir")
         if self._auto and self.monitor is None:
             monitor, mode = getattr(pl_module, "monitor", ("val/loss", "min"))
             self.monitor, self.mode = monitor, mode
