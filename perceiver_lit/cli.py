@@ -423,14 +423,20 @@ class PerceiverCLI(LightningCLI):
         if self._run_dir is None or (self._outputs is not None and self._outputs.started):
             return
         if self._lock is not None:  # only the lock holder may touch the directory (no other fit writes there)
+            wandb = sys.modules.get("wandb")
+            if wandb is not None and getattr(wandb, "run", None) is not None:
+                wandb.finish(exit_code=1)  # close its files before they are removed
             removed = cleanup_failed_start(self._run_dir, self._before, self._existed)
             if removed:
                 rank_zero_info(f"[perceiver-lit] the run failed before its first step; removed what it wrote in "
                                f"{self._run_dir}: {', '.join(removed)}")
         if self._first_new_dir is not None:  # directories this command made and left empty
             d = self._run_dir
-            while os.path.isdir(d) and not os.listdir(d) and len(d) >= len(self._first_new_dir):
-                os.rmdir(d)
+            while len(d) >= len(self._first_new_dir):
+                if os.path.isdir(d):
+                    if os.listdir(d):
+                        break
+                    os.rmdir(d)
                 d = os.path.dirname(d)
 
     # ---- early checks
