@@ -352,8 +352,7 @@ class PerceiverCLI(LightningCLI):
         if _WANDB_AVAILABLE and type(trainer_cfg["logger"]).__name__ == "WandbLogger":
             extra += [RunConfig(), AttentionMaps(), PerClassTable()]  # the W&B dashboard (docs/sweeps.md)
         callbacks += [cb for cb in extra if not any(isinstance(c, type(cb)) for c in callbacks)]
-        self._outputs = RunOutputs(self._run_dir, self._before, new_run=self.subcommand == "fit" and
-                                   not cfg.get("ckpt_path"))
+        self._outputs = RunOutputs(self._run_dir, self._before, fit=self.subcommand == "fit")
         trainer_cfg["callbacks"] = callbacks + [self._outputs]
         trainer = super().instantiate_trainer(**kwargs)
         self._set_up_checkpoint_io(trainer)

@@ -5,7 +5,7 @@
   refused, naming its pid and host. A lock is stale, and taken over, when its process is gone (same host: the pid
   is dead or is another process now) or it was left by an earlier incarnation of this Slurm job (a requeue: Slurm
   ended that process before starting this one, possibly on another node).
-- `RunOutputs` (a callback): when a new fit (no --ckpt_path) starts its first training batch, the earlier run's
+- `RunOutputs` (a callback): when a new fit (one that restored no checkpoint) starts training, the earlier run's
   outputs still in the directory (checkpoints, config, predictions, W&B and CSV logs) move to `<run dir>.previous/`
   (replacing an older one), so the directory then holds only this run. Until then nothing of the earlier run is
   touched. `cleanup_failed_start` removes what a run created when it fails before its first step, so that no
@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 LOCK = "run.lock"
 PREVIOUS_SUFFIX = ".previous"
@@ -165,22 +165,25 @@ class RunOutputs(pl.Callback):
     Args:
         run_dir: the run directory.
         before: `snapshot(run_dir)` taken before this run wrote anything.
-        new_run: True for a fit without --ckpt_path (a resume continues the run that is there).
+        fit: True for `fit`. A fit that restored no checkpoint (neither --ckpt_path nor a Slurm requeue's hpc
+            checkpoint: `trainer.ckpt_path` is None) is a new run; a resume continues the run that is there.
     """
 
-    def __init__(self, run_dir: str, before: dict[str, tuple[int, int]], new_run: bool) -> None:
-        self.run_dir, self.before, self.new_run = run_dir, before, new_run
+    def __init__(self, run_dir: str, before: dict[str, tuple[int, int]], fit: bool) -> None:
+        self.run_dir, self.before, self.fit = run_dir, before, fit
         self.started = False
 
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        if self.started:
-            return
-        self.started = True
-        if self.new_run and trainer.is_global_zero:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # trainer.ckpt_path is known from here on (None: no checkpoint was restored, so this is a new run)
+        if self.fit and trainer.ckpt_path is None and trainer.is_global_zero:
             self.move_earlier_run()
 
-    def _eval_started(self, *args: Any) -> None:
+    def on_train_batch_end(self, *args: Any) -> None:
         self.started = True
+
+    def _eval_started(self, trainer: pl.Trainer, *args: Any) -> None:
+        if not trainer.sanity_checking:
+            self.started = True
 
     on_validation_batch_end = on_test_batch_end = on_predict_batch_end = _eval_started
 
@@ -196,7 +199,8 @@ class RunOutputs(pl.Callback):
             os.replace(os.path.join(self.run_dir, rel), os.path.join(dest, rel))
         _prune_empty_dirs(self.run_dir)
         shown = ", ".join(old[:6]) + (f" and {len(old) - 6} more" if len(old) > 6 else "")
-        rank_zero_info(f"[perceiver-lit] {self.run_dir} held an earlier run; moved its outputs ({shown}) to {dest}")
+        rank_zero_warn(f"{self.run_dir} held an earlier run; this new run (no --ckpt_path) replaces it: moved its "
+                       f"outputs ({shown}) to {dest}. To continue a run, pass --ckpt_path last")
 
 
 def cleanup_failed_start(run_dir: str, before: dict[str, tuple[int, int]], existed: bool) -> list[str]:

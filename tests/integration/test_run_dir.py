@@ -109,6 +109,7 @@ def test_resume_applies_runtime_settings_and_new_run_from_weights(trained, tmp_p
     assert any("changed runtime settings, applied: model.init_args.net.init_args.activation_checkpointing: "
                "checkpoint False, now True" in r.getMessage() for r in caplog.records)
     assert _load(last)["hyper_parameters"]["net"]["init_args"]["activation_checkpointing"] is True
+    assert not (tmp_path / "runs" / "run.previous").exists()  # a resume continues the run that is there
 
     weights = _load(last)["state_dict"]
     new = run_cli(["fit", "--config", cfg, "--name", "new", "--init_weights", str(last), "--model.init_args.lr",
