@@ -250,3 +250,15 @@ def test_fit_that_fails_before_its_first_step_leaves_no_run_behind(fashion_shard
         run_cli(["fit", "--config", cfg], cwd=tmp_path)
     assert "missing-" in str(failed.value)
     assert not (tmp_path / "runs").exists(), sorted(str(p) for p in (tmp_path / "runs").rglob("*"))
+
+
+@pytest.mark.ddp
+def test_ddp_fit_takes_one_lock_and_ranks_above_zero_do_not_refuse_it(trained, tmp_path):
+    """issue 20.3 under DDP: rank 0 locks the run; rank 1 (started by Lightning from the same command) must run."""
+    _, cfg, _ = trained
+    out = _perceiver_lit("fit", "--config", cfg, "--name", "ddp", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-4000:]
+    run = tmp_path / "runs" / "ddp"
+    assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 1  # 100 samples, 50 per step, 2 ranks
+    assert not (run / "run.lock").exists() and "in use by another fit" not in out.stderr
