@@ -118,6 +118,19 @@ def test_resume_applies_runtime_settings_and_new_run_from_weights(trained, tmp_p
     assert new.trainer.global_step == 0 and new.model.hparams.lr == 0.1
 
 
+def test_evaluating_a_checkpoint_runs_the_configured_model_or_says_why_not(trained, tmp_path):
+    """issue 20.2 for validate/test/predict: the checkpoint's hyperparameters no longer replace the config's."""
+    from perceiver_lit.run_dir import RunDirError
+
+    cfg, run = _copy_run(trained, tmp_path)
+    best = str(run / "checkpoints" / "best.ckpt")
+    with pytest.raises(RunDirError, match=r"num_latents: checkpoint 32, now 16\); validate it with the config"):
+        run_cli(["validate", "--config", cfg, "--ckpt_path", best, "--model.init_args.net.init_args.num_latents", "16"],
+                cwd=tmp_path)
+    cli = run_cli(["validate", "--config", cfg, "--ckpt_path", best, "--model.init_args.lr", "0.1"], cwd=tmp_path)
+    assert cli.model.net.latents.shape[0] == 32 and cli.model.hparams.lr == 0.1  # lr is not used by evaluation
+
+
 def test_second_live_fit_into_a_run_dir_is_refused_and_a_stale_lock_is_taken_over(trained, tmp_path):
     """issue 20.3: two fits into one run directory both ran and mixed their outputs."""
     import json
