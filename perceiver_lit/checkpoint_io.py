@@ -75,7 +75,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide the run's checkpoints from the user's group
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()

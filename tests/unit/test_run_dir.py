@@ -39,6 +39,9 @@ def test_read_checkpoint_says_what_is_wrong_in_one_line(tmp_path):
             read_checkpoint(path)
         assert str(path) in str(e.value) and "\n" not in str(e.value) and "weights_only" not in str(e.value)
     assert read_checkpoint(good)["state_dict"]["w"].shape == (64, 64)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(good).st_mode & 0o777 == 0o666 & ~umask  # as open() would make it, not mkstemp's 0600
     assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
 
 
