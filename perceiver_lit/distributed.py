@@ -217,8 +217,9 @@ def consolidate_checkpoint(src: str | Path, dst: str | Path) -> Path:
     ckpt = _load_distributed_checkpoint(src)
     optimizer_keys = sorted((k for k in ckpt if re.fullmatch(r"optimizer_\d+", k)), key=lambda k: int(k[10:]))
     ckpt["optimizer_states"] = [ckpt.pop(k) for k in optimizer_keys]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, dst)
+    from perceiver_lit.checkpoint_io import atomic_torch_save
+
+    atomic_torch_save(ckpt, dst)  # temp file beside dst, then os.replace: never a torn model.ckpt
     return dst
 
 

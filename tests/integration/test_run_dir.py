@@ -39,18 +39,27 @@ def _load(path: Path) -> dict:
 
 def test_second_fit_into_a_used_run_dir_replaces_best_and_last(fashion_shards, tmp_path):
     """issue 20.1: LightningCLI passes enable_version_counter=True; the names must still never change."""
-    cfg = write_config(tmp_path, _config(fashion_shards, epochs=2))
+    import wandb
+
+    config = _config(fashion_shards, epochs=2)
+    del config["trainer"]["logger"]  # the default W&B logger, offline: its runs must not mix either
+    cfg = write_config(tmp_path, config)
     run_cli(["fit", "--config", cfg], cwd=tmp_path)
+    wandb.finish()
     ckpts = tmp_path / "runs" / "run" / "checkpoints"
     assert _load(ckpts / "best.ckpt")["global_step"] in (2, 4) and _load(ckpts / "last.ckpt")["global_step"] == 4
 
     run_cli(["fit", "--config", cfg, "--trainer.max_epochs", "1"], cwd=tmp_path)
+    wandb.finish()
     assert sorted(os.listdir(ckpts)) == ["best.ckpt", "last.ckpt"]  # no best-v1.ckpt / last-v1.ckpt
     assert _load(ckpts / "best.ckpt")["global_step"] == 2 and _load(ckpts / "last.ckpt")["global_step"] == 2
     # the earlier run was moved aside whole when the new one started training; nothing of it is mixed in
     previous = tmp_path / "runs" / "run.previous"
     assert _load(previous / "checkpoints" / "last.ckpt")["global_step"] == 4
     assert (previous / "config.yaml").is_file() and (tmp_path / "runs" / "run" / "config.yaml").is_file()
+    runs_now = {p.name for p in (tmp_path / "runs" / "run" / "wandb").glob("offline-run-*")}
+    runs_before = {p.name for p in (previous / "wandb").glob("offline-run-*")}
+    assert len(runs_now) == 1 and len(runs_before) == 1 and runs_now != runs_before
     assert not (tmp_path / "runs" / "run" / "run.lock").exists()  # released at the end
 
 
