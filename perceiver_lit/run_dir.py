@@ -270,14 +270,18 @@ def check_resume(saved: Any, current: Any, ckpt_path: str, stage: str, run_dir: 
     if not saved or not current:
         return
     old, new = model_settings(saved), model_settings(current)
-    applied, ignored, refused = [], [], []
+    applied, ignored, refused, unrecorded = [], [], [], []
+    same_classes = {k: v for k, v in old.items() if k.endswith("class_path")} == \
+        {k: v for k, v in new.items() if k.endswith("class_path")}
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
         if a == b:
             continue
         leaf = key.rsplit(".", 1)[-1]
         change = f"{key}: checkpoint {a!r}, now {b!r}"
-        if leaf in RUNTIME_KEYS:
+        if same_classes and (key not in old or key not in new):  # an argument added or removed by a code update
+            unrecorded.append(key)
+        elif leaf in RUNTIME_KEYS:
             applied.append(change)
         elif stage != "fit" and key.count(".") == 2 and leaf in TRAIN_ONLY_KEYS:  # a task argument
             ignored.append(change)
@@ -293,6 +297,9 @@ def check_resume(saved: Any, current: Any, ckpt_path: str, stage: str, run_dir: 
                 f"another --name, and pass --init_weights {ckpt_path} (only if the model's shapes are unchanged)")
         raise RunDirError(f"--ckpt_path {ckpt_path} was trained with other settings than this command's ("
                           f"{'; '.join(refused)}); {stage} it with the config it was trained with")
+    if unrecorded:
+        rank_zero_info(f"[perceiver-lit] {ckpt_path}: arguments that the checkpoint's code or this code does not have "
+                       f"(a code update), taken as they are now: {', '.join(unrecorded)}")
     if applied:
         rank_zero_info(f"[perceiver-lit] {stage} from {ckpt_path} with changed runtime settings, applied: "
                        f"{'; '.join(applied)}")

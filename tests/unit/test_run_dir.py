@@ -77,6 +77,9 @@ def test_check_resume_refuses_for_fit_and_ignores_training_settings_for_eval(cap
     assert any("not used by evaluation: model.init_args.lr" in r.getMessage() for r in caplog.records)
     assert any("applied: model.init_args.net.init_args.activation_checkpointing" in r.getMessage()
                for r in caplog.records)
+    added = _hparams(new_argument=1)  # an argument a code update added: the checkpoint cannot record it
+    check_resume(_hparams(), added, "x.ckpt", "fit", "runs/x")
+    assert any("taken as they are now: model.init_args.new_argument" in r.getMessage() for r in caplog.records)
     other = _hparams(net={"class_path": "perceiver_lit.models.Perceiver", "init_args": {"num_latents": 16}})
     with pytest.raises(RunDirError, match=r"num_latents: checkpoint 32, now 16.*test it with the config it was"):
         check_resume(_hparams(), other, "x.ckpt", "test", "runs/x")
