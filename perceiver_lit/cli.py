@@ -13,7 +13,12 @@ What it adds to LightningCLI:
 - A fast shape check before any training step: the model runs on one zero sample of `data.input_shape` (on the
   meta device, so paper-scale models cost nothing); a failure names the model and data fields.
 - A run directory, `runs/<name>/` (name: `--name`, default the first config file's stem), holding config.yaml,
-  checkpoints/{last,best}.ckpt and the W&B (or CSV) logs; `--trainer.default_root_dir` overrides it.
+  checkpoints/{last,best}.ckpt and the W&B (or CSV) logs; `--trainer.default_root_dir` overrides it. It holds one
+  run (perceiver_lit/run_dir.py): a `run.lock` refuses a second live fit; a new fit moves an earlier run's outputs
+  to `<run dir>.previous/` when training starts; a fit that fails before its first step removes what it wrote.
+- `--ckpt_path` runs the command line's settings (LightningCLI would parse the checkpoint's over them) and refuses
+  a checkpoint whose settings differ, naming each key; `--init_weights FILE` starts a new run from its weights.
+  Checkpoints are written beside their target and renamed (perceiver_lit/checkpoint_io.py).
 - Loggers: W&B by default (project/group/tags from `--wandb.*`, offline unless WANDB_MODE=online), CSVLogger when
   wandb is not installed. Callbacks: Checkpoint (last + best by the task's metric), PreemptionCheckpoint (SIGTERM/
   SIGINT/Slurm SIGUSR1 save and requeue), Throughput (samples/s, MFU), NanGuard, LearningRateMonitor, GradNorm,
@@ -49,9 +54,9 @@ from perceiver_lit.callbacks import (AttentionMaps, Checkpoint, GradNorm, NanGua
                                      RunConfig, Summary, Throughput)
 from perceiver_lit.callbacks.predictions import PredictionWriter
 from perceiver_lit.checkpoint_io import AtomicCheckpointIO, CheckpointFileError, read_checkpoint
-from perceiver_lit.run_dir import RunDirError, RunLock, RunOutputs, check_resume, cleanup_failed_start, \
-    load_initial_weights, snapshot
 from perceiver_lit.hardware import warn_if_bf16_is_emulated
+from perceiver_lit.run_dir import (RunDirError, RunLock, RunOutputs, check_resume, cleanup_failed_start,
+                                   load_initial_weights, snapshot)
 from datamodules.base import LogCorruptSamples
 
 _WANDB_AVAILABLE = RequirementCache("wandb")
