@@ -36,6 +36,7 @@ import copy
 import importlib
 import inspect
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -230,28 +231,23 @@ class SaveRunConfig(SaveConfigCallback):
     """Writes the resolved config into the run directory (`<default_root_dir>/config.yaml` for fit,
     `config_<subcommand>.yaml` otherwise), overwriting, so re-running into the same directory works.
 
-    fit writes it when training starts, after the earlier run's outputs moved out (RunOutputs): a fit that fails
-    before that leaves the earlier run's config.yaml as it was."""
+    An earlier run's file is set aside first (RunOutputs.set_aside): it moves to `<run dir>.previous/` with the rest
+    of that run when training starts, or comes back if this run fails before its first step."""
 
-    def __init__(self, *args: Any, subcommand: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, subcommand: str | None = None, outputs: RunOutputs | None = None,
+                 **kwargs: Any) -> None:
         kwargs["overwrite"] = True
         super().__init__(*args, **kwargs)
-        self.subcommand = subcommand
+        self.subcommand, self.outputs = subcommand, outputs
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self.subcommand in (None, "fit"):
-            return
-        self._save(trainer)
-
-    def on_train_batch_start(self, trainer: Trainer, *args: Any) -> None:
-        self._save(trainer)
-
-    def _save(self, trainer: Trainer) -> None:
         if self.already_saved:
             return
         name = self.config_filename if self.subcommand in (None, "fit") else f"config_{self.subcommand}.yaml"
         if trainer.is_global_zero:
             os.makedirs(trainer.default_root_dir, exist_ok=True)
+            if self.outputs is not None and self.subcommand == "fit":
+                self.outputs.set_aside(os.path.join(trainer.default_root_dir, name))
             self.parser.save(self.config, os.path.join(trainer.default_root_dir, name), skip_none=False,
                              overwrite=True, multifile=self.multifile)
         self.already_saved = True
@@ -283,7 +279,7 @@ class PerceiverCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
         # Tell the config callback which subcommand it saves for (file name), then build as usual.
-        self.save_config_kwargs = {**self.save_config_kwargs, "subcommand": self.subcommand}
+        self.save_config_kwargs = {**self.save_config_kwargs, "subcommand": self.subcommand, "outputs": self._outputs}
         return super()._instantiate_trainer(config, callbacks)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -426,14 +422,35 @@ class PerceiverCLI(LightningCLI):
         """After a failure before the first step: remove what this run created (see run_dir.py)."""
         if self._run_dir is None or (self._outputs is not None and self._outputs.started):
             return
+        wandb = sys.modules.get("wandb")
+        wandb_run = getattr(wandb, "run", None) if wandb is not None else None
+        wandb_dir = os.path.abspath(os.path.dirname(wandb_run.dir)) if wandb_run is not None else None  # offline-run
+        if wandb_run is not None:
+            wandb.finish(exit_code=1)  # close its files before they are removed
+        removed: list[str] = []
+        if self._outputs is not None and self._lock is not None:
+            self._outputs.restore_aside()  # the earlier run's config.yaml, set aside for this run's
         if self._lock is not None:  # only the lock holder may touch the directory (no other fit writes there)
-            wandb = sys.modules.get("wandb")
-            if wandb is not None and getattr(wandb, "run", None) is not None:
-                wandb.finish(exit_code=1)  # close its files before they are removed
             removed = cleanup_failed_start(self._run_dir, self._before, self._existed)
-            if removed:
-                rank_zero_info(f"[perceiver-lit] the run failed before its first step; removed what it wrote in "
-                               f"{self._run_dir}: {', '.join(removed)}")
+        elif self.subcommand in ("validate", "test", "predict"):  # a fit may be writing there: only this one's files
+            config = f"config_{self.subcommand}.yaml"
+            if config not in self._before and os.path.isfile(os.path.join(self._run_dir, config)):
+                os.remove(os.path.join(self._run_dir, config))
+                removed.append(config)
+            if wandb_dir and wandb_dir.startswith(self._run_dir + os.sep) and os.path.isdir(wandb_dir) and \
+                    not any(rel.startswith(os.path.relpath(wandb_dir, self._run_dir) + os.sep) for rel in self._before):
+                shutil.rmtree(wandb_dir)
+                removed.append(os.path.relpath(wandb_dir, self._run_dir))
+                parent = os.path.dirname(wandb_dir)
+                for name in os.listdir(parent):  # latest-run, debug.log: links into the run just removed
+                    link = os.path.join(parent, name)
+                    if os.path.islink(link) and not os.path.exists(link):
+                        os.remove(link)
+                if not os.listdir(parent):
+                    os.rmdir(parent)
+        if removed:
+            rank_zero_info(f"[perceiver-lit] {self.subcommand} failed before its first step; removed what it wrote "
+                           f"in {self._run_dir}: {', '.join(removed)}")
         if self._first_new_dir is not None:  # directories this command made and left empty
             d = self._run_dir
             while len(d) >= len(self._first_new_dir):

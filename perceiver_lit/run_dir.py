@@ -8,7 +8,8 @@
 - `RunOutputs` (a callback): when a new fit (one that restored no checkpoint) starts training, the earlier run's
   outputs still in the directory (checkpoints, config, predictions, W&B and CSV logs) move to `<run dir>.previous/`
   (replacing an older one), so the directory then holds only this run. Until then nothing of the earlier run is
-  touched. `cleanup_failed_start` removes what a run created when it fails before its first step, so that no
+  lost: the one file rewritten before (config.yaml, which the W&B config reads at fit start) waits under a hidden
+  name and comes back if the run fails. `cleanup_failed_start` removes what a run created when it fails before its first step, so that no
   half-made run is left for later commands to mistake for one.
 - `check_resume`: a resume must continue the checkpoint's run exactly; settings that differ from the checkpoint's
   saved hyperparameters are refused, naming each key, except runtime-only ones (applied, and said so).
@@ -172,11 +173,34 @@ class RunOutputs(pl.Callback):
     def __init__(self, run_dir: str, before: dict[str, tuple[int, int]], fit: bool) -> None:
         self.run_dir, self.before, self.fit = run_dir, before, fit
         self.started = False
+        self.aside: dict[str, str] = {}  # earlier run's file -> where it waits (set_aside)
+
+    def set_aside(self, path: str) -> None:
+        """Before this run overwrites `path` (e.g. config.yaml) of an earlier run, move that file to a hidden name
+        beside it: when training starts it joins the earlier run's outputs (or, for a resume, is dropped); if this
+        run fails before its first step, `restore_aside` puts it back."""
+        rel = os.path.relpath(os.path.abspath(path), self.run_dir)
+        if rel in self.aside or rel not in _unchanged(self.run_dir, {rel: self.before[rel]} if rel in self.before
+                                                      else {}):
+            return
+        hidden = os.path.join(os.path.dirname(rel), f".{os.path.basename(rel)}.earlier")
+        os.replace(os.path.join(self.run_dir, rel), os.path.join(self.run_dir, hidden))
+        self.aside[rel] = hidden
+
+    def restore_aside(self) -> None:
+        for rel, hidden in self.aside.items():
+            os.replace(os.path.join(self.run_dir, hidden), os.path.join(self.run_dir, rel))
+        self.aside.clear()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # trainer.ckpt_path is known from here on (None: no checkpoint was restored, so this is a new run)
-        if self.fit and trainer.ckpt_path is None and trainer.is_global_zero:
-            self.move_earlier_run()
+        if self.fit and trainer.is_global_zero:
+            if trainer.ckpt_path is None:
+                self.move_earlier_run()
+            for hidden in self.aside.values():  # a resume: the run's own earlier config, now rewritten
+                if os.path.exists(os.path.join(self.run_dir, hidden)):
+                    os.remove(os.path.join(self.run_dir, hidden))
+            self.aside.clear()
 
     def on_train_batch_end(self, *args: Any) -> None:
         self.started = True
@@ -188,15 +212,18 @@ class RunOutputs(pl.Callback):
     on_validation_batch_end = on_test_batch_end = on_predict_batch_end = _eval_started
 
     def move_earlier_run(self) -> None:
-        old = _unchanged(self.run_dir, self.before)
-        if not old:
+        moves = [(rel, rel) for rel in _unchanged(self.run_dir, self.before)] + list(
+            (hidden, rel) for rel, hidden in self.aside.items())
+        self.aside.clear()
+        if not moves:
             return
         dest = os.path.normpath(self.run_dir) + PREVIOUS_SUFFIX
         if os.path.lexists(dest):
             shutil.rmtree(dest)
-        for rel in old:
+        for src, rel in moves:
             os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
-            os.replace(os.path.join(self.run_dir, rel), os.path.join(dest, rel))
+            os.replace(os.path.join(self.run_dir, src), os.path.join(dest, rel))
+        old = sorted(rel for _, rel in moves)
         _prune_empty_dirs(self.run_dir)
         shown = ", ".join(old[:6]) + (f" and {len(old) - 6} more" if len(old) > 6 else "")
         rank_zero_warn(f"{self.run_dir} held an earlier run; this new run (no --ckpt_path) replaces it: moved its "

@@ -102,6 +102,7 @@ def test_resume_with_other_model_settings_is_refused_naming_each_key(trained, tm
     assert last.read_bytes() == before  # nothing trained
     saved = (run / "config.yaml").read_text()
     assert "num_latents: 32" in saved and "lr: 0.003" in saved  # config.yaml still describes the run
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]  # and nothing else was left
     assert not (run / "run.lock").exists()
 
 
@@ -284,3 +285,17 @@ def test_ddp_fit_takes_one_lock_and_ranks_above_zero_do_not_refuse_it(trained, t
     run = tmp_path / "runs" / "ddp"
     assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 1  # 100 samples, 50 per step, 2 ranks
     assert not (run / "run.lock").exists() and "in use by another fit" not in out.stderr
+
+
+def test_eval_that_fails_before_its_first_batch_leaves_nothing_of_its_own(trained, tmp_path):
+    """Principle, for test: its config_test.yaml and W&B run are removed; the trained run is left as it was."""
+    import shutil
+
+    work, cfg, run = trained
+    shutil.copytree(run, tmp_path / "runs" / "run")
+    before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "runs").rglob("*"))
+    with pytest.raises(Exception) as failed:
+        run_cli(["test", "--config", cfg, "--trainer.logger", "true", "--ckpt_path", "last",
+                 "--data.init_args.test_urls", str(tmp_path / "missing-000000.tar")], cwd=tmp_path)
+    assert "missing-000000.tar" in str(failed.value)
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "runs").rglob("*")) == before
