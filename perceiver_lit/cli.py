@@ -13,7 +13,12 @@ What it adds to LightningCLI:
 - A fast shape check before any training step: the model runs on one zero sample of `data.input_shape` (on the
   meta device, so paper-scale models cost nothing); a failure names the model and data fields.
 - A run directory, `runs/<name>/` (name: `--name`, default the first config file's stem), holding config.yaml,
-  checkpoints/{last,best}.ckpt and the W&B (or CSV) logs; `--trainer.default_root_dir` overrides it.
+  checkpoints/{last,best}.ckpt and the W&B (or CSV) logs; `--trainer.default_root_dir` overrides it. It holds one
+  run (perceiver_lit/run_dir.py): a `run.lock` refuses a second live fit; a new fit moves an earlier run's outputs
+  to `<run dir>.previous/` when training starts; a fit that fails before its first step removes what it wrote.
+- `--ckpt_path` runs the command line's settings (LightningCLI would parse the checkpoint's over them) and refuses
+  a checkpoint whose settings differ, naming each key; `--init_weights FILE` starts a new run from its weights.
+  Checkpoints are written beside their target and renamed (perceiver_lit/checkpoint_io.py).
 - Loggers: W&B by default (project/group/tags from `--wandb.*`, offline unless WANDB_MODE=online), CSVLogger when
   wandb is not installed. Callbacks: Checkpoint (last + best by the task's metric), PreemptionCheckpoint (SIGTERM/
   SIGINT/Slurm SIGUSR1 save and requeue), Throughput (samples/s, MFU), NanGuard, LearningRateMonitor, GradNorm,
@@ -31,6 +36,7 @@ import copy
 import importlib
 import inspect
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,7 +54,10 @@ from lightning_utilities.core.imports import RequirementCache
 from perceiver_lit.callbacks import (AttentionMaps, Checkpoint, GradNorm, NanGuard, PerClassTable, PreemptionCheckpoint,
                                      RunConfig, Summary, Throughput)
 from perceiver_lit.callbacks.predictions import PredictionWriter
+from perceiver_lit.checkpoint_io import AtomicCheckpointIO, CheckpointFileError, read_checkpoint
 from perceiver_lit.hardware import warn_if_bf16_is_emulated
+from perceiver_lit.run_dir import (RunDirError, RunLock, RunOutputs, check_resume, cleanup_failed_start,
+                                   load_initial_weights, snapshot)
 from datamodules.base import LogCorruptSamples
 
 _WANDB_AVAILABLE = RequirementCache("wandb")
@@ -220,12 +229,16 @@ def plan_links(tree: dict) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------- callbacks
 class SaveRunConfig(SaveConfigCallback):
     """Writes the resolved config into the run directory (`<default_root_dir>/config.yaml` for fit,
-    `config_<subcommand>.yaml` otherwise), overwriting, so re-running into the same directory works."""
+    `config_<subcommand>.yaml` otherwise), overwriting, so re-running into the same directory works.
 
-    def __init__(self, *args: Any, subcommand: str | None = None, **kwargs: Any) -> None:
+    An earlier run's file is set aside first (RunOutputs.set_aside): it moves to `<run dir>.previous/` with the rest
+    of that run when training starts, or comes back if this run fails before its first step."""
+
+    def __init__(self, *args: Any, subcommand: str | None = None, outputs: RunOutputs | None = None,
+                 **kwargs: Any) -> None:
         kwargs["overwrite"] = True
         super().__init__(*args, **kwargs)
-        self.subcommand = subcommand
+        self.subcommand, self.outputs = subcommand, outputs
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.already_saved:
@@ -233,6 +246,8 @@ class SaveRunConfig(SaveConfigCallback):
         name = self.config_filename if self.subcommand in (None, "fit") else f"config_{self.subcommand}.yaml"
         if trainer.is_global_zero:
             os.makedirs(trainer.default_root_dir, exist_ok=True)
+            if self.outputs is not None and self.subcommand == "fit":
+                self.outputs.set_aside(os.path.join(trainer.default_root_dir, name))
             self.parser.save(self.config, os.path.join(trainer.default_root_dir, name), skip_none=False,
                              overwrite=True, multifile=self.multifile)
         self.already_saved = True
@@ -249,17 +264,30 @@ class PerceiverCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("seed_everything_default", 1234)
-        super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                         args=args, **kwargs)
+        self._run_dir: str | None = None
+        self._lock: RunLock | None = None
+        self._outputs: RunOutputs | None = None
+        try:
+            super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                             args=args, **kwargs)
+        except BaseException:
+            self._clean_failed_start()
+            raise
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
         # Tell the config callback which subcommand it saves for (file name), then build as usual.
-        self.save_config_kwargs = {**self.save_config_kwargs, "subcommand": self.subcommand}
+        self.save_config_kwargs = {**self.save_config_kwargs, "subcommand": self.subcommand, "outputs": self._outputs}
         return super()._instantiate_trainer(config, callbacks)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--name", type=str | None, default=None,
                             help="run name: runs/<name>/ and the W&B run name (default: the config file's stem)")
+        parser.add_argument("--init_weights", type=str | None, default=None,
+                            help="fit: start a new run from this checkpoint's model weights (no optimizer, schedule "
+                                 "or step: unlike --ckpt_path, which resumes its run exactly)")
         parser.add_argument("--fast_check", type=bool, default=True,
                             help="run the model on one zero sample of data.input_shape before training")
         parser.add_argument("--float32_matmul_precision", type=Literal["highest", "high", "medium"], default="high",
@@ -303,6 +331,7 @@ class PerceiverCLI(LightningCLI):
             cfg.name = Path(self._configs[-1]).stem if self._configs and os.path.isfile(self._configs[-1]) else "default"
         if cfg.trainer.get("default_root_dir") is None:
             cfg.trainer.default_root_dir = os.path.join("runs", cfg.name)
+        self._remember_run_dir(cfg)
         if self.subcommand in ("validate", "test", "predict") and not cfg.get("ckpt_path"):
             rank_zero_warn(f"perceiver-lit {self.subcommand} without --ckpt_path evaluates the model's initial "
                            "(untrained) weights; pass --ckpt_path "
@@ -324,8 +353,13 @@ class PerceiverCLI(LightningCLI):
         if _WANDB_AVAILABLE and type(trainer_cfg["logger"]).__name__ == "WandbLogger":
             extra += [RunConfig(), AttentionMaps(), PerClassTable()]  # the W&B dashboard (docs/sweeps.md)
         callbacks += [cb for cb in extra if not any(isinstance(c, type(cb)) for c in callbacks)]
-        trainer_cfg["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
+        self._outputs = RunOutputs(self._run_dir, self._before, fit=self.subcommand == "fit")
+        trainer_cfg["callbacks"] = callbacks + [self._outputs]
+        trainer = super().instantiate_trainer(**kwargs)
+        self._set_up_checkpoint_io(trainer)
+        if self.subcommand == "fit" and trainer.is_global_zero:  # one lock per run: ranks > 0 belong to rank 0's
+            self._lock = RunLock(self._run_dir)
+        return trainer
 
     def _default_logger(self, cfg: Any) -> Any:
         root = cfg.trainer.default_root_dir
@@ -345,6 +379,87 @@ class PerceiverCLI(LightningCLI):
         return WandbLogger(name=cfg.name, save_dir=root, project=w.project, group=w.group, tags=list(w.tags or []),
                            entity=w.entity, offline=offline, job_type=self.subcommand)
 
+    # ---- run directory, checkpoints, resumes (perceiver_lit/run_dir.py, perceiver_lit/checkpoint_io.py)
+    def _parse_ckpt_path(self) -> None:
+        # Overrides LightningCLI's private `_parse_ckpt_path`, which parses the checkpoint's saved hyperparameters
+        # over the command line, so `--ckpt_path` silently ran the checkpoint's settings. Here the command line is
+        # what runs; the loaded checkpoint is checked against it (check_resume, through AtomicCheckpointIO.on_load).
+        # A file that is not a usable checkpoint fails now, in one line, before anything is written.
+        if not self.config.get("subcommand"):
+            return
+        cfg = self.config[self.config.subcommand]
+        ckpt_path, init_weights = cfg.get("ckpt_path"), cfg.get("init_weights")
+        if ckpt_path and init_weights:
+            raise RunDirError(f"--ckpt_path {ckpt_path} (resume a run) and --init_weights {init_weights} (start a new "
+                              "run from weights) exclude each other: pass one")
+        for path in (ckpt_path, init_weights):
+            # "last", "best", "hpc", "registry[:...]" are resolved by Lightning; a sharded FSDP checkpoint is a folder
+            if path and path not in ("last", "best", "hpc") and not str(path).startswith("registry") \
+                    and "://" not in str(path) and not os.path.isdir(path):
+                read_checkpoint(path, mmap=True)
+
+    def _remember_run_dir(self, cfg: Any) -> None:
+        self._run_dir = os.path.abspath(cfg.trainer.default_root_dir)
+        self._existed = os.path.isdir(self._run_dir)
+        first_new = self._run_dir
+        while not os.path.exists(os.path.dirname(first_new)):
+            first_new = os.path.dirname(first_new)
+        self._first_new_dir = None if self._existed else first_new
+        self._before = snapshot(self._run_dir)
+
+    def _set_up_checkpoint_io(self, trainer: Trainer) -> None:
+        from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+        if type(trainer.strategy.checkpoint_io) is not TorchCheckpointIO:  # a user's own CheckpointIO stays
+            return
+        io = AtomicCheckpointIO()
+        stage = self.subcommand
+        io.on_load = lambda path, ckpt: check_resume(ckpt.get("hyper_parameters"), self.model.hparams, path,
+                                                     stage, self._run_dir)
+        trainer.strategy.checkpoint_io = io
+
+    def _clean_failed_start(self) -> None:
+        """After a failure before the first step: remove what this run created (see run_dir.py)."""
+        if self._run_dir is None or (self._outputs is not None and self._outputs.started):
+            return
+        wandb = sys.modules.get("wandb")
+        wandb_run = getattr(wandb, "run", None) if wandb is not None else None
+        wandb_dir = os.path.abspath(os.path.dirname(wandb_run.dir)) if wandb_run is not None else None  # offline-run
+        if wandb_run is not None:
+            wandb.finish(exit_code=1)  # close its files before they are removed
+        removed: list[str] = []
+        if self._outputs is not None and self._lock is not None:
+            self._outputs.restore_aside()  # the earlier run's config.yaml, set aside for this run's
+        if self._lock is not None:  # only the lock holder may touch the directory (no other fit writes there)
+            removed = cleanup_failed_start(self._run_dir, self._before, self._existed)
+        elif self.subcommand in ("validate", "test", "predict"):  # a fit may be writing there: only this one's files
+            config = f"config_{self.subcommand}.yaml"
+            if config not in self._before and os.path.isfile(os.path.join(self._run_dir, config)):
+                os.remove(os.path.join(self._run_dir, config))
+                removed.append(config)
+            if wandb_dir and wandb_dir.startswith(self._run_dir + os.sep) and os.path.isdir(wandb_dir) and \
+                    not any(rel.startswith(os.path.relpath(wandb_dir, self._run_dir) + os.sep) for rel in self._before):
+                shutil.rmtree(wandb_dir)
+                removed.append(os.path.relpath(wandb_dir, self._run_dir))
+                parent = os.path.dirname(wandb_dir)
+                for name in os.listdir(parent):  # latest-run, debug.log: links into the run just removed
+                    link = os.path.join(parent, name)
+                    if os.path.islink(link) and not os.path.exists(link):
+                        os.remove(link)
+                if not os.listdir(parent):
+                    os.rmdir(parent)
+        if removed:
+            rank_zero_info(f"[perceiver-lit] {self.subcommand} failed before its first step; removed what it wrote "
+                           f"in {self._run_dir}: {', '.join(removed)}")
+        if self._first_new_dir is not None:  # directories this command made and left empty
+            d = self._run_dir
+            while len(d) >= len(self._first_new_dir):
+                if os.path.isdir(d):
+                    if os.listdir(d):
+                        break
+                    os.rmdir(d)
+                d = os.path.dirname(d)
+
     # ---- early checks
     def after_instantiate_classes(self) -> None:
         device = self.trainer.strategy.root_device.type
@@ -353,6 +468,8 @@ class PerceiverCLI(LightningCLI):
             torch.set_float32_matmul_precision(self._config().get("float32_matmul_precision") or "high")
         if self._config().get("fast_check", True):
             check_model_fits_data(self.model, self.datamodule)
+        if self._config().get("init_weights"):
+            load_initial_weights(self.model, self._config().init_weights)
 
 
 def _zeros_for(shape: Any, dtype: torch.dtype, device: str) -> Any:
@@ -416,6 +533,9 @@ def main(args: list[str] | None = None) -> None:
 
     try:
         PerceiverCLI(args=args)
+    except (CheckpointFileError, RunDirError) as e:  # one line naming the file, directory or key
+        destroy_process_group()
+        sys.exit(f"perceiver-lit: error: {e}")
     except SIGTERMException:  # stopped by SIGTERM / Ctrl-C, every rank together, after last.ckpt was saved
         destroy_process_group()
         sys.exit(interrupted_exit_status())

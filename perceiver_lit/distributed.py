@@ -169,6 +169,45 @@ class FSDP2Strategy(ModelParallelStrategy):
                                           reduce_dtype=reduce_dtype, activation_checkpointing=activation_checkpointing,
                                           reshard_after_forward=reshard_after_forward)
 
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        """A sharded folder is written beside its target (`.<name>.tmp`), then swapped in by rank 0: a kill during
+        the save leaves the previous folder whole (a single file goes through AtomicCheckpointIO)."""
+        if not self._save_distributed_checkpoint or storage_options is not None:
+            return super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+        import os
+        import shutil
+
+        path = Path(self.broadcast(str(filepath)))
+        tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+        if self.global_rank == 0 and tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+        self.barrier("FSDP2Strategy.save_checkpoint:start")
+        super().save_checkpoint(checkpoint, tmp)
+        self.barrier("FSDP2Strategy.save_checkpoint:written")
+        if self.global_rank == 0:
+            for stale in (old,) if old.exists() else ():
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
+            if old.exists():
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        self.barrier("FSDP2Strategy.save_checkpoint:swapped")
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        # ModelParallelStrategy loads without the CheckpointIO: run the CLI's resume check (on_load, see
+        # perceiver_lit/checkpoint_io.py) here, on the metadata, before any state is loaded into the model.
+        on_load = getattr(self.checkpoint_io, "on_load", None)
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if on_load is not None:
+            from perceiver_lit.checkpoint_io import read_checkpoint
+
+            if path.is_dir() and (path / "meta.pt").is_file():
+                on_load(str(path), torch.load(path / "meta.pt", map_location="cpu", weights_only=True))
+            elif path.is_file():
+                on_load(str(path), read_checkpoint(path, mmap=True))
+        return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+
     def setup_environment(self) -> None:
         global _ACTIVE_OPTIONS
         if self._data_parallel_size == "auto":
@@ -217,8 +256,9 @@ def consolidate_checkpoint(src: str | Path, dst: str | Path) -> Path:
     ckpt = _load_distributed_checkpoint(src)
     optimizer_keys = sorted((k for k in ckpt if re.fullmatch(r"optimizer_\d+", k)), key=lambda k: int(k[10:]))
     ckpt["optimizer_states"] = [ckpt.pop(k) for k in optimizer_keys]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, dst)
+    from perceiver_lit.checkpoint_io import atomic_torch_save
+
+    atomic_torch_save(ckpt, dst)  # temp file beside dst, then os.replace: never a torn model.ckpt
     return dst
 
 

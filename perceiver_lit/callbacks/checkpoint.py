@@ -36,20 +36,25 @@ class Checkpoint(ModelCheckpoint):
     - `mode` None: the task's for "auto"; for a named monitor, "min" for losses and errors, "max" for accuracies,
       mAP, AUC, F1, precision and recall; any other name must say `--checkpoint.mode`.
     - Keeps `last.ckpt` (resume with `--ckpt_path <dir>/checkpoints/last.ckpt`) and the best one as `best.ckpt`,
-      always under these names: a new fit into a run directory that holds them overwrites them, with a warning
-      (Lightning's default would write `best-v1.ckpt` beside the old run's `best.ckpt`, which the docs, scripts and
-      sweeps then read).
+      always under these names: a new fit into a folder that holds them overwrites them, with a warning (through the
+      CLI the earlier run's outputs move to `<run dir>.previous/` first: perceiver_lit/run_dir.py); Lightning's
+      default would write `best-v1.ckpt` beside the old run's `best.ckpt`, which the docs, scripts and sweeps read.
+
+    Args:
+        enable_version_counter: False (the default here, unlike ModelCheckpoint's): keep the fixed names above. A
+            named argument, so that LightningCLI, which passes every argument, passes this default and not
+            ModelCheckpoint's True.
     """
 
     def __init__(self, dirpath: str | None = None, filename: str = "best", monitor: str | None = "auto",
                  mode: Literal["min", "max"] | None = None, save_last: bool = True, save_top_k: int = 1,
-                 **kwargs) -> None:
+                 enable_version_counter: bool = False, **kwargs) -> None:
         self._auto = monitor == "auto"
         if mode is None:
             mode = "max" if self._auto else _mode_for(monitor)
-        kwargs.setdefault("enable_version_counter", False)
         super().__init__(dirpath=dirpath, filename=filename, monitor=None if self._auto else monitor, mode=mode,
-                         save_last=save_last, save_top_k=save_top_k, auto_insert_metric_name=False, **kwargs)
+                         save_last=save_last, save_top_k=save_top_k, auto_insert_metric_name=False,
+                         enable_version_counter=enable_version_counter, **kwargs)
 
     def _default_dirpath(self, trainer: pl.Trainer) -> None:
         if self.dirpath is None:
@@ -67,14 +72,19 @@ class Checkpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         super().on_train_end(trainer, pl_module)
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._default_dirpath(trainer)
-        if stage == "fit" and trainer.ckpt_path is None and os.path.isdir(self.dirpath):
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here, not in setup(): only now does trainer.ckpt_path say whether a checkpoint was restored (--ckpt_path,
+        # or a Slurm requeue's hpc checkpoint). The CLI has already moved an earlier run out (run_dir.RunOutputs).
+        if trainer.ckpt_path is None and os.path.isdir(self.dirpath):
             old = sorted(f for f in os.listdir(self.dirpath) if f.endswith(".ckpt"))
             if old:
                 rank_zero_warn(f"{self.dirpath} holds {', '.join(old)} from an earlier run; this new run (no "
                                "--ckpt_path) overwrites them. To continue that run instead pass --ckpt_path last; "
                                "to keep both, choose another --name or --trainer.default_root_dir")
+        super().on_train_start(trainer, pl_module)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._default_dirpath(trainer)
         if self._auto and self.monitor is None:
             monitor, mode = getattr(pl_module, "monitor", ("val/loss", "min"))
             self.monitor, self.mode = monitor, mode
