@@ -308,6 +308,12 @@ class PerceiverCLI(LightningCLI):
                            "(untrained) weights; pass --ckpt_path "
                            f"{os.path.join(cfg.trainer.default_root_dir, 'checkpoints', 'best.ckpt')} (or last.ckpt)")
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as e:
+            raise class_error(e, self._config()) from None
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         cfg = self._config()
         trainer_cfg = self._get(self.config_init, "trainer")
@@ -353,6 +359,34 @@ class PerceiverCLI(LightningCLI):
             torch.set_float32_matmul_precision(self._config().get("float32_matmul_precision") or "high")
         if self._config().get("fast_check", True):
             check_model_fits_data(self.model, self.datamodule)
+
+
+def class_error(error: ValueError, config: Any) -> ValueError:
+    """The error a class's __init__ raised, which jsonargparse wraps in "Does not validate against any of the Union
+    subtypes" followed by the whole config; a model size below 1 gets the config field it came from."""
+    from perceiver_lit.models.checks import SizeError
+
+    cause: BaseException = error
+    while isinstance(cause.__cause__, (ValueError, TypeError)):
+        cause = cause.__cause__
+    if not isinstance(cause, SizeError):
+        return cause if isinstance(cause, ValueError) else error
+
+    def find(node: Any, path: str) -> str | None:
+        if isinstance(node, dict):
+            args = node.get("init_args")
+            if str(node.get("class_path", "")).rpartition(".")[2] == cause.owner and isinstance(args, dict) \
+                    and cause.name in args:
+                return f"{path}.init_args.{cause.name}"
+            for key, value in node.items():
+                found = find(value, f"{path}.{key}" if path else str(key))
+                if found:
+                    return found
+        return None
+
+    tree = config.as_dict() if hasattr(config, "as_dict") else config
+    field = find({k: v for k, v in tree.items() if k in ("model", "data")}, "")
+    return ValueError(f"{field} ({cause.owner}): {cause.message}" if field else str(cause))
 
 
 def _zeros_for(shape: Any, dtype: torch.dtype, device: str) -> Any:

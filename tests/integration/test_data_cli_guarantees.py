@@ -32,3 +32,22 @@ def test_quickstart_trains_by_steps_with_a_schedule_in_epochs(fashion_shards, tm
     schedule = cli.trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
     assert schedule.warmup_steps == fashion_shards.num_train // 64  # 1 epoch = 6 batches of 64
     assert schedule.total_steps == 2
+
+
+# ------------------------------------------------------------------------------------- 20.8: model sizes below 1
+@pytest.mark.parametrize("override, field, got", [
+    ("net.init_args.num_latents=0", "model.init_args.net.init_args.num_latents", "0"),
+    ("net.init_args.num_latents=-3", "model.init_args.net.init_args.num_latents", "-3"),
+    ("net.init_args.latent_dim=0", "model.init_args.net.init_args.latent_dim", "0"),
+    ("net.init_args.num_self_attention_heads=0", "model.init_args.net.init_args.num_self_attention_heads", "0"),
+    ("net.init_args.adapter.init_args.num_frequency_bands=-1",
+     "model.init_args.net.init_args.adapter.init_args.num_frequency_bands", "-1"),
+])
+def test_model_sizes_below_the_minimum_fail_naming_the_field(fashion_shards, tmp_path, override, field, got):
+    """num_latents 0 used to blame the data, -3 and latent_dim 0 to end in torch internals; now one line names the
+    config field, before anything is written."""
+    cfg = write_config(tmp_path, {"model": tiny_perceiver(), "data": fashion_data(fashion_shards)})
+    with pytest.raises(ValueError, match=rf"^{field} \((Perceiver|ImageAdapter)\): \S+ must be an integer >= [01], "
+                                         rf"got {got}$"):
+        run_cli(["fit", "--config", cfg, f"--model.init_args.{override}", "--trainer.logger", "false"], cwd=tmp_path)
+    assert not (tmp_path / "runs").exists()
