@@ -51,3 +51,47 @@ def test_model_sizes_below_the_minimum_fail_naming_the_field(fashion_shards, tmp
                                          rf"got {got}$"):
         run_cli(["fit", "--config", cfg, f"--model.init_args.{override}", "--trainer.logger", "false"], cwd=tmp_path)
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------ 20.5: text files the writer cannot read
+def _shards_main(argv: list[str]) -> int:
+    from datamodules.shards.cli import main
+
+    return main(argv)
+
+
+def test_text_writer_names_and_counts_the_files_it_skips(tmp_path, caplog, capsys):
+    """A non-UTF-8 file and a dangling link in a class folder: one warning each, counted in the summary; both
+    classes stay (they have other, readable files)."""
+    src = tmp_path / "src"
+    for name, lines in {"pos": "good\nfine\n", "neg": "bad\nawful\n"}.items():
+        (src / name).mkdir(parents=True)
+        (src / name / "a.txt").write_text(lines)
+    (src / "neg" / "latin1.txt").write_bytes(b"caf\xe9\nna\xefve\n")
+    os.symlink(tmp_path / "gone.txt", src / "pos" / "link.txt")
+    out = tmp_path / "out"
+    assert _shards_main(["text", str(src), "--label-from", "dir", "--out", str(out), "--no-progress"]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.name == "datamodules.shards" and "skipping" in r.getMessage()]
+    assert len(warned) == 2, warned
+    assert any("latin1.txt: not valid UTF-8" in w for w in warned) and any("link.txt: cannot be read" in w
+                                                                            for w in warned)
+    assert "4 samples in 1 shards, 0.0 MB, 2 skipped" in capsys.readouterr().out
+    assert (out / "classes.json").read_text().split() == ["[", '"neg",', '"pos"', "]"]
+
+
+def test_text_writer_refuses_to_lose_a_whole_class(tmp_path, capsys):
+    """With --label-from file a non-UTF-8 file is a whole class: dropping it would shift every later index, so the
+    writer exits 2 naming the class and the file, and writes nothing."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "de").write_text("hallo\n")
+    (src / "en").write_text("hello\n")
+    (src / "fr").write_bytes(b"caf\xe9\n")
+    (src / "it").write_text("ciao\n")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stopped:
+        _shards_main(["text", str(src), "--unit", "line", "--label-from", "file", "--out", str(out), "--no-progress"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"class 'fr' (--label-from file) has no readable text: {src / 'fr'} is not valid UTF-8" in err
+    assert not out.exists()
