@@ -47,6 +47,7 @@ from lightning_utilities.core.imports import RequirementCache
 
 from perceiver_lit.callbacks import (AttentionMaps, Checkpoint, GradNorm, NanGuard, PerClassTable, PreemptionCheckpoint,
                                      RunConfig, Summary, Throughput)
+from perceiver_lit.callbacks.eval_failure import EvalFailureCheckpoint
 from perceiver_lit.callbacks.predictions import PredictionWriter
 from perceiver_lit.hardware import warn_if_bf16_is_emulated
 from datamodules.base import LogCorruptSamples
@@ -325,6 +326,8 @@ class PerceiverCLI(LightningCLI):
         extra = [Summary(), LogCorruptSamples()]
         if self.subcommand == "predict":
             extra.append(PredictionWriter())
+        if self.subcommand == "fit":  # a validation that fails saves the epoch it comes after
+            extra.append(EvalFailureCheckpoint())
         if trainer_cfg["logger"]:
             extra += [LearningRateMonitor(logging_interval="step"), GradNorm()]
         if _WANDB_AVAILABLE and type(trainer_cfg["logger"]).__name__ == "WandbLogger":

@@ -4,10 +4,13 @@ training by steps with a schedule in epochs, and model sizes below 1."""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 
 import pytest
 
+from datamodules.base import DataError, LabelRangeError
 from tests.fixtures.training import fashion_data, run_cli, tiny_perceiver, write_config
 
 pytestmark = pytest.mark.integration
@@ -95,3 +98,100 @@ def test_text_writer_refuses_to_lose_a_whole_class(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"class 'fr' (--label-from file) has no readable text: {src / 'fr'} is not valid UTF-8" in err
     assert not out.exists()
+
+
+# --------------------------------------------------------- 20.4: labels >= num_classes, skipped samples in eval
+def test_num_classes_below_the_shards_labels_fails_before_training(fashion_shards, tmp_path):
+    """`data.num_classes 5` on 10-class shards used to train, test and predict on the samples with a label under 5
+    and exit 0 (test accuracy on 278 of 500 images). It is a config error, named before anything runs."""
+    cfg = write_config(tmp_path, {"trainer": {"max_epochs": 1, "logger": False}, "model": tiny_perceiver(),
+                                  "data": fashion_data(fashion_shards, samples_per_epoch=100)})
+    for command in ("fit", "test", "predict"):
+        with pytest.raises(LabelRangeError, match=r"shard '.*(train|test)-0000\d\d\.tar' key '\w+': label [5-9] is "
+                                                  r"not below data\.init_args\.num_classes=5: set data\.init_args\."):
+            run_cli([command, "--config", cfg, "--data.init_args.num_classes", "5"], cwd=tmp_path)
+    assert not list(tmp_path.glob("runs/*/checkpoints/*.ckpt")) and not list(tmp_path.glob("runs/*/predictions*"))
+
+
+def _write_npy_shards(root, prefix: str, shards: int, per_shard: int, corrupt: set[str] = frozenset()) -> str:
+    """`shards` tars of 28x28 uint8 npy + cls (FashionMNISTDataModule's layout) with index.json; the keys in
+    `corrupt` get an undecodable npy. Returns the brace pattern."""
+    import numpy as np
+
+    from datamodules.shards.writer import update_index
+    from tests.fixtures.data import npy_bytes, write_tar
+
+    rng = np.random.default_rng(0)
+    counts = {}
+    for s in range(shards):
+        samples = [{"__key__": f"{prefix}{s}_{i}", "cls": str(i % 10),
+                    "npy": npy_bytes(rng.integers(0, 255, (28, 28), dtype=np.uint8))} for i in range(per_shard)]
+        for sample in samples:
+            if sample["__key__"] in corrupt:
+                sample["npy"] = b"\x93NUMPY broken"
+        write_tar(str(root / f"{prefix}-{s:06d}.tar"), samples)
+        counts[f"{prefix}-{s:06d}.tar"] = per_shard
+    update_index(str(root), prefix, counts)
+    return str(root / f"{prefix}-{{000000..{shards - 1:06d}}}.tar")
+
+
+@pytest.fixture(scope="module")
+def eval_with_one_corrupt(tmp_path_factory) -> str:
+    """20 eval samples in 2 shards, one of them corrupt (5%)."""
+    return _write_npy_shards(tmp_path_factory.mktemp("corrupt-eval"), "eval", 2, 10, {"eval1_3"})
+
+
+@pytest.mark.parametrize("command", ["validate", "test", "predict"])
+def test_eval_commands_report_the_samples_they_skipped(fashion_shards, eval_with_one_corrupt, tmp_path, caplog,
+                                                       command):
+    cfg = write_config(tmp_path, {"trainer": {"logger": False}, "model": tiny_perceiver(),
+                                  "data": fashion_data(fashion_shards)})
+    urls = ["--data.init_args.val_urls", eval_with_one_corrupt, "--data.init_args.test_urls", eval_with_one_corrupt]
+    caplog.set_level(logging.INFO)
+    # 1 of 20 skipped: more than the default 1%, so the command fails instead of reporting a metric on a subset
+    with pytest.raises(DataError, match=rf"^{'val' if command == 'validate' else command}: 1 of 20 samples \(5\.0%\) "
+                                        r"were corrupt and skipped, more than data\.init_args\.max_eval_corrupt_"
+                                        r"fraction=0\.01"):
+        run_cli([command, "--config", cfg, *urls], cwd=tmp_path)
+    caplog.clear()
+    cli = run_cli([command, "--config", cfg, *urls, "--data.init_args.max_eval_corrupt_fraction", "0.1"], cwd=tmp_path)
+    stage = "val" if command == "validate" else command
+    assert any(r.getMessage() == f"[perceiver-lit] {stage}: 1 of 20 samples skipped as corrupt (5.00%): see the "
+                                 "warnings above" for r in caplog.records)
+    if command != "predict":
+        assert cli.trainer.callback_metrics[f"{stage}/corrupt_samples"].item() == 1
+
+
+# ------------------------------------------------------------------------------ 20.6: damaged validation data
+def test_a_truncated_validation_shard_fails_at_setup_before_training(fashion_shards, tmp_path):
+    """The eval shards are read in full at setup, against index.json: a cut-off val shard used to be found at the
+    first validation, after a whole training epoch, and the run died without a checkpoint."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in os.listdir(fashion_shards.root):
+        shutil.copy(os.path.join(fashion_shards.root, name), data / name)
+    cut = data / "test-000002.tar"
+    cut.write_bytes(cut.read_bytes()[: 60 * 1024 + 100])  # 100 samples of ~1.8 KB: cut inside a member
+    shards = fashion_shards.__class__(**{**fashion_shards.__dict__, "root": str(data),
+                                         "train_urls": str(data / "train-{000000..000003}.tar"),
+                                         "test_urls": str(data / "test-{000000..000003}.tar")})
+    cfg = write_config(tmp_path, {"trainer": {"max_epochs": 1, "logger": False}, "model": tiny_perceiver(),
+                                  "data": fashion_data(shards, samples_per_epoch=100)})
+    with pytest.raises(DataError, match=r"1 of 4 val shards are damaged: \S*test-000002\.tar: truncated tar \(\d+ "
+                                        r"complete samples of 100, breaks at key"):
+        run_cli(["fit", "--config", cfg], cwd=tmp_path)
+    assert not list(tmp_path.glob("runs/*/checkpoints/*.ckpt"))
+
+
+def test_a_validation_that_fails_inside_fit_saves_the_trained_epoch(fashion_shards, eval_with_one_corrupt, tmp_path):
+    """A validation that stops the run (here: more corrupt samples than max_eval_corrupt_fraction) comes after a
+    whole training epoch: last.ckpt is saved before the run ends, and a resume goes on from it."""
+    import torch
+
+    cfg = write_config(tmp_path, {"trainer": {"max_epochs": 2, "logger": False, "num_sanity_val_steps": 0},
+                                  "model": tiny_perceiver(), "data": fashion_data(fashion_shards, samples_per_epoch=100)})
+    with pytest.raises(DataError, match=r"^val: 1 of 20 samples"):
+        run_cli(["fit", "--config", cfg, "--data.init_args.val_urls", eval_with_one_corrupt], cwd=tmp_path)
+    last = tmp_path / "runs" / "config" / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2  # the epoch's 2 steps
