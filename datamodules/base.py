@@ -93,8 +93,9 @@ def expand_urls(spec: str | Sequence[str] | None, check: bool = True) -> list[st
     return urls
 
 
-def read_index_counts(urls: Sequence[str]) -> dict[str, int] | None:
-    """Sample count per url from the writers' index.json next to each shard; None if any is unknown."""
+def read_index_counts(urls: Sequence[str], field: str = "shards") -> dict[str, int] | None:
+    """Sample count per url from the writers' index.json next to each shard; None if any is unknown.
+    `field="max_label"`: the largest class index in each shard instead (written since the writers record it)."""
     counts: dict[str, int] = {}
     cache: dict[str, dict] = {}
     for url in urls:
@@ -106,7 +107,7 @@ def read_index_counts(urls: Sequence[str]) -> dict[str, int] | None:
             if not os.path.isfile(index_path):
                 return None
             with open(index_path) as f:
-                cache[index_path] = json.load(f).get("shards", {})
+                cache[index_path] = json.load(f).get(field, {})
         n = cache[index_path].get(os.path.basename(path))
         if n is None:
             return None
@@ -743,6 +744,12 @@ class StreamingDataModule(L.LightningDataModule):
                                 "gives each worker whole shards; write more, smaller shards (perceiver-lit-shards "
                                 "--maxcount) or lower num_workers")
             self._check_shard_headers(split, urls)
+            top = read_index_counts(urls, "max_label") if self.needs_label else None
+            if top and max(top.values()) >= self.num_classes:  # the writers' record: no shard needs to be read
+                url = max(top, key=top.get)
+                raise LabelRangeError(f"{split} shard {url!r} holds labels up to {top[url]} (index.json), not below "
+                                      f"data.init_args.num_classes={self.num_classes}: set data.init_args.num_classes "
+                                      "to the number of classes the shards hold (labels are 0-based)")
             self._check_first_sample(split, urls)
             if split != "train" and self.scan_eval_shards:
                 self._scan_eval_shards(split, urls, counts)
