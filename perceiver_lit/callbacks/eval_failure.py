@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -40,6 +41,8 @@ class EvalFailureCheckpoint(Callback):
             rank_zero_warn(f"validation failed at global step {trainer.global_step}; with {trainer.world_size} "
                            "ranks no checkpoint can be saved safely here (the last regular one is kept)")
             return
+        if not all(bool(torch.isfinite(p).all()) for p in pl_module.parameters()):
+            return  # weights gone non-finite: the last regular checkpoint is worth more
         paths = [os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
                  for cb in trainer.checkpoint_callbacks
                  if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath]
