@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from braceexpand import braceexpand
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.tarstream import NotATarError, first_header_problem, iter_file_members, iter_members
@@ -56,6 +57,11 @@ _KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's convention:
 
 class DataError(RuntimeError):
     """A data problem found before or while streaming: names the pattern, shard or key, and what to do."""
+
+
+class LabelRangeError(DataError):
+    """A label at or above num_classes: the configuration does not match the shards (not a damaged sample), so it
+    stops the run instead of being skipped; skipping would measure every metric on a subset of the classes."""
 
 
 # --------------------------------------------------------------------------------------------------------- URLs
@@ -87,8 +93,9 @@ def expand_urls(spec: str | Sequence[str] | None, check: bool = True) -> list[st
     return urls
 
 
-def read_index_counts(urls: Sequence[str]) -> dict[str, int] | None:
-    """Sample count per url from the writers' index.json next to each shard; None if any is unknown."""
+def read_index_counts(urls: Sequence[str], field: str = "shards") -> dict[str, int] | None:
+    """Sample count per url from the writers' index.json next to each shard; None if any is unknown.
+    `field="max_label"`: the largest class index in each shard instead (written since the writers record it)."""
     counts: dict[str, int] = {}
     cache: dict[str, dict] = {}
     for url in urls:
@@ -100,7 +107,7 @@ def read_index_counts(urls: Sequence[str]) -> dict[str, int] | None:
             if not os.path.isfile(index_path):
                 return None
             with open(index_path) as f:
-                cache[index_path] = json.load(f).get("shards", {})
+                cache[index_path] = json.load(f).get(field, {})
         n = cache[index_path].get(os.path.basename(path))
         if n is None:
             return None
@@ -235,7 +242,7 @@ class ShardStream(IterableDataset):
             try:
                 n = 0
                 truncated = []
-                for raw in iter_tar_samples(url, lambda u, k, e: (truncated.append(e), dm._corrupt(u, k, e)),
+                for raw in iter_tar_samples(url, lambda u, k, e: (truncated.append(e), dm._corrupt(u, k, e, exact, lost=True)),
                                             dm.buffer_exts):
                     n += 1
                     yield raw  # still bytes: the shuffle buffer holds compressed samples, decode comes after
@@ -277,6 +284,7 @@ class ShardStream(IterableDataset):
         def make(raw: dict[str, Any]) -> dict[str, Any] | None:
             nonlocal seen
             seen += 1
+            dm._counters[3, min(dm._worker_slot, 64)] += 1  # eval samples read: the denominator of the skip report
             return dm._make_sample(raw, False)
 
         for sample in _good(map(make, self._samples(urls, exact=True))):
@@ -508,6 +516,11 @@ class StreamingDataModule(L.LightningDataModule):
         permute_seed, permute_block: one fixed permutation of input elements (docs/architecture.md).
         skip_bad_shards: warn and skip shards that cannot be opened instead of raising.
         check_counts: compare eval sample counts with index.json (mismatch is an error).
+        scan_eval_shards: at setup, read every local val/test/predict shard to its end: a truncated shard, a
+            sample count that differs from index.json (with check_counts) or a label at or above num_classes
+            fails there, before training, not at the first validation an epoch later.
+        max_eval_corrupt_fraction: validate/test/predict report how many samples they skipped as corrupt; more
+            than this fraction of the samples read is an error (the metric would describe a subset). 0: any.
         mix_batches: cross-worker shuffle: this many consecutive batches (from different workers) are re-dealt
             in the main process (training with num_workers > 1; 1 = off). Costs one copy per sample.
         pin_memory: hand batches over in pinned (page-locked) memory, for asynchronous host-to-device copies;
@@ -538,6 +551,8 @@ class StreamingDataModule(L.LightningDataModule):
         permute_block: int | tuple[int, ...] = 1,
         skip_bad_shards: bool = False,
         check_counts: bool = True,
+        scan_eval_shards: bool = True,
+        max_eval_corrupt_fraction: float = 0.01,
         mix_batches: int = 4,
         pin_memory: bool = False,
         seed: int = 0,
@@ -553,11 +568,15 @@ class StreamingDataModule(L.LightningDataModule):
         self.num_classes, self.multilabel = num_classes, multilabel
         self.permute_seed, self.permute_block = permute_seed, permute_block
         self.skip_bad_shards, self.check_counts = skip_bad_shards, check_counts
+        if not 0.0 <= max_eval_corrupt_fraction <= 1.0:
+            raise ValueError(f"max_eval_corrupt_fraction must be in [0, 1], got {max_eval_corrupt_fraction}")
+        self.scan_eval_shards, self.max_eval_corrupt_fraction = scan_eval_shards, max_eval_corrupt_fraction
         self.mix_batches, self.pin_memory, self.seed = mix_batches, pin_memory, seed
         self.input_shape: tuple[int, ...] | dict[str, tuple[int, ...]] = ()  # set by the subclass
         # one counter slot per DataLoader worker (+ slot 0 for the main process), in shared memory so the
         # training process can read what its workers counted: see `corrupt_samples`
-        self._counters = torch.zeros(2, 65, dtype=torch.int64).share_memory_()  # [corrupt, bad shards] x slot
+        # [corrupt (train + eval), bad shards, eval corrupt, eval samples read] x slot
+        self._counters = torch.zeros(4, 65, dtype=torch.int64).share_memory_()
         self._worker_slot = 0
         self._warned: set[tuple[str, str]] = set()
         self.rng = random.Random(seed)  # augmentation randomness; reseeded per epoch, rank and worker
@@ -575,8 +594,20 @@ class StreamingDataModule(L.LightningDataModule):
         """Shards skipped because they could not be opened (skip_bad_shards=True)."""
         return int(self._counters[1].sum())
 
-    def _corrupt(self, url: str, key: str, exc: BaseException) -> None:
-        self._counters[0, min(self._worker_slot, 64)] += 1
+    @property
+    def eval_counts(self) -> tuple[int, int]:
+        """(corrupt samples skipped, samples read) by val/test/predict passes so far on this rank; the
+        `LogCorruptSamples` callback reports the difference over one pass and checks max_eval_corrupt_fraction."""
+        return int(self._counters[2].sum()), int(self._counters[3].sum())
+
+    def _corrupt(self, url: str, key: str, exc: BaseException, evaluating: bool = False, lost: bool = False) -> None:
+        """Count and warn about one skipped sample; `evaluating`: in an eval pass, `lost`: never decoded (a tar
+        that broke in it), so not yet counted as read."""
+        slot = min(self._worker_slot, 64)
+        self._counters[0, slot] += 1
+        if evaluating:
+            self._counters[2, slot] += 1
+            self._counters[3, slot] += int(lost)
         if (url, key) in self._warned:  # resampled shards meet the same bad sample again: warn once per worker
             return
         self._warned.add((url, key))
@@ -609,7 +640,9 @@ class StreamingDataModule(L.LightningDataModule):
         single index. `json` wins when a multilabel sample has both."""
         if "cls" in sample and not (self.multilabel and "json" in sample):
             y = int(sample["cls"].decode("ascii").strip())
-            if not 0 <= y < self.num_classes:
+            if y >= self.num_classes:
+                raise LabelRangeError(f"label {y} is not below data.init_args.num_classes={self.num_classes}")
+            if y < 0:
                 raise ValueError(f"label {y} outside [0, {self.num_classes})")
             if not self.multilabel:
                 return torch.tensor(y, dtype=torch.int64)
@@ -618,6 +651,9 @@ class StreamingDataModule(L.LightningDataModule):
             obj = json.loads(sample["json"].decode("utf-8"))
             labels = obj.get("label", obj.get("labels")) if isinstance(obj, dict) else obj
             labels = [labels] if isinstance(labels, int) else list(labels)
+            high = [c for c in labels if isinstance(c, int) and c >= self.num_classes]
+            if high:
+                raise LabelRangeError(f"label {max(high)} is not below data.init_args.num_classes={self.num_classes}")
             if any(not isinstance(c, int) or not 0 <= c < self.num_classes for c in labels):
                 raise ValueError(f"labels {labels} not class indices in [0, {self.num_classes})")
             if not self.multilabel:
@@ -647,8 +683,10 @@ class StreamingDataModule(L.LightningDataModule):
                 inputs = self.permute_inputs(inputs)
             target = self.decode_target(raw) if self.needs_label else self.default_target(inputs)
             extra = self.extra_fields(raw, inputs)  # after the permutation: a pad_mask follows the bytes
+        except LabelRangeError as e:  # the config, not the sample: stop
+            raise LabelRangeError(_label_range_message(raw, e)) from None
         except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupt sample
-            self._corrupt(raw.get("__url__", "?"), raw.get("__key__", "?"), e)
+            self._corrupt(raw.get("__url__", "?"), raw.get("__key__", "?"), e, evaluating=not train)
             return None
         return {"inputs": inputs, "target": target, "key": raw["__key__"], **extra}
 
@@ -706,7 +744,15 @@ class StreamingDataModule(L.LightningDataModule):
                                 "gives each worker whole shards; write more, smaller shards (perceiver-lit-shards "
                                 "--maxcount) or lower num_workers")
             self._check_shard_headers(split, urls)
+            top = read_index_counts(urls, "max_label") if self.needs_label else None
+            if top and max(top.values()) >= self.num_classes:  # the writers' record: no shard needs to be read
+                url = max(top, key=top.get)
+                raise LabelRangeError(f"{split} shard {url!r} holds labels up to {top[url]} (index.json), not below "
+                                      f"data.init_args.num_classes={self.num_classes}: set data.init_args.num_classes "
+                                      "to the number of classes the shards hold (labels are 0-based)")
             self._check_first_sample(split, urls)
+            if split != "train" and self.scan_eval_shards:
+                self._scan_eval_shards(split, urls, counts)
             self._streams[split] = ShardStream(self, urls, train=split == "train", counts=counts)
 
     def _check_shard_headers(self, split: str, urls: list[str]) -> None:
@@ -750,6 +796,52 @@ class StreamingDataModule(L.LightningDataModule):
         if self.needs_label and not any(e in raw for e in self.label_exts):
             raise DataError(f"{split} shard {urls[0]!r} key {raw['__key__']!r}: no label key among "
                             f"{list(self.label_exts)} (found {found})")
+        self._check_label_range(split, raw)
+
+    def _check_label_range(self, split: str, raw: dict[str, Any]) -> None:
+        """Raise LabelRangeError (naming split, shard and key) if the sample's label is >= num_classes."""
+        if not self.needs_label or not any(e in raw for e in self.label_exts):
+            return
+        try:
+            self.decode_target(raw)
+        except LabelRangeError as e:
+            raise LabelRangeError(_label_range_message(raw, e, split)) from None
+        except Exception:  # noqa: BLE001 - a damaged label is a corrupt sample, skipped and counted when read
+            pass
+
+    def _scan_eval_shards(self, split: str, urls: list[str], counts: dict[str, int] | None) -> None:
+        """Read every local shard of an eval split to its end, before training: eval sets are small, and a damaged
+        one would otherwise stop the run at its first validation, an epoch in. A truncated shard, a sample count
+        that differs from index.json (with check_counts) and a label >= num_classes fail here; with
+        check_counts=False a truncated shard is only a warning (its lost samples are counted when evaluated)."""
+        damaged = []
+        for url in urls:
+            if not is_local(url):
+                continue
+            broken: list[str] = []
+            n = 0
+            try:
+                for raw in iter_tar_samples(url, lambda u, k, e: broken.append(f"breaks at key {k!r}: {e}"),
+                                            self.input_exts):  # inputs stay zero-copy views: only labels are read
+                    n += 1
+                    self._check_label_range(split, raw)
+            except ShardOpenError:
+                continue  # named by _check_shard_headers (an error, or skipped with skip_bad_shards=True)
+            expected = counts.get(url) if counts is not None else None
+            if broken:
+                damaged.append(f"{url}: truncated tar ({n} complete samples{f' of {expected}' if expected else ''}, "
+                               f"{broken[0]})")
+            elif expected is not None and self.check_counts and n != expected:
+                damaged.append(f"{url}: {n} samples, index.json says {expected}")
+        if not damaged:
+            return
+        listed = "; ".join(damaged[:5]) + (f"; and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+        if not self.check_counts:
+            log.warning("%d of %d %s shards are damaged (check_counts=False: evaluating what can be read): %s",
+                        len(damaged), len(urls), split, listed)
+            return
+        raise DataError(f"{len(damaged)} of {len(urls)} {split} shards are damaged: {listed}. Rewrite them "
+                        "(perceiver-lit-shards), or set data.init_args.check_counts=False to evaluate what can be read")
 
     needs_label = True  # False: unlabelled data (text MLM); the target comes from default_target
 
@@ -791,6 +883,12 @@ class StreamingDataModule(L.LightningDataModule):
         return self._loader("predict")
 
 
+def _label_range_message(raw: dict[str, Any], error: LabelRangeError, split: str = "") -> str:
+    return (f"{split + ' ' if split else ''}shard {raw.get('__url__', '?')!r} key {raw.get('__key__', '?')!r}: "
+            f"{error}: set data.init_args.num_classes to the number of classes the shards hold (labels are "
+            "0-based), or point the data module at the shards meant for this model")
+
+
 def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
     """The loader's collate_fn: ShardStream yields finished batches (torch's default for batch_size=None,
     `default_convert`, walks every key string of every batch looking for numpy arrays)."""
@@ -814,10 +912,64 @@ def _worker_context() -> Any:
 
 
 class LogCorruptSamples(L.Callback):
-    """Logs `data/corrupt_samples` and `data/bad_shards` (summed over ranks) at each train epoch end."""
+    """Logs `data/corrupt_samples` and `data/bad_shards` (summed over ranks) at each train epoch end.
+
+    After each validation, test and predict pass it reports the samples that pass skipped as corrupt (summed over
+    ranks): logged as `val/corrupt_samples` / `test/corrupt_samples`, and printed (always for `perceiver-lit
+    validate/test/predict`, when any were skipped inside `fit`). More than the data module's
+    `max_eval_corrupt_fraction` of the samples read is a DataError: that metric would describe a subset.
+    """
+
+    def __init__(self) -> None:
+        self._start = (0, 0)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         if isinstance(dm, StreamingDataModule):
             pl_module.log("data/corrupt_samples", float(dm.corrupt_samples), reduce_fx="sum", sync_dist=True)
             pl_module.log("data/bad_shards", float(dm.bad_shards), reduce_fx="sum", sync_dist=True)
+
+    def _eval_start(self, trainer: L.Trainer) -> None:
+        dm = trainer.datamodule
+        if isinstance(dm, StreamingDataModule):
+            self._start = dm.eval_counts
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_start(trainer)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_start(trainer)
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_start(trainer)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:  # a few batches only: no pass to report on
+            self._eval_end(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_end(trainer, pl_module, "test")
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_end(trainer, pl_module, "predict")
+
+    def _eval_end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        dm = trainer.datamodule
+        if not isinstance(dm, StreamingDataModule):
+            return
+        now = dm.eval_counts
+        counts = torch.tensor([now[0] - self._start[0], now[1] - self._start[1]], dtype=torch.float64)
+        if trainer.world_size > 1:  # every rank reaches the epoch end: one all-reduce, not per step
+            counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
+        skipped, read = int(counts[0]), int(counts[1])
+        if stage != "predict":  # Lightning allows no logging in predict
+            pl_module.log(f"{stage}/corrupt_samples", float(skipped), sync_dist=False)
+        fraction = skipped / read if read else 0.0
+        if skipped or trainer.state.fn != "fit":
+            rank_zero_info(f"[perceiver-lit] {stage}: {skipped} of {read} samples skipped as corrupt ({fraction:.2%})"
+                           + (": see the warnings above" if skipped else ""))
+        if fraction > dm.max_eval_corrupt_fraction:
+            raise DataError(f"{stage}: {skipped} of {read} samples ({fraction:.1%}) were corrupt and skipped, more than "
+                            f"data.init_args.max_eval_corrupt_fraction={dm.max_eval_corrupt_fraction}: the metrics "
+                            "would describe a subset of the data. Fix the shards (see the warnings above), or raise "
+                            "the threshold to accept it")

@@ -53,6 +53,7 @@ from lightning_utilities.core.imports import RequirementCache
 
 from perceiver_lit.callbacks import (AttentionMaps, Checkpoint, GradNorm, NanGuard, PerClassTable, PreemptionCheckpoint,
                                      RunConfig, Summary, Throughput)
+from perceiver_lit.callbacks.eval_failure import EvalFailureCheckpoint
 from perceiver_lit.callbacks.predictions import PredictionWriter
 from perceiver_lit.checkpoint_io import AtomicCheckpointIO, CheckpointFileError, read_checkpoint
 from perceiver_lit.hardware import warn_if_bf16_is_emulated
@@ -337,6 +338,12 @@ class PerceiverCLI(LightningCLI):
                            "(untrained) weights; pass --ckpt_path "
                            f"{os.path.join(cfg.trainer.default_root_dir, 'checkpoints', 'best.ckpt')} (or last.ckpt)")
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as e:
+            raise class_error(e, self._config()) from None
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         cfg = self._config()
         trainer_cfg = self._get(self.config_init, "trainer")
@@ -348,6 +355,8 @@ class PerceiverCLI(LightningCLI):
         extra = [Summary(), LogCorruptSamples()]
         if self.subcommand == "predict":
             extra.append(PredictionWriter())
+        if self.subcommand == "fit":  # a validation that fails saves the epoch it comes after
+            extra.append(EvalFailureCheckpoint())
         if trainer_cfg["logger"]:
             extra += [LearningRateMonitor(logging_interval="step"), GradNorm()]
         if _WANDB_AVAILABLE and type(trainer_cfg["logger"]).__name__ == "WandbLogger":
@@ -470,6 +479,34 @@ class PerceiverCLI(LightningCLI):
             check_model_fits_data(self.model, self.datamodule)
         if self._config().get("init_weights"):
             load_initial_weights(self.model, self._config().init_weights)
+
+
+def class_error(error: ValueError, config: Any) -> ValueError:
+    """The error a class's __init__ raised, which jsonargparse wraps in "Does not validate against any of the Union
+    subtypes" followed by the whole config; a model size below 1 gets the config field it came from."""
+    from perceiver_lit.models.checks import SizeError
+
+    cause: BaseException = error
+    while isinstance(cause.__cause__, (ValueError, TypeError)):
+        cause = cause.__cause__
+    if not isinstance(cause, SizeError):
+        return cause if isinstance(cause, ValueError) else error
+
+    def find(node: Any, path: str) -> str | None:
+        if isinstance(node, dict):
+            args = node.get("init_args")
+            if str(node.get("class_path", "")).rpartition(".")[2] == cause.owner and isinstance(args, dict) \
+                    and cause.name in args:
+                return f"{path}.init_args.{cause.name}"
+            for key, value in node.items():
+                found = find(value, f"{path}.{key}" if path else str(key))
+                if found:
+                    return found
+        return None
+
+    tree = config.as_dict() if hasattr(config, "as_dict") else config
+    field = find({k: v for k, v in tree.items() if k in ("model", "data")}, "")
+    return ValueError(f"{field} ({cause.owner}): {cause.message}" if field else str(cause))
 
 
 def _zeros_for(shape: Any, dtype: torch.dtype, device: str) -> Any:

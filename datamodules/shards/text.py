@@ -3,16 +3,21 @@
 Inputs are files or directories. `--unit file`: one sample per file; `--unit line`: one per non-empty line;
 `--unit fortune`: one per fortune (entries separated by a line holding '%', as in /usr/share/games/fortunes).
 Labels: `--label-from dir` (parent folder name), `file` (file name, e.g. one file per language), or `none`
-(masked byte modelling). Class names go to <out>/classes.json. Binary or non-UTF-8 files are skipped.
+(masked byte modelling). Class names go to <out>/classes.json. A file that is not valid UTF-8 or cannot be read is
+skipped with one warning naming it, and counted in the summary; a class left without any readable file is an
+error (its index would silently go to the next class).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 
 from datamodules.shards.writer import ShardSummary, split_items, write_shards
+
+log = logging.getLogger("datamodules.shards")
 
 
 def list_files(paths: list[str]) -> list[str]:
@@ -38,24 +43,46 @@ def split_text(text: str, unit: str) -> list[str]:
     raise ValueError(f"unknown --unit {unit!r}")
 
 
-def collect(paths: list[str], unit: str, label_from: str, suffixes: tuple[str, ...] = (".dat", ".u8", ".gz")
-            ) -> tuple[list[tuple[str, int | None]], list[str]]:
-    """[(text, label or None)], class names. Files ending in `suffixes` (fortune indexes etc.) are ignored."""
+def collect(paths: list[str], unit: str, label_from: str, suffixes: tuple[str, ...] = (".dat", ".u8", ".gz"),
+            skipped: list[str] | None = None) -> tuple[list[tuple[str, int | None]], list[str]]:
+    """[(text, label or None)], class names. Files ending in `suffixes` (fortune indexes etc.) are ignored.
+
+    Args:
+        skipped: if given, the files that were skipped (not UTF-8, unreadable) are appended to it.
+    """
     texts: list[tuple[str, str | None]] = []
+    bad: dict[str, str] = {}  # path -> why it was skipped
+    lost: dict[str, str] = {}  # class name -> the first of its skipped files
     for path in list_files(paths):
         if path.endswith(suffixes):
             continue
+        name = {"dir": os.path.basename(os.path.dirname(path)), "file": os.path.basename(path),
+                "none": None}[label_from]
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
-        except (UnicodeDecodeError, OSError):
-            continue  # binary/other-encoding files are not text samples
-        name = {"dir": os.path.basename(os.path.dirname(path)), "file": os.path.basename(path),
-                "none": None}[label_from]
+        except (UnicodeDecodeError, OSError) as e:  # binary/other-encoding files are not text samples: say so
+            why = (f"not valid UTF-8 (byte {e.start}: {e.reason})" if isinstance(e, UnicodeDecodeError)
+                   else f"cannot be read ({type(e).__name__}: {e.strerror or e})")
+            log.warning("skipping %s: %s", path, why)
+            bad[path] = why
+            if name is not None:
+                lost.setdefault(name, path)
+            continue
         texts += [(t, name) for t in split_text(text, unit)]
+    if skipped is not None:
+        skipped.extend(bad)
     if not texts:
-        raise ValueError(f"no UTF-8 text samples found in {paths}")
+        raise ValueError(f"no UTF-8 text samples found in {paths}"
+                         + (f" ({len(bad)} files skipped, the first {next(iter(bad))}: {next(iter(bad.values()))})"
+                            if bad else ""))
     classes = sorted({n for _, n in texts if n is not None})
+    vanished = sorted(set(lost) - set(classes))
+    if vanished:  # its index would go to the next class, and every later class would shift
+        path = lost[vanished[0]]
+        raise ValueError(f"class {vanished[0]!r} (--label-from {label_from}) has no readable text: {path} is "
+                         f"{bad[path]}" + (f" (and {len(vanished) - 1} more classes)" if len(vanished) > 1 else "")
+                         + "; convert it to UTF-8 or remove it, so that the class list is what you meant")
     index = {c: i for i, c in enumerate(classes)}
     return [(t, index[n] if n is not None else None) for t, n in texts], classes
 
@@ -71,7 +98,8 @@ def encode(item: tuple[str, int | None]) -> dict[str, bytes]:
 def run(args: argparse.Namespace) -> list[ShardSummary]:
     from datamodules.shards.cli import writer_kwargs
 
-    items, classes = collect(args.inputs, args.unit, args.label_from)
+    skipped: list[str] = []
+    items, classes = collect(args.inputs, args.unit, args.label_from, skipped=skipped)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "classes.json"), "w") as f:
         json.dump(classes, f, indent=1)
@@ -80,6 +108,7 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
         items, val = split_items(items, args.val_fraction, args.seed)
         summaries.append(write_shards(val, encode, args.out, "val", **writer_kwargs(args)))
     summaries.insert(0, write_shards(items, encode, args.out, args.prefix, **writer_kwargs(args)))
+    summaries[0].skipped += len(skipped)  # the source files skipped before the split count in the main summary
     return summaries
 
 

@@ -45,6 +45,7 @@ class ShardSummary:
     out_dir: str
     prefix: str
     shards: dict[str, int] = field(default_factory=dict)  # basename -> samples
+    max_labels: dict[str, int] = field(default_factory=dict)  # basename -> its largest class index (labelled data)
     nbytes: int = 0
     skipped: int = 0
     seconds: float = 0.0
@@ -74,6 +75,7 @@ class _TarOut:
 
     def __init__(self, path: str):
         self.path, self.count, self.nbytes = path, 0, 0
+        self.max_label = -1  # the largest class index written (cls or json), -1: none
         self.tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
 
     def add(self, sample: dict[str, Any]) -> None:
@@ -89,9 +91,26 @@ class _TarOut:
             self.tar.addfile(info, io.BytesIO(data))
             self.nbytes += 512 + (len(data) + 511) // 512 * 512
         self.count += 1
+        self.max_label = max(self.max_label, max_label(sample))
 
     def close(self) -> None:
         self.tar.close()
+
+
+def max_label(sample: dict[str, Any]) -> int:
+    """The largest class index in a sample's `cls` or `json` label (as the DataModules read them), else -1. Kept
+    per shard in index.json, so that a data module with too few classes fails at setup, before training."""
+    try:
+        if "cls" in sample:
+            return int(bytes(sample["cls"]).decode("ascii").strip())
+        if "json" in sample:
+            obj = json.loads(bytes(sample["json"]).decode("utf-8"))
+            labels = obj.get("label", obj.get("labels")) if isinstance(obj, dict) else obj
+            labels = [labels] if isinstance(labels, int) else list(labels)
+            return max((c for c in labels if isinstance(c, int)), default=-1)
+    except (ValueError, TypeError, AttributeError):  # not a class index: the readers skip it as corrupt
+        pass
+    return -1
 
 
 def check_key(key: str, what: str = "sample key") -> None:
@@ -131,7 +150,7 @@ def _write_job(args: tuple[str, str, int, list[tuple[int, Any]], Encoder, str, i
         cur.add(sample)
     if cur is not None:
         cur.close()
-    return [(o.path, o.count, os.path.getsize(o.path)) for o in outs], skipped, len(items), first_error
+    return [(o.path, o.count, os.path.getsize(o.path), o.max_label) for o in outs], skipped, len(items), first_error
 
 
 def write_shards(items: Sequence[Any], encode: Encoder, out_dir: str, prefix: str, *, maxcount: int = 1000,
@@ -174,27 +193,35 @@ def write_shards(items: Sequence[Any], encode: Encoder, out_dir: str, prefix: st
     # Only now, with the new shards ready: stale shards of an earlier, larger run would join the brace pattern.
     for old in glob.glob(os.path.join(out_dir, f"{prefix}-[0-9][0-9][0-9][0-9][0-9][0-9].tar")):
         os.remove(old)
-    for n, (tmp, count, nbytes) in enumerate(temps):
+    for n, (tmp, count, nbytes, top) in enumerate(temps):
         name = f"{prefix}-{n:06d}.tar"
         os.replace(tmp, os.path.join(out_dir, name))
         summary.shards[name] = count
         summary.nbytes += nbytes
+        if top >= 0:
+            summary.max_labels[name] = top
     summary.skipped = sum(res[1] for res in results)
-    update_index(out_dir, prefix, summary.shards)
+    update_index(out_dir, prefix, summary.shards, summary.max_labels)
     summary.seconds = time.time() - t0
     return summary
 
 
-def update_index(out_dir: str, prefix: str, shards: dict[str, int]) -> None:
-    """Merge this prefix's shard counts into out_dir/index.json (entries of other prefixes are kept)."""
+def update_index(out_dir: str, prefix: str, shards: dict[str, int], max_labels: dict[str, int] | None = None) -> None:
+    """Merge this prefix's shard counts (and largest class index per shard, `max_label`) into out_dir/index.json
+    (entries of other prefixes are kept)."""
     path = os.path.join(out_dir, INDEX_NAME)
     index: dict[str, Any] = {"version": 1, "shards": {}}
     if os.path.isfile(path):
         with open(path) as f:
             index = json.load(f)
-    old = index.get("shards", {})
-    kept = {k: v for k, v in old.items() if not (k.startswith(prefix + "-") and k[len(prefix) + 1 :-4].isdigit())}
+    def ours(name: str) -> bool:
+        return name.startswith(prefix + "-") and name[len(prefix) + 1 : -4].isdigit()
+
+    kept = {k: v for k, v in index.get("shards", {}).items() if not ours(k)}
     index["shards"] = dict(sorted({**kept, **shards}.items()))
+    kept = {k: v for k, v in index.get("max_label", {}).items() if not ours(k)}
+    if kept or max_labels:
+        index["max_label"] = dict(sorted({**kept, **(max_labels or {})}.items()))
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(index, f, indent=1)

@@ -3,6 +3,7 @@ dashboards."""
 
 from perceiver_lit.callbacks.attention_maps import AttentionMaps
 from perceiver_lit.callbacks.checkpoint import Checkpoint
+from perceiver_lit.callbacks.eval_failure import EvalFailureCheckpoint
 from perceiver_lit.callbacks.grad_norm import GradNorm
 from perceiver_lit.callbacks.input_keep import InputKeepSchedule, UnmaskedTuning
 from perceiver_lit.callbacks.nan_guard import NanGuard, NonFiniteLossError
@@ -11,5 +12,5 @@ from perceiver_lit.callbacks.summary import Summary
 from perceiver_lit.callbacks.tables import PerClassTable, RunConfig
 from perceiver_lit.callbacks.throughput import Throughput
 
-__all__ = ["AttentionMaps", "Checkpoint", "GradNorm", "InputKeepSchedule", "NanGuard", "NonFiniteLossError",
+__all__ = ["AttentionMaps", "Checkpoint", "EvalFailureCheckpoint", "GradNorm", "InputKeepSchedule", "NanGuard", "NonFiniteLossError",
            "PerClassTable", "PreemptionCheckpoint", "RunConfig", "Summary", "Throughput", "UnmaskedTuning"]

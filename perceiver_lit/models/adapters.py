@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import trunc_normal_
+from .checks import check_sizes
 from .position import FourierPositionEncoding, LearnedPositionEncoding, fourier_features, num_fourier_channels
 
 PadMask = Tensor | None
@@ -42,6 +43,8 @@ class _GridAdapter(InputAdapter):
     def _init_positions(self, grid: Sequence[int], feature_channels: int, position_encoding: str,
                         num_frequency_bands: int, max_resolution: Sequence[int] | None,
                         num_position_channels: int | None, concat_or_add: str, permute_seed: int | None) -> None:
+        check_sizes(type(self).__name__, max_resolution=max_resolution, num_position_channels=num_position_channels)
+        check_sizes(type(self).__name__, minimum=0, num_frequency_bands=num_frequency_bands)
         if concat_or_add not in ("concat", "add"):
             raise ValueError(f"{type(self).__name__}: concat_or_add must be 'concat' or 'add', got {concat_or_add!r}")
         self.grid, self.concat_or_add = tuple(int(g) for g in grid), concat_or_add
@@ -92,6 +95,7 @@ class ImageAdapter(_GridAdapter):
         super().__init__()
         if len(input_shape) != 3:
             raise ValueError(f"ImageAdapter: input_shape must be (H, W, C), got {tuple(input_shape)}")
+        check_sizes("ImageAdapter", input_shape=tuple(input_shape), prep_channels=prep_channels)
         h, w, c = input_shape
         if prep == "pixels":
             self.prep, feat = None, c
@@ -135,6 +139,7 @@ class VideoAdapter(_GridAdapter):
         if len(input_shape) != 4 or len(patch_size) != 3:
             raise ValueError(f"VideoAdapter: input_shape must be (T, H, W, C) and patch_size (pt, ph, pw), "
                              f"got {tuple(input_shape)} and {tuple(patch_size)}")
+        check_sizes("VideoAdapter", input_shape=tuple(input_shape), patch_size=tuple(patch_size))
         if any(s % p for s, p in zip(input_shape[:3], patch_size)):
             raise ValueError(f"VideoAdapter: input_shape {tuple(input_shape)} not divisible by patch_size "
                              f"{tuple(patch_size)}")
@@ -159,6 +164,7 @@ class AudioAdapter(_GridAdapter):
                  max_resolution: Sequence[int] | None = None, position_encoding: str = "fourier",
                  concat_or_add: str = "concat", permute_seed: int | None = None):
         super().__init__()
+        check_sizes("AudioAdapter", input_shape=tuple(input_shape), samples_per_patch=samples_per_patch)
         if len(input_shape) == 1:
             if input_shape[0] % samples_per_patch:
                 raise ValueError(f"AudioAdapter: {input_shape[0]} samples not divisible by samples_per_patch "
@@ -195,6 +201,8 @@ class PointCloudAdapter(InputAdapter):
         super().__init__()
         if len(input_shape) != 2:
             raise ValueError(f"PointCloudAdapter: input_shape must be (N, D), got {tuple(input_shape)}")
+        check_sizes("PointCloudAdapter", input_shape=tuple(input_shape))
+        check_sizes("PointCloudAdapter", minimum=0, num_frequency_bands=num_frequency_bands)
         self.num_elements, self.dims = input_shape
         self.num_frequency_bands, self.max_frequency = num_frequency_bands, max_frequency
         self.num_output_channels = num_fourier_channels(self.dims, num_frequency_bands)
@@ -214,6 +222,8 @@ class TextAdapter(InputAdapter):
         super().__init__()
         if len(input_shape) != 1:
             raise ValueError(f"TextAdapter: input_shape must be (L,), got {tuple(input_shape)}")
+        check_sizes("TextAdapter", input_shape=tuple(input_shape), vocab_size=vocab_size, num_channels=num_channels,
+                    max_seq_len=max_seq_len)
         self.num_elements, self.num_output_channels = input_shape[0], num_channels
         max_seq_len = max_seq_len or input_shape[0]
         if max_seq_len < input_shape[0]:
@@ -265,6 +275,7 @@ class MultimodalAdapter(InputAdapter):
                  min_padding_size: int = 4, modality_dropout: Mapping[str, float] | None = None,
                  permute_seed: int | None = None):
         super().__init__()
+        check_sizes("MultimodalAdapter", minimum=0, min_padding_size=min_padding_size)
         adapters = dict(adapters or {})
         unknown = set(adapters) - set(input_shape)
         if unknown:

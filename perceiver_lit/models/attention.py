@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
+from .checks import check_sizes
+
 
 def _eager_cpu_training(q: Tensor) -> bool:
     """Autograd will differentiate attention on q, on CPU, outside torch.compile (a compiled graph picks its own
@@ -193,6 +195,8 @@ class CrossAttentionLayer(_Layer):
                  v_channels: int | None = None, widening_factor: int = 1, dropout: float = 0.0,
                  use_query_residual: bool = True, checkpoint: bool = False):
         super().__init__()
+        check_sizes("CrossAttentionLayer", q_dim=q_dim, kv_dim=kv_dim, num_heads=num_heads, qk_channels=qk_channels,
+                    v_channels=v_channels, widening_factor=widening_factor)
         qk_channels = qk_channels or kv_dim
         v_channels = v_channels or qk_channels
         if qk_channels % num_heads or v_channels % num_heads:
@@ -354,6 +358,8 @@ class SelfAttentionLayer(_Layer):
     def __init__(self, dim: int, num_heads: int = 8, qk_channels: int | None = None, v_channels: int | None = None,
                  widening_factor: int = 1, dropout: float = 0.0, checkpoint: bool = False):
         super().__init__()
+        check_sizes("SelfAttentionLayer", dim=dim, num_heads=num_heads, qk_channels=qk_channels,
+                    v_channels=v_channels, widening_factor=widening_factor)
         qk_channels = qk_channels or dim
         v_channels = v_channels or qk_channels
         if qk_channels % num_heads or v_channels % num_heads:
@@ -387,6 +393,7 @@ class SelfAttentionBlock(nn.ModuleList):
     """A latent Transformer: num_layers SelfAttentionLayers applied in order."""
 
     def __init__(self, num_layers: int, dim: int, **layer_kwargs):
+        check_sizes("SelfAttentionBlock", num_layers=num_layers)
         super().__init__([SelfAttentionLayer(dim, **layer_kwargs) for _ in range(num_layers)])
 
     def forward(self, x: Tensor) -> Tensor:

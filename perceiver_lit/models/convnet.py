@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from .checks import check_sizes
+
 
 @dataclass
 class ConvNetConfig:
@@ -40,6 +42,7 @@ class ConvNet(nn.Module):
     def __init__(self, input_shape: Sequence[int], num_classes: int = 10,
                  channels: Sequence[int] = (32, 64, 128), dropout: float = 0.0):
         super().__init__()
+        check_sizes("ConvNet", input_shape=tuple(input_shape), num_classes=num_classes, channels=tuple(channels))
         shape = tuple(int(s) for s in input_shape)
         if len(shape) not in (2, 3):
             raise ValueError(f"ConvNet: input_shape must be (H, W, C) or (H, W), got {shape}")

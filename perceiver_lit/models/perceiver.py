@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import InputAdapter
+from .checks import check_sizes
 from .attention import CrossAttentionLayer, SelfAttentionBlock, init_linear_, trunc_normal_
 from .position import LearnedPositionEncoding
 from .queries import TrainableQueries
@@ -90,6 +91,14 @@ class Perceiver(nn.Module):
                  share_cross_attends: bool = True, share_latent_blocks: bool = True, dropout: float = 0.0,
                  activation_checkpointing: bool = False, input_keep: float = 1.0):
         super().__init__()
+        check_sizes("Perceiver", num_classes=num_classes, num_latents=num_latents, latent_dim=latent_dim,
+                    num_cross_attends=num_cross_attends, num_blocks=num_blocks,
+                    num_self_attends_per_block=num_self_attends_per_block,
+                    num_cross_attention_heads=num_cross_attention_heads,
+                    num_self_attention_heads=num_self_attention_heads,
+                    cross_attention_qk_channels=cross_attention_qk_channels,
+                    cross_attention_widening_factor=cross_attention_widening_factor,
+                    self_attention_widening_factor=self_attention_widening_factor)
         cfg = PerceiverConfig(**{k: v for k, v in locals().items() if k in PerceiverConfig.__dataclass_fields__})
         cfg.num_blocks = num_blocks or num_cross_attends
         if not 0.0 < input_keep <= 1.0:

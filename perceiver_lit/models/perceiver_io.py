@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import InputAdapter
+from .checks import check_sizes
 from .attention import CrossAttentionLayer, SelfAttentionBlock, init_linear_
 from .perceiver import init_latents, no_weight_decay_names
 from .queries import QueryProvider, TrainableQueries
@@ -63,6 +64,18 @@ class PerceiverIO(nn.Module):
                  decoder_widening_factor: int = 1, decoder_query_residual: bool = True, output_head: str = "linear",
                  dropout: float = 0.0, activation_checkpointing: bool = False):
         super().__init__()
+        check_sizes("PerceiverIO", num_classes=num_classes, num_latents=num_latents, latent_dim=latent_dim,
+                    num_blocks=num_blocks, num_self_attends_per_block=num_self_attends_per_block,
+                    num_cross_attention_heads=num_cross_attention_heads,
+                    num_self_attention_heads=num_self_attention_heads,
+                    cross_attention_qk_channels=cross_attention_qk_channels,
+                    cross_attention_v_channels=cross_attention_v_channels,
+                    self_attention_qk_channels=self_attention_qk_channels,
+                    self_attention_v_channels=self_attention_v_channels,
+                    cross_attention_widening_factor=cross_attention_widening_factor,
+                    self_attention_widening_factor=self_attention_widening_factor,
+                    decoder_num_heads=decoder_num_heads, decoder_qk_channels=decoder_qk_channels,
+                    decoder_v_channels=decoder_v_channels, decoder_widening_factor=decoder_widening_factor)
         self.config = PerceiverIOConfig(**{k: v for k, v in locals().items()
                                            if k in PerceiverIOConfig.__dataclass_fields__})
         self.adapter = adapter

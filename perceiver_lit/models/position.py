@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import trunc_normal_
+from .checks import check_sizes
 
 
 def seeded_permutation(n: int, seed: int) -> Tensor:
@@ -66,6 +67,9 @@ class FourierPositionEncoding(nn.Module):
                  concat_pos: bool = True, sine_only: bool = False, permute_seed: int | None = None,
                  num_positions: int | None = None):
         super().__init__()
+        check_sizes("FourierPositionEncoding", num_dims=num_dims, max_resolution=max_resolution,
+                    num_positions=num_positions)
+        check_sizes("FourierPositionEncoding", minimum=0, num_bands=num_bands)
         if max_resolution is not None and len(max_resolution) != num_dims:
             raise ValueError(f"FourierPositionEncoding: max_resolution {tuple(max_resolution)} has not {num_dims} axes")
         if permute_seed is not None and num_positions is None:
@@ -114,6 +118,7 @@ class LearnedPositionEncoding(nn.Module):
 
     def __init__(self, num_positions: int, num_channels: int, permute_seed: int | None = None):
         super().__init__()
+        check_sizes("LearnedPositionEncoding", num_positions=num_positions, num_channels=num_channels)
         self.embeddings = nn.Parameter(torch.empty(num_positions, num_channels))
         trunc_normal_(self.embeddings, std=0.02)
         self.num_channels = num_channels

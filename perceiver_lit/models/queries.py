@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import trunc_normal_
+from .checks import check_sizes
 from .position import FourierPositionEncoding
 
 
@@ -29,6 +30,7 @@ class QueryProvider(nn.Module):
 class TrainableQueries(QueryProvider):
     def __init__(self, num_queries: int = 1, num_channels: int = 1024, match_input_length: bool = False):
         super().__init__()
+        check_sizes("TrainableQueries", num_queries=num_queries, num_channels=num_channels)
         self.queries = nn.Parameter(torch.empty(num_queries, num_channels))
         trunc_normal_(self.queries, std=0.02)
         self.num_queries, self.num_channels, self.match_input_length = num_queries, num_channels, match_input_length
@@ -48,6 +50,8 @@ class FourierQueries(QueryProvider):
     def __init__(self, output_shape: Sequence[int], num_frequency_bands: int = 64,
                  max_resolution: Sequence[int] | None = None):
         super().__init__()
+        check_sizes("FourierQueries", output_shape=tuple(output_shape), max_resolution=max_resolution)
+        check_sizes("FourierQueries", minimum=0, num_frequency_bands=num_frequency_bands)
         self.output_shape = tuple(output_shape)
         self.pos = FourierPositionEncoding(len(self.output_shape), num_frequency_bands, max_resolution)
         self.num_channels = self.pos.num_channels
@@ -67,6 +71,7 @@ class MultimodalQueries(QueryProvider):
 
     def __init__(self, queries: Mapping[str, QueryProvider], min_padding_size: int = 2):
         super().__init__()
+        check_sizes("MultimodalQueries", minimum=0, min_padding_size=min_padding_size)
         self.names = sorted(queries)
         self.providers = nn.ModuleDict({n: queries[n] for n in self.names})
         self.num_channels = max(q.num_channels for q in queries.values()) + min_padding_size

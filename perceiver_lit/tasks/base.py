@@ -206,6 +206,8 @@ class Task(pl.LightningModule):
         """Optimizer steps per epoch, from the trainer's estimate (loads the train loader if needed)."""
         trainer = self.trainer
         total = trainer.estimated_stepping_batches
+        if trainer.train_dataloader is None:  # max_epochs -1: estimated_stepping_batches does not load the loader
+            trainer.fit_loop.setup_data()
         batches = trainer.num_training_batches
         if math.isfinite(batches) and batches > 0:
             return batches / max(1, trainer.accumulate_grad_batches)

@@ -209,7 +209,7 @@ def test_raw_batches_match_per_sample_decoding_with_corrupt_samples(tmp_path) ->
     clips = [(0.3 * rng.standard_normal(n)).astype(np.float32) for n in (3000, 2000, 2500, 900, 3000, 2200)]
     samples = [{"__key__": f"k{i}", "flac": wav_bytes(c, 8000, "FLAC"), "json": f"[{i}]".encode()}
                for i, c in enumerate(clips)]
-    samples[2]["json"] = b"[9]"  # decodes, then its label fails: its row is used but it is not in the batch
+    samples[2]["json"] = b"[-1]"  # decodes, then its label fails: its row is used but it is not in the batch
     samples[3]["flac"] = samples[3]["flac"][:40]  # truncated: fails before taking a row
     url = write_tar(str(tmp_path / "a.tar"), samples)
     kw = dict(sample_rate=8000, clip_samples=2000, num_classes=6, batch_size=2, num_workers=0, shuffle_buffer=4)
@@ -270,7 +270,7 @@ def test_mel_batches_match_per_sample_log_mel(tmp_path) -> None:
     clips = [(0.3 * rng.standard_normal(n)).astype(np.float32) for n in (3000, 2000, 2500, 900, 3000, 2200, 2600)]
     samples = [{"__key__": f"k{i}", "flac": wav_bytes(c, 8000, "FLAC"), "json": f"[{i % 6}]".encode()}
                for i, c in enumerate(clips)]
-    samples[1]["json"] = b"[9]"  # decodes, then its label fails: the batch is stacked, not handed on in place
+    samples[1]["json"] = b"[-1]"  # decodes, then its label fails: the batch is stacked, not handed on in place
     samples[3]["flac"] = samples[3]["flac"][:40]  # truncated
     url = write_tar(str(tmp_path / "a.tar"), samples)
     dm = AudioDataModule(val_urls=url, sample_rate=8000, clip_samples=2000, features="mel", n_fft=256,

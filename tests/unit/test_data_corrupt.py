@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.base import DataError
+from datamodules.base import DataError, LabelRangeError
 from datamodules.image import ImageDataModule
 from datamodules.pointcloud import PointCloudDataModule
 from tests.fixtures.data import npy_bytes, write_tar
@@ -51,7 +51,7 @@ def test_corrupt_samples_skipped_with_one_warning_each(tmp_path, caplog):
         {"__key__": "truncated", "jpg": jpeg(9, (64, 64))[:200], "cls": "1"},
         {"__key__": "nolabel", "jpg": jpeg(10)},
         {"__key__": "badlabel", "jpg": jpeg(11), "cls": "eleven"},
-        {"__key__": "outofrange", "jpg": jpeg(12), "cls": "42"},
+        {"__key__": "negative", "jpg": jpeg(12), "cls": "-1"},
         {"__key__": "notanimage", "jpg": b"GIF89a garbage", "cls": "1"},
         {"__key__": "wrongsize", "jpg": jpeg(13, (9, 8)), "cls": "1"},
     ]
@@ -64,6 +64,20 @@ def test_corrupt_samples_skipped_with_one_warning_each(tmp_path, caplog):
     for s in bad:
         lines = [r.getMessage() for r in caplog.records if f"key={s['__key__']}:" in r.getMessage()]
         assert len(lines) == 1 and "c-0.tar" in lines[0] and "\n" not in lines[0], (s["__key__"], lines)
+
+
+def test_a_label_at_or_above_num_classes_is_a_config_error_not_a_corrupt_sample(tmp_path):
+    """42 >= num_classes=10 means the data module does not match the shards: skipping such samples would measure
+    every metric on a subset of the classes (issue 20.4). The eval scan at setup finds it, naming shard and key."""
+    url = write_tar(str(tmp_path / "c-0.tar"), [{"__key__": "ok", "jpg": jpeg(1), "cls": "1"},
+                                                {"__key__": "high", "jpg": jpeg(2), "cls": "42"}])
+    with pytest.raises(LabelRangeError, match=r"val shard .*c-0.tar' key 'high': label 42 is not below "
+                                              r"data\.init_args\.num_classes=10"):
+        image_dm(url).setup("validate")
+    dm = image_dm(url, scan_eval_shards=False)  # without the scan: at the sample itself, while reading
+    dm.setup("validate")
+    with pytest.raises(LabelRangeError, match=r"key 'high': label 42"):
+        list(dm.val_dataloader())
 
 
 def test_bad_npy_point_clouds_are_skipped(tmp_path):
@@ -124,8 +138,8 @@ def test_pickle_payload_is_never_executed(tmp_path):
 
 
 def test_all_corrupt_training_data_stops_with_an_error(tmp_path):
-    url = write_tar(str(tmp_path / "w-0.tar"), [{"__key__": f"k{i}", "jpg": jpeg(i), "cls": "99"}
-                                                for i in range(50)])  # every label out of range
+    url = write_tar(str(tmp_path / "w-0.tar"), [{"__key__": f"k{i}", "jpg": jpeg(i), "cls": "99x"}
+                                                for i in range(50)])  # every label unreadable
     dm = ImageDataModule(train_urls=url, image_size=8, crop=False, num_classes=10, batch_size=4, num_workers=0,
                          samples_per_epoch=8, shuffle_buffer=4)
     dm.setup("fit")
