@@ -11,12 +11,15 @@ schedulers and loop counters, but no RNG state.
 - under Slurm with auto-requeue it replaces Lightning's SIGUSR1 handler, which saves the hpc checkpoint inside the
   signal handler: ranks interrupted at different points then enter the checkpoint's collectives out of step with
   the training ones and hang. Here the handler only sets a flag; at the end of the next training step all ranks
-  agree (any rank signalled), save `hpc_ckpt_<n>.ckpt` together and stop; once that step's metrics are logged
-  and the loggers flushed (end of the cut epoch), rank 0 runs `scontrol requeue`; the requeued job resumes from
-  that file (Lightning picks the newest hpc checkpoint in default_root_dir);
+  agree (any rank signalled), save `hpc_ckpt_<n>.ckpt` together and stop; in teardown, once Lightning has logged
+  that step's and the epoch's metrics, the W&B run is finished (perceiver_lit.wandb_run) and rank 0 runs
+  `scontrol requeue`. This works for every strategy, SingleDeviceStrategy included (sweep trials, 1-GPU jobs);
 - on that path (`SIGTERMException`) it saves `last.ckpt` into each `ModelCheckpoint(save_last=True)` folder (or
   `<default_root_dir>/checkpoints/last.ckpt` without one), written to a temp name and renamed, so a SIGKILL during
-  the write never leaves a torn `last.ckpt`; `fit --ckpt_path last` resumes from it at the same global step;
+  the write never leaves a torn `last.ckpt`, then finishes the W&B run; `fit --ckpt_path last` resumes from it at
+  the same global step;
+- a restarted fit resumes from the run's newest checkpoint by global step, hpc or last (`resume_path`, called by
+  the CLI): a Slurm job requeued after USR1 and again after SIGTERM continues from the later one;
 - every checkpoint (its own, ModelCheckpoint's, Slurm's hpc one) carries each rank's torch/CUDA/numpy/python RNG
   state, restored on resume.
 """
@@ -24,6 +27,7 @@ schedulers and loop counters, but no RNG state.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import shutil
@@ -40,6 +44,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+from perceiver_lit.wandb_run import finish_runs
 
 
 def collect_rng_state() -> dict[str, Any]:
@@ -94,7 +100,7 @@ class PreemptionCheckpoint(Callback):
             return
         if self.handle_sigint:
             self._install(signal.SIGINT, _sigint_to_sigterm)
-        env = getattr(trainer.strategy, "cluster_environment", None)
+        env = _cluster_environment(trainer)
         if isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal is not None:
             self._requeue_signal = int(env.requeue_signal)
             self._install(self._requeue_signal, self._on_requeue_signal)
@@ -107,6 +113,7 @@ class PreemptionCheckpoint(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._restore_signals()
+        self._requeue(trainer)
 
     def _restore_signals(self) -> None:
         if _in_main_thread():
@@ -129,21 +136,14 @@ class PreemptionCheckpoint(Callback):
         self._requeue_pending = True
         trainer.should_stop = True  # Slurm stops this attempt now; the requeued job goes on from `path`
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._requeue(trainer)
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._requeue(trainer)
-
     def _requeue(self, trainer: Trainer) -> None:
-        """Flush the loggers and requeue: after on_train_batch_end, once Lightning has handed the saved step's
-        metrics to the loggers (Slurm's SIGTERM follows the requeue closely; requeueing inside the batch hook lost
-        that last step's row whenever SIGTERM won the race)."""
+        """Finish the W&B run, then requeue: in teardown, after Lightning has logged the saved step's metrics and
+        the epoch's (Slurm's SIGTERM follows the requeue closely and stops every process of the job, wandb's
+        service included: requeueing earlier lost the last rows and left the run without an exit record)."""
         if not self._requeue_pending:
             return
         self._requeue_pending = False
-        for logger in trainer.loggers:
-            logger.finalize("finished")
+        finish_runs(trainer.loggers, exit_code=0)
         if trainer.is_global_zero:
             _scontrol_requeue()
 
@@ -151,12 +151,12 @@ class PreemptionCheckpoint(Callback):
         self._restore_signals()
         if not isinstance(exception, SIGTERMException):
             return  # a crash mid-step: its state may be half-updated, so we keep the last regular checkpoint
-        if self._requeued:
-            return  # the hpc checkpoint of this step is saved; Slurm's SIGTERM that follows the requeue is expected
-        for path in self._last_paths(trainer):
-            _save_atomic(trainer, path)
-            self.saved_path = path
-            rank_zero_info(f"Preempted at global step {trainer.global_step}: saved {path}")
+        if not self._requeued:  # else the hpc checkpoint of this step is saved already
+            for path in self._last_paths(trainer):
+                _save_atomic(trainer, path)
+                self.saved_path = path
+                rank_zero_info(f"Preempted at global step {trainer.global_step}: saved {path}")
+        finish_runs(trainer.loggers, exit_code=interrupted_exit_status())
 
     def _last_paths(self, trainer: Trainer) -> list[str]:
         paths = [
@@ -184,6 +184,77 @@ class PreemptionCheckpoint(Callback):
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if states:
             restore_rng_state(states[rank] if rank < len(states) else states[0])
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The global step stored in a checkpoint file (or in a sharded checkpoint folder's `meta.pt`), read without
+    unpickling (weights_only) and without reading its tensors (mmap); None for a file that is no readable
+    checkpoint (torn by a kill, empty, foreign)."""
+    target = Path(path) / "meta.pt" if Path(path).is_dir() else Path(path)
+    try:
+        ckpt = torch.load(target, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["global_step"])
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
+        return None
+
+
+def run_checkpoints(trainer: Trainer) -> list[str]:
+    """Every checkpoint a fit of this run directory may resume from: Slurm's `hpc_ckpt_<n>.ckpt` in
+    `default_root_dir` and the `last` checkpoint(s) of each ModelCheckpoint (or PreemptionCheckpoint's)."""
+    paths = {str(p) for p in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")}
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint):
+            paths |= set(cb._find_last_checkpoints(trainer))  # Lightning's own `ckpt_path="last"` candidates
+    for cb in trainer.callbacks:
+        if isinstance(cb, PreemptionCheckpoint):
+            paths |= set(cb._last_paths(trainer))
+    return sorted(p for p in paths if os.path.exists(p) and not p.endswith(".partial"))
+
+
+def newest_checkpoint(paths: list[str]) -> tuple[str, int] | None:
+    """(path, global step) of the checkpoint with the highest global step (ties: the newer file); None if none
+    of `paths` is readable."""
+    steps = [(step, os.path.getmtime(p), p) for p in paths if (step := checkpoint_step(p)) is not None]
+    if not steps:
+        return None
+    step, _, path = max(steps)
+    return path, step
+
+
+def resume_path(trainer: Trainer, ckpt_path: Any) -> Any:
+    """The checkpoint `fit` resumes from: the run's newest by global step, whatever its kind.
+
+    Lightning alone resumes a Slurm job from its newest `hpc_ckpt_<n>.ckpt` (USR1 requeue), even when a later
+    `last.ckpt` exists (saved on SIGTERM by `scontrol requeue` or preemption, or periodically after that resume),
+    and `--ckpt_path last` ignores the hpc checkpoints. Both then retrain steps. Here both pick the checkpoint
+    with the highest global step among the hpc and `last` checkpoints. Applies to `--ckpt_path last`, and, with no
+    `--ckpt_path`, under Slurm when the job was restarted (SLURM_RESTART_COUNT > 0) or holds an hpc checkpoint;
+    any other value is returned as given.
+    """
+    if ckpt_path not in (None, "last"):
+        return ckpt_path
+    paths = run_checkpoints(trainer)
+    if ckpt_path is None:
+        restarted = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+        has_hpc = any(Path(p).name.startswith("hpc_ckpt_") for p in paths)
+        if not (SLURMEnvironment.detect() and (restarted or has_hpc)):
+            return None
+    newest = newest_checkpoint(paths)
+    if newest is None:
+        return ckpt_path  # None: a fresh start; "last": Lightning warns that there is none
+    rank_zero_info(f"Resuming from {newest[0]} (global step {newest[1]}): the newest of "
+                   f"{', '.join(Path(p).name for p in paths)}")
+    return newest[0]
+
+
+def _cluster_environment(trainer: Trainer) -> Any:
+    """The run's cluster environment for every strategy: SingleDeviceStrategy has no `cluster_environment`, but
+    the accelerator connector detected one (SLURMEnvironment under Slurm) for it too; Lightning's own signal
+    handlers read it from there."""
+    env = getattr(trainer.strategy, "cluster_environment", None)
+    if env is None:
+        env = getattr(getattr(trainer, "_accelerator_connector", None), "cluster_environment", None)
+    return env
 
 
 def _next_hpc_path(folder: str) -> str:
