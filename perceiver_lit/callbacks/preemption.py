@@ -8,6 +8,8 @@ schedulers and loop counters, but no RNG state.
 
 `PreemptionCheckpoint` adds the rest:
 - SIGINT is turned into SIGTERM, so Ctrl-C also finishes the step and takes Lightning's graceful path;
+- SIGTERM only sets a flag that all ranks agree on at the end of the step: Lightning's own handler broadcasts
+  inside the signal handler, which hangs DDP when Slurm signals the ranks at different points of a step;
 - under Slurm with auto-requeue it replaces Lightning's SIGUSR1 handler, which saves the hpc checkpoint inside the
   signal handler: ranks interrupted at different points then enter the checkpoint's collectives out of step with
   the training ones and hang. Here the handler only sets a flag; at the end of the next training step all ranks
@@ -90,6 +92,9 @@ class PreemptionCheckpoint(Callback):
         self._requeue_requested = False
         self._requeued = False
         self._requeue_pending = False  # saved; `scontrol requeue` waits until this step's metrics are logged
+        self._handles_sigterm = False
+        self._sigterm_requested = False
+        self._trainer: Trainer | None = None
         self.saved_path: str | None = None
 
     # --- signals -----------------------------------------------------------------------------------------------
@@ -121,12 +126,39 @@ class PreemptionCheckpoint(Callback):
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning's SIGTERM handler (registered after setup) runs a broadcast inside the handler: under Slurm every
+        # rank gets SIGTERM at a different point of its step, and that broadcast then meets another rank's training
+        # collective and hangs until SIGKILL, with nothing saved. Here the handler only sets a flag, and the ranks
+        # agree on it at the end of the step (on_train_batch_end). Lightning restores the handler at its teardown.
+        if _in_main_thread():
+            self._trainer = trainer
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._handles_sigterm = True
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if not self._sigterm_requested:
+            launcher = self._trainer.strategy.launcher if self._trainer is not None else None
+            if launcher is not None:  # ranks Lightning started itself (local DDP) get it from rank 0, as before
+                launcher.kill(signum)
+        self._sigterm_requested = True
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._requeue_signal is None or self._requeued:
+        may_requeue = self._requeue_signal is not None and not self._requeued
+        if not (may_requeue or self._handles_sigterm):
             return
-        # A collective every step (like Lightning's own SIGTERM broadcast): all ranks learn that one was signalled.
-        if not trainer.strategy.reduce_boolean_decision(self._requeue_requested, all=False):
+        requeue, term = self._requeue_requested, self._sigterm_requested
+        if trainer.world_size > 1:
+            # One small all-reduce per step (Lightning broadcasts its SIGTERM flag every step too): all ranks learn
+            # that one was signalled, at the same point of the same step.
+            flags = torch.tensor([float(requeue), float(term)], device=trainer.strategy.root_device)
+            requeue, term = (bool(v > 0) for v in trainer.strategy.reduce(flags, reduce_op="sum").tolist())
+        if term:
+            # Lightning raises SIGTERMException on every rank after this hook; on_exception saves last.ckpt.
+            trainer._signal_connector.received_sigterm = True
+            return
+        if not (requeue and may_requeue):
             return
         self._requeued = True
         path = trainer.strategy.broadcast(_next_hpc_path(trainer.default_root_dir))
