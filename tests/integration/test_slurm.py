@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from perceiver_lit.callbacks.preemption import checkpoint_step
 from tests.fixtures.slurm import QUICKSTART, REPO, SlurmCluster, tiny_fit_config, wandb_runs
@@ -122,7 +123,9 @@ def test_train_sbatch_requeued_twice_resumes_from_the_newest_checkpoint(slurm_cl
     assert info["JobState"] == "COMPLETED", f"{info}\n{out[-4000:]}"
     assert info["Restarts"] == "2" and info["NumNodes"] == "2" and info["NodeList"] == "n[1-2]"
     assert "restart 2:" in out and "2 node(s) x 1 task(s)" in out
-    assert "bf16" in (run / "config.yaml").read_text().split("precision:")[1].splitlines()[0]  # the preset's own
+    # The preset's own precision, as the run saved it and as Lightning ran it.
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["precision"] == "bf16-mixed"
+    assert out.count("Using bfloat16 Automatic Mixed Precision (AMP)") == 3
 
     # Restart 1 resumed at k1 (hpc_ckpt_1, or a periodic last.ckpt of that same step); restart 2 at k2 from the
     # later last.ckpt, not from hpc_ckpt_1 again.
