@@ -14,6 +14,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -28,7 +29,9 @@ CLI = str(REPO / ".venv" / "bin" / "perceiver-lit")
 
 
 def _fit(run: Path, config: Path, *extra: str, marker: str) -> subprocess.Popen:
-    cli = CLI if os.path.exists(CLI) else "perceiver-lit"
+    # the repo's venv, else this interpreter's (a worktree without its own .venv), else PATH
+    beside = Path(sys.executable).parent / "perceiver-lit"
+    cli = CLI if os.path.exists(CLI) else str(beside) if beside.exists() else "perceiver-lit"
     cmd = [cli, "fit", "--config", str(QUICKSTART), "--config", str(config),
            "--trainer.default_root_dir", str(run), *extra]  # PreemptionCheckpoint is a CLI default
     # PYTHONPATH: the repo, for the tests' probe callback (tests.fixtures.slurm.RngProbe)
@@ -138,7 +141,10 @@ def test_resume_across_the_warmup_continues_lr_and_rng(tmp_path: Path, fashion_s
     max_steps = steps_per_epoch + 5  # a warm-up of one epoch (quickstart ships 0.05), then the cosine
     config = tiny_fit_config(tmp_path / "tiny.yaml", fashion_shards, max_steps=max_steps, log_dir=".",
                              warmup_epochs=1)
-    probe = ["--trainer.callbacks+=tests.fixtures.slurm.RngProbe", "--checkpoint.every_n_train_steps", "2"]
+    # Checkpoint defers periodic saves until its monitor (val/acc1) exists: validate early, so that the first
+    # last.ckpt (our cue to signal) comes inside the warm-up.
+    probe = ["--trainer.callbacks+=tests.fixtures.slurm.RngProbe", "--checkpoint.every_n_train_steps", "2",
+             "--trainer.val_check_interval", "4"]
     marker = uuid.uuid4().hex
     ref, cut = tmp_path / "reference", tmp_path / "cut"
     for run in (ref, cut):
