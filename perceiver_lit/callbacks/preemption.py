@@ -95,6 +95,7 @@ class PreemptionCheckpoint(Callback):
         self._handles_sigterm = False
         self._sigterm_requested = False
         self._trainer: Trainer | None = None
+        self._pending_rng: dict[str, Any] | None = None  # restored again at the first training step after a resume
         self.saved_path: str | None = None
 
     # --- signals -----------------------------------------------------------------------------------------------
@@ -215,7 +216,16 @@ class PreemptionCheckpoint(Callback):
         states = state_dict.get("rng") or []
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if states:
-            restore_rng_state(states[rank] if rank < len(states) else states[0])
+            self._pending_rng = states[rank] if rank < len(states) else states[0]
+            restore_rng_state(self._pending_rng)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        # Again at the first step after a resume: between the load and this step the new run draws from the global
+        # RNGs where the uninterrupted one did not (the train DataLoader's new iterator draws its base seed from
+        # torch's; a sanity-check validation), so the step would otherwise draw other numbers.
+        if self._pending_rng is not None:
+            restore_rng_state(self._pending_rng)
+            self._pending_rng = None
 
 
 def checkpoint_step(path: str | Path) -> int | None:
