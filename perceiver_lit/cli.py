@@ -55,6 +55,7 @@ from perceiver_lit.callbacks import (AttentionMaps, Checkpoint, GradNorm, NanGua
                                      RunConfig, Summary, Throughput)
 from perceiver_lit.callbacks.eval_failure import EvalFailureCheckpoint
 from perceiver_lit.callbacks.predictions import PredictionWriter
+from perceiver_lit.callbacks.preemption import resume_path
 from perceiver_lit.checkpoint_io import AtomicCheckpointIO, CheckpointFileError, read_checkpoint
 from perceiver_lit.hardware import warn_if_bf16_is_emulated
 from perceiver_lit.run_dir import (RunDirError, RunLock, RunOutputs, check_resume, cleanup_failed_start,
@@ -359,7 +360,7 @@ class PerceiverCLI(LightningCLI):
             extra.append(EvalFailureCheckpoint())
         if trainer_cfg["logger"]:
             extra += [LearningRateMonitor(logging_interval="step"), GradNorm()]
-        if _WANDB_AVAILABLE and type(trainer_cfg["logger"]).__name__ == "WandbLogger":
+        if _WANDB_AVAILABLE and type(trainer_cfg["logger"]).__name__ in ("WandbLogger", "RunLogger"):
             extra += [RunConfig(), AttentionMaps(), PerClassTable()]  # the W&B dashboard (docs/sweeps.md)
         callbacks += [cb for cb in extra if not any(isinstance(c, type(cb)) for c in callbacks)]
         self._outputs = RunOutputs(self._run_dir, self._before, fit=self.subcommand == "fit")
@@ -379,14 +380,22 @@ class PerceiverCLI(LightningCLI):
             rank_zero_warn(f"wandb is not installed ({_WANDB_AVAILABLE.message}); logging to CSV under {root}. "
                            "`pip install wandb` for W&B logging.")
             return CSVLogger(save_dir=root, name="csv")
-        from lightning.pytorch.loggers import WandbLogger
+        from perceiver_lit.wandb_run import RunLogger, run_identity
 
         w = cfg.wandb
         offline = w.offline if w.offline is not None else os.environ.get("WANDB_MODE", "offline") != "online"
         if os.environ.get("WANDB_MODE") == "disabled":
             offline = True
-        return WandbLogger(name=cfg.name, save_dir=root, project=w.project, group=w.group, tags=list(w.tags or []),
-                           entity=w.entity, offline=offline, job_type=self.subcommand)
+        # One W&B run per run directory and subcommand, continued by every restart (ids in <root>/wandb_run.json);
+        # fit and test share a group.
+        run_id, group = run_identity(root, self.subcommand or "fit", w.group)
+        return RunLogger(name=cfg.name, save_dir=root, project=w.project, group=group, tags=list(w.tags or []),
+                         entity=w.entity, offline=offline, job_type=self.subcommand, id=run_id, resume="allow")
+
+    def before_fit(self) -> None:
+        # Resume from the run's newest checkpoint by global step, hpc or last (Slurm restarts, `--ckpt_path last`).
+        cfg = self.config_init[self.subcommand]
+        cfg["ckpt_path"] = resume_path(self.trainer, cfg.get("ckpt_path"))
 
     # ---- run directory, checkpoints, resumes (perceiver_lit/run_dir.py, perceiver_lit/checkpoint_io.py)
     def _parse_ckpt_path(self) -> None:

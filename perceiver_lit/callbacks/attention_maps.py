@@ -162,7 +162,7 @@ class AttentionMaps(pl.Callback):
             n, N = self.num_samples, x.shape[1]
             ids = torch.linspace(0, N - 1, min(self.num_latents, N)).round().long().unique().tolist()
             w = cross_attention_weights(module, x[:n, ids], inputs[:n], None if mask is None else mask[:n])
-            self._maps = (ids, w.cpu())
+            self._maps = (ids, w.float().cpu())  # computed under bf16 autocast: numpy/matplotlib need fp32
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if (self._logger is None or batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking

@@ -8,15 +8,20 @@ schedulers and loop counters, but no RNG state.
 
 `PreemptionCheckpoint` adds the rest:
 - SIGINT is turned into SIGTERM, so Ctrl-C also finishes the step and takes Lightning's graceful path;
+- SIGTERM only sets a flag that all ranks agree on at the end of the step: Lightning's own handler broadcasts
+  inside the signal handler, which hangs DDP when Slurm signals the ranks at different points of a step;
 - under Slurm with auto-requeue it replaces Lightning's SIGUSR1 handler, which saves the hpc checkpoint inside the
   signal handler: ranks interrupted at different points then enter the checkpoint's collectives out of step with
   the training ones and hang. Here the handler only sets a flag; at the end of the next training step all ranks
-  agree (any rank signalled), save `hpc_ckpt_<n>.ckpt` together and stop; once that step's metrics are logged
-  and the loggers flushed (end of the cut epoch), rank 0 runs `scontrol requeue`; the requeued job resumes from
-  that file (Lightning picks the newest hpc checkpoint in default_root_dir);
+  agree (any rank signalled), save `hpc_ckpt_<n>.ckpt` together and stop; in teardown, once Lightning has logged
+  that step's and the epoch's metrics, the W&B run is finished (perceiver_lit.wandb_run) and rank 0 runs
+  `scontrol requeue`. This works for every strategy, SingleDeviceStrategy included (sweep trials, 1-GPU jobs);
 - on that path (`SIGTERMException`) it saves `last.ckpt` into each `ModelCheckpoint(save_last=True)` folder (or
   `<default_root_dir>/checkpoints/last.ckpt` without one), written to a temp name and renamed, so a SIGKILL during
-  the write never leaves a torn `last.ckpt`; `fit --ckpt_path last` resumes from it at the same global step;
+  the write never leaves a torn `last.ckpt`, then finishes the W&B run; `fit --ckpt_path last` resumes from it at
+  the same global step;
+- a restarted fit resumes from the run's newest checkpoint by global step, hpc or last (`resume_path`, called by
+  the CLI): a Slurm job requeued after USR1 and again after SIGTERM continues from the later one;
 - every checkpoint (its own, ModelCheckpoint's, Slurm's hpc one) carries each rank's torch/CUDA/numpy/python RNG
   state, restored on resume.
 """
@@ -24,6 +29,7 @@ schedulers and loop counters, but no RNG state.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import shutil
@@ -40,6 +46,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+from perceiver_lit.wandb_run import finish_runs
 
 
 def collect_rng_state() -> dict[str, Any]:
@@ -84,6 +92,10 @@ class PreemptionCheckpoint(Callback):
         self._requeue_requested = False
         self._requeued = False
         self._requeue_pending = False  # saved; `scontrol requeue` waits until this step's metrics are logged
+        self._handles_sigterm = False
+        self._sigterm_requested = False
+        self._trainer: Trainer | None = None
+        self._pending_rng: dict[str, Any] | None = None  # restored again at the first training step after a resume
         self.saved_path: str | None = None
 
     # --- signals -----------------------------------------------------------------------------------------------
@@ -94,7 +106,7 @@ class PreemptionCheckpoint(Callback):
             return
         if self.handle_sigint:
             self._install(signal.SIGINT, _sigint_to_sigterm)
-        env = getattr(trainer.strategy, "cluster_environment", None)
+        env = _cluster_environment(trainer)
         if isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal is not None:
             self._requeue_signal = int(env.requeue_signal)
             self._install(self._requeue_signal, self._on_requeue_signal)
@@ -107,6 +119,7 @@ class PreemptionCheckpoint(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._restore_signals()
+        self._requeue(trainer)
 
     def _restore_signals(self) -> None:
         if _in_main_thread():
@@ -114,12 +127,39 @@ class PreemptionCheckpoint(Callback):
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning's SIGTERM handler (registered after setup) runs a broadcast inside the handler: under Slurm every
+        # rank gets SIGTERM at a different point of its step, and that broadcast then meets another rank's training
+        # collective and hangs until SIGKILL, with nothing saved. Here the handler only sets a flag, and the ranks
+        # agree on it at the end of the step (on_train_batch_end). Lightning restores the handler at its teardown.
+        if _in_main_thread():
+            self._trainer = trainer
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._handles_sigterm = True
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if not self._sigterm_requested:
+            launcher = self._trainer.strategy.launcher if self._trainer is not None else None
+            if launcher is not None:  # ranks Lightning started itself (local DDP) get it from rank 0, as before
+                launcher.kill(signum)
+        self._sigterm_requested = True
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._requeue_signal is None or self._requeued:
+        may_requeue = self._requeue_signal is not None and not self._requeued
+        if not (may_requeue or self._handles_sigterm):
             return
-        # A collective every step (like Lightning's own SIGTERM broadcast): all ranks learn that one was signalled.
-        if not trainer.strategy.reduce_boolean_decision(self._requeue_requested, all=False):
+        requeue, term = self._requeue_requested, self._sigterm_requested
+        if trainer.world_size > 1:
+            # One small all-reduce per step (Lightning broadcasts its SIGTERM flag every step too): all ranks learn
+            # that one was signalled, at the same point of the same step.
+            flags = torch.tensor([float(requeue), float(term)], device=trainer.strategy.root_device)
+            requeue, term = (bool(v > 0) for v in trainer.strategy.reduce(flags, reduce_op="sum").tolist())
+        if term:
+            # Lightning raises SIGTERMException on every rank after this hook; on_exception saves last.ckpt.
+            trainer._signal_connector.received_sigterm = True
+            return
+        if not (requeue and may_requeue):
             return
         self._requeued = True
         path = trainer.strategy.broadcast(_next_hpc_path(trainer.default_root_dir))
@@ -129,21 +169,14 @@ class PreemptionCheckpoint(Callback):
         self._requeue_pending = True
         trainer.should_stop = True  # Slurm stops this attempt now; the requeued job goes on from `path`
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._requeue(trainer)
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._requeue(trainer)
-
     def _requeue(self, trainer: Trainer) -> None:
-        """Flush the loggers and requeue: after on_train_batch_end, once Lightning has handed the saved step's
-        metrics to the loggers (Slurm's SIGTERM follows the requeue closely; requeueing inside the batch hook lost
-        that last step's row whenever SIGTERM won the race)."""
+        """Finish the W&B run, then requeue: in teardown, after Lightning has logged the saved step's metrics and
+        the epoch's (Slurm's SIGTERM follows the requeue closely and stops every process of the job, wandb's
+        service included: requeueing earlier lost the last rows and left the run without an exit record)."""
         if not self._requeue_pending:
             return
         self._requeue_pending = False
-        for logger in trainer.loggers:
-            logger.finalize("finished")
+        finish_runs(trainer.loggers, exit_code=0)
         if trainer.is_global_zero:
             _scontrol_requeue()
 
@@ -151,12 +184,12 @@ class PreemptionCheckpoint(Callback):
         self._restore_signals()
         if not isinstance(exception, SIGTERMException):
             return  # a crash mid-step: its state may be half-updated, so we keep the last regular checkpoint
-        if self._requeued:
-            return  # the hpc checkpoint of this step is saved; Slurm's SIGTERM that follows the requeue is expected
-        for path in self._last_paths(trainer):
-            _save_atomic(trainer, path)
-            self.saved_path = path
-            rank_zero_info(f"Preempted at global step {trainer.global_step}: saved {path}")
+        if not self._requeued:  # else the hpc checkpoint of this step is saved already
+            for path in self._last_paths(trainer):
+                _save_atomic(trainer, path)
+                self.saved_path = path
+                rank_zero_info(f"Preempted at global step {trainer.global_step}: saved {path}")
+        finish_runs(trainer.loggers, exit_code=interrupted_exit_status())
 
     def _last_paths(self, trainer: Trainer) -> list[str]:
         paths = [
@@ -183,7 +216,87 @@ class PreemptionCheckpoint(Callback):
         states = state_dict.get("rng") or []
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if states:
-            restore_rng_state(states[rank] if rank < len(states) else states[0])
+            self._pending_rng = states[rank] if rank < len(states) else states[0]
+            restore_rng_state(self._pending_rng)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        # Again at the first step after a resume: between the load and this step the new run draws from the global
+        # RNGs where the uninterrupted one did not (the train DataLoader's new iterator draws its base seed from
+        # torch's; a sanity-check validation), so the step would otherwise draw other numbers.
+        if self._pending_rng is not None:
+            restore_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The global step stored in a checkpoint file (or in a sharded checkpoint folder's `meta.pt`), read without
+    unpickling (weights_only) and without reading its tensors (mmap); None for a file that is no readable
+    checkpoint (torn by a kill, empty, foreign)."""
+    target = Path(path) / "meta.pt" if Path(path).is_dir() else Path(path)
+    try:
+        ckpt = torch.load(target, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["global_step"])
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
+        return None
+
+
+def run_checkpoints(trainer: Trainer) -> list[str]:
+    """Every checkpoint a fit of this run directory may resume from: Slurm's `hpc_ckpt_<n>.ckpt` in
+    `default_root_dir` and the `last` checkpoint(s) of each ModelCheckpoint (or PreemptionCheckpoint's)."""
+    paths = {str(p) for p in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")}
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint):
+            paths |= set(cb._find_last_checkpoints(trainer))  # Lightning's own `ckpt_path="last"` candidates
+    for cb in trainer.callbacks:
+        if isinstance(cb, PreemptionCheckpoint):
+            paths |= set(cb._last_paths(trainer))
+    return sorted(p for p in paths if os.path.exists(p) and not p.endswith(".partial"))
+
+
+def newest_checkpoint(paths: list[str]) -> tuple[str, int] | None:
+    """(path, global step) of the checkpoint with the highest global step (ties: the newer file); None if none
+    of `paths` is readable."""
+    steps = [(step, os.path.getmtime(p), p) for p in paths if (step := checkpoint_step(p)) is not None]
+    if not steps:
+        return None
+    step, _, path = max(steps)
+    return path, step
+
+
+def resume_path(trainer: Trainer, ckpt_path: Any) -> Any:
+    """The checkpoint `fit` resumes from: the run's newest by global step, whatever its kind.
+
+    Lightning alone resumes a Slurm job from its newest `hpc_ckpt_<n>.ckpt` (USR1 requeue), even when a later
+    `last.ckpt` exists (saved on SIGTERM by `scontrol requeue` or preemption, or periodically after that resume),
+    and `--ckpt_path last` ignores the hpc checkpoints. Both then retrain steps. Here both pick the checkpoint
+    with the highest global step among the hpc and `last` checkpoints. Applies to `--ckpt_path last`, and, with no
+    `--ckpt_path`, under Slurm when the job was restarted (SLURM_RESTART_COUNT > 0) or holds an hpc checkpoint;
+    any other value is returned as given.
+    """
+    if ckpt_path not in (None, "last"):
+        return ckpt_path
+    paths = run_checkpoints(trainer)
+    if ckpt_path is None:
+        restarted = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+        has_hpc = any(Path(p).name.startswith("hpc_ckpt_") for p in paths)
+        if not (SLURMEnvironment.detect() and (restarted or has_hpc)):
+            return None
+    newest = newest_checkpoint(paths)
+    if newest is None:
+        return ckpt_path  # None: a fresh start; "last": Lightning warns that there is none
+    rank_zero_info(f"Resuming from {newest[0]} (global step {newest[1]}): the newest of "
+                   f"{', '.join(Path(p).name for p in paths)}")
+    return newest[0]
+
+
+def _cluster_environment(trainer: Trainer) -> Any:
+    """The run's cluster environment for every strategy: SingleDeviceStrategy has no `cluster_environment`, but
+    the accelerator connector detected one (SLURMEnvironment under Slurm) for it too; Lightning's own signal
+    handlers read it from there."""
+    env = getattr(trainer.strategy, "cluster_environment", None)
+    if env is None:
+        env = getattr(getattr(trainer, "_accelerator_connector", None), "cluster_environment", None)
+    return env
 
 
 def _next_hpc_path(folder: str) -> str:

@@ -1,18 +1,20 @@
 """Preemption outside Slurm: a real `perceiver-lit fit` subprocess, signalled.
 
-SIGTERM, then (after a resume) SIGINT, each finish the running step and save `last.ckpt` (PreemptionCheckpoint);
-`fit --ckpt_path last` resumes at exactly that step with the optimizer, LR schedule and RNG states of the checkpoint
-(the optimizer's and scheduler's own step counters keep counting instead of starting over). Finishing a resumed run
-is covered by the Slurm preemption test.
+SIGTERM, then (after a resume) SIGINT, each finish the running step, save `last.ckpt` (PreemptionCheckpoint) and
+finish the W&B run; `fit --ckpt_path last` resumes at exactly that step, in the same W&B run, with the optimizer, LR
+schedule and RNG states of the checkpoint (the optimizer's and scheduler's own step counters keep counting instead
+of starting over). A resume inside the LR warm-up has the uninterrupted run's LR and RNG draws at every later step.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,16 +23,20 @@ import numpy as np
 import pytest
 import torch
 
-from tests.fixtures.slurm import QUICKSTART, REPO, csv_steps, processes_with_env, tiny_fit_config
+from tests.fixtures.slurm import QUICKSTART, REPO, processes_with_env, tiny_fit_config, wandb_runs
 
 CLI = str(REPO / ".venv" / "bin" / "perceiver-lit")
 
 
 def _fit(run: Path, config: Path, *extra: str, marker: str) -> subprocess.Popen:
-    cli = CLI if os.path.exists(CLI) else "perceiver-lit"
+    # the repo's venv, else this interpreter's (a worktree without its own .venv), else PATH
+    beside = Path(sys.executable).parent / "perceiver-lit"
+    cli = CLI if os.path.exists(CLI) else str(beside) if beside.exists() else "perceiver-lit"
     cmd = [cli, "fit", "--config", str(QUICKSTART), "--config", str(config),
            "--trainer.default_root_dir", str(run), *extra]  # PreemptionCheckpoint is a CLI default
-    env = {**os.environ, "PLIT_TEST_RUN": marker, "PYTHONUNBUFFERED": "1"}
+    # PYTHONPATH: the repo, for the tests' probe callback (tests.fixtures.slurm.RngProbe)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PLIT_TEST_RUN": marker, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
     return subprocess.Popen(cmd, cwd=run, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -66,7 +72,8 @@ def _adam_step(ckpt: dict) -> int:
 def test_sigterm_and_sigint_save_and_resume_at_the_same_step(tmp_path: Path, fashion_shards) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    config = tiny_fit_config(tmp_path / "tiny.yaml", fashion_shards, max_steps=100_000, log_dir=run)
+    config = tiny_fit_config(tmp_path / "tiny.yaml", fashion_shards, max_steps=100_000, log_dir=run,
+                             logger="wandb")  # the CLI's own W&B logger (offline): finished on each signal
     ckpt = run / "checkpoints" / "last.ckpt"
     marker = uuid.uuid4().hex
     periodic = ["--checkpoint.every_n_train_steps", "3"]
@@ -95,10 +102,76 @@ def test_sigterm_and_sigint_save_and_resume_at_the_same_step(tmp_path: Path, fas
     assert c2["global_step"] == n2 > n1
     assert _adam_step(c2) == n2 and c2["lr_schedulers"][0]["last_epoch"] == n2  # counters continued, not restarted
 
-    # The logged train steps of the three runs join up: none repeated from zero, none missing.
-    runs = list(csv_steps(run).values())
-    assert len(runs) == 2 and runs[1][0] == n1, runs
-    assert sorted(s for r in runs for s in r) == list(range(n2)), runs
+    # One W&B run for both processes, finished by each signal (exit records 143, 130); the logged train steps join
+    # up: none repeated from zero, none missing.
+    (folders,) = wandb_runs(run).values()
+    assert [f["exit"] for f in folders] == [143, 130] and {f["job_type"] for f in folders} == {"fit"}, folders
+    first, second = (f["steps"] for f in folders)
+    assert first == list(range(n1)) and second == list(range(n1, n2)), (n1, n2, first, second)
+    assert "Traceback" not in out
+    assert not processes_with_env("PLIT_TEST_RUN", marker), "a fit process was left behind"
+
+
+def _csv_rows(run: Path) -> list[dict[str, dict[int, float]]]:
+    """Per CSV version folder (one per process): {column: {step: value}} for the lr and loss columns."""
+    import csv
+
+    out = []
+    for f in sorted(run.glob("csv/version_*/metrics.csv")):
+        cols: dict[str, dict[int, float]] = {}
+        with open(f) as fh:
+            for row in csv.DictReader(fh):
+                for k, v in row.items():
+                    if v and (k.startswith("lr-") or k == "train/loss_step"):
+                        cols.setdefault(k, {})[int(row["step"])] = float(v)
+        out.append(cols)
+    return out
+
+
+def _probe(run: Path) -> dict[int, dict]:
+    rows = [json.loads(line) for line in (run / "rng_probe.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows}
+
+
+@pytest.mark.integration
+def test_resume_across_the_warmup_continues_lr_and_rng(tmp_path: Path, fashion_shards) -> None:
+    """SIGTERM during the LR warm-up, then `--ckpt_path last`: every later step has the learning rate of the
+    uninterrupted run, and the global RNGs draw the same numbers as the uninterrupted run at the same steps."""
+    steps_per_epoch = 400 // 16
+    max_steps = steps_per_epoch + 5  # a warm-up of one epoch (quickstart ships 0.05), then the cosine
+    config = tiny_fit_config(tmp_path / "tiny.yaml", fashion_shards, max_steps=max_steps, log_dir=".",
+                             warmup_epochs=1)
+    # Checkpoint defers periodic saves until its monitor (val/acc1) exists: validate early, so that the first
+    # last.ckpt (our cue to signal) comes inside the warm-up.
+    probe = ["--trainer.callbacks+=tests.fixtures.slurm.RngProbe", "--checkpoint.every_n_train_steps", "2",
+             "--trainer.val_check_interval", "4"]
+    marker = uuid.uuid4().hex
+    ref, cut = tmp_path / "reference", tmp_path / "cut"
+    for run in (ref, cut):
+        run.mkdir()
+        (run / "tiny.yaml").write_text(config.read_text().replace("save_dir: .", f"save_dir: {run}"))
+
+    proc = _fit(ref, ref / "tiny.yaml", *probe, marker=marker)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-4000:]
+    proc = _fit(cut, cut / "tiny.yaml", *probe, marker=marker)
+    out = _signal_when_training(proc, cut / "checkpoints" / "last.ckpt", signal.SIGTERM)
+    n = _preempted_step(out)
+    assert n < steps_per_epoch, f"the signal should land in the warm-up (step {n})"
+    proc = _fit(cut, cut / "tiny.yaml", *probe, "--ckpt_path", "last", marker=marker)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0 and f"Restored all states from the checkpoint at {cut}" in out, out[-4000:]
+
+    lr_key = min(k for k in _csv_rows(ref)[0] if k.startswith("lr-"))  # the first parameter group's
+    lr_ref, lr_after = _csv_rows(ref)[0][lr_key], _csv_rows(cut)[-1][lr_key]
+    assert sorted(lr_after) == list(range(n, max_steps)), sorted(lr_after)
+    assert lr_ref[n - 1] < lr_ref[n] < max(lr_ref.values())  # cut while still warming up
+    assert {s: lr_after[s] for s in lr_after} == {s: lr_ref[s] for s in lr_after}  # the same LR at every step
+
+    draws_ref, draws_cut = _probe(ref), _probe(cut)
+    assert [draws_cut[s] for s in range(n, max_steps)] == [draws_ref[s] for s in range(n, max_steps)]
+    # The probe can tell: a fresh start (what a resume without RNG states would draw) draws otherwise.
+    assert draws_ref[n] != draws_ref[0]
     assert not processes_with_env("PLIT_TEST_RUN", marker), "a fit process was left behind"
 
 
@@ -123,3 +196,26 @@ def _roundtrip(obj: object) -> object:
     torch.save(obj, buf)
     buf.seek(0)
     return buf
+
+
+def test_newest_checkpoint_is_chosen_by_global_step(tmp_path: Path) -> None:
+    """hpc_ckpt_2 is the newest hpc file by number, but last.ckpt holds the later step; a torn (empty) file and a
+    foreign one are no candidates; a sharded folder is read from its meta.pt."""
+    from perceiver_lit.callbacks.preemption import checkpoint_step, newest_checkpoint
+
+    def save(name: str, step: int) -> str:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"global_step": step, "state_dict": {"w": torch.zeros(3)}}, path)
+        return str(path)
+
+    paths = [save("hpc_ckpt_1.ckpt", 31), save("hpc_ckpt_2.ckpt", 40), save("checkpoints/last.ckpt", 61),
+             save("sharded/last.ckpt/meta.pt", 50)[: -len("/meta.pt")]]
+    (tmp_path / "torn.ckpt").write_bytes(b"")
+    (tmp_path / "foreign.ckpt").write_text("not a checkpoint")
+    assert checkpoint_step(tmp_path / "torn.ckpt") is None and checkpoint_step(tmp_path / "foreign.ckpt") is None
+    assert checkpoint_step(paths[3]) == 50
+    candidates = [*paths, str(tmp_path / "torn.ckpt"), str(tmp_path / "foreign.ckpt")]
+    assert newest_checkpoint(candidates) == (paths[2], 61)
+    assert newest_checkpoint(paths[:2]) == (paths[1], 40)
+    assert newest_checkpoint([str(tmp_path / "torn.ckpt")]) is None
