@@ -236,7 +236,8 @@ class Task(pl.LightningModule):
         precision = str(self._trainer.precision) if self._trainer is not None else "32-true"
         optimizer = build_optimizer(
             self.optimizer_name, self.net, self.lr, self.weight_decay, self.betas, self.eps,
-            fused=not precision.startswith("16"), decay_embeddings=self.decay_embeddings,
+            fused=not precision.startswith("16") and not ("mixed" in precision and (self.trainer.gradient_clip_val or 0) > 0),
+            decay_embeddings=self.decay_embeddings,
         )
         # Steps per epoch are needed only for what is stated in epochs (the loader may have no length otherwise).
         needs_epochs = self.warmup_epochs > 0 or self.flat_epochs > 0 or (self.schedule == "step")
