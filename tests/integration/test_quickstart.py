@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +37,14 @@ def test_quickstart_script_trains_and_tests_the_model_it_trained(tmp_path):
     # from the 4 train shards), so max_steps ends the fit before any validation and no new best.ckpt is written.
     budget = ["--trainer.max_steps", "200", "--data.init_args.samples_per_epoch", "32000",
               "--trainer.enable_progress_bar", "false"]
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "quickstart.sh"), *budget], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)
-    out = proc.stdout + proc.stderr
+    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "quickstart.sh"), *budget], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:  # timed out: stop the script and the fit or test it started
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 0, out[-6000:]
     assert len(sorted(data.glob("train-*.tar"))) == 4 and len(sorted(data.glob("test-*.tar"))) == 4
     last = run / "checkpoints" / "last.ckpt"
