@@ -49,7 +49,7 @@ def test_quickstart_script_trains_and_tests_the_model_it_trained(tmp_path):
     assert len(sorted(data.glob("train-*.tar"))) == 4 and len(sorted(data.glob("test-*.tar"))) == 4
     last = run / "checkpoints" / "last.ckpt"
     assert f"3/3 perceiver-lit test on the test images ({last})" in out, out[-4000:]
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 200
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 200
     (tested,) = re.findall(r"test/acc1=([0-9.]+)", (run / "test.log").read_text())
     printed = re.search(r"done: test accuracy ([0-9.]+) \| fit \d+ s, test \d+ s, total \d+ s", out)
     assert printed and printed.group(1) == tested, out[-2000:]
