@@ -95,7 +95,7 @@ def test_fit_then_test_with_wandb_offline(fashion_shards, tmp_path, monkeypatch,
     assert 0.0 <= summary.last_test["test/acc1"] <= 1.0 and math.isfinite(summary.last_test["test/loss"])
     assert any("[perceiver-lit] test: " in r.getMessage() and "test/acc1=" in r.getMessage() for r in caplog.records)
     # the tested weights are the best checkpoint's
-    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     torch.testing.assert_close(test.model.state_dict()["net.latents"], state["net.latents"])
     assert (root / "config_test.yaml").is_file()
     assert_per_class_table(wandb_run_of(root, 2, "test/acc1"), "test/per_class_accuracy", 10)
