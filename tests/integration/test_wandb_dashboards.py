@@ -131,7 +131,8 @@ def test_wandb_offline_run_has_attention_maps_and_tables(fashion_shards, tmp_pat
     assert table["columns"] == ["class", "name", "accuracy", "support"]
     assert [r[0] for r in table["data"]] == list(range(10))
     assert sum(r[3] for r in table["data"]) == 200  # 4 test batches of 50
-    assert all(r[2] is None or 0.0 <= r[2] <= 1.0 for r in table["data"])
+    # a class without test samples has no accuracy; every other one has one in [0, 1]
+    assert all((r[2] is None) == (r[3] == 0) and (r[2] is None or 0.0 <= r[2] <= 1.0) for r in table["data"])
 
     cfg = wandb_config(os.path.dirname(run_dir))
     assert "data" in cfg, f"RunConfig's keys are missing from the run config: {sorted(cfg)}"
