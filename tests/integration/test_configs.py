@@ -10,9 +10,9 @@ Configs are found by glob, so configs added later are picked up. How a config is
   that ships bf16 (the paper recipes: bf16-mixed with LAMB and clipping) runs under configs/trainer/cpu_bf16.yaml
   layered after it, as that preset's comment tells users to; the others run at the precision they ship. The
   default logger stays on (W&B offline, with its callbacks: RunConfig, AttentionMaps, PerClassTable, GradNorm).
-- workers: every config runs with DataLoader workers: the number it ships (the local configs: 1), capped at the
-  eval split's shard count (exact eval needs a shard per worker) and at 2 (this machine's cores); the paper
-  recipes ship 8, so they run with 1 or 2.
+- workers: every config runs with the DataLoader workers it ships (the quickstart: 0; the local configs, one per
+  modality: 1), capped at the eval split's shard count (exact eval needs a shard per worker) and at 2 (this
+  machine's cores): the paper recipes ship 8 and run with 1 or 2.
 Paper-scale nets are additionally built at full size on the meta device and compared with the models helper's
 presets (parameter counts from the papers / HF).
 Trainer presets (configs/trainer/) run on top of configs/local/image.yaml when they are CPU-only and
