@@ -12,26 +12,28 @@ import torch
 import yaml
 
 from perceiver_lit.callbacks import Summary
-from tests.fixtures.training import fashion_data, read_wandb_run, run_cli, tiny_perceiver, write_config
+from tests.fixtures.training import (fashion_data, read_wandb_records, read_wandb_run, run_cli, tiny_perceiver,
+                                    write_config)
 from tests.integration.test_configs import CONFIGS, shards, smoke_overrides  # noqa: F401 (shards: a fixture)
 
 pytestmark = pytest.mark.integration
 
 
 def wandb_run_of(root, count: int, wait_for: str) -> dict:
-    """The newest of the `count` offline W&B runs under <root>/wandb, read back once it holds `wait_for`."""
-    for _ in range(40):  # wandb-core may create the run file a moment after finish() returns
+    """The newest of the `count` offline W&B runs under <root>/wandb, read back once wandb has written all of it
+    (its `exit` record) and it holds `wait_for`."""
+    for _ in range(120):  # wandb-core may create the run file a moment after finish() returns
         runs = sorted((root / "wandb").glob("offline-run-*/run-*.wandb"), key=lambda p: p.stat().st_mtime)
         if len(runs) >= count:
             break
         time.sleep(0.5)
     assert len(runs) == count, runs
-    run = read_wandb_run(runs[-1])
-    for _ in range(20):  # the wandb service may still be flushing the file for a moment after finish()
-        if "name" in run and any(wait_for in row for row in run["history"]):
+    for _ in range(120):  # the wandb service may still be flushing the file for a while after finish()
+        done = any(r.WhichOneof("record_type") == "exit" for r in read_wandb_records(runs[-1]))
+        run = read_wandb_run(runs[-1])
+        if done and "name" in run and any(wait_for in row for row in run["history"]):
             break
         time.sleep(0.5)
-        run = read_wandb_run(runs[-1])
     return run
 
 
