@@ -40,15 +40,17 @@ def cross_attention_weights(layer: CrossAttentionLayer, latents: Tensor, inputs:
     B, K, _ = latents.shape
     M, h = inputs.shape[1], layer.num_heads
     dtype = layer.to_q.weight.dtype  # fp32, or FSDP2's parameter dtype under its mixed precision
+    # All of it outside autocast: under bf16-mixed the scores would come out in bf16 (coarse maps that
+    # matplotlib cannot draw).
     with torch.autocast(latents.device.type, enabled=False):
         q = layer.to_q(layer.norm_q(latents.to(dtype))).float()                      # (B, K, Cqk)
         k = layer.project_kv(inputs.to(dtype))[..., : layer.qk_channels].float()     # (B, M, Cqk)
-    q = q.view(B, K, h, -1).transpose(1, 2)                                          # (B, h, K, d)
-    k = k.view(B, M, h, -1).transpose(1, 2)                                          # (B, h, M, d)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])                        # (B, h, K, M)
-    if pad_mask is not None:
-        scores = scores.masked_fill(pad_mask[:, None, None, :], float("-inf"))
-    return scores.softmax(-1).mean(1)                                                # (B, K, M)
+        q = q.view(B, K, h, -1).transpose(1, 2)                                      # (B, h, K, d)
+        k = k.view(B, M, h, -1).transpose(1, 2)                                      # (B, h, M, d)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])                    # (B, h, K, M)
+        if pad_mask is not None:
+            scores = scores.masked_fill(pad_mask[:, None, None, :], float("-inf"))
+        return scores.softmax(-1).mean(1)                                            # (B, K, M) fp32
 
 
 def element_permutation(net: nn.Module, num_elements: int) -> Tensor | None:

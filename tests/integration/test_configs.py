@@ -6,7 +6,13 @@ Configs are found by glob, so configs added later are picked up. How a config is
   per-modality sizes in DATA_OVERRIDES make the inputs tiny;
 - model: `shrink()` walks the net's init_args and makes every width, depth and head count tiny, keeping the
   structure (adapter, sharing, queries, output head) the config chose;
-- trainer: two steps on CPU in fp32, one validation batch.
+- trainer: two steps, one validation batch; nothing else of the shipped trainer settings is changed. A recipe
+  that ships bf16 (the paper recipes: bf16-mixed with LAMB and clipping) runs under configs/trainer/cpu_bf16.yaml
+  layered after it, as that preset's comment tells users to; the others run at the precision they ship. The
+  default logger stays on (W&B offline, with its callbacks: RunConfig, AttentionMaps, PerClassTable, GradNorm).
+- workers: every config runs with the DataLoader workers it ships (the quickstart: 0; the local configs, one per
+  modality: 1), capped at the eval split's shard count (exact eval needs a shard per worker) and at 2 (this
+  machine's cores): the paper recipes ship 8 and run with 1 or 2.
 Paper-scale nets are additionally built at full size on the meta device and compared with the models helper's
 presets (parameter counts from the papers / HF).
 Trainer presets (configs/trainer/) run on top of configs/local/image.yaml when they are CPU-only and
@@ -26,6 +32,7 @@ import pytest
 import torch
 import yaml
 
+from datamodules.base import expand_urls
 from perceiver_lit.cli import PerceiverCLI
 from tests.fixtures.training import write_config
 
@@ -38,13 +45,15 @@ SWEEPS = [p for p in ALL if "sweeps" in p.relative_to(CONFIGS).parts]
 RUNNABLE = [p for p in ALL if p not in TRAINER_PRESETS and p not in SWEEPS]
 BASE_FOR_PRESETS = CONFIGS / "local" / "image.yaml"
 
+CPU_BF16 = CONFIGS / "trainer" / "cpu_bf16.yaml"
+# Only the run's length is changed: precision, logger, accelerator and the callbacks stay as shipped.
 TRAINER = {
-    "accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "32-true",
     "max_steps": 2, "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1, "limit_test_batches": 1,
-    "num_sanity_val_steps": 0, "val_check_interval": 1.0, "log_every_n_steps": 1, "logger": False,
+    "num_sanity_val_steps": 0, "val_check_interval": 1.0, "log_every_n_steps": 1,
     "enable_progress_bar": False, "enable_model_summary": False,
 }
-DATA_COMMON = {"batch_size": 2, "num_workers": 0, "samples_per_epoch": 4, "shuffle_buffer": 4, "mix_batches": 1}
+DATA_COMMON = {"batch_size": 2, "samples_per_epoch": 4, "shuffle_buffer": 4, "mix_batches": 1}
+MAX_WORKERS_HERE = 2  # this machine's cores
 
 # data class name -> (shards to use, tiny sizes). "fashion"/"jpeg" are the data fixtures; others are modalities
 # of the synthetic writer.
@@ -114,6 +123,10 @@ def smoke_overrides(config_path: Path, shards: dict[str, tuple[str, str]], tmp_p
     source, sizes = DATA_OVERRIDES[data_class]
     train_urls, eval_urls = shards[source]
     data_args = {**DATA_COMMON, **sizes, "train_urls": train_urls, "val_urls": eval_urls, "test_urls": eval_urls}
+    shipped_workers = cfg["data"].get("init_args", {}).get("num_workers", 0)
+    cap = min(MAX_WORKERS_HERE, len(expand_urls(eval_urls)))
+    if shipped_workers > cap:  # the paper recipes' 8 (see the module docstring)
+        data_args["num_workers"] = cap
     if data_class == "TextDataModule" and cfg["data"].get("init_args", {}).get("num_classes") is not None:
         data_args["num_classes"] = len((Path(train_urls.split("::")[0]).parent / "classes.txt").read_text().split())
     out = {
@@ -144,11 +157,44 @@ def _finite(x: Any) -> bool:
     return math.isfinite(float(x))
 
 
+def ships_bf16(config: Path) -> bool:
+    return str((yaml.safe_load(config.read_text()).get("trainer") or {}).get("precision", "")).startswith("bf16")
+
+
+def test_smoke_runs_cover_workers_and_bf16(shards, tmp_path):
+    """What the smoke runs below cover: DataLoader workers for each data class, and bf16 for every paper recipe
+    (so cpu_bf16 is exercised with LAMB and clipping)."""
+    workers = {}
+    for p in RUNNABLE:
+        shipped = yaml.safe_load(p.read_text())["data"]
+        run = smoke_overrides(p, shards, tmp_path)["data"]["init_args"].get("num_workers", shipped["init_args"].get(
+            "num_workers", 0))
+        assert run == shipped["init_args"].get("num_workers", 0) or run == 2 or run == 1, (p, run)
+        workers.setdefault(shipped["class_path"].rsplit(".", 1)[-1], []).append(run)
+    assert set(workers) == set(DATA_OVERRIDES)
+    assert all(max(runs) >= 1 for runs in workers.values()), workers
+    paper = [p for p in RUNNABLE if p.parent.name in ("imagenet", "audioset", "modelnet40", "language")]
+    assert len(paper) == 7 and all(ships_bf16(p) for p in paper)
+
+
 @pytest.mark.parametrize("config", RUNNABLE, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_config_trains_two_steps(config: Path, shards, tmp_path: Path):
-    override = write_config(tmp_path, smoke_overrides(config, shards, tmp_path), "smoke.yaml")
-    cli = PerceiverCLI(args=["fit", "--config", str(config), "--config", override])
+    from lightning.pytorch.loggers import WandbLogger
+
+    from perceiver_lit.callbacks import AttentionMaps, GradNorm, PerClassTable, RunConfig
+
+    smoke = smoke_overrides(config, shards, tmp_path)
+    override = write_config(tmp_path, smoke, "smoke.yaml")
+    preset = ["--config", str(CPU_BF16)] if ships_bf16(config) else []
+    cli = PerceiverCLI(args=["fit", "--config", str(config), *preset, "--config", override])
     assert cli.trainer.global_step == 2
+    shipped = yaml.safe_load(config.read_text())
+    assert cli.trainer.precision == (shipped.get("trainer") or {}).get("precision", "32-true")
+    assert cli.datamodule.num_workers == smoke["data"]["init_args"].get(
+        "num_workers", shipped["data"]["init_args"].get("num_workers"))
+    assert isinstance(cli.trainer.logger, WandbLogger) and cli.trainer.logger._offline
+    for callback in (RunConfig, AttentionMaps, PerClassTable, GradNorm):
+        assert any(isinstance(cb, callback) for cb in cli.trainer.callbacks), callback.__name__
     monitor, _ = cli.model.monitor
     assert monitor in cli.trainer.callback_metrics, sorted(cli.trainer.callback_metrics)
     assert _finite(cli.trainer.callback_metrics["train/loss_epoch"])
@@ -197,6 +243,13 @@ def test_paper_config_matches_preset(name: str):
         assert count == paper_params
 
 
+def _import_path(path: str) -> Any:
+    import importlib
+
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
 @pytest.mark.parametrize("preset", TRAINER_PRESETS, ids=lambda p: p.name)
 def test_trainer_preset(preset: Path, shards, tmp_path: Path, capsys):
     trainer_cfg = (yaml.safe_load(preset.read_text()) or {}).get("trainer", {})
@@ -208,15 +261,24 @@ def test_trainer_preset(preset: Path, shards, tmp_path: Path, capsys):
             PerceiverCLI(args=["fit", "--config", str(BASE_FOR_PRESETS), "--config", str(preset), "--print_config"])
         assert exit_info.value.code in (0, None)
         printed = yaml.safe_load(capsys.readouterr().out)["trainer"]
-        for key, value in trainer_cfg.items():
-            if not isinstance(value, (dict, list)):
-                assert printed[key] == value, key
+        checked = [key for key, value in trainer_cfg.items() if not isinstance(value, (dict, list))]
+        assert {"accelerator", "precision"} <= set(checked), checked  # never an empty check
+        for key in checked:
+            assert printed[key] == trainer_cfg[key], key
+        if isinstance(trainer_cfg.get("strategy"), dict):
+            assert printed["strategy"]["class_path"] == trainer_cfg["strategy"]["class_path"]
+            for key, value in trainer_cfg["strategy"].get("init_args", {}).items():
+                got = printed["strategy"]["init_args"][key]
+                if key == "auto_wrap_policy":  # class paths: jsonargparse prints a re-export's shorter path
+                    got, value = [_import_path(v) for v in got], [_import_path(v) for v in value]
+                assert got == value, key
         return
     smoke = smoke_overrides(BASE_FOR_PRESETS, shards, tmp_path)
     smoke["trainer"] = {k: v for k, v in smoke["trainer"].items() if k not in trainer_cfg}
     override = write_config(tmp_path, smoke, "smoke.yaml")
     cli = PerceiverCLI(args=["fit", "--config", str(BASE_FOR_PRESETS), "--config", str(preset), "--config", override])
     assert cli.trainer.global_step == 2
+    assert cli.trainer.precision == trainer_cfg["precision"]
 
 
 @pytest.mark.parametrize("spec", SWEEPS or [None], ids=lambda p: p.name if p else "none")

@@ -43,8 +43,11 @@ def test_fit_with_corrupt_shard_and_workers(fashion_shards, tmp_path):
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         callbacks=[LogCorruptSamples()])
     model = Linear()
+    before = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    initial = before.validate(model, datamodule=dm, verbose=False)[0]["val/loss"]
     trainer.fit(model, datamodule=dm)
     assert trainer.num_training_batches == 640 // 32 and trainer.global_step == 20
     assert dm.corrupt_samples > 0  # counted inside the worker processes, read here
     assert trainer.callback_metrics["data/corrupt_samples"].item() == dm.corrupt_samples
-    assert trainer.callback_metrics["val/loss"].item() < 2.3  # it learned something from the good samples
+    # it learned from the good samples: chance is ln(10) = 2.303; measured 2.67 untrained -> 0.90 after 20 steps
+    assert trainer.callback_metrics["val/loss"].item() < min(0.5 * initial, 1.5)

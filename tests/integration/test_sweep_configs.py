@@ -46,6 +46,7 @@ def test_sweep_command_parses_with_the_real_cli(path, monkeypatch):
     assert os.path.isfile(base), f"{path}: base config {base} does not exist"
     trials = expand(spec, trials=None if spec.method == "grid" else 2)
     params = trials[-1]  # the last grid point: the far end of every swept range
+    assert params and set(params) == set(spec.parameters), (params, spec.parameters)  # never an empty check
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
         PerceiverCLI(args=build_command(spec, params)[1:] + ["--print_config"])

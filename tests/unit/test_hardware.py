@@ -1,6 +1,8 @@
 """perceiver_lit.hardware: bf16 autocast on a CPU without native bf16 gets a warning naming trainer.precision."""
 
 import os
+import shutil
+import subprocess
 
 import pytest
 from lightning.pytorch import Trainer
@@ -21,9 +23,17 @@ def test_native_bf16_read_from_cpu_flags():
     assert cpu_has_native_bf16(SKYLAKE) is False
     assert cpu_has_native_bf16(GRAVITON2) is False
     assert cpu_has_native_bf16("no flags here\n") is None      # unreadable: nothing claimed
-    if os.path.exists("/proc/cpuinfo"):                          # this machine: read from the file = parsed text
-        with open("/proc/cpuinfo") as f:
-            assert cpu_has_native_bf16() == cpu_has_native_bf16(f.read()) is not None
+
+
+@pytest.mark.skipif(not (os.path.exists("/proc/cpuinfo") and shutil.which("lscpu")), reason="needs Linux and lscpu")
+def test_this_machine_agrees_with_lscpu():
+    """This machine, judged by the command configs/trainer/cpu_bf16.yaml tells users to run (lscpu's flags), not
+    by the function itself."""
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, env={**os.environ, "LC_ALL": "C"})
+    flags = {f for line in out.stdout.splitlines() if line.startswith(("Flags:", "Features:"))
+             for f in line.split(":", 1)[1].split()}
+    assert flags, out.stdout
+    assert cpu_has_native_bf16() is bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def test_warns_only_for_bf16_on_a_cpu_without_it():
