@@ -43,7 +43,8 @@ SELF = ("perceiver_lit.models.pretrained", "perceiver_lit.models.pretrained.pret
 
 
 class pretrained(nn.Module):  # noqa: N801 - a factory with a class's face, named as a function
-    """The net stored at `path`, with its weights, in eval mode (Lightning switches modes itself).
+    """The net stored at `path`, with its weights, in training mode like any freshly built module (call `.eval()`
+    before inference; Lightning switches modes itself).
 
     `pretrained(...)` returns the rebuilt net (a Perceiver, PerceiverIO, ...), never an instance of this class: it
     is a class only so that LightningCLI / jsonargparse take it as a net's `class_path` with linked arguments
@@ -328,4 +329,4 @@ def build_pretrained(tree: dict[str, Any], state: dict[str, Tensor], path: str, 
         print(f"[perceiver-lit] pretrained {path}: input channels adapted (timm's adapt_input_conv): "
               f"{', '.join(adapted)}", flush=True)
     net.pretrained_spec = new_tree  # the architecture, for checkpoints (Task.on_save_checkpoint) and exporters
-    return net.eval()
+    return net

@@ -148,14 +148,20 @@ class Task(pl.LightningModule):
         rank_zero_info(f"[perceiver-lit] freeze {self.freeze_patterns}: {frozen:,} parameters frozen "
                        f"({len(frozen_names)} tensors), {trainable:,} trainable")
 
+    def _keep_frozen_norms(self) -> None:
+        """A BatchNorm whose parameters are all frozen keeps its running statistics too: eval mode in training.
+        Lightning keeps each module's mode across its evaluation loops, so setting it at train start holds."""
+        if not self.freeze_patterns:
+            return
+        for m in self.net.modules():
+            params = list(m.parameters(recurse=False))
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
+                m.eval()
+
     def train(self, mode: bool = True) -> "Task":
         super().train(mode)
-        if mode and self.freeze_patterns:  # a frozen BatchNorm keeps its running statistics too
-            for m in self.net.modules():
-                params = list(m.parameters(recurse=False))
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad
-                                                                                        for p in params):
-                    m.eval()
+        if mode:
+            self._keep_frozen_norms()
         return self
 
     def _scale_body_lr(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -277,6 +283,7 @@ class Task(pl.LightningModule):
             )
 
     def on_train_start(self) -> None:
+        self._keep_frozen_norms()  # Lightning (>= 2.2) does not call train() at fit start
         self._warn_if_the_restored_schedule_ends_early()
         # self.log is not allowed before the first step's hooks; write straight to the loggers, once.
         if self.trainer.is_global_zero:

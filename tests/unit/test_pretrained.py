@@ -53,19 +53,21 @@ def _images(size=16, channels=3, n=2, seed=0):
 def test_hf_folder_and_converted_file_give_hfs_logits(hf_dirs, kind, tmp_path):
     hf, folder = hf_dirs[kind]
     net = pretrained(str(folder))
-    assert not net.training
+    assert net.training                                               # like any new module: Lightning sets modes
+    net.eval()
     x = _images()
     with torch.no_grad():
         ref = hf(inputs=x).logits
         torch.testing.assert_close(net(x.permute(0, 2, 3, 1)), ref, atol=1e-4, rtol=1e-4)
         ours, spec = from_huggingface(hf, return_spec=True)
         save_converted(ours, spec, str(tmp_path / "m.pt"))
-        torch.testing.assert_close(pretrained(tmp_path / "m.pt")(x.permute(0, 2, 3, 1)), ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(pretrained(tmp_path / "m.pt").eval()(x.permute(0, 2, 3, 1)), ref, atol=1e-4,
+                                   rtol=1e-4)
 
 
 def test_sequence_classification_matches_hf_with_padding(hf_dirs):
     hf, folder = hf_dirs["text"]
-    net = pretrained(str(folder), input_shape=(20,))  # the text data module's max_length
+    net = pretrained(str(folder), input_shape=(20,)).eval()  # the text data module's max_length
     ids = torch.randint(0, 262, (2, 20), generator=torch.Generator().manual_seed(1))
     attn = torch.ones(2, 20, dtype=torch.long)
     attn[1, 12:] = 0
@@ -90,7 +92,7 @@ def test_new_num_classes_reinitialises_the_head_and_says_so_in_one_line(hf_dirs,
 
 def test_learned_positions_are_resampled_for_a_new_image_size_as_hfs_interpolation(hf_dirs):
     hf, folder = hf_dirs["learned"]
-    net = pretrained(str(folder), input_shape=(24, 24, 3))
+    net = pretrained(str(folder), input_shape=(24, 24, 3)).eval()
     assert net.adapter.pos.embeddings.shape == (24 * 24, 256)
     x = _images(24)
     with torch.no_grad():
@@ -100,7 +102,7 @@ def test_learned_positions_are_resampled_for_a_new_image_size_as_hfs_interpolati
 
 def test_fourier_model_at_a_new_image_size_recomputes_its_positions(hf_dirs):
     hf, folder = hf_dirs["fourier"]
-    net = pretrained(str(folder), input_shape=(12, 12, 3))
+    net = pretrained(str(folder), input_shape=(12, 12, 3)).eval()
     x = _images(12)
     with torch.no_grad():  # HF computes Fourier features for whatever grid it gets (max_resolution kept)
         torch.testing.assert_close(net(x.permute(0, 2, 3, 1)), hf(inputs=x).logits, atol=1e-4, rtol=1e-4)
@@ -108,7 +110,7 @@ def test_fourier_model_at_a_new_image_size_recomputes_its_positions(hf_dirs):
 
 def test_grayscale_data_into_an_rgb_conv_model_sums_the_first_layer_over_rgb(hf_dirs, capsys):
     hf, folder = hf_dirs["conv"]
-    net = pretrained(str(folder), input_shape=(16, 16, 1))
+    net = pretrained(str(folder), input_shape=(16, 16, 1)).eval()
     assert "adapter.prep.0.weight (3 -> 1 input channels)" in capsys.readouterr().out
     gray = _images(channels=1)
     with torch.no_grad():  # exact: a gray image is the RGB image with three equal channels
