@@ -56,23 +56,30 @@ class pretrained(nn.Module):  # noqa: N801 - a factory with a class's face, name
             (one line names the tensors). None: the file's.
         input_shape: per-sample input shape (the data module's); when it differs, positions follow the new grid
             (see the module docstring). None: the file's.
+        hf_class: HF folders only: load it as this HF class instead of its config's `architectures`, as HF's
+            `from_pretrained` does, e.g. language-perceiver (a PerceiverForMaskedLM) as
+            PerceiverForSequenceClassification: the parts the folder lacks (the classification decoder) are freshly
+            initialised by HF, and one line names them.
     """
 
-    def __new__(cls, path: str, num_classes: int | None = None, input_shape: Sequence[int] | None = None):
+    def __new__(cls, path: str, num_classes: int | None = None, input_shape: Sequence[int] | None = None,
+                hf_class: str | None = None):
         path = os.fspath(path)
-        tree, state = read_pretrained(path)
+        tree, state = read_pretrained(path, hf_class)
         return build_pretrained(tree, state, path, num_classes, input_shape)
 
-    def __init__(self, path: str, num_classes: int | None = None,
-                 input_shape: Sequence[int] | None = None) -> None:  # pragma: no cover - __new__ returns the net
+    def __init__(self, path: str, num_classes: int | None = None, input_shape: Sequence[int] | None = None,
+                 hf_class: str | None = None) -> None:  # pragma: no cover - __new__ returns the net
         super().__init__()
 
 
 # ---------------------------------------------------------------------------------------------------- reading
-def read_pretrained(path: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def read_pretrained(path: str, hf_class: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(architecture as a {"class_path", "init_args"} tree, the net's state dict) from any of the three kinds."""
     if os.path.isdir(path):
-        return _read_hf_folder(path)
+        return _read_hf_folder(path, hf_class)
+    if hf_class is not None:
+        raise ValueError(f"pretrained: hf_class={hf_class!r} applies to HF model folders only, and {path} is not one")
     if not os.path.isfile(path):
         hint = (" (nothing is downloaded: fetch the HF folder first, e.g. `huggingface-cli download "
                 f"{path} --local-dir DIR`, and pass DIR)" if path.count("/") == 1 and not path.startswith(".") else "")
@@ -131,7 +138,7 @@ def _read_lightning(path: str, ckpt: dict[str, Any]) -> tuple[dict[str, Any], di
     return copy.deepcopy(tree), state
 
 
-def _read_hf_folder(path: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def _read_hf_folder(path: str, hf_class: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     from perceiver_lit.convert import SUPPORTED  # the HF mapping lives with the converter
 
     cfg_path = os.path.join(path, "config.json")
@@ -146,6 +153,9 @@ def _read_hf_folder(path: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
     if not archs or archs[0] not in SUPPORTED:
         raise ValueError(f"pretrained: {cfg_path}: architectures={archs} is not supported; supported: "
                          f"{', '.join(SUPPORTED)}")
+    if hf_class is not None and hf_class not in SUPPORTED:
+        raise ValueError(f"pretrained: hf_class={hf_class!r} is not supported; supported: {', '.join(SUPPORTED)}")
+    arch = hf_class or archs[0]
     weights = [w for w in HF_WEIGHTS if os.path.isfile(os.path.join(path, w))]
     if not weights:
         raise ValueError(f"pretrained: {path} has config.json but no weights; expected one of {', '.join(HF_WEIGHTS)}")
@@ -158,22 +168,31 @@ def _read_hf_folder(path: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
     from perceiver_lit.convert import from_huggingface
 
     where = os.path.join(path, weights[0])
-    bars = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per rank is noise in a run's log
+    hf_logging = transformers.utils.logging
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar and load report per rank: noise in a run's log;
+    hf_logging.set_verbosity_error()   # what matters is checked below and said in one line
     try:
-        hf_model, info = getattr(transformers, archs[0]).from_pretrained(path, local_files_only=True,
-                                                                         output_loading_info=True)
+        hf_model, info = getattr(transformers, arch).from_pretrained(path, local_files_only=True,
+                                                                     output_loading_info=True)
     except Exception as e:  # noqa: BLE001 - corrupt weights, shapes that contradict config.json
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"pretrained: {where} could not be loaded as {archs[0]} ({type(e).__name__}: {first}); "
+        raise ValueError(f"pretrained: {where} could not be loaded as {arch} ({type(e).__name__}: {first}); "
                          f"expected weights that fit {cfg_path}") from e
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bars:
-            transformers.utils.logging.enable_progress_bar()
-    bad = [*info.get("missing_keys", []), *[str(m[0] if isinstance(m, tuple) else m)
-                                            for m in info.get("mismatched_keys", [])]]
+            hf_logging.enable_progress_bar()
+    missing = sorted(info.get("missing_keys", []))
+    bad = [str(m[0] if isinstance(m, tuple) else m) for m in info.get("mismatched_keys", [])]
+    if hf_class is None or hf_class == archs[0]:
+        bad += missing
     if bad:
         raise ValueError(f"pretrained: {where}: tensors missing or not fitting {cfg_path}: {sorted(bad)[:5]}")
+    if missing and _is_rank_zero():
+        print(f"[perceiver-lit] pretrained {path}: loaded as {arch} (the folder holds {archs[0]}): newly initialised "
+              f"{len(missing)} tensors under {', '.join(sorted({'.'.join(k.split('.')[:3]) for k in missing}))}",
+              flush=True)
     model, spec = from_huggingface(hf_model.eval(), return_spec=True)
     return tree_from_spec(spec), model.state_dict()
 

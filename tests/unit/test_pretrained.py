@@ -249,3 +249,21 @@ def test_body_lr_scale_gives_the_body_a_lower_lr_than_the_head():
     assert lrs[task.net.embed.weight] == pytest.approx(1e-3) and lrs[task.net.norm.weight] == pytest.approx(1e-3)
     decays = {g["weight_decay"] for g in trainer.optimizers[0].param_groups}
     assert decays == {0.05, 0.0}                                      # the decay groups survive the split
+
+
+def test_language_perceiver_loads_as_a_sequence_classifier_with_hf_class(tmp_path, capsys):
+    from tests.unit.test_convert import hf_mlm
+
+    mlm = hf_mlm()
+    mlm.save_pretrained(tmp_path)
+    net = pretrained(str(tmp_path), num_classes=7, input_shape=(48,), hf_class="PerceiverForSequenceClassification")
+    out = capsys.readouterr().out
+    assert "loaded as PerceiverForSequenceClassification (the folder holds PerceiverForMaskedLM): newly " \
+           "initialised 21 tensors under perceiver.decoder.decoder" in out
+    assert net.head.weight.shape == (7, 32) and net.queries.queries.shape == (1, 32)
+    ref = mlm.state_dict()                                            # the encoder is language-perceiver's
+    assert torch.equal(net.state_dict()["latents"], ref["perceiver.embeddings.latents"])
+    assert torch.equal(net.state_dict()["adapter.embedding.weight"], ref["perceiver.input_preprocessor.embeddings.weight"])
+    assert net.eval()(torch.randint(0, 262, (2, 48))).shape == (2, 7)
+    with pytest.raises(ValueError, match=r"hf_class='PerceiverForOpticalFlow' is not supported; supported: "):
+        pretrained(str(tmp_path), hf_class="PerceiverForOpticalFlow")
