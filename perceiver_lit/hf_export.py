@@ -9,9 +9,9 @@ model.safetensors (HF's `save_pretrained`). Every architecture HF has a class fo
 
 | our net | HF class |
 |---|---|
-| PerceiverIO, ImageAdapter pixels + Fourier (64 bands, max resolution 224), 1 query, linear head | PerceiverForImageClassificationFourier |
-| PerceiverIO, ImageAdapter conv1x1 (256) + learned positions (256 channels, square grid) | PerceiverForImageClassificationLearned |
-| PerceiverIO, ImageAdapter conv (64) + Fourier (64 bands, max resolution 56) | PerceiverForImageClassificationConvProcessing |
+| PerceiverIO, ImageAdapter pixels + Fourier (64 bands, max res. 224), 1 query | ...ImageClassificationFourier |
+| PerceiverIO, ImageAdapter conv1x1 (256) + learned positions (256, square grid) | ...ImageClassificationLearned |
+| PerceiverIO, ImageAdapter conv (64) + Fourier (64 bands, max res. 56) | ...ImageClassificationConvProcessing |
 | PerceiverIO, TextAdapter, one query per byte, tied-embedding head | PerceiverForMaskedLM |
 | PerceiverIO, TextAdapter, 1 query, linear head | PerceiverForSequenceClassification |
 
@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from perceiver_lit.models import FourierPositionEncoding, ImageAdapter, LearnedPositionEncoding, PerceiverIO, TextAdapter
+from perceiver_lit.models import (FourierPositionEncoding, ImageAdapter, LearnedPositionEncoding, PerceiverIO,
+                                  TextAdapter)
 from perceiver_lit.models.queries import TrainableQueries
 
 EXPORTABLE = ("PerceiverForImageClassificationFourier", "PerceiverForImageClassificationLearned",
@@ -171,7 +172,8 @@ def hf_state_dict(net: PerceiverIO, arch: str) -> dict[str, Tensor]:
     else:
         out[f"{dec}.final_layer.weight"], out[f"{dec}.final_layer.bias"] = sd["head.weight"], sd["head.bias"]
     if arch.endswith("Learned"):
-        out[f"{pre}.convnet_1x1.weight"], out[f"{pre}.convnet_1x1.bias"] = sd["adapter.prep.weight"], sd["adapter.prep.bias"]
+        out[f"{pre}.convnet_1x1.weight"] = sd["adapter.prep.weight"]
+        out[f"{pre}.convnet_1x1.bias"] = sd["adapter.prep.bias"]
         # HF projects its table through a Linear every forward; ours has it folded in: an identity projection.
         table = sd["adapter.pos.embeddings"]
         out[f"{pre}.position_embeddings.position_embeddings"] = table

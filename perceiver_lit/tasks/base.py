@@ -117,7 +117,7 @@ class Task(pl.LightningModule):
         if self.freeze_patterns:
             self._freeze_parameters()
         if body_lr_scale != 1.0:
-            self._matching("head", self.head_patterns)  # a head pattern that matches nothing fails here, before training
+            self._matching("head", self.head_patterns)  # a pattern that matches nothing fails here, before training
 
     # ---- fine-tuning: frozen parameters, a slower body ----------------------------------------------------------
 

@@ -263,7 +263,8 @@ def test_language_perceiver_loads_as_a_sequence_classifier_with_hf_class(tmp_pat
     assert net.head.weight.shape == (7, 32) and net.queries.queries.shape == (1, 32)
     ref = mlm.state_dict()                                            # the encoder is language-perceiver's
     assert torch.equal(net.state_dict()["latents"], ref["perceiver.embeddings.latents"])
-    assert torch.equal(net.state_dict()["adapter.embedding.weight"], ref["perceiver.input_preprocessor.embeddings.weight"])
+    assert torch.equal(net.state_dict()["adapter.embedding.weight"],
+                       ref["perceiver.input_preprocessor.embeddings.weight"])
     assert net.eval()(torch.randint(0, 262, (2, 48))).shape == (2, 7)
     with pytest.raises(ValueError, match=r"hf_class='PerceiverForOpticalFlow' is not supported; supported: "):
         pretrained(str(tmp_path), hf_class="PerceiverForOpticalFlow")
