@@ -116,3 +116,15 @@ def test_sequence_classification_trains_through_classification_on_the_text_data_
     assert fit.trainer.global_step == 2
     assert math.isfinite(float(fit.trainer.callback_metrics["train/loss"]))
     assert fit.model.net.adapter.pos.embeddings.shape == (128, 16)   # HF's 128 positions kept for 96-byte texts
+
+
+def test_a_bad_path_through_the_cli_fails_naming_it_before_training(fashion_shards, tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    for path, message in [(tmp_path / "nope.pt", r"nope.pt does not exist; expected a file written by "
+                                                 r"perceiver-lit-convert"),
+                          (tmp_path / "other.pt", r"other.pt is none of the known kinds")]:
+        config = {"name": "bad", "trainer": {**TRAINER, "max_epochs": 1}, "model": task(str(path)),
+                  "data": fashion_data(fashion_shards, batch_size=50)}
+        with pytest.raises(ValueError, match=message):  # jsonargparse reports the net's error inside its own
+            run_cli(["fit", "--config", write_config(tmp_path, config)], cwd=tmp_path)
+        assert not (tmp_path / "runs" / "bad" / "checkpoints").exists()
