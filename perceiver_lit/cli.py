@@ -66,6 +66,7 @@ _WANDB_AVAILABLE = RequirementCache("wandb")
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 NET = "model.init_args.net"
+PRETRAINED = ("perceiver_lit.models.pretrained", "perceiver_lit.models.pretrained.pretrained")  # the net factory
 ADAPTER = f"{NET}.init_args.adapter"
 
 
@@ -334,7 +335,9 @@ class PerceiverCLI(LightningCLI):
         if cfg.trainer.get("default_root_dir") is None:
             cfg.trainer.default_root_dir = os.path.join("runs", cfg.name)
         self._remember_run_dir(cfg)
-        if self.subcommand in ("validate", "test", "predict") and not cfg.get("ckpt_path"):
+        pretrained_net = _get_dotted(self._tree, f"{NET}.class_path") in PRETRAINED  # weights from its path
+        if self.subcommand in ("validate", "test", "predict") and not cfg.get("ckpt_path") and not pretrained_net \
+                and not cfg.get("init_weights"):
             rank_zero_warn(f"perceiver-lit {self.subcommand} without --ckpt_path evaluates the model's initial "
                            "(untrained) weights; pass --ckpt_path "
                            f"{os.path.join(cfg.trainer.default_root_dir, 'checkpoints', 'best.ckpt')} (or last.ckpt)")

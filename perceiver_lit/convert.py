@@ -1,12 +1,14 @@
 """Convert HF transformers Perceiver models to perceiver-lit models with the same weights.
 
 Supported: PerceiverForImageClassificationFourier, ...Learned, ...ConvProcessing (DeepMind's three ImageNet
-models) and PerceiverForMaskedLM (language-perceiver). Our image models take channels-last images
+models), PerceiverForMaskedLM (language-perceiver) and PerceiverForSequenceClassification (language-perceiver with
+a classification head, as for GLUE). Our image models take channels-last images
 (B, H, W, C); HF's take (B, C, H, W). Compare in eval mode: HF's attention_probs_dropout_prob defaults to 0.1.
 It is not carried over: the converted model has dropout 0, as DeepMind trained.
 
     perceiver-lit-convert --hf /path/to/vision-perceiver-fourier --out fourier.pt
     model = load_converted("fourier.pt")
+    model = perceiver_lit.models.pretrained("fourier.pt")   # the same, with num_classes / input_shape retargeting
 
 The file holds {"format", "spec", "state_dict"}: `spec` names the model, adapter and query classes with their
 keyword arguments, so `build_from_spec` rebuilds the model without transformers installed.
@@ -22,11 +24,13 @@ import torch
 from torch import Tensor, nn
 
 from perceiver_lit import models
+from perceiver_lit.models.pretrained import CONVERTED_FORMAT
 
-FORMAT = "perceiver-lit/converted-v1"
+FORMAT = CONVERTED_FORMAT
 IMAGE_CLASSES = ("PerceiverForImageClassificationFourier", "PerceiverForImageClassificationLearned",
                  "PerceiverForImageClassificationConvProcessing")
-SUPPORTED = (*IMAGE_CLASSES, "PerceiverForMaskedLM")
+TEXT_CLASSES = ("PerceiverForMaskedLM", "PerceiverForSequenceClassification")
+SUPPORTED = (*IMAGE_CLASSES, *TEXT_CLASSES)
 
 
 def _build_with_weights(spec: dict[str, Any], state_dict: dict[str, Tensor]) -> nn.Module:
@@ -86,6 +90,13 @@ def _hf_spec(hf_model: nn.Module, image_size: int | None) -> dict[str, Any]:
                    "kwargs": dict(num_queries=n_pos, num_channels=cfg.d_model, match_input_length=True)}
         return {"model": "PerceiverIO", "config": asdict(config), "adapter": adapter, "queries": queries}
 
+    if name == "PerceiverForSequenceClassification":
+        n_pos = cfg.max_position_embeddings
+        adapter = {"class": "TextAdapter", "kwargs": dict(input_shape=(n_pos,), vocab_size=cfg.vocab_size,
+                                                          num_channels=cfg.d_model, max_seq_len=n_pos)}
+        queries = {"class": "TrainableQueries", "kwargs": dict(num_queries=1, num_channels=cfg.d_latents)}
+        return {"model": "PerceiverIO", "config": asdict(config), "adapter": adapter, "queries": queries}
+
     size = image_size or (cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0])
     kw: dict[str, Any] = dict(input_shape=(size, size, pre.in_channels))
     if pre.prep_type == "pixels":
@@ -141,6 +152,11 @@ def _state_dict(hf_model: nn.Module, num_self_attends: int) -> dict[str, Tensor]
         out["adapter.embedding.weight"] = sd[f"{pre}.embeddings.weight"]
         out["adapter.pos.embeddings"] = sd[f"{pre}.position_embeddings.weight"]
         out["head_bias"] = sd["embedding_decoder.bias"]
+    elif name == "PerceiverForSequenceClassification":
+        dec = f"{P}.decoder.decoder"
+        out["adapter.embedding.weight"] = sd[f"{pre}.embeddings.weight"]
+        out["adapter.pos.embeddings"] = sd[f"{pre}.position_embeddings.weight"]
+        out["head.weight"], out["head.bias"] = sd[f"{dec}.final_layer.weight"], sd[f"{dec}.final_layer.bias"]
     else:
         dec = f"{P}.decoder.decoder"
         out["head.weight"], out["head.bias"] = sd[f"{dec}.final_layer.weight"], sd[f"{dec}.final_layer.bias"]

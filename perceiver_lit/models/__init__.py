@@ -10,6 +10,7 @@ from .position import FourierPositionEncoding, LearnedPositionEncoding, fourier_
 from .presets import (PRESETS, build_preset, perceiver_audioset, perceiver_imagenet, perceiver_io_imagenet,
                       perceiver_io_language, perceiver_modelnet40)
 from .queries import FourierQueries, MultimodalQueries, QueryProvider, TrainableQueries
+from .pretrained import pretrained  # noqa: E402 - the net factory (shadows its module's name, as intended)
 
 __all__ = [
     "InputAdapter", "ImageAdapter", "VideoAdapter", "AudioAdapter", "PointCloudAdapter", "TextAdapter",
@@ -18,5 +19,5 @@ __all__ = [
     "FourierPositionEncoding", "LearnedPositionEncoding", "fourier_features",
     "QueryProvider", "TrainableQueries", "FourierQueries", "MultimodalQueries",
     "PRESETS", "build_preset", "perceiver_imagenet", "perceiver_io_imagenet", "perceiver_audioset",
-    "perceiver_modelnet40", "perceiver_io_language",
+    "perceiver_modelnet40", "perceiver_io_language", "pretrained",
 ]

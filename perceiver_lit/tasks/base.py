@@ -6,6 +6,7 @@ the task owns only loss, metrics, optimizer and schedule. Subclasses implement `
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from typing import Any, Literal
 
@@ -47,6 +48,12 @@ class Task(pl.LightningModule):
             task prints the global batch (per-device batch x devices x nodes x accumulation) and warns, naming
             the fields and the linearly scaled lr, when it differs.
         compile: wrap the net with torch.compile in configure_model.
+        freeze: glob patterns over the net's parameter names (`fnmatch`: "adapter.*", "encoder.*"); matching
+            parameters get requires_grad=False and stay out of the optimizer (fine-tuning). A BatchNorm whose
+            parameters are all frozen also keeps its running statistics (eval mode in training).
+        body_lr_scale: the lr of every parameter outside `head` is lr x body_lr_scale (e.g. 0.1: the pretrained
+            body learns 10x slower than the new head; docs/training.md, "Fine-tuning"). 1.0: one lr.
+        head: glob patterns of the head's parameter names, for body_lr_scale.
     """
 
     #: the validation metric that picks the best checkpoint, and whether higher is better.
@@ -70,6 +77,9 @@ class Task(pl.LightningModule):
         flat_epochs: float = 0.0,
         reference_batch_size: int | None = None,
         compile: bool = False,
+        freeze: list[str] | None = None,
+        body_lr_scale: float = 1.0,
+        head: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[] if _hparams_given_by_cli() else ["net"])
@@ -99,6 +109,85 @@ class Task(pl.LightningModule):
         self.compile_net = compile
         if schedule == "step" and not self.decay_epochs:
             raise ValueError("model.init_args.decay_epochs: schedule 'step' needs the epochs to decay at")
+        # (not self.freeze: LightningModule.freeze() is a method)
+        self.freeze_patterns, self.head_patterns = list(freeze or []), list(head or ["head.*"])
+        if not 0.0 < body_lr_scale <= 1.0:
+            raise ValueError(f"model.init_args.body_lr_scale must be in (0, 1], got {body_lr_scale}")
+        self.body_lr_scale = body_lr_scale
+        if self.freeze_patterns:
+            self._freeze_parameters()
+        if body_lr_scale != 1.0:
+            self._matching("head", self.head_patterns)  # a pattern that matches nothing fails here, before training
+
+    # ---- fine-tuning: frozen parameters, a slower body ----------------------------------------------------------
+
+    def _net_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The net's named parameters, without torch.compile's `_orig_mod.` prefix."""
+        return [(n.removeprefix("_orig_mod."), p) for n, p in self.net.named_parameters()]
+
+    def _matching(self, field: str, patterns: list[str]) -> set[str]:
+        """Names of the net's parameters that match any of `patterns`; a pattern that matches none is an error."""
+        names = [n for n, _ in self._net_parameters()]
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                examples = [n for i, n in enumerate(names)  # the first name under each top-level module
+                            if n.split(".")[0] not in {m.split(".")[0] for m in names[:i]}][:8]
+                raise ValueError(f"model.init_args.{field}: {pattern!r} matches no parameter of the net "
+                                 f"({type(self.net).__name__}); its names look like {', '.join(examples)}")
+        return {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+
+    def _freeze_parameters(self) -> None:
+        frozen_names = self._matching("freeze", self.freeze_patterns)
+        frozen = trainable = 0
+        for name, p in self._net_parameters():
+            if name in frozen_names:
+                p.requires_grad_(False)
+                frozen += p.numel()
+            elif p.requires_grad:
+                trainable += p.numel()
+        rank_zero_info(f"[perceiver-lit] freeze {self.freeze_patterns}: {frozen:,} parameters frozen "
+                       f"({len(frozen_names)} tensors), {trainable:,} trainable")
+
+    def _keep_frozen_norms(self) -> None:
+        """A BatchNorm whose parameters are all frozen keeps its running statistics too: eval mode in training.
+        Lightning keeps each module's mode across its evaluation loops, so setting it at train start holds."""
+        if not self.freeze_patterns:
+            return
+        for m in self.net.modules():
+            params = list(m.parameters(recurse=False))
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
+                m.eval()
+
+    def train(self, mode: bool = True) -> "Task":
+        super().train(mode)
+        if mode:
+            self._keep_frozen_norms()
+        return self
+
+    def _scale_body_lr(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """The same optimizer with each group split into head (lr) and body (lr x body_lr_scale)."""
+        if self.body_lr_scale == 1.0:
+            return optimizer
+        head = {id(p) for n, p in self._net_parameters() if n in self._matching("head", self.head_patterns)}
+        groups = []
+        for g in optimizer.param_groups:
+            for in_head, scale in ((True, 1.0), (False, self.body_lr_scale)):
+                params = [p for p in g["params"] if (id(p) in head) == in_head]
+                if params:
+                    groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": params,
+                                   "lr": g["lr"] * scale})
+        optimizer.param_groups = []  # no state yet: regroup in place (keeps the optimizer's own settings)
+        for g in groups:
+            optimizer.add_param_group(g)
+        return optimizer
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A net built by perceiver_lit.models.pretrained records its architecture, so that the checkpoint alone
+        # rebuilds it (without the file it came from).
+        net = getattr(self.net, "_orig_mod", self.net)
+        spec = getattr(net, "pretrained_spec", None)
+        if spec is not None:
+            checkpoint["net_spec"] = spec
 
     # ---- model ------------------------------------------------------------------------------------------------
 
@@ -194,6 +283,7 @@ class Task(pl.LightningModule):
             )
 
     def on_train_start(self) -> None:
+        self._keep_frozen_norms()  # Lightning (>= 2.2) does not call train() at fit start
         self._warn_if_the_restored_schedule_ends_early()
         # self.log is not allowed before the first step's hooks; write straight to the loggers, once.
         if self.trainer.is_global_zero:
@@ -258,6 +348,7 @@ class Task(pl.LightningModule):
             self.optimizer_name, self.net, self.lr, self.weight_decay, self.betas, self.eps,
             fused=fused, decay_embeddings=self.decay_embeddings,
         )
+        optimizer = self._scale_body_lr(optimizer)
         # Steps per epoch are needed only for what is stated in epochs (the loader may have no length otherwise).
         needs_epochs = self.warmup_epochs > 0 or self.flat_epochs > 0 or (self.schedule == "step")
         needs_epochs |= self.schedule == "cosine" and not (self.trainer.max_steps and self.trainer.max_steps > 0)

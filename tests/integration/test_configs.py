@@ -42,7 +42,10 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ALL = sorted(p for p in CONFIGS.rglob("*.yaml"))
 TRAINER_PRESETS = [p for p in ALL if p.parent.name == "trainer"]
 SWEEPS = [p for p in ALL if "sweeps" in p.relative_to(CONFIGS).parts]
-RUNNABLE = [p for p in ALL if p not in TRAINER_PRESETS and p not in SWEEPS]
+# configs/pretrained/ name pretrained weights by path: tests/integration/test_pretrained_configs.py runs them on
+# stand-ins of the same families.
+PRETRAINED = [p for p in ALL if "pretrained" in p.relative_to(CONFIGS).parts]
+RUNNABLE = [p for p in ALL if p not in TRAINER_PRESETS and p not in SWEEPS and p not in PRETRAINED]
 BASE_FOR_PRESETS = CONFIGS / "local" / "image.yaml"
 
 CPU_BF16 = CONFIGS / "trainer" / "cpu_bf16.yaml"

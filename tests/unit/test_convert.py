@@ -85,7 +85,7 @@ def test_unsupported_class_is_refused():
                                        num_self_attention_heads=2, num_cross_attention_heads=2,
                                        max_position_embeddings=8, num_labels=2)
     with pytest.raises(ValueError, match="not supported"):
-        from_huggingface(transformers.PerceiverForSequenceClassification(cfg))
+        from_huggingface(transformers.PerceiverModel(cfg))
 
 
 @pytest.mark.parametrize("kind", ["conv", "mlm"])
