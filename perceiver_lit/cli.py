@@ -47,7 +47,7 @@ from lightning_utilities.core.imports import RequirementCache
 
 from perceiver_lit.callbacks import (AttentionMaps, Checkpoint, GradNorm, NanGuard, PerClassTable, PreemptionCheckpoint,
                                      RunConfig, Summary, Throughput)
-from perceiver_lit.callbacks.predictions import PredictionWriter
+from perceiver_lit.callbacks.predictions import PredictionWriter, SaveDataConfig
 from perceiver_lit.hardware import warn_if_bf16_is_emulated
 from datamodules.base import LogCorruptSamples
 
@@ -181,6 +181,9 @@ def _fact(attr: str, target: str, user_value: Any) -> Callable[[Any], Any]:
     """compute_fn for a link: read `data.<attr>`; fail if the user's value for `target` says otherwise."""
 
     def compute(data: Any) -> Any:
+        if attr == "class_names":  # optional: data without names leaves the task's (or its checkpoint's)
+            value = getattr(data, attr, None)
+            return user_value if value is None else value
         if not hasattr(data, attr):
             raise ValueError(f"data ({type(data).__name__}) has no `{attr}` fact, needed for {target}")
         value = getattr(data, attr)
@@ -200,6 +203,8 @@ def plan_links(tree: dict) -> list[tuple[str, str]]:
     net_cls = _import(_get_dotted(tree, f"{NET}.class_path"))
     adapter_cls = _import(_get_dotted(tree, f"{ADAPTER}.class_path"))
     links = []
+    if task_cls is not None and _accepts(task_cls, "class_names", default=False):
+        links.append(("class_names", "model.init_args.class_names"))
     if _accepts(task_cls, "num_classes"):
         links.append(("num_classes", "model.init_args.num_classes"))
     if _get_dotted(tree, f"{NET}") is not None or net_cls is None:
@@ -271,6 +276,7 @@ class PerceiverCLI(LightningCLI):
         parser.add_lightning_class_args(Throughput, "throughput")
         parser.add_lightning_class_args(NanGuard, "nan_guard")
         parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
+        parser.add_class_arguments(PredictionWriter, "prediction")  # predict's output: --prediction.top_k/threshold
         for attr, target in plan_links(self._tree):
             parser.link_arguments("data", target, compute_fn=_fact(attr, target, _get_dotted(self._tree, target)),
                                   apply_on="instantiate")
@@ -318,7 +324,11 @@ class PerceiverCLI(LightningCLI):
         # LogCorruptSamples: `data/corrupt_samples` and `data/bad_shards`, summed over ranks, per train epoch
         extra = [Summary(), LogCorruptSamples()]
         if self.subcommand == "predict":
-            extra.append(PredictionWriter())
+            options = cfg.get("prediction")
+            extra.append(PredictionWriter(**(options.as_dict() if hasattr(options, "as_dict") else options or {})))
+        if self.subcommand == "fit":
+            self._dump_config()
+            extra.append(SaveDataConfig(self.config_dump.get("data")))  # perceiver_lit.load rebuilds the data
         if trainer_cfg["logger"]:
             extra += [LearningRateMonitor(logging_interval="step"), GradNorm()]
         if _WANDB_AVAILABLE and type(trainer_cfg["logger"]).__name__ == "WandbLogger":

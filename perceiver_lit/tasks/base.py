@@ -47,6 +47,8 @@ class Task(pl.LightningModule):
             task prints the global batch (per-device batch x devices x nodes x accumulation) and warns, naming
             the fields and the linearly scaled lr, when it differs.
         compile: wrap the net with torch.compile in configure_model.
+        class_names: the class names (index = position); the CLI links them from `data.class_names`. Saved in the
+            checkpoint's hyperparameters, so predictions carry names even on data that has none.
     """
 
     #: the validation metric that picks the best checkpoint, and whether higher is better.
@@ -70,6 +72,7 @@ class Task(pl.LightningModule):
         flat_epochs: float = 0.0,
         reference_batch_size: int | None = None,
         compile: bool = False,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[] if _hparams_given_by_cli() else ["net"])
@@ -97,6 +100,7 @@ class Task(pl.LightningModule):
         self.reference_batch_size = reference_batch_size
         self.decay_epochs, self.decay_factor = list(decay_epochs or []), decay_factor
         self.compile_net = compile
+        self.class_names = list(class_names) if class_names else None
         if schedule == "step" and not self.decay_epochs:
             raise ValueError("model.init_args.decay_epochs: schedule 'step' needs the epochs to decay at")
 
@@ -122,6 +126,13 @@ class Task(pl.LightningModule):
             shard_model(self.net, mesh)
         if self.compile_net and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
             self.net = torch.compile(self.net)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # `perceiver-lit predict --ckpt_path` on data without classes.json: the names the model was trained with
+        saved = (checkpoint.get("hyper_parameters") or {}).get("class_names")
+        if saved and self.class_names is None:
+            self.class_names = list(saved)
+        super().on_load_checkpoint(checkpoint)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
