@@ -240,3 +240,29 @@ def test_predict_files_that_match_nothing_fail_at_setup(tmp_path):
     dm = FashionMNISTDataModule(predict_files=str(tmp_path / "*.jpg"), num_workers=0)
     with pytest.raises(DataError, match=r"predict_files '.*\*\.jpg' matches no file"):
         dm.setup("predict")
+
+
+def test_export_command_on_the_trained_checkpoint(trained, tmp_path, capsys):
+    """`perceiver-lit-export --ckpt best.ckpt --format onnx|exported-program`: names inside, same logits."""
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    from perceiver_lit.export import main as export
+    from perceiver_lit.inference import load
+
+    _, _, ckpt = trained
+    assert export(["--ckpt", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert export(["--ckpt", str(ckpt), "--format", "exported-program", "--out", str(tmp_path / "m.pt2")]) == 0
+    model = onnx.load(tmp_path / "m.onnx")
+    assert json.loads({p.key: p.value for p in model.metadata_props}["class_names"]) == list(CLASS_NAMES)
+    net = load(ckpt, device="cpu").net
+    x = torch.randn(7, 28, 28, 1)
+    with torch.no_grad():
+        eager = net(x).numpy()
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"inputs": x.numpy()})[0], eager, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.export.load(tmp_path / "m.pt2").module()(x).numpy(), eager, atol=1e-4)
+    with pytest.raises(SystemExit):
+        export(["--ckpt", str(tmp_path / "missing.ckpt")])
+    assert "missing.ckpt' does not exist" in capsys.readouterr().err
