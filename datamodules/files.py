@@ -63,5 +63,5 @@ def iter_files(dm: Any, paths: Iterable[str]) -> Iterator[dict[str, Any]]:
     for path in paths:
         try:
             yield from dm.iter_file_samples(path)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - unreadable (or, for meshes, unparsable): skipped and counted
             dm._corrupt(path, path, e)

@@ -18,7 +18,9 @@ What it adds to LightningCLI:
   wandb is not installed. Callbacks: Checkpoint (last + best by the task's metric), PreemptionCheckpoint (SIGTERM/
   SIGINT/Slurm SIGUSR1 save and requeue), Throughput (samples/s, MFU), NanGuard, LearningRateMonitor, GradNorm,
   Summary (a final line with the test metrics), and with W&B: RunConfig, AttentionMaps, PerClassTable;
-  `predict` writes `<run dir>/predictions-rank<r>.jsonl` (PredictionWriter).
+  `predict` writes `<run dir>/predictions-rank<r>.jsonl` (PredictionWriter, `--prediction.top_k/threshold`);
+  `fit` checkpoints carry the data config (SaveDataConfig) for `perceiver_lit.load`. `data.class_names` is linked
+  into the task (`model.init_args.class_names`) when the data has names.
 - The console script sets glibc malloc to keep freed activations for the next step (perceiver_lit/host_memory.py;
   PERCEIVER_LIT_MALLOC=system opts out).
 - LightningCLI's automatic `--optimizer` / `--lr_scheduler` are off: the task owns its optimizer so weight-decay

@@ -266,3 +266,18 @@ def test_export_command_on_the_trained_checkpoint(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         export(["--ckpt", str(tmp_path / "missing.ckpt")])
     assert "missing.ckpt' does not exist" in capsys.readouterr().err
+
+
+def test_pointcloud_meshes_as_predict_files(tmp_path):
+    """Meshes are sampled on their surface like the pointcloud writer does; a broken mesh is skipped and counted."""
+    from datamodules.pointcloud import PointCloudDataModule
+
+    corners = "\n".join(f"{x} {y} {z}" for x in (0, 1) for y in (0, 1) for z in (0, 1))
+    faces = [(0, 1, 3), (0, 3, 2), (4, 6, 7), (4, 7, 5), (0, 4, 5), (0, 5, 1), (2, 3, 7), (2, 7, 6), (0, 2, 6),
+             (0, 6, 4), (1, 5, 7), (1, 7, 3)]
+    (tmp_path / "cube.off").write_text(f"OFF\n8 12 0\n{corners}\n" + "\n".join(f"3 {a} {b} {c}" for a, b, c in faces))
+    (tmp_path / "broken.off").write_text("OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 9\n")
+    dm = PointCloudDataModule(num_points=32, num_classes=5, predict_files=str(tmp_path), num_workers=0)
+    (batch,) = list(dm.predict_dataloader())
+    assert batch["key"] == [str(tmp_path / "cube.off")] and batch["inputs"].shape == (1, 32, 3)
+    assert dm.corrupt_samples == 1
