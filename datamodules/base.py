@@ -210,8 +210,11 @@ class ShardStream(IterableDataset):
     The DataLoader runs it with batch_size=None; batching happens here, per worker, after the shuffle buffer.
     """
 
-    def __init__(self, dm: StreamingDataModule, urls: list[str], train: bool, counts: dict[str, int] | None):
+    def __init__(self, dm: StreamingDataModule, urls: list[str], train: bool, counts: dict[str, int] | None,
+                 labels_optional: bool = False, files: bool = False):
         self.dm, self.urls, self.train, self.counts = dm, urls, train, counts
+        # predict: labels are optional (labels_optional), and the urls may be raw files instead of shards (files)
+        self.labels_optional, self.files = labels_optional or files, files
         self.epoch = 0
         # rank and world are fixed in the main process (the loader sets them): a DataLoader worker may not
         # see the process group, and the trainer knows the world before torch.distributed is up
@@ -234,6 +237,11 @@ class ShardStream(IterableDataset):
     def _samples(self, urls: Iterator[str] | list[str], exact: bool) -> Iterator[dict[str, Any]]:
         """Raw samples of `urls` in order; unopenable shards raise or are skipped; eval counts are checked."""
         dm = self.dm
+        if self.files:
+            from datamodules.files import iter_files
+
+            yield from iter_files(dm, urls)
+            return
         bad_in_a_row = 0  # shards in a row that gave no sample: unopenable, empty, or broken at the first member
         for url in urls:
             if bad_in_a_row > 2 * len(self.urls) + 10:
@@ -274,7 +282,7 @@ class ShardStream(IterableDataset):
             for _ in range(n_batches):
                 yield dm.collate([next(samples) for _ in range(dm.batch_size)])
             return
-        if len(self.urls) < world * num_workers:
+        if len(self.urls) < world * num_workers and not self.files:
             raise DataError(f"{len(self.urls)} eval shards for {world} ranks x {num_workers} workers: each worker "
                             "needs at least one shard; write more, smaller shards (--maxcount) or lower num_workers")
         batch: list[dict[str, Any]] = []
@@ -285,7 +293,7 @@ class ShardStream(IterableDataset):
             nonlocal seen
             seen += 1
             dm._counters[3, min(dm._worker_slot, 64)] += 1  # eval samples read: the denominator of the skip report
-            return dm._make_sample(raw, False)
+            return dm._make_sample(raw, False, self.labels_optional)
 
         for sample in _good(map(make, self._samples(urls, exact=True))):
             good += 1
@@ -295,7 +303,7 @@ class ShardStream(IterableDataset):
                 batch = []
         if batch:  # the last partial batch is kept: every sample is seen exactly once
             yield dm.collate(batch)
-        if seen and not good:  # an evaluation that measured nothing must not pass for one
+        if seen and not good and not self.files:  # an evaluation that measured nothing must not pass for one
             where = repr(urls[0]) + (f" and {len(urls) - 1} more shards" if len(urls) > 1 else "")
             raise DataError(f"every one of the {seen} samples in {where} was corrupt: check the data module's "
                             "input_exts, num_classes and transforms against the shards (see the warnings above)")
@@ -528,6 +536,14 @@ class StreamingDataModule(L.LightningDataModule):
             with one warning, where no accelerator supports pinning.
         seed: base seed for shard resampling and shuffling (each rank and worker derives its own).
         predict_urls: shards for `perceiver-lit predict` (default: `test_urls`); read like eval, exactly once.
+            Labels are optional there: unlabelled samples are predicted, not skipped.
+        predict_files: raw files for `perceiver-lit predict` instead of shards (wins over predict_urls): a glob
+            ("photos/*.jpg"), a folder (every file under it), a list file (one path a line; a file whose extension
+            is not an input extension of the module), or a list of these. Decoded with the eval transforms;
+            unreadable files and files of another modality are skipped, named and counted like corrupt samples.
+        class_names: the names of the classes (index = position); default: `classes.json` beside the first local
+            shard of train/val/test/predict_urls (written by perceiver-lit-shards), else None. The CLI passes them
+            to the task, which keeps them in its checkpoint.
     """
 
     input_exts: tuple[str, ...] = ()  # the extensions a subclass decodes; nothing else is ever read
@@ -557,6 +573,8 @@ class StreamingDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 0,
         predict_urls: str | list[str] | None = None,
+        predict_files: str | list[str] | None = None,
+        class_names: list[str] | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -573,6 +591,12 @@ class StreamingDataModule(L.LightningDataModule):
         self.scan_eval_shards, self.max_eval_corrupt_fraction = scan_eval_shards, max_eval_corrupt_fraction
         self.mix_batches, self.pin_memory, self.seed = mix_batches, pin_memory, seed
         self.input_shape: tuple[int, ...] | dict[str, tuple[int, ...]] = ()  # set by the subclass
+        self.predict_files = predict_files
+        if class_names is None:
+            from datamodules.class_names import find_class_names
+
+            class_names = find_class_names([train_urls, val_urls, test_urls, self.predict_urls], num_classes)
+        self.class_names: list[str] | None = list(class_names) if class_names else None
         # one counter slot per DataLoader worker (+ slot 0 for the main process), in shared memory so the
         # training process can read what its workers counted: see `corrupt_samples`
         # [corrupt (train + eval), bad shards, eval corrupt, eval samples read] x slot
@@ -676,12 +700,15 @@ class StreamingDataModule(L.LightningDataModule):
         """Extra per-sample tensors to batch (text: pad_mask). Default: none."""
         return {}
 
-    def _make_sample(self, raw: dict[str, Any], train: bool) -> dict[str, Any] | None:
+    def _make_sample(self, raw: dict[str, Any], train: bool, labels_optional: bool = False) -> dict[str, Any] | None:
         try:
             inputs = self.decode_inputs(raw, train)
             if self.permute_seed is not None:
                 inputs = self.permute_inputs(inputs)
-            target = self.decode_target(raw) if self.needs_label else self.default_target(inputs)
+            if labels_optional and self.needs_label and not any(e in raw for e in self.label_exts):
+                target = self.missing_target()  # predict: an unlabelled sample is predicted, not corrupt
+            else:
+                target = self.decode_target(raw) if self.needs_label else self.default_target(inputs)
             extra = self.extra_fields(raw, inputs)  # after the permutation: a pad_mask follows the bytes
         except LabelRangeError as e:  # the config, not the sample: stop
             raise LabelRangeError(_label_range_message(raw, e)) from None
@@ -725,6 +752,12 @@ class StreamingDataModule(L.LightningDataModule):
         wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"],
                   None: ["train", "val", "test"]}
         for split in wanted.get(stage, ["train", "val", "test"]):
+            if split == "predict" and self.predict_files is not None and split not in self._streams:
+                from datamodules.files import expand_files
+
+                self._streams[split] = ShardStream(self, expand_files(self.predict_files, self.input_exts),
+                                                   train=False, counts=None, files=True)
+                continue
             spec = getattr(self, f"{split}_urls")
             if spec is None or split in self._streams:
                 continue
@@ -753,7 +786,8 @@ class StreamingDataModule(L.LightningDataModule):
             self._check_first_sample(split, urls)
             if split != "train" and self.scan_eval_shards:
                 self._scan_eval_shards(split, urls, counts)
-            self._streams[split] = ShardStream(self, urls, train=split == "train", counts=counts)
+            self._streams[split] = ShardStream(self, urls, train=split == "train", counts=counts,
+                                               labels_optional=split == "predict")
 
     def _check_shard_headers(self, split: str, urls: list[str]) -> None:
         """Read the first header of every local shard: an empty, zero-length or non-tar shard anywhere in the list
@@ -793,7 +827,7 @@ class StreamingDataModule(L.LightningDataModule):
         if self.input_exts and not any(e in raw for e in self.input_exts):
             raise DataError(f"{split} shard {urls[0]!r} key {raw['__key__']!r}: no input key among "
                             f"{list(self.input_exts)} (found {found})")
-        if self.needs_label and not any(e in raw for e in self.label_exts):
+        if self.needs_label and split != "predict" and not any(e in raw for e in self.label_exts):
             raise DataError(f"{split} shard {urls[0]!r} key {raw['__key__']!r}: no label key among "
                             f"{list(self.label_exts)} (found {found})")
         self._check_label_range(split, raw)
@@ -847,6 +881,19 @@ class StreamingDataModule(L.LightningDataModule):
 
     def default_target(self, inputs: Any) -> torch.Tensor:
         return torch.tensor(-1, dtype=torch.int64)
+
+    def missing_target(self) -> torch.Tensor:
+        """The target of an unlabelled sample in predict: -1 (single-label) or all -1 (C,) (multi-label)."""
+        if self.multilabel:
+            return torch.full((self.num_classes,), -1.0)
+        return torch.tensor(-1, dtype=torch.int64)
+
+    def iter_file_samples(self, path: str) -> Iterator[dict[str, Any]]:
+        """Raw samples of one file given in `predict_files` (default: the whole file is one sample under its
+        extension, keyed by its path). Raises OSError when the file cannot be read."""
+        from datamodules.files import file_sample
+
+        yield file_sample(path)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()  # workers started by spawn get the module without its trainer

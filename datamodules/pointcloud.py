@@ -27,6 +27,16 @@ class PointCloudDataModule(StreamingDataModule):
         self.num_points, self.jitter = num_points, tuple(jitter) if jitter is not None else None
         self.input_shape = (num_points, 3)
 
+    def iter_file_samples(self, path: str):
+        """predict_files: `.npy` (N, 3) arrays as they are; meshes (.off/.ply/.obj/.stl) sampled on their surface
+        at num_points, as the pointcloud writer samples them."""
+        from datamodules.shards.pointcloud import MESH_EXTS, Encode
+
+        if not path.lower().endswith(MESH_EXTS):
+            yield from super().iter_file_samples(path)
+            return
+        yield {"__key__": path, "__url__": path, "npy": Encode(self.num_points)((path, -1))["npy"]}
+
     def decode_inputs(self, sample: dict[str, Any], train: bool) -> torch.Tensor:
         pts = T.decode_points(sample[self.find_ext(sample)])
         pts = T.sample_points(pts, self.num_points, self.rng if train else None)

@@ -35,6 +35,17 @@ class TextDataModule(StreamingDataModule):
         data.decode("utf-8")  # validate: invalid UTF-8 is a corrupt sample
         return T.encode_bytes(data, self.max_length, rng=self.rng if train else None)  # (L,)
 
+    def iter_file_samples(self, path: str):
+        """predict_files: every non-empty line of a text file is one sample, keyed `<path>:<line number>`."""
+        ext = path.rpartition(".")[2].lower() if "." in path.rpartition("/")[2] else ""
+        if ext not in self.input_exts:  # another modality: one sample that fails to decode (named, counted)
+            yield from super().iter_file_samples(path)
+            return
+        with open(path, "rb") as f:
+            for number, line in enumerate(f.read().splitlines(), 1):
+                if line.strip():
+                    yield {"__key__": f"{path}:{number}", "__url__": path, ext: line}
+
     def default_target(self, inputs: torch.Tensor) -> torch.Tensor:
         return inputs.clone()  # MLM: the task masks positions and predicts the original ids
 

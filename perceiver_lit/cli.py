@@ -23,7 +23,9 @@ What it adds to LightningCLI:
   wandb is not installed. Callbacks: Checkpoint (last + best by the task's metric), PreemptionCheckpoint (SIGTERM/
   SIGINT/Slurm SIGUSR1 save and requeue), Throughput (samples/s, MFU), NanGuard, LearningRateMonitor, GradNorm,
   Summary (a final line with the test metrics), and with W&B: RunConfig, AttentionMaps, PerClassTable;
-  `predict` writes `<run dir>/predictions-rank<r>.jsonl` (PredictionWriter).
+  `predict` writes `<run dir>/predictions-rank<r>.jsonl` (PredictionWriter, `--prediction.top_k/threshold`);
+  `fit` checkpoints carry the data config (SaveDataConfig) for `perceiver_lit.load`. `data.class_names` is linked
+  into the task (`model.init_args.class_names`) when the data has names.
 - The console script sets glibc malloc to keep freed activations for the next step (perceiver_lit/host_memory.py;
   PERCEIVER_LIT_MALLOC=system opts out).
 - LightningCLI's automatic `--optimizer` / `--lr_scheduler` are off: the task owns its optimizer so weight-decay
@@ -54,7 +56,7 @@ from lightning_utilities.core.imports import RequirementCache
 from perceiver_lit.callbacks import (AttentionMaps, Checkpoint, GradNorm, NanGuard, PerClassTable, PreemptionCheckpoint,
                                      RunConfig, Summary, Throughput)
 from perceiver_lit.callbacks.eval_failure import EvalFailureCheckpoint
-from perceiver_lit.callbacks.predictions import PredictionWriter
+from perceiver_lit.callbacks.predictions import PredictionWriter, SaveDataConfig
 from perceiver_lit.callbacks.preemption import resume_path
 from perceiver_lit.checkpoint_io import AtomicCheckpointIO, CheckpointFileError, read_checkpoint
 from perceiver_lit.hardware import warn_if_bf16_is_emulated
@@ -193,6 +195,9 @@ def _fact(attr: str, target: str, user_value: Any) -> Callable[[Any], Any]:
     """compute_fn for a link: read `data.<attr>`; fail if the user's value for `target` says otherwise."""
 
     def compute(data: Any) -> Any:
+        if attr == "class_names":  # optional: data without names leaves the task's (or its checkpoint's)
+            value = getattr(data, attr, None)
+            return user_value if value is None else value
         if not hasattr(data, attr):
             raise ValueError(f"data ({type(data).__name__}) has no `{attr}` fact, needed for {target}")
         value = getattr(data, attr)
@@ -212,6 +217,8 @@ def plan_links(tree: dict) -> list[tuple[str, str]]:
     net_cls = _import(_get_dotted(tree, f"{NET}.class_path"))
     adapter_cls = _import(_get_dotted(tree, f"{ADAPTER}.class_path"))
     links = []
+    if task_cls is not None and _accepts(task_cls, "class_names", default=False):
+        links.append(("class_names", "model.init_args.class_names"))
     if _accepts(task_cls, "num_classes"):
         links.append(("num_classes", "model.init_args.num_classes"))
     if _get_dotted(tree, f"{NET}") is not None or net_cls is None:
@@ -302,6 +309,7 @@ class PerceiverCLI(LightningCLI):
         parser.add_lightning_class_args(Throughput, "throughput")
         parser.add_lightning_class_args(NanGuard, "nan_guard")
         parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
+        parser.add_class_arguments(PredictionWriter, "prediction")  # predict's output: --prediction.top_k/threshold
         for attr, target in plan_links(self._tree):
             parser.link_arguments("data", target, compute_fn=_fact(attr, target, _get_dotted(self._tree, target)),
                                   apply_on="instantiate")
@@ -358,7 +366,11 @@ class PerceiverCLI(LightningCLI):
         # LogCorruptSamples: `data/corrupt_samples` and `data/bad_shards`, summed over ranks, per train epoch
         extra = [Summary(), LogCorruptSamples()]
         if self.subcommand == "predict":
-            extra.append(PredictionWriter())
+            options = cfg.get("prediction")
+            extra.append(PredictionWriter(**(options.as_dict() if hasattr(options, "as_dict") else options or {})))
+        if self.subcommand == "fit":
+            self._dump_config()
+            extra.append(SaveDataConfig(self.config_dump.get("data")))  # perceiver_lit.load rebuilds the data
         if self.subcommand == "fit":  # a validation that fails saves the epoch it comes after
             extra.append(EvalFailureCheckpoint())
         if trainer_cfg["logger"]:

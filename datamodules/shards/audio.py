@@ -2,7 +2,7 @@
 
 Label CSVs understood (`--csv-format auto` tells them apart by the header):
   simple    `path,labels` with a header; labels "3", "3,7" (class indices) or names ("Speech,Music") that
-            `--label-map` or a sorted vocabulary (written to OUT/classes.txt) turns into indices.
+            `--label-map` or a sorted vocabulary turns into indices (the names go to OUT/classes.json).
   audioset  AudioSet segments (`# YTID, start_seconds, end_seconds, positive_labels`, `#` comment lines):
             `--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088"`, with `--label-map class_labels_indices.csv`
             (`index,mid,display_name`). The audio file of a row is found in ROOT by stem: `YTID`, or `YTID_<start>`
@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+from datamodules.class_names import write_class_names
 from datamodules.shards.cli import add_common_args, writer_kwargs
 from datamodules.shards.writer import ShardSummary, split_items, write_shards
 
@@ -51,6 +52,14 @@ def read_label_map(path: str | os.PathLike) -> dict[str, int]:
     return mapping
 
 
+def label_map_names(path: str | os.PathLike) -> list[str]:
+    """Class names of a label map, by index: the last column (AudioSet's display_name, or the name)."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f, skipinitialspace=True) if r and r[0].strip().isdigit()]
+    by_index = {int(r[0]): r[-1].strip() for r in rows}
+    return [by_index.get(i, str(i)) for i in range(max(by_index) + 1)] if by_index else []
+
+
 def parse_labels(text: str, label_map: dict[str, int] | None) -> list[str | int]:
     """"3,7" -> [3, 7]; names through `label_map`; unknown names stay strings (a vocabulary maps them later)."""
     out: list[str | int] = []
@@ -67,14 +76,13 @@ def parse_labels(text: str, label_map: dict[str, int] | None) -> list[str | int]
 
 
 def index_labels(rows: list[tuple[str, list[str | int]]], out_dir: str) -> list[tuple[str, list[int]]]:
-    """Name labels -> indices of a sorted vocabulary, written to out_dir/classes.txt (ints pass unchanged)."""
+    """Name labels -> indices of a sorted vocabulary, written to out_dir/classes.json (ints pass unchanged)."""
     names = sorted({label for _, labels in rows for label in labels if isinstance(label, str)})
     if not names:
         return [(path, [int(x) for x in labels]) for path, labels in rows]
     if any(isinstance(label, int) for _, labels in rows for label in labels):
         raise ValueError("label CSV mixes class indices and names; pass --label-map")
-    os.makedirs(out_dir, exist_ok=True)
-    Path(out_dir, "classes.txt").write_text("\n".join(names) + "\n")
+    write_class_names(out_dir, names)
     vocab = {name: i for i, name in enumerate(names)}
     return [(path, [vocab[str(x)] for x in labels]) for path, labels in rows]
 
@@ -179,6 +187,8 @@ def audio_items(root: str, labels_csv: str, csv_format: str = "auto",
         rows = read_simple_csv(labels_csv, root, label_map)
     else:
         raise ValueError(f"--csv-format must be auto, simple or audioset, got {fmt!r}")
+    if label_map_path:
+        write_class_names(out_dir, label_map_names(label_map_path))
     return index_labels(rows, out_dir)
 
 

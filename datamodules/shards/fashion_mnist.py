@@ -17,6 +17,9 @@ import numpy as np
 from datamodules.shards.writer import ShardSummary, split_items, write_shards
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+# the label order of the dataset (github.com/zalandoresearch/fashion-mnist), written to <out>/classes.json
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+               "Ankle boot")
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
@@ -68,7 +71,10 @@ def encode_png(item: tuple[np.ndarray, int]) -> dict[str, bytes]:
 def write(root: str, out: str, fmt: str = "npy", val_fraction: float = 0.0, limit: int | None = None,
           **kwargs) -> list[ShardSummary]:
     """Write train-*, (val-*,) test-* shards of Fashion-MNIST from `root` into `out`."""
+    from datamodules.class_names import write_class_names
+
     encode = {"npy": encode_npy, "png": encode_png}[fmt]
+    write_class_names(out, CLASS_NAMES)
     summaries = []
     images, labels = load_split(root, "train", limit)
     train = list(zip(images, labels.tolist()))

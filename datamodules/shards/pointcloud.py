@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import os
 
 import numpy as np
 
+from datamodules.class_names import write_class_names
 from datamodules.shards.writer import ShardSummary, write_shards
 
 MESH_EXTS = (".off", ".ply", ".obj", ".stl")
@@ -119,8 +119,7 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
 
     splits, classes = list_meshes(args.root)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "classes.json"), "w") as f:
-        json.dump(classes, f, indent=1)
+    write_class_names(args.out, classes)
     encode = Encode(args.num_points, args.seed)
     return [write_shards(items, encode, args.out, split or args.prefix, **writer_kwargs(args))
             for split, items in sorted(splits.items())]

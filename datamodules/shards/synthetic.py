@@ -345,6 +345,7 @@ def _delegate(module_name: str, argv: list[str]) -> list | None:
 
 
 def run(args: argparse.Namespace) -> list:
+    from datamodules.class_names import write_class_names
     from datamodules.shards.audio import audio_items, encode_audio, write_split_shards
     from datamodules.shards.cli import writer_kwargs
     from datamodules.shards.video import encode_video, folder_items
@@ -360,6 +361,7 @@ def run(args: argparse.Namespace) -> list:
         print(f"synthetic audio: {args.num_samples} {args.format} files under {files}")
         if args.files_only:
             return []
+        write_class_names(args.out, [str(d) for d in range(10)])  # the spoken digits
         return write_split_shards(audio_items(str(files), str(labels), "simple", None, args.out),
                                   encode_audio, args)
     if args.modality in ("video", "audiovisual"):
@@ -386,6 +388,7 @@ def run(args: argparse.Namespace) -> list:
         if delegated is not None:
             return delegated
         summaries = []
+        write_class_names(args.out, SHAPES)
         for split, prefix in (("train", args.prefix), ("test", "test")):  # as the pointcloud writer names them
             items = [(str(p), SHAPES.index(p.parent.parent.name)) for p in sorted(files.glob(f"*/{split}/*"))]
             if items:
@@ -400,7 +403,7 @@ def run(args: argparse.Namespace) -> list:
             return []
         items = [(str(p), index) for index, lang in enumerate(languages) for p in sorted((files / lang).glob("*.txt"))]
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        shutil.copy(files / "languages.txt", Path(args.out) / "classes.txt")
+        write_class_names(args.out, languages)
         return write_split_shards(items, _encode_file, args)
     raise ValueError(f"unknown synthetic modality {args.modality!r}")
 

@@ -11,10 +11,10 @@ error (its index would silently go to the next class).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 
+from datamodules.class_names import write_class_names
 from datamodules.shards.writer import ShardSummary, split_items, write_shards
 
 log = logging.getLogger("datamodules.shards")
@@ -101,8 +101,7 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
     skipped: list[str] = []
     items, classes = collect(args.inputs, args.unit, args.label_from, skipped=skipped)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "classes.json"), "w") as f:
-        json.dump(classes, f, indent=1)
+    write_class_names(args.out, classes)
     summaries = []
     if args.val_fraction > 0:
         items, val = split_items(items, args.val_fraction, args.seed)

@@ -1,6 +1,6 @@
 """`perceiver-lit-shards video ROOT --out DIR`: video files -> tar shards, class-per-folder or a label CSV.
 
-  class-per-folder  ROOT/<class>/<name>.mp4; classes are the sorted folder names (written to OUT/classes.txt).
+  class-per-folder  ROOT/<class>/<name>.mp4; classes are the sorted folder names (written to OUT/classes.json).
   --labels CSV      `path,labels` (as the audio writer: indices, names, "3,7" multi-labels, --label-map).
 
 Each sample: the video bytes under their extension (`mp4`, `webm`, ...), `cls` (single label) and `json` (list of
@@ -17,23 +17,24 @@ import os
 from functools import partial
 from pathlib import Path
 
-from datamodules.shards.audio import index_labels, read_label_map, read_simple_csv, write_split_shards
+from datamodules.shards.audio import (index_labels, label_map_names, read_label_map, read_simple_csv,
+                                     write_split_shards)
 from datamodules.shards.cli import add_common_args
+from datamodules.class_names import write_class_names
 from datamodules.shards.writer import ShardSummary
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 
 
 def folder_items(root: str, out_dir: str | None = None) -> list[tuple[str, list[int]]]:
-    """ROOT/<class>/<file> -> [(path, [class index])]; classes sorted by name, written to out_dir/classes.txt."""
+    """ROOT/<class>/<file> -> [(path, [class index])]; classes sorted by name, written to out_dir/classes.json."""
     classes = sorted(d.name for d in Path(root).iterdir() if d.is_dir())
     if not classes:
         raise ValueError(f"{root}: no class folders (expected ROOT/<class>/<video>)")
     items = [(str(p), [i]) for i, name in enumerate(classes) for p in sorted(Path(root, name).rglob("*"))
              if p.suffix.lower() in VIDEO_EXTS]
     if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        Path(out_dir, "classes.txt").write_text("\n".join(classes) + "\n")
+        write_class_names(out_dir, classes)
     return items
 
 
@@ -60,6 +61,8 @@ def video_items(root: str, labels_csv: str | None = None, label_map_path: str | 
     if labels_csv is None:
         return folder_items(root, out_dir)
     label_map = read_label_map(label_map_path) if label_map_path else None
+    if label_map_path:
+        write_class_names(out_dir, label_map_names(label_map_path))
     return index_labels(read_simple_csv(labels_csv, root, label_map), out_dir)
 
 

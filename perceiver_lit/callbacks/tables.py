@@ -4,7 +4,9 @@ RunConfig: the CLI's task hyperparameters reach W&B through save_hyperparameters
 (batch size, permute_seed, epochs, ...) do not. RunConfig adds the whole resolved config that `perceiver-lit`
 saved into the run directory (config.yaml), so runs filter by any key, e.g. `data.init_args.permute_seed`.
 
-PerClassTable: a per-class accuracy table (single-label) or per-class AP table (multi-label).
+PerClassTable: a per-class accuracy table (single-label) or per-class AP table (multi-label), and for single-label
+tasks with at most `max_confusion_classes` classes a confusion matrix (`test/confusion_matrix`, W&B's confusion
+matrix chart over a table of Actual, Predicted, nPredictions), all with class names.
 
 The task's logits are caught with a forward hook on the LightningModule (its `forward` calls the net), so any
 task works unchanged. The per-class statistics are torchmetrics objects, so they sum over DDP ranks by themselves.
@@ -20,7 +22,8 @@ import yaml
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from torchmetrics.classification import MulticlassStatScores, MultilabelAveragePrecision, MultilabelStatScores
+from torchmetrics.classification import (MulticlassConfusionMatrix, MulticlassStatScores, MultilabelAveragePrecision,
+                                         MultilabelStatScores)
 
 
 class RunConfig(pl.Callback):
@@ -55,14 +58,19 @@ class PerClassTable(pl.Callback):
     """Log `test/per_class_accuracy` (columns class, name, accuracy, support) for single-label tasks, or
     `test/per_class_ap` (class, name, ap, support) for multi-label tasks, once at the end of each test run.
 
-    Class names come from the data module's `class_names` (a list) when it has one.
+    Class names come from the task's `class_names` (linked from the data, or restored from its checkpoint), else the
+    data module's, else "0", "1", ...
+
+    Args:
+        max_confusion_classes: log the confusion matrix only up to this many classes (it has C x C cells).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_confusion_classes: int = 100) -> None:
         self._logger: WandbLogger | None = None
         self._handle = None
         self._logits: Tensor | None = None
-        self._stats = self._ap = None
+        self._stats = self._ap = self._confusion = None
+        self.max_confusion_classes = max_confusion_classes
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
@@ -83,6 +91,8 @@ class PerClassTable(pl.Callback):
             self._ap = MultilabelAveragePrecision(n, average=None).to(pl_module.device)
         else:
             self._stats = MulticlassStatScores(n, average=None).to(pl_module.device)
+            if n <= self.max_confusion_classes:
+                self._confusion = MulticlassConfusionMatrix(n).to(pl_module.device)
         self._handle = pl_module.register_forward_hook(self._hook)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -97,6 +107,8 @@ class PerClassTable(pl.Callback):
             self._ap.update(logits.float(), target.long())
         else:
             self._stats.update(logits, target)
+            if self._confusion is not None:
+                self._confusion.update(logits, target)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._handle is None:
@@ -111,9 +123,25 @@ class PerClassTable(pl.Callback):
             score, name, key = self._ap.compute().cpu(), "ap", "test/per_class_ap"
         else:
             score, name, key = stats[:, 0] / support.clamp(min=1), "accuracy", "test/per_class_accuracy"
-        names = getattr(trainer.datamodule, "class_names", None) or [str(i) for i in range(len(support))]
+        names = (getattr(pl_module, "class_names", None) or getattr(trainer.datamodule, "class_names", None)
+                 or [str(i) for i in range(len(support))])
+        confusion = self._confusion.compute().cpu() if self._confusion is not None else None  # (C, C) true x pred
+        self._confusion = None
         rows = [[i, str(names[i]), None if s == 0 else round(float(a), 6), int(s)]
                 for i, (a, s) in enumerate(zip(score.tolist(), support.tolist()))]
         if trainer.is_global_zero:
             self._logger.log_table(key, columns=["class", "name", name, "support"], data=rows,
                                    step=trainer.global_step)
+            if confusion is not None:
+                self._log_confusion(confusion, [str(n) for n in names], trainer.global_step)
+
+    def _log_confusion(self, confusion: Tensor, names: list[str], step: int) -> None:
+        """W&B's confusion-matrix chart (the table layout `wandb.plot.confusion_matrix` makes), from counts."""
+        import wandb
+
+        rows = [[names[t], names[p], int(confusion[t, p])] for t in range(len(names)) for p in range(len(names))]
+        table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=rows)
+        chart = wandb.plot_table("wandb/confusion_matrix/v1", table,
+                                 {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
+                                 {"title": "Confusion matrix"})
+        self._logger.experiment.log({"test/confusion_matrix": chart, "trainer/global_step": step})

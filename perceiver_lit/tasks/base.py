@@ -54,6 +54,8 @@ class Task(pl.LightningModule):
         body_lr_scale: the lr of every parameter outside `head` is lr x body_lr_scale (e.g. 0.1: the pretrained
             body learns 10x slower than the new head; docs/training.md, "Fine-tuning"). 1.0: one lr.
         head: glob patterns of the head's parameter names, for body_lr_scale.
+        class_names: the class names (index = position); the CLI links them from `data.class_names`. Saved in the
+            checkpoint's hyperparameters, so predictions carry names even on data that has none.
     """
 
     #: the validation metric that picks the best checkpoint, and whether higher is better.
@@ -80,6 +82,7 @@ class Task(pl.LightningModule):
         freeze: list[str] | None = None,
         body_lr_scale: float = 1.0,
         head: list[str] | None = None,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[] if _hparams_given_by_cli() else ["net"])
@@ -107,6 +110,7 @@ class Task(pl.LightningModule):
         self.reference_batch_size = reference_batch_size
         self.decay_epochs, self.decay_factor = list(decay_epochs or []), decay_factor
         self.compile_net = compile
+        self.class_names = list(class_names) if class_names else None
         if schedule == "step" and not self.decay_epochs:
             raise ValueError("model.init_args.decay_epochs: schedule 'step' needs the epochs to decay at")
         # (not self.freeze: LightningModule.freeze() is a method)
@@ -211,6 +215,13 @@ class Task(pl.LightningModule):
             shard_model(self.net, mesh)
         if self.compile_net and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
             self.net = torch.compile(self.net)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # `perceiver-lit predict --ckpt_path` on data without classes.json: the names the model was trained with
+        saved = (checkpoint.get("hyper_parameters") or {}).get("class_names")
+        if saved and self.class_names is None:
+            self.class_names = list(saved)
+        super().on_load_checkpoint(checkpoint)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

@@ -24,6 +24,7 @@ configs: they are checked to load as YAML mappings here and exercised by the swe
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,7 @@ def smoke_overrides(config_path: Path, shards: dict[str, tuple[str, str]], tmp_p
     if shipped_workers > cap:  # the paper recipes' 8 (see the module docstring)
         data_args["num_workers"] = cap
     if data_class == "TextDataModule" and cfg["data"].get("init_args", {}).get("num_classes") is not None:
-        data_args["num_classes"] = len((Path(train_urls.split("::")[0]).parent / "classes.txt").read_text().split())
+        data_args["num_classes"] = len(json.loads((Path(train_urls.split("::")[0]).parent / "classes.json").read_text()))
     out = {
         "trainer": {**TRAINER, "default_root_dir": str(tmp_path / "run")},
         "model": {"init_args": {"net": shrink(cfg["model"]["init_args"]["net"])}},

@@ -101,7 +101,7 @@ def test_video_round_trip(video_shards: Path, backend: str) -> None:
     val = list(dm.val_dataloader())
     assert sum(len(b["key"]) for b in val) == 2 and dm.corrupt_samples == 0
     folders = sorted(p.name for p in (video_shards / "files" / "video").iterdir())
-    assert (video_shards / "classes.txt").read_text().split() == folders
+    assert json.loads((video_shards / "classes.json").read_text()) == folders
 
 
 def test_corrupt_media_is_skipped_warned_and_counted(video_shards: Path, audio_shards: Path, tmp_path: Path,
@@ -137,7 +137,7 @@ def test_pointcloud_and_text_generators(tmp_path: Path) -> None:
     counts = json.loads((points / "index.json").read_text())["shards"]
     assert sum(counts.values()) == 10
     text = synthetic(tmp_path / "text", "text", "--languages", "en,de,ru", n=9)
-    assert (text / "classes.txt").read_text().split() == ["en", "de", "ru"]
+    assert json.loads((text / "classes.json").read_text()) == ["en", "de", "ru"]
     russian = next((text / "files" / "text" / "ru").glob("*.txt")).read_text()
     assert any("\u0400" <= ch <= "\u04ff" for ch in russian)  # Cyrillic: the real fortunes-ru texts
     samples = {}

@@ -133,6 +133,14 @@ def test_wandb_offline_run_has_attention_maps_and_tables(fashion_shards, tmp_pat
     assert sum(r[3] for r in table["data"]) == 200  # 4 test batches of 50
     # a class without test samples has no accuracy; every other one has one in [0, 1]
     assert all((r[2] is None) == (r[3] == 0) and (r[2] is None or 0.0 <= r[2] <= 1.0) for r in table["data"])
+    # names end to end: the writer's classes.json -> the data module -> the table
+    from datamodules.shards.fashion_mnist import CLASS_NAMES
+
+    assert dm.class_names == list(CLASS_NAMES) and [r[1] for r in table["data"]] == list(CLASS_NAMES)
+    (confusion,) = glob.glob(os.path.join(run_dir, "media", "table", "test", "confusion_matrix*.table.json"))
+    confusion = json.load(open(confusion))
+    assert confusion["columns"] == ["Actual", "Predicted", "nPredictions"]
+    assert {r[0] for r in confusion["data"]} == set(CLASS_NAMES) and sum(r[2] for r in confusion["data"]) == 200
 
     cfg = wandb_config(os.path.dirname(run_dir))
     assert "data" in cfg, f"RunConfig's keys are missing from the run config: {sorted(cfg)}"

@@ -78,7 +78,7 @@ def test_simple_csv_with_names_builds_a_vocabulary(tmp_path) -> None:
         tone(tmp_path / name)
     (tmp_path / "labels.csv").write_text('path,labels\na.wav,"dog,cat"\nb.wav,cat\nc.wav,bird\n')
     items = SA.audio_items(str(tmp_path), str(tmp_path / "labels.csv"), out_dir=str(tmp_path / "out"))
-    assert (tmp_path / "out" / "classes.txt").read_text().split() == ["bird", "cat", "dog"]
+    assert json.loads((tmp_path / "out" / "classes.json").read_text()) == ["bird", "cat", "dog"]
     assert [(p.rsplit("/", 1)[1], labels) for p, labels in items] == [("a.wav", [2, 1]), ("b.wav", [1]),
                                                                        ("c.wav", [0])]
     sample = SA.encode_audio(items[1])
@@ -100,7 +100,7 @@ def test_video_writer_class_folders_with_audio_twins(tmp_path) -> None:
     assert len(samples) == 2  # the video without its flac is skipped
     assert sorted(s["cls"] for s in samples.values()) == [b"0", b"1"]
     assert all(set(s) == {"mp4", "flac", "json", "cls"} for s in samples.values())
-    assert (out / "classes.txt").read_text().split() == ["cat", "dog"]
+    assert json.loads((out / "classes.json").read_text()) == ["cat", "dog"]
 
 
 def test_csv_errors_name_the_file_and_line(tmp_path) -> None:
