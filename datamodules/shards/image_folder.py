@@ -1,6 +1,6 @@
 """`perceiver-lit-shards image-folder`: an ImageNet-style tree root/<class>/<image> -> shards.
 
-Classes are the sorted subdirectory names (index = position); the mapping is written to <out>/classes.json.
+Classes are the sorted subdirectory names (index = position); the mapping is written to <out>/classes.txt.
 Images are stored as they are (bytes copied, no re-encode) under their own extension, after a header check
 that PIL can identify them; `--resize S` re-encodes as JPEG with the shorter side at most S (smaller shards,
 faster decode).
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 
 from datamodules.shards.writer import ShardSummary, write_shards
@@ -66,8 +65,8 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
 
     items, classes = list_images(args.root)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "classes.json"), "w") as f:
-        json.dump(classes, f, indent=1)
+    with open(os.path.join(args.out, "classes.txt"), "w") as f:  # one name a line, in class-index order
+        f.write("\n".join(classes) + "\n")
     return [write_shards(items, Encode(args.resize, args.quality), args.out, args.prefix, **writer_kwargs(args))]
 
 

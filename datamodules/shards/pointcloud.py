@@ -2,7 +2,7 @@
 
 Meshes (.off; .ply/.obj/.stl via trimesh) are sampled uniformly on the surface (area-weighted) to N points,
 stored as `npy` float32 (N, 3) in random order, plus `cls`. Splits come from the train/test subfolders (a tree
-without them goes to `--prefix`). Classes: sorted folder names, written to <out>/classes.json.
+without them goes to `--prefix`). Classes: sorted folder names, written to <out>/classes.txt.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import os
 
 import numpy as np
@@ -119,8 +118,8 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
 
     splits, classes = list_meshes(args.root)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "classes.json"), "w") as f:
-        json.dump(classes, f, indent=1)
+    with open(os.path.join(args.out, "classes.txt"), "w") as f:  # one name a line, in class-index order
+        f.write("\n".join(classes) + "\n")
     encode = Encode(args.num_points, args.seed)
     return [write_shards(items, encode, args.out, split or args.prefix, **writer_kwargs(args))
             for split, items in sorted(splits.items())]

@@ -3,13 +3,12 @@
 Inputs are files or directories. `--unit file`: one sample per file; `--unit line`: one per non-empty line;
 `--unit fortune`: one per fortune (entries separated by a line holding '%', as in /usr/share/games/fortunes).
 Labels: `--label-from dir` (parent folder name), `file` (file name, e.g. one file per language), or `none`
-(masked byte modelling). Class names go to <out>/classes.json. Binary or non-UTF-8 files are skipped.
+(masked byte modelling). Class names go to <out>/classes.txt. Binary or non-UTF-8 files are skipped.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from datamodules.shards.writer import ShardSummary, split_items, write_shards
@@ -73,8 +72,8 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
 
     items, classes = collect(args.inputs, args.unit, args.label_from)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "classes.json"), "w") as f:
-        json.dump(classes, f, indent=1)
+    with open(os.path.join(args.out, "classes.txt"), "w") as f:  # one name a line, in class-index order
+        f.write("\n".join(classes) + "\n")
     summaries = []
     if args.val_fraction > 0:
         items, val = split_items(items, args.val_fraction, args.seed)
