@@ -48,8 +48,10 @@ from lightning_utilities.core.imports import RequirementCache
 from perceiver_lit.callbacks import (AttentionMaps, Checkpoint, GradNorm, NanGuard, PerClassTable, PreemptionCheckpoint,
                                      RunConfig, Summary, Throughput)
 from perceiver_lit.callbacks.predictions import PredictionWriter
+from perceiver_lit.cli_errors import ConfigError, OneLineErrorParser, exit_on_config_error, one_line_config_errors
 from perceiver_lit.hardware import warn_if_bf16_is_emulated
 from datamodules.base import LogCorruptSamples
+from datamodules.optional import one_line_missing
 
 _WANDB_AVAILABLE = RequirementCache("wandb")
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -249,8 +251,13 @@ class PerceiverCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("seed_everything_default", 1234)
+        kwargs.setdefault("parser_class", OneLineErrorParser)  # a union error: one line, not a dump (cli_errors.py)
         super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          args=args, **kwargs)
+
+    def instantiate_classes(self) -> None:
+        with one_line_config_errors():  # a constructor's error inside a union: ConfigError naming the field
+            super().instantiate_classes()
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
         # Tell the config callback which subcommand it saves for (file name), then build as usual.
@@ -415,7 +422,10 @@ def main(args: list[str] | None = None) -> None:
     from perceiver_lit.distributed import destroy_process_group
 
     try:
-        PerceiverCLI(args=args)
+        with one_line_missing("perceiver-lit"):  # an optional package missing: one line naming the extra
+            PerceiverCLI(args=args)
+    except ConfigError as e:
+        exit_on_config_error("perceiver-lit", e)
     except SIGTERMException:  # stopped by SIGTERM / Ctrl-C, every rank together, after last.ckpt was saved
         destroy_process_group()
         sys.exit(interrupted_exit_status())
