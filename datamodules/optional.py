@@ -48,8 +48,8 @@ def one_line_missing(prog: str) -> Iterator[None]:
         yield
     except ModuleNotFoundError as e:
         top = (e.name or "").split(".")[0]
-        if top not in EXTRAS:
+        if top not in EXTRAS and "perceiver-lit[" not in str(e):  # not ours, and no install hint of its own
             raise
-        message = str(e) if isinstance(e, MissingDependency) else missing_message(top, prog)
+        message = str(e) if isinstance(e, MissingDependency) or top not in EXTRAS else missing_message(top, prog)
         print(f"{prog}: error: {message}", file=sys.stderr)
         raise SystemExit(1) from None

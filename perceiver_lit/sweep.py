@@ -77,37 +77,45 @@ def main(argv: list[str] | None = None) -> int:
                 "runs the command in its trial.json)")
     warnings.simplefilter("always", UserWarning)
     try:
-        if args.cmd == "run":
-            spec = load_spec(args.spec)
-            sweep_dir = Path(args.dir) if args.dir else _default_dir(args.spec)
-            if args.check:
-                check_first_trial(spec, extra)
-            dirs = prepare(spec, sweep_dir, trials=args.trials, seed=args.seed, extra_args=extra)
-            print(f"[sweep] {spec.source}: {spec.method}, {len(dirs)} trials in {sweep_dir}")
-            if args.slurm:
-                submit_slurm(sweep_dir, len(dirs), args.sbatch_script, args.max_parallel, args.sbatch_arg)
-                return 0
-            result = run_local(sweep_dir, len(dirs), echo=args.echo)
-            return 1 if result["failed"] else 0
-        if args.cmd == "trial":
-            return run_trial(args.dir, args.index, force=args.force, echo=args.echo)
-        if args.cmd == "report":
-            rep = write_report(args.dir, args.out, args.metric, args.goal)
-            print(rep["table"])
-            print(f"[sweep] wrote {rep['csv']}, {rep['markdown']}" +
-                  "".join(f", {p}" for p in rep["plots"]))
-            return 0
-        if args.cmd == "show":
-            spec = load_spec(args.spec)
-            if args.check:
-                check_first_trial(spec, extra)
-            for i, params in enumerate(expand(spec, trials=args.trials, seed=args.seed)):
-                print(f"# trial {i}: {json.dumps(params)}")
-                print(shlex.join(trial_command(spec, params, None, i, extra)))
-            return 0
+        return _run(args, extra)
     except SweepError as e:
         print(f"perceiver-lit-sweep: error: {e}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.cmd == "run":
+        spec = load_spec(args.spec)
+        sweep_dir = Path(args.dir) if args.dir else _default_dir(args.spec)
+        if args.check:
+            check_first_trial(spec, extra)
+        dirs = prepare(spec, sweep_dir, trials=args.trials, seed=args.seed, extra_args=extra)
+        print(f"[sweep] {spec.source}: {spec.method}, {len(dirs)} trials in {sweep_dir}")
+        if args.slurm:
+            submit_slurm(sweep_dir, len(dirs), args.sbatch_script, args.max_parallel, args.sbatch_arg)
+            return 0
+        result = run_local(sweep_dir, len(dirs), echo=args.echo)
+        return 1 if result["failed"] else 0
+    if args.cmd == "trial":
+        return run_trial(args.dir, args.index, force=args.force, echo=args.echo)
+    if args.cmd == "report":
+        # Imported here: `trial` (what every Slurm array task runs) stays free of torch/Lightning imports.
+        from datamodules.optional import one_line_missing
+
+        with one_line_missing("perceiver-lit-sweep report"):  # matplotlib for the plots
+            rep = write_report(args.dir, args.out, args.metric, args.goal)
+        print(rep["table"])
+        print(f"[sweep] wrote {rep['csv']}, {rep['markdown']}" +
+              "".join(f", {p}" for p in rep["plots"]))
+        return 0
+    if args.cmd == "show":
+        spec = load_spec(args.spec)
+        if args.check:
+            check_first_trial(spec, extra)
+        for i, params in enumerate(expand(spec, trials=args.trials, seed=args.seed)):
+            print(f"# trial {i}: {json.dumps(params)}")
+            print(shlex.join(trial_command(spec, params, None, i, extra)))
+        return 0
     return 2
 
 

@@ -435,7 +435,7 @@ def run(args: argparse.Namespace) -> list:
     from datamodules.optional import require
 
     for module in NEEDS[args.modality]:
-        require(module, f"perceiver-lit-shards synthetic {args.modality}")
+        require(module, f"`synthetic {args.modality}`")
     files = Path(args.out) / "files" / args.modality
     if files.exists():
         shutil.rmtree(files)  # same seed -> same files: never mix with an earlier run's

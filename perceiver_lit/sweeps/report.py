@@ -97,6 +97,9 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, metric: s
 
     plots = []
     if metric and scored:
+        from datamodules.optional import require
+
+        require("matplotlib", "perceiver-lit-sweep report's plots")
         swept = [p for p in params if len({json.dumps(r["params"].get(p), sort_keys=True) for r in rows}) > 1]
         for p in swept:
             plots.append(plot_metric(scored, p, metric, out))
