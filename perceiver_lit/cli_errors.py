@@ -118,7 +118,8 @@ def condense_instantiation_error(exc: BaseException) -> str | None:
         keys += [k for k in _instantiate_keys(e) if not keys or keys[-1] != k]
     path = [part for i, k in enumerate(keys) for part in ((k,) if i == 0 else ("init_args", k))]
     text = str(cause)
-    if UNION in text or _KEY.search(text.splitlines()[0].strip() if text else ""):
+    first = text.splitlines()[0].strip() if text else ""
+    if UNION in text or _KEY.match(first) or _CLASS.match(first):  # jsonargparse's own wording: walk it
         path, line = _leaf(text.splitlines(), path)
     else:
         line = " ".join(text.split())  # the constructor's own message, on one line

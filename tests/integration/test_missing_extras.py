@@ -79,3 +79,15 @@ def test_missing_optional_package_is_one_line_naming_the_extra(case, tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert f"needs the optional package `{module}`" in lines[0]
     assert f"pip install 'perceiver-lit[{extra}]'" in lines[0]
+
+
+def test_perceiver_lit_without_a_video_decoder_is_one_line(tmp_path):
+    """The A+V data module cannot decode mp4 without decord or PyAV: it says so when it is built, and the CLI shows
+    that one line, naming the `data` field, instead of jsonargparse's union dump."""
+    proc = run_without("av,decord", [str(BIN / "perceiver-lit"), "fit", "--config",
+                                     str(ROOT / "configs" / "local" / "audio_video.yaml")], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert errors[0].startswith("perceiver-lit: error: data: Decoding mp4 needs decord or PyAV: "
+                                "`pip install 'perceiver-lit[media]'`"), errors[0]
