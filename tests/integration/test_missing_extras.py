@@ -81,13 +81,17 @@ def test_missing_optional_package_is_one_line_naming_the_extra(case, tmp_path):
     assert f"pip install 'perceiver-lit[{extra}]'" in lines[0]
 
 
-def test_perceiver_lit_without_a_video_decoder_is_one_line(tmp_path):
-    """The A+V data module cannot decode mp4 without decord or PyAV: it says so when it is built, and the CLI shows
-    that one line, naming the `data` field, instead of jsonargparse's union dump."""
-    proc = run_without("av,decord", [str(BIN / "perceiver-lit"), "fit", "--config",
-                                     str(ROOT / "configs" / "local" / "audio_video.yaml")], tmp_path)
+@pytest.mark.parametrize("hidden, config, expected", [
+    ("av,decord", "audio_video.yaml", "data: Decoding mp4 needs decord or PyAV: `pip install 'perceiver-lit[media]'`"),
+    ("soundfile", "audio.yaml", "data: datamodules.AudioDataModule needs the optional package `soundfile`, which is "
+                                "not installed: pip install 'perceiver-lit[media]'"),
+], ids=["av+decord", "soundfile"])
+def test_perceiver_lit_without_a_decoder_is_one_line(hidden, config, expected, tmp_path):
+    """A media data module that could decode nothing says so when it is built (not as every sample skipped as corrupt),
+    and the CLI shows that one line, naming the `data` field, instead of jsonargparse's union dump."""
+    proc = run_without(hidden, [str(BIN / "perceiver-lit"), "fit", "--config", str(ROOT / "configs" / "local" / config)],
+                       tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert errors[0].startswith("perceiver-lit: error: data: Decoding mp4 needs decord or PyAV: "
-                                "`pip install 'perceiver-lit[media]'`"), errors[0]
+    assert errors[0].startswith(f"perceiver-lit: error: {expected}"), errors[0]
