@@ -125,6 +125,9 @@ class AudioDataModule(StreamingDataModule):
         multilabel: bool = True,
         **kwargs: Any,
     ):
+        from datamodules.optional import require
+
+        require("soundfile", "datamodules.AudioDataModule")  # without it every flac/wav would be skipped as corrupt
         super().__init__(num_classes=num_classes, multilabel=multilabel, **kwargs)
         self.audio = AudioFeatures(sample_rate, clip_samples, resample, features, n_fft, win_length, hop_length,
                                    n_mels, f_min, f_max, mel_scale, mel_norm)

@@ -59,10 +59,12 @@ from perceiver_lit.callbacks.eval_failure import EvalFailureCheckpoint
 from perceiver_lit.callbacks.predictions import PredictionWriter, SaveDataConfig
 from perceiver_lit.callbacks.preemption import resume_path
 from perceiver_lit.checkpoint_io import AtomicCheckpointIO, CheckpointFileError, read_checkpoint
+from perceiver_lit.cli_errors import ConfigError, OneLineErrorParser, exit_on_config_error, one_line_config_errors
 from perceiver_lit.hardware import warn_if_bf16_is_emulated
 from perceiver_lit.run_dir import (RunDirError, RunLock, RunOutputs, check_resume, cleanup_failed_start,
                                    load_initial_weights, snapshot)
 from datamodules.base import LogCorruptSamples
+from datamodules.optional import one_line_missing
 
 _WANDB_AVAILABLE = RequirementCache("wandb")
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -277,6 +279,7 @@ class PerceiverCLI(LightningCLI):
         self._run_dir: str | None = None
         self._lock: RunLock | None = None
         self._outputs: RunOutputs | None = None
+        kwargs.setdefault("parser_class", OneLineErrorParser)  # a union error: one line, not a dump (cli_errors.py)
         try:
             super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                              args=args, **kwargs)
@@ -286,6 +289,10 @@ class PerceiverCLI(LightningCLI):
         finally:
             if self._lock is not None:
                 self._lock.release()
+
+    def instantiate_classes(self) -> None:
+        with one_line_config_errors():  # a constructor's error inside a union: ConfigError naming the field
+            super().instantiate_classes()
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
         # Tell the config callback which subcommand it saves for (file name), then build as usual.
@@ -593,10 +600,13 @@ def main(args: list[str] | None = None) -> None:
     from perceiver_lit.distributed import destroy_process_group
 
     try:
-        PerceiverCLI(args=args)
+        with one_line_missing("perceiver-lit"):  # an optional package missing: one line naming the extra
+            PerceiverCLI(args=args)
     except (CheckpointFileError, RunDirError) as e:  # one line naming the file, directory or key
         destroy_process_group()
         sys.exit(f"perceiver-lit: error: {e}")
+    except ConfigError as e:
+        exit_on_config_error("perceiver-lit", e)
     except SIGTERMException:  # stopped by SIGTERM / Ctrl-C, every rank together, after last.ckpt was saved
         destroy_process_group()
         sys.exit(interrupted_exit_status())

@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="image side the model will see")
     args = parser.parse_args(argv)
 
+    from datamodules.optional import one_line_missing, require
+
+    with one_line_missing("perceiver-lit-convert"):  # one line naming the extra, not a traceback
+        require("transformers", "perceiver-lit-convert (it reads Hugging Face models)")
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(args.hf, local_files_only=True)

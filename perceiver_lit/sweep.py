@@ -1,11 +1,14 @@
 """`perceiver-lit-sweep`: run a W&B-format sweep spec without a W&B server.
 
-    perceiver-lit-sweep run SPEC.yaml [--dir DIR] [--trials N] [--seed S] [--slurm]   check that trial 0's command
-                                         parses, expand, then run every unfinished trial (one subprocess each) or
-                                         submit them as a Slurm job array
+    perceiver-lit-sweep run SPEC.yaml [--dir DIR] [--trials N] [--seed S] [--slurm] [-- ARGS...]   check that
+                                         trial 0's command parses, expand, then run every unfinished trial (one
+                                         subprocess each) or submit them as a Slurm job array
     perceiver-lit-sweep trial DIR I      run trial I of a prepared sweep (what each Slurm array task does)
-    perceiver-lit-sweep report DIR       report.csv, report.md and metric-vs-parameter plots
-    perceiver-lit-sweep show SPEC.yaml [--check]   print the trials' commands without running anything
+    perceiver-lit-sweep report DIR [--out O] [--metric M] [--goal G]   report.csv, report.md and plots
+    perceiver-lit-sweep show SPEC.yaml [--check] [-- ARGS...]   print the trials' commands without running anything
+
+ARGS after `--` are appended to every trial's command (and kept in DIR/plan.json), e.g. a smaller budget:
+    perceiver-lit-sweep run configs/sweeps/local_num_latents.yaml -- --trainer.max_steps=20
 
 The same SPEC works with `wandb sweep SPEC.yaml` + `wandb agent` (see docs/sweeps.md).
 """
@@ -20,8 +23,9 @@ import warnings
 from pathlib import Path
 
 from perceiver_lit.sweeps.report import write_report
-from perceiver_lit.sweeps.runner import check_first_trial, prepare, run_local, run_trial, submit_slurm
-from perceiver_lit.sweeps.spec import SweepError, build_command, expand, load_spec
+from perceiver_lit.sweeps.runner import (check_first_trial, prepare, run_local, run_trial, submit_slurm,
+                                         trial_command)
+from perceiver_lit.sweeps.spec import SweepError, expand, load_spec
 
 
 def _default_dir(spec_path: str) -> Path:
@@ -53,45 +57,65 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("dir")
     rep.add_argument("--out", help="output directory (default: DIR)")
     rep.add_argument("--metric", help="metric to plot (default: the spec's metric.name)")
+    rep.add_argument("--goal", choices=("minimize", "maximize"),
+                     help="best trial by (default: the spec's goal for its metric; else minimize for a loss)")
     s = sub.add_parser("show", help="print each trial's command")
     s.add_argument("spec")
     s.add_argument("--trials", type=int)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--check", action="store_true", help="also parse trial 0's command with --print_config")
-    args = p.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # every trial's extra arguments
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    args, unknown = p.parse_known_args(argv)
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}" + (
+            f"; arguments for every trial's command go after `--`: perceiver-lit-sweep {args.cmd} ... -- "
+            f"{' '.join(unknown)}" if args.cmd in ("run", "show") else ""))
+    if extra and args.cmd not in ("run", "show"):
+        p.error(f"`-- {' '.join(extra)}`: trial arguments are taken by `run` and `show` only (a prepared trial "
+                "runs the command in its trial.json)")
     warnings.simplefilter("always", UserWarning)
     try:
-        if args.cmd == "run":
-            spec = load_spec(args.spec)
-            sweep_dir = Path(args.dir) if args.dir else _default_dir(args.spec)
-            if args.check:
-                check_first_trial(spec)
-            dirs = prepare(spec, sweep_dir, trials=args.trials, seed=args.seed)
-            print(f"[sweep] {spec.source}: {spec.method}, {len(dirs)} trials in {sweep_dir}")
-            if args.slurm:
-                submit_slurm(sweep_dir, len(dirs), args.sbatch_script, args.max_parallel, args.sbatch_arg)
-                return 0
-            result = run_local(sweep_dir, len(dirs), echo=args.echo)
-            return 1 if result["failed"] else 0
-        if args.cmd == "trial":
-            return run_trial(args.dir, args.index, force=args.force, echo=args.echo)
-        if args.cmd == "report":
-            rep = write_report(args.dir, args.out, args.metric)
-            print(rep["table"])
-            print(f"[sweep] wrote {rep['csv']}, {rep['markdown']}" +
-                  "".join(f", {p}" for p in rep["plots"]))
-            return 0
-        if args.cmd == "show":
-            spec = load_spec(args.spec)
-            if args.check:
-                check_first_trial(spec)
-            for i, params in enumerate(expand(spec, trials=args.trials, seed=args.seed)):
-                print(f"# trial {i}: {json.dumps(params)}")
-                print(shlex.join(build_command(spec, params)))
-            return 0
+        return _run(args, extra)
     except SweepError as e:
         print(f"perceiver-lit-sweep: error: {e}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.cmd == "run":
+        spec = load_spec(args.spec)
+        sweep_dir = Path(args.dir) if args.dir else _default_dir(args.spec)
+        if args.check:
+            check_first_trial(spec, extra)
+        dirs = prepare(spec, sweep_dir, trials=args.trials, seed=args.seed, extra_args=extra)
+        print(f"[sweep] {spec.source}: {spec.method}, {len(dirs)} trials in {sweep_dir}")
+        if args.slurm:
+            submit_slurm(sweep_dir, len(dirs), args.sbatch_script, args.max_parallel, args.sbatch_arg)
+            return 0
+        result = run_local(sweep_dir, len(dirs), echo=args.echo)
+        return 1 if result["failed"] else 0
+    if args.cmd == "trial":
+        return run_trial(args.dir, args.index, force=args.force, echo=args.echo)
+    if args.cmd == "report":
+        # Imported here: `trial` (what every Slurm array task runs) stays free of torch/Lightning imports.
+        from datamodules.optional import one_line_missing
+
+        with one_line_missing("perceiver-lit-sweep report"):  # matplotlib for the plots
+            rep = write_report(args.dir, args.out, args.metric, args.goal)
+        print(rep["table"])
+        print(f"[sweep] wrote {rep['csv']}, {rep['markdown']}" +
+              "".join(f", {p}" for p in rep["plots"]))
+        return 0
+    if args.cmd == "show":
+        spec = load_spec(args.spec)
+        if args.check:
+            check_first_trial(spec, extra)
+        for i, params in enumerate(expand(spec, trials=args.trials, seed=args.seed)):
+            print(f"# trial {i}: {json.dumps(params)}")
+            print(shlex.join(trial_command(spec, params, None, i, extra)))
+        return 0
     return 2
 
 

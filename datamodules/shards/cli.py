@@ -18,6 +18,8 @@ import importlib
 import logging
 import sys
 
+from datamodules.optional import one_line_missing
+
 SUBCOMMANDS = ("image_folder", "fashion_mnist", "pointcloud", "text", "audio", "video", "synthetic")
 
 
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        summaries = args.func(args)
+        with one_line_missing(f"{parser.prog} {args.command}"):  # e.g. trimesh without the `media` extra
+            summaries = args.func(args)
     except (ValueError, OSError) as e:  # bad input (layout, CSV, paths): one line naming it, not a traceback
         parser.exit(2, f"{parser.prog} {args.command}: error: {e}\n")
     print("\nsummary:")

@@ -49,18 +49,25 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write_report(sweep_dir: str | Path, out: str | Path | None = None, metric: str | None = None) -> dict[str, Any]:
+def write_report(sweep_dir: str | Path, out: str | Path | None = None, metric: str | None = None,
+                 goal: str | None = None) -> dict[str, Any]:
     """Write report.csv, report.md and plots into `out` (default: the sweep dir). The plotted metric is `metric`,
-    else the spec's `metric.name`, else the first val/ metric."""
+    else the spec's `metric.name`, else the first val/ metric. The best trial is by `goal` (minimize/maximize),
+    else the spec's goal for the spec's metric, else minimize for a loss and maximize otherwise."""
     sweep_dir = Path(sweep_dir)
     out = Path(out) if out else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     rows, params, metric_names = collect(sweep_dir)
     plan_file = sweep_dir / PLAN_FILE
     plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
-    goal = plan.get("metric", {}).get("goal", "maximize")
-    metric = metric or plan.get("metric", {}).get("name") or next(
+    spec_metric = plan.get("metric", {})
+    metric = metric or spec_metric.get("name") or next(
         (m for m in metric_names if m.startswith("val")), metric_names[0] if metric_names else None)
+    if goal is None:  # the spec's goal belongs to the spec's metric, not to one picked with --metric
+        goal = spec_metric.get("goal", "maximize") if metric == spec_metric.get("name") else (
+            "minimize" if metric and "loss" in metric else "maximize")
+    if goal not in ("minimize", "maximize"):
+        raise SweepError(f"goal must be 'minimize' or 'maximize', got {goal!r}")
     if metric and metric_names and metric not in metric_names:
         raise SweepError(f"metric {metric!r} was logged by no trial of {sweep_dir} (a typo in --metric or the spec's "
                          f"metric.name?); logged: {', '.join(metric_names)}")
@@ -90,6 +97,9 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, metric: s
 
     plots = []
     if metric and scored:
+        from datamodules.optional import require
+
+        require("matplotlib", "perceiver-lit-sweep report's plots")
         swept = [p for p in params if len({json.dumps(r["params"].get(p), sort_keys=True) for r in rows}) > 1]
         for p in swept:
             plots.append(plot_metric(scored, p, metric, out))

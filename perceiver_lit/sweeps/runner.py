@@ -3,8 +3,8 @@
 Layout of a sweep directory:
 
     DIR/sweep.yaml          the spec, as given
-    DIR/plan.json           method, seed and every trial's parameter values (so a resumed random sweep reruns the
-                            same draws)
+    DIR/plan.json           method, seed, every trial's parameter values (so a resumed random sweep reruns the
+                            same draws) and `extra_args`, the arguments given after `--` (appended to every trial)
     DIR/trial-<i>/trial.json  {"index", "params", "command", "cwd"}: what trial i runs, exactly
     DIR/trial-<i>/log.txt     its stdout and stderr
     DIR/trial-<i>/metrics.json  its final metrics (written by the TrialMetrics callback)
@@ -58,35 +58,60 @@ def _is_perceiver_lit(command: list[str]) -> bool:
     return bool(command) and (Path(command[0]).name == "perceiver-lit" or "perceiver_lit.cli" in command)
 
 
-def trial_command(spec: SweepSpec, params: dict[str, Any], tdir: Path) -> list[str]:
-    """The spec's command for these values; for `perceiver-lit` also the trial's own root dir and the metrics
-    callback (appended last, so they win over the base config)."""
+def sweep_name(spec: SweepSpec) -> str:
+    """The spec's `name`, else its file's stem: the W&B group of its trials and the prefix of their run names."""
+    return spec.name or Path(spec.source).stem
+
+
+def trial_command(spec: SweepSpec, params: dict[str, Any], tdir: Path | None = None, index: int | None = None,
+                  extra_args: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The spec's command for these values, then `extra_args` (what the user gave after `--`). For `perceiver-lit`
+    also: the run name `<sweep>-trial-<index>` and, unless the spec sets one, the W&B group `<sweep>` (before
+    `extra_args`, so the user can still override them), and the trial's own root dir and the metrics callback
+    (last, so they win over everything). `tdir=None` (`show`): no root dir and no callback."""
     cmd = build_command(spec, params)
-    if _is_perceiver_lit(cmd):
+    if not _is_perceiver_lit(cmd):
+        return cmd + list(extra_args)
+    if index is not None:
+        cmd.append(f"--name={sweep_name(spec)}-trial-{index}")  # else every trial's run is named after the config
+    if not any(tok.startswith("--wandb.group") for tok in [*spec.command, *extra_args]):
+        cmd.append(f"--wandb.group={sweep_name(spec)}")
+    cmd += list(extra_args)
+    if tdir is not None:
         cmd += [f"--trainer.default_root_dir={tdir}", f"--trainer.callbacks+={METRICS_CALLBACK}"]
     return cmd
 
 
-def prepare(spec: SweepSpec, sweep_dir: str | Path, trials: int | None = None, seed: int = 0) -> list[Path]:
+def prepare(spec: SweepSpec, sweep_dir: str | Path, trials: int | None = None, seed: int = 0,
+            extra_args: list[str] | None = None) -> list[Path]:
     """Write the plan and each trial's trial.json. If DIR already holds a plan of the same spec, keep its trials
-    (that is how a sweep resumes); a different spec in the same DIR is an error."""
+    (that is how a sweep resumes); a different spec in the same DIR is an error. `extra_args` (the arguments after
+    `--`) are appended to every trial's command and kept in the plan: a resumed sweep reuses them when given none,
+    and refuses different ones (the finished trials ran with the old ones)."""
     sweep_dir = Path(sweep_dir).resolve()
     plan_file = sweep_dir / PLAN_FILE
     if plan_file.exists():
         plan = json.loads(plan_file.read_text())
         if plan["spec"] != spec.raw:
             raise SweepError(f"{sweep_dir} holds another sweep ({plan['source']}); pick a new --dir for {spec.source}")
+        planned = plan.get("extra_args", [])
+        if extra_args and list(extra_args) != planned:
+            raise SweepError(f"{sweep_dir} was planned with the trial arguments {shlex.join(planned) or '(none)'} "
+                             f"after `--`, not {shlex.join(extra_args)}; resume with the same ones (or none), or pick "
+                             "a new --dir")
+        extra_args = planned
         if trials and trials > len(plan["trials"]) and spec.method != "grid":
             # Asking a random sweep for more trials extends it with further draws from the same stream.
             plan["trials"] = expand(spec, trials=trials, seed=plan["seed"])
             plan_file.write_text(json.dumps(plan, indent=1))
         all_params = plan["trials"]
     else:
+        extra_args = list(extra_args or [])
         all_params = expand(spec, trials=trials, seed=seed)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.raw, sort_keys=False))
         plan = {"source": spec.source, "method": spec.method, "seed": seed, "metric": spec.metric,
-                "spec": spec.raw, "trials": all_params}
+                "spec": spec.raw, "extra_args": extra_args, "trials": all_params}
         plan_file.write_text(json.dumps(plan, indent=1))
     dirs = []
     cwd = os.getcwd()
@@ -94,7 +119,8 @@ def prepare(spec: SweepSpec, sweep_dir: str | Path, trials: int | None = None, s
         tdir = trial_dir(sweep_dir, i)
         tdir.mkdir(exist_ok=True)
         if not (tdir / TRIAL_FILE).exists():
-            info = {"index": i, "params": params, "command": trial_command(spec, params, tdir), "cwd": cwd}
+            info = {"index": i, "params": params, "command": trial_command(spec, params, tdir, i, extra_args),
+                    "cwd": cwd}
             (tdir / TRIAL_FILE).write_text(json.dumps(info, indent=1))
         dirs.append(tdir)
     return dirs
@@ -113,11 +139,11 @@ def _resolve_executable(cmd: list[str]) -> list[str]:
     return cmd
 
 
-def check_first_trial(spec: SweepSpec) -> None:
-    """Parse trial 0's `perceiver-lit` command with --print_config (no data, no model: a few seconds), so that a
-    misspelled parameter or config key fails here, once, not in every trial or after a Slurm array is queued.
-    Commands of other programs are left to themselves."""
-    cmd = build_command(spec, expand(spec, trials=1, seed=0)[0])
+def check_first_trial(spec: SweepSpec, extra_args: list[str] | tuple[str, ...] = ()) -> None:
+    """Parse trial 0's `perceiver-lit` command (with `extra_args`) with --print_config (no data, no model: a few
+    seconds), so that a misspelled parameter or config key fails here, once, not in every trial or after a Slurm
+    array is queued. Commands of other programs are left to themselves."""
+    cmd = trial_command(spec, expand(spec, trials=1, seed=0)[0], None, 0, extra_args)
     if not _is_perceiver_lit(cmd):
         return
     proc = subprocess.run([*_resolve_executable(cmd), "--print_config"], capture_output=True, text=True, timeout=300)

@@ -92,7 +92,7 @@ def test_cli_text_fortunes(tmp_path, capsys):
         pytest.skip("fortunes not installed")
     cli.main(["text", src, "--unit", "fortune", "--label-from", "file", "--out", str(tmp_path), "--no-progress"])
     assert "train:" in capsys.readouterr().out
-    assert json.load(open(tmp_path / "classes.json")) == ["science"]
+    assert json.loads((tmp_path / "classes.json").read_text()) == ["science"]
 
 
 def test_a_prefix_or_key_with_a_dot_is_refused(tmp_path):

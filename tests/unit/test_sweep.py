@@ -170,6 +170,11 @@ def _fake_trial(d: Path, i: int, params: dict, metrics: dict | None, status: str
     (t / status).write_text("{}")
 
 
+def main_report(d: Path, out: Path, *options: str) -> str:
+    assert main(["report", str(d), "--out", str(out), *options]) == 0
+    return (out / "report.md").read_text()
+
+
 def test_report_from_trial_dirs(tmp_path):
     d = tmp_path / "sw"
     (d).mkdir()
@@ -191,6 +196,10 @@ def test_report_from_trial_dirs(tmp_path):
     assert names == ["val_acc_vs_num_latents.png", "val_acc_vs_pos.png"]
     for p in rep["plots"]:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+    # Another metric: a loss is minimized unless --goal says otherwise.
+    assert "Best (minimize `val/loss`): trial 2," in main_report(d, tmp_path / "r1", "--metric", "val/loss")
+    assert "Best (maximize `val/loss`): trial 3," in main_report(d, tmp_path / "r2", "--metric", "val/loss",
+                                                                 "--goal", "maximize")
     with pytest.raises(SweepError, match=r"metric 'val/accuracy' was logged by no trial .*logged: .*val/acc"):
         write_report(d, metric="val/accuracy")                 # a typo no longer gives a report without a best
 
@@ -221,3 +230,61 @@ def test_a_misspelled_parameter_fails_before_any_trial_runs(tmp_path, capsys):
     assert not (tmp_path / "sw").exists()                     # nothing prepared, nothing run
     assert main(["show", spec("num_latents"), "--check"]) == 0
     assert "num_latents=4" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- arguments after `--`, trial run names
+def _write_spec(tmp_path, **extra) -> str:
+    path = tmp_path / "num_latents.yaml"
+    path.write_text(yaml.safe_dump({"method": "grid", "parameters": {f"{NET}.num_latents": {"values": [8, 16]}},
+                                    "command": ["perceiver-lit", "fit", "--config", "base.yaml", "${args}"], **extra}))
+    return str(path)
+
+
+def test_show_appends_the_arguments_after_the_double_dash_to_every_trial(tmp_path, capsys):
+    spec_file = _write_spec(tmp_path)
+    assert main(["show", spec_file, "--", "--trainer.max_steps=20", "--data.init_args.batch_size=8"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    assert len(commands) == 2
+    for i, line in enumerate(commands):
+        assert line.endswith("--trainer.max_steps=20 --data.init_args.batch_size=8"), line
+        assert f"--name=num_latents-trial-{i} --wandb.group=num_latents" in line
+    # Without `--` argparse cannot tell them from its own options: the error says where they go.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["show", spec_file, "--trainer.max_steps=20"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --trainer.max_steps=20" in err and "go after `--`" in err
+
+
+def test_trials_are_named_after_the_trial_and_grouped_by_the_sweep(tmp_path):
+    s = parse_spec({"name": "lat", "method": "grid", "parameters": {f"{NET}.num_latents": {"values": [8]}},
+                    "command": ["perceiver-lit", "fit", "--config", "base.yaml", "${args}"]})
+    cmd = trial_command(s, {f"{NET}.num_latents": 8}, tmp_path / "trial-3", 3, ["--trainer.max_steps=5"])
+    assert cmd[-5:-2] == ["--name=lat-trial-3", "--wandb.group=lat", "--trainer.max_steps=5"]
+    # A group the spec (or the user, after `--`) names is kept.
+    s.command.insert(4, "--wandb.group=mine")
+    assert not any(a == "--wandb.group=lat" for a in trial_command(s, {}, tmp_path, 0))
+    assert not any(a == "--wandb.group=lat" for a in trial_command(parse_spec(s.raw), {}, tmp_path, 0,
+                                                                     ["--wandb.group=theirs"]))
+
+
+def test_run_and_slurm_record_the_extra_arguments_in_plan_and_trials(tmp_path, capsys):
+    """`run --slurm` prepares the sweep dir (plan.json, trial.json: what each array task runs) before it submits;
+    an sbatch script that is not there stops it right after, so no job is ever submitted here."""
+    spec_file = _write_spec(tmp_path)
+    sweep_dir = tmp_path / "sw"
+    rc = main(["run", spec_file, "--dir", str(sweep_dir), "--no-check", "--slurm",
+               "--sbatch-script", str(tmp_path / "missing.sbatch"), "--", "--trainer.max_steps=20"])
+    assert rc == 2 and "sbatch script" in capsys.readouterr().err
+    plan = json.loads((sweep_dir / "plan.json").read_text())
+    assert plan["extra_args"] == ["--trainer.max_steps=20"]
+    for i in range(2):
+        cmd = json.loads((sweep_dir / f"trial-{i}" / "trial.json").read_text())["command"]
+        assert cmd[-3] == "--trainer.max_steps=20" and f"--name=num_latents-trial-{i}" in cmd
+    # Resuming without arguments reuses the plan's; different ones are refused (finished trials ran with these).
+    dirs = prepare(parse_spec(yaml.safe_load(open(spec_file)), source=spec_file), sweep_dir)
+    assert len(dirs) == 2
+    with pytest.raises(SweepError, match=r"planned with the trial arguments --trainer.max_steps=20 after `--`, "
+                                         r"not --trainer.max_steps=50"):
+        prepare(parse_spec(yaml.safe_load(open(spec_file)), source=spec_file), sweep_dir,
+                extra_args=["--trainer.max_steps=50"])
