@@ -59,7 +59,8 @@ from perceiver_lit.callbacks.eval_failure import EvalFailureCheckpoint
 from perceiver_lit.callbacks.predictions import PredictionWriter, SaveDataConfig
 from perceiver_lit.callbacks.preemption import resume_path
 from perceiver_lit.checkpoint_io import AtomicCheckpointIO, CheckpointFileError, read_checkpoint
-from perceiver_lit.cli_errors import ConfigError, OneLineErrorParser, exit_on_config_error, one_line_config_errors
+from perceiver_lit.cli_errors import (ConfigError, OneLineErrorParser, exit_on_config_error, one_line_config_errors,
+                                      size_error)
 from perceiver_lit.hardware import warn_if_bf16_is_emulated
 from perceiver_lit.run_dir import (RunDirError, RunLock, RunOutputs, check_resume, cleanup_failed_start,
                                    load_initial_weights, snapshot)
@@ -292,7 +293,13 @@ class PerceiverCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         with one_line_config_errors():  # a constructor's error inside a union: ConfigError naming the field
-            super().instantiate_classes()
+            try:
+                super().instantiate_classes()
+            except ValueError as e:  # a model size below 1: the exact config field (models/checks.py)
+                sized = size_error(e, self._config())
+                if sized is None:
+                    raise
+                raise sized from None
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
         # Tell the config callback which subcommand it saves for (file name), then build as usual.
@@ -356,12 +363,6 @@ class PerceiverCLI(LightningCLI):
             rank_zero_warn(f"perceiver-lit {self.subcommand} without --ckpt_path evaluates the model's initial "
                            "(untrained) weights; pass --ckpt_path "
                            f"{os.path.join(cfg.trainer.default_root_dir, 'checkpoints', 'best.ckpt')} (or last.ckpt)")
-
-    def instantiate_classes(self) -> None:
-        try:
-            super().instantiate_classes()
-        except ValueError as e:
-            raise class_error(e, self._config()) from None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         cfg = self._config()
@@ -510,34 +511,6 @@ class PerceiverCLI(LightningCLI):
             check_model_fits_data(self.model, self.datamodule)
         if self._config().get("init_weights"):
             load_initial_weights(self.model, self._config().init_weights)
-
-
-def class_error(error: ValueError, config: Any) -> ValueError:
-    """The error a class's __init__ raised, which jsonargparse wraps in "Does not validate against any of the Union
-    subtypes" followed by the whole config; a model size below 1 gets the config field it came from."""
-    from perceiver_lit.models.checks import SizeError
-
-    cause: BaseException = error
-    while isinstance(cause.__cause__, (ValueError, TypeError)):
-        cause = cause.__cause__
-    if not isinstance(cause, SizeError):
-        return cause if isinstance(cause, ValueError) else error
-
-    def find(node: Any, path: str) -> str | None:
-        if isinstance(node, dict):
-            args = node.get("init_args")
-            if str(node.get("class_path", "")).rpartition(".")[2] == cause.owner and isinstance(args, dict) \
-                    and cause.name in args:
-                return f"{path}.init_args.{cause.name}"
-            for key, value in node.items():
-                found = find(value, f"{path}.{key}" if path else str(key))
-                if found:
-                    return found
-        return None
-
-    tree = config.as_dict() if hasattr(config, "as_dict") else config
-    field = find({k: v for k, v in tree.items() if k in ("model", "data")}, "")
-    return ValueError(f"{field} ({cause.owner}): {cause.message}" if field else str(cause))
 
 
 def _zeros_for(shape: Any, dtype: torch.dtype, device: str) -> Any:

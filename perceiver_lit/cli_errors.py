@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from textwrap import dedent
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser
 
@@ -138,6 +138,34 @@ def one_line_config_errors() -> Iterator[None]:
         if line is None:
             raise
         raise ConfigError(line) from e
+
+
+def size_error(error: ValueError, config: Any) -> ConfigError | None:
+    """A model size below 1 (models/checks.py SizeError, wrapped by jsonargparse in its union dump) -> one line naming
+    the exact config field, found by the owner class and argument name in the config; None for any other error."""
+    from perceiver_lit.models.checks import SizeError
+
+    cause: BaseException = error
+    while not isinstance(cause, SizeError) and isinstance(cause.__cause__, (ValueError, TypeError)):
+        cause = cause.__cause__
+    if not isinstance(cause, SizeError):
+        return None
+
+    def find(node: Any, path: str) -> str | None:
+        if isinstance(node, dict):
+            args = node.get("init_args")
+            if str(node.get("class_path", "")).rpartition(".")[2] == cause.owner and isinstance(args, dict) \
+                    and cause.name in args:
+                return f"{path}.init_args.{cause.name}"
+            for key, value in node.items():
+                found = find(value, f"{path}.{key}" if path else str(key))
+                if found:
+                    return found
+        return None
+
+    tree = config.as_dict() if hasattr(config, "as_dict") else config
+    field = find({k: v for k, v in tree.items() if k in ("model", "data")}, "")
+    return ConfigError(f"{field} ({cause.owner}): {cause.message}" if field else str(cause))
 
 
 class OneLineErrorParser(LightningArgumentParser):
