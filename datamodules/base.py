@@ -250,8 +250,12 @@ class ShardStream(IterableDataset):
             try:
                 n = 0
                 truncated = []
-                for raw in iter_tar_samples(url, lambda u, k, e: (truncated.append(e), dm._corrupt(u, k, e, exact, lost=True)),
-                                            dm.buffer_exts):
+
+                def on_truncated(u: str, k: str, e: Exception) -> None:
+                    truncated.append(e)
+                    dm._corrupt(u, k, e, exact, lost=True)
+
+                for raw in iter_tar_samples(url, on_truncated, dm.buffer_exts):
                     n += 1
                     yield raw  # still bytes: the shuffle buffer holds compressed samples, decode comes after
             except ShardOpenError as e:
@@ -1016,7 +1020,7 @@ class LogCorruptSamples(L.Callback):
             rank_zero_info(f"[perceiver-lit] {stage}: {skipped} of {read} samples skipped as corrupt ({fraction:.2%})"
                            + (": see the warnings above" if skipped else ""))
         if fraction > dm.max_eval_corrupt_fraction:
-            raise DataError(f"{stage}: {skipped} of {read} samples ({fraction:.1%}) were corrupt and skipped, more than "
-                            f"data.init_args.max_eval_corrupt_fraction={dm.max_eval_corrupt_fraction}: the metrics "
-                            "would describe a subset of the data. Fix the shards (see the warnings above), or raise "
+            raise DataError(f"{stage}: {skipped} of {read} samples ({fraction:.1%}) were corrupt and skipped, more "
+                            f"than data.init_args.max_eval_corrupt_fraction={dm.max_eval_corrupt_fraction}: the "
+                            "metrics would describe a subset of the data. Fix the shards (see the warnings above), or raise "
                             "the threshold to accept it")

@@ -22,7 +22,7 @@ class SizeError(ValueError):
 
 
 def check_sizes(owner: str, minimum: int = 1, **sizes: Any) -> None:
-    """Raise SizeError (a ValueError) naming `owner` and the argument for the first size that is not an integer >= `minimum`.
+    """Raise SizeError (a ValueError) naming `owner` and the argument of the first size below `minimum`.
 
     Args:
         owner: the class whose argument it is ("Perceiver"); the message reads "Perceiver: num_latents must be

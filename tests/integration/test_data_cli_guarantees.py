@@ -110,7 +110,8 @@ def test_num_classes_below_the_shards_labels_fails_before_training(fashion_shard
     for command in ("fit", "test", "predict"):
         # index.json records each shard's largest label: no shard is read to find out
         with pytest.raises(LabelRangeError, match=r"(train|predict|test) shard '.*(train|test)-0000\d\d\.tar' holds "
-                                                  r"labels up to 9 \(index\.json\), not below data\.init_args\.num_classes=5"):
+                                                  r"labels up to 9 \(index\.json\), not below data\.init_args\."
+                                                  r"num_classes=5"):
             run_cli([command, "--config", cfg, "--data.init_args.num_classes", "5"], cwd=tmp_path)
     assert not list(tmp_path.glob("runs/*/checkpoints/*.ckpt")) and not list(tmp_path.glob("runs/*/predictions*"))
     # shards without that record (older writers, hand-made): the eval scan at setup reads every eval label
@@ -202,7 +203,8 @@ def test_a_validation_that_fails_inside_fit_saves_the_trained_epoch(fashion_shar
     import torch
 
     cfg = write_config(tmp_path, {"trainer": {"max_epochs": 2, "logger": False, "num_sanity_val_steps": 0},
-                                  "model": tiny_perceiver(), "data": fashion_data(fashion_shards, samples_per_epoch=100)})
+                                  "model": tiny_perceiver(),
+                                  "data": fashion_data(fashion_shards, samples_per_epoch=100)})
     with pytest.raises(DataError, match=r"^val: 1 of 20 samples"):
         run_cli(["fit", "--config", cfg, "--data.init_args.val_urls", eval_with_one_corrupt], cwd=tmp_path)
     last = tmp_path / "runs" / "config" / "checkpoints" / "last.ckpt"
