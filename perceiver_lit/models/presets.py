@@ -8,6 +8,7 @@ model hyperparameters (the adapter is built from the input shape).
 | perceiver_audioset | (input dependent) | 2 cross-attends x 8 self-attends, no sharing |
 | perceiver_modelnet40 | 44,774,250 | 2 cross-attends x 6 self-attends, 64 bands, max frequency 1120 |
 | perceiver_io_language | 201,108,230 | HF deepmind/language-perceiver shapes (masked byte modelling) |
+| perceiver_io_optical_flow | 41,057,134 | = HF PerceiverForOpticalFlow (deepmind/optical-flow-perceiver) |
 """
 
 from __future__ import annotations
@@ -84,6 +85,23 @@ def perceiver_io_language(input_shape: Sequence[int] = (2048,), **overrides) -> 
 PRESETS = {f.__name__: f for f in (perceiver_imagenet, perceiver_io_imagenet, perceiver_audioset,
                                    perceiver_modelnet40, perceiver_io_language)}
 
+
+# Dense outputs (issue 17): optical flow and multimodal autoencoding, HF's / DeepMind's official shapes.
+from .flow import FlowPatchAdapter, PerceiverIOFlow, PerceiverIOFlowConfig  # noqa: E402
+
+PERCEIVER_IO_OPTICAL_FLOW_CONFIG = PerceiverIOFlowConfig()
+
+
+def perceiver_io_optical_flow(input_shape: Sequence[int] = (2, 368, 496, 3), train_size: Sequence[int] = (368, 496),
+                              **overrides) -> PerceiverIOFlow:
+    """Perceiver IO optical flow: exactly HF's PerceiverForOpticalFlow (41,057,134 params). input_shape (2, H, W, 3);
+    train_size sets the Fourier features' top frequency (the official model was trained at 368 x 496)."""
+    adapter = FlowPatchAdapter(input_shape, patch_size=3, num_channels=64, num_frequency_bands=64,
+                               max_resolution=train_size)
+    return PerceiverIOFlow.from_config(adapter, replace(PERCEIVER_IO_OPTICAL_FLOW_CONFIG, **overrides))
+
+
+PRESETS[perceiver_io_optical_flow.__name__] = perceiver_io_optical_flow
 
 def build_preset(name: str, **kwargs):
     """A preset by name, e.g. build_preset("perceiver_io_imagenet", num_classes=10)."""

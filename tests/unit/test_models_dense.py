@@ -1,0 +1,64 @@
+"""Dense-output models (issue 17): preset parameter counts (meta device), subsampled and chunked decoding."""
+
+import pytest
+import torch
+
+from perceiver_lit.models import FlowPatchAdapter, PerceiverIOFlow, build_preset
+
+
+def count(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_optical_flow_preset_is_exactly_hf():
+    with torch.device("meta"):
+        m = build_preset("perceiver_io_optical_flow")
+    assert count(m) == 41_057_134                                       # HF PerceiverForOpticalFlow
+    assert m.adapter.num_output_channels == 322 and m.adapter.num_elements == 368 * 496
+    assert len(m.processor) == 24 and m.latents.shape == (2048, 512)
+
+
+def tiny_flow(**kw):
+    torch.manual_seed(0)
+    adapter = FlowPatchAdapter((2, 6, 7, 3), num_channels=8, num_frequency_bands=4)
+    return PerceiverIOFlow(adapter, num_latents=4, latent_dim=16, num_self_attends=1, num_self_attention_heads=2,
+                           **kw).eval()
+
+
+def test_flow_subsampled_decode_equals_full_decode_restricted():
+    m = tiny_flow()
+    frames = torch.randn(2, 2, 6, 7, 3)
+    with torch.no_grad():
+        full = m(frames).reshape(2, 42, 2)                              # (B, HW, 2)
+        idx = torch.tensor([41, 0, 17, 5, 17])
+        torch.testing.assert_close(m(frames, query_indices=idx), full[:, idx], atol=1e-6, rtol=1e-6)
+        per_sample = torch.stack([torch.randperm(42)[:9] for _ in range(2)])   # (B, Q)
+        sub = m(frames, query_indices=per_sample)
+    torch.testing.assert_close(sub, torch.stack([full[b, per_sample[b]] for b in range(2)]), atol=1e-6, rtol=1e-6)
+
+
+def test_flow_chunked_decode_equals_unchunked():
+    m = tiny_flow(decode_chunk_size=None)
+    frames = torch.randn(2, 2, 6, 7, 3)
+    with torch.no_grad():
+        whole = m(frames)
+        m.decoder.chunk_size = 5                                        # 42 queries: 9 chunks, the last of 2
+        chunked = m(frames)
+    assert chunked.shape == (2, 6, 7, 2)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
+
+
+def test_flow_trains_on_a_query_subset():
+    m = tiny_flow().train()
+    frames = torch.randn(2, 2, 6, 7, 3)
+    out = m(frames, query_indices=torch.randint(0, 42, (2, 10)))        # (B, Q, 2), one pass with autograd
+    out.square().mean().backward()
+    assert out.shape == (2, 10, 2)
+    assert m.adapter.patch_proj.weight.grad.abs().sum() > 0 and m.latents.grad.abs().sum() > 0
+
+
+def test_flow_rejects_bad_frames():
+    with pytest.raises(ValueError, match=r"input_shape must be \(2, H, W, C\)"):
+        FlowPatchAdapter((3, 6, 7, 3))
+    with pytest.raises(ValueError, match=r"frames must be \(B, 2, H, W, C\)"):
+        tiny_flow()(torch.randn(1, 6, 7, 3))
