@@ -237,8 +237,67 @@ def _flow(hf_model: nn.Module, image_size: int | tuple[int, int] | None) -> tupl
     return spec, out
 
 
+def _multimodal_autoencoding(hf_model: nn.Module, image_size: int | None
+                             ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """PerceiverForMultimodalAutoencoding -> our PerceiverIOMultimodalAutoencoder: spec and weights. HF's "image"
+    modality is our "video" (channels-last frames). image_size is not used: the clip shape is the config's."""
+    cfg = hf_model.config
+    name = "PerceiverForMultimodalAutoencoding"
+    _check_dense_config(name, cfg)
+    pre, dec = hf_model.perceiver.input_preprocessor, hf_model.perceiver.decoder
+    img, aud = pre.modalities["image"], pre.modalities["audio"]
+    video_shape = (cfg.num_frames, cfg.image_size, cfg.image_size)
+    if tuple(cfg.output_shape[1:4]) != video_shape:
+        raise ValueError(f"from_huggingface: {name}: output_shape {cfg.output_shape} is not the input clip "
+                         f"(1, *{video_shape}); only autoencoding of the input's shape is mapped")
+    n_samples = cfg.num_frames * cfg.audio_samples_per_frame
+    img_q = dec.modalities["image"].decoder.output_position_encodings
+    aud_q = dec.modalities["audio"].output_position_encodings
+    if (tuple(img_q.max_resolution) != tuple(img.position_embeddings.max_resolution)
+            or tuple(aud_q.max_resolution) != tuple(aud.position_embeddings.max_resolution)):
+        raise ValueError(f"from_huggingface: {name}: query and input Fourier max resolutions differ; not mapped")
+    input_shape = {"audio": [n_samples], "label": [cfg.num_labels], "video": [*video_shape, img.in_channels]}
+    adapters = {
+        "video": {"patch_size": [img.temporal_downsample, img.spatial_downsample, img.spatial_downsample],
+                  "num_frequency_bands": img.position_embeddings.num_bands,
+                  "max_resolution": list(img.position_embeddings.max_resolution)},
+        "audio": {"samples_per_patch": aud.samples_per_patch, "num_frequency_bands": aud.position_embeddings.num_bands,
+                  "max_resolution": list(aud.position_embeddings.max_resolution)},
+        "label": {"class_path": "perceiver_lit.models.autoencoding.OneHotAdapter"}}
+    adapter = {"class": "MultimodalAdapter", "kwargs": dict(input_shape=input_shape, adapters=adapters,
+                                                            min_padding_size=pre.min_padding_size)}
+    ours = {"image": "video", "audio": "audio", "label": "label"}
+    config = models.MultimodalAutoencoderConfig(
+        num_latents=cfg.num_latents, latent_dim=cfg.d_latents, num_self_attends=cfg.num_self_attends_per_block,
+        num_self_attention_heads=cfg.num_self_attention_heads, num_cross_attention_heads=cfg.num_cross_attention_heads,
+        cross_attention_widening_factor=cfg.cross_attention_widening_factor,
+        self_attention_widening_factor=cfg.self_attention_widening_factor,
+        decoder_num_heads=dec.decoder.decoding_cross_attention.attention.self.num_heads,
+        decoder_output_channels=cfg.output_num_channels, video_query_bands=img_q.num_bands,
+        audio_query_bands=aud_q.num_bands, label_query_channels=dec.modalities["label"].num_query_channels,
+        query_padding_size=dec.min_padding_size, mask_probs={ours[k]: float(v) for k, v in pre.mask_probs.items()})
+    spec = {"model": "PerceiverIOMultimodalAutoencoder", "config": asdict(config), "adapter": adapter, "queries": None}
+
+    sd = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
+    P, D, O = "perceiver", "perceiver.decoder", "perceiver.output_postprocessor.modalities"
+    out = {"latents": sd[f"{P}.embeddings.latents"],
+           "label_query": sd[f"{D}.modalities.label.decoder.output_position_encodings.position_embeddings"],
+           "decoder.head.weight": sd[f"{D}.decoder.final_layer.weight"],
+           "decoder.head.bias": sd[f"{D}.decoder.final_layer.bias"]}
+    for hf_name, n in ours.items():
+        out[f"adapter.padding.{n}"] = sd[f"{P}.input_preprocessor.padding.{hf_name}"].reshape(-1)
+        out[f"mask_tokens.{n}"] = sd[f"{P}.input_preprocessor.mask.{hf_name}"].reshape(-1)
+        out[f"query_padding.{n}"] = sd[f"{D}.padding.{hf_name}"].reshape(-1)
+        out[f"heads.{n}.weight"] = sd[f"{O}.{hf_name}.classifier.weight"]
+        out[f"heads.{n}.bias"] = sd[f"{O}.{hf_name}.classifier.bias"]
+    out |= _layer(sd, f"{P}.encoder.cross_attention", "encoder", self_attention=False)
+    out |= _self_attends(sd, cfg)
+    out |= _layer(sd, f"{D}.decoder.decoding_cross_attention", "decoder.cross", self_attention=False)
+    return spec, out
+
+
 # HF class name -> (hf_model, image_size) -> (spec, state_dict)
-DENSE_CONVERTERS = {"PerceiverForOpticalFlow": _flow}
+DENSE_CONVERTERS = {"PerceiverForOpticalFlow": _flow, "PerceiverForMultimodalAutoencoding": _multimodal_autoencoding}
 SUPPORTED = (*SUPPORTED, *DENSE_CONVERTERS)
 
 

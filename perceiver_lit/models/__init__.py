@@ -4,6 +4,8 @@ from .adapters import (AudioAdapter, ImageAdapter, InputAdapter, MultimodalAdapt
                        VideoAdapter)
 from .attention import CrossAttentionLayer, SelfAttentionBlock, SelfAttentionLayer
 from .convnet import ConvNet, ConvNetConfig
+from .autoencoding import (GridQueries, MultimodalAutoencoderConfig, OneHotAdapter,
+                           PerceiverIOMultimodalAutoencoder)
 from .decoders import DenseDecoder
 from .flow import FlowPatchAdapter, PerceiverIOFlow, PerceiverIOFlowConfig, extract_patches
 from .perceiver import Perceiver, PerceiverConfig
@@ -22,4 +24,5 @@ __all__ = [
     "PRESETS", "build_preset", "perceiver_imagenet", "perceiver_io_imagenet", "perceiver_audioset",
     "perceiver_modelnet40", "perceiver_io_language",
     "DenseDecoder", "FlowPatchAdapter", "PerceiverIOFlow", "PerceiverIOFlowConfig", "extract_patches",
+    "OneHotAdapter", "GridQueries", "PerceiverIOMultimodalAutoencoder", "MultimodalAutoencoderConfig",
 ]

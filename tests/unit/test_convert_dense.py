@@ -60,3 +60,63 @@ def test_optical_flow_refuses_unmapped_config():
     hf = transformers.PerceiverForOpticalFlow(transformers.PerceiverConfig(**{**FLOW_SMALL, "num_blocks": 2}))
     with pytest.raises(ValueError, match="num_blocks=2"):
         from_huggingface(hf)
+
+
+# Multimodal: 2 frames of 8 x 8, 64 audio samples (4 patches of 16), 5 classes. d_model = the widest modality
+# (audio: 16 samples + 1 + 2 x 192 Fourier = 401) + 4 padding.
+MM_SMALL = dict(num_latents=8, d_latents=32, d_model=405, num_blocks=1, num_self_attends_per_block=2,
+                num_self_attention_heads=4, num_cross_attention_heads=1, num_labels=5, num_frames=2,
+                audio_samples_per_frame=32, samples_per_patch=16, image_size=8, output_shape=[1, 2, 8, 8],
+                output_num_channels=16)
+
+
+def hf_multimodal(**overrides):
+    torch.manual_seed(0)
+    cfg = transformers.PerceiverConfig(**{**MM_SMALL, **overrides})
+    return randomise(transformers.PerceiverForMultimodalAutoencoding(cfg))
+
+
+def mm_inputs(batch=2):
+    video = torch.randn(batch, 2, 8, 8, 3)
+    return {"video": video, "audio": torch.randn(batch, 64),
+            "label": torch.nn.functional.one_hot(torch.arange(batch) % 5, 5).float()}
+
+
+def hf_mm_forward(hf, x, video_idx, audio_idx):
+    inputs = {"image": x["video"].permute(0, 1, 4, 2, 3), "audio": x["audio"][..., None], "label": x["label"]}
+    return hf(inputs=inputs, subsampled_output_points={"image": video_idx, "audio": audio_idx}).logits
+
+
+def test_multimodal_autoencoding_matches_hf():
+    hf = hf_multimodal()
+    ours = from_huggingface(hf)
+    assert not ours.training
+    x = mm_inputs()
+    with torch.no_grad():
+        # HF decodes only through subsampled_output_points: all of them here, then a subset
+        ref = hf_mm_forward(hf, x, torch.arange(128), torch.arange(4))
+        out = ours(x)
+        assert out["video"].shape == (2, 2, 8, 8, 3) and out["audio"].shape == (2, 64) and out["label"].shape == (2, 5)
+        assert ref["image"].abs().max() > 0.01
+        torch.testing.assert_close(out["video"].reshape(2, 128, 3), ref["image"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(out["audio"], ref["audio"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(out["label"], ref["label"], atol=1e-4, rtol=1e-4)
+        v_idx, a_idx = torch.tensor([3, 100, 64, 7]), torch.tensor([2, 0])
+        ref = hf_mm_forward(hf, x, v_idx, a_idx)
+        sub = ours(x, query_indices={"video": v_idx, "audio": a_idx})
+    torch.testing.assert_close(sub["video"], ref["image"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sub["audio"], ref["audio"], atol=1e-4, rtol=1e-4)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
+
+
+def test_multimodal_autoencoding_cli_round_trip(tmp_path, capsys):
+    hf = hf_multimodal()
+    hf.save_pretrained(tmp_path / "hf")
+    main(["--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "mm.pt")])
+    assert "PerceiverForMultimodalAutoencoding" in capsys.readouterr().out
+    ours = load_converted(str(tmp_path / "mm.pt"))
+    x = mm_inputs(1)
+    with torch.no_grad():
+        ref, out = hf_mm_forward(hf, x, torch.arange(128), torch.arange(4)), ours(x)
+    torch.testing.assert_close(out["video"].reshape(1, 128, 3), ref["image"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out["label"], ref["label"], atol=1e-4, rtol=1e-4)

@@ -62,3 +62,68 @@ def test_flow_rejects_bad_frames():
         FlowPatchAdapter((3, 6, 7, 3))
     with pytest.raises(ValueError, match=r"frames must be \(B, 2, H, W, C\)"):
         tiny_flow()(torch.randn(1, 6, 7, 3))
+
+
+def test_multimodal_autoencoding_preset_is_exactly_hf():
+    with torch.device("meta"):
+        m = build_preset("perceiver_io_multimodal_autoencoding")
+    assert count(m) == 19_858_855                                       # HF PerceiverForMultimodalAutoencoding
+    assert m.adapter.num_output_channels == 704 and m.query_channels == 1026
+    assert m.adapter.num_elements == 16 * 56 * 56 + 1920 + 1
+    assert m.num_queries("video") == 16 * 224 * 224 and m.num_queries("audio") == 1920
+
+
+def tiny_autoencoder(**kw):
+    torch.manual_seed(0)
+    shape = {"video": (2, 8, 8, 3), "audio": (64,), "label": (5,)}
+    return build_preset("perceiver_io_multimodal_autoencoding", input_shape=shape, num_latents=4, latent_dim=16,
+                        num_self_attends=1, num_self_attention_heads=2, decoder_output_channels=8,
+                        label_query_channels=12, **kw).eval()
+
+
+def mm_inputs(batch=2):
+    return {"video": torch.randn(batch, 2, 8, 8, 3), "audio": torch.randn(batch, 64),
+            "label": torch.arange(batch) % 5}                           # class ids: one-hot inside
+
+
+def test_autoencoder_subsampled_and_chunked_decode_equal_full_decode():
+    m = tiny_autoencoder(decode_chunk_size=None)
+    x = mm_inputs()
+    with torch.no_grad():
+        full = m(x)
+        assert full["video"].shape == (2, 2, 8, 8, 3) and full["audio"].shape == (2, 64)
+        assert full["label"].shape == (2, 5)
+        v_idx = torch.stack([torch.randperm(128)[:10] for _ in range(2)])      # (B, Q) per sample
+        a_idx = torch.tensor([3, 1])
+        sub = m(x, query_indices={"video": v_idx, "audio": a_idx})
+        m.decoder.chunk_size = 7
+        chunked = m(x)
+    flat = full["video"].reshape(2, 128, 3)
+    torch.testing.assert_close(sub["video"], torch.stack([flat[b, v_idx[b]] for b in range(2)]), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(sub["audio"], full["audio"].view(2, 4, 16)[:, a_idx].reshape(2, 32), atol=1e-6,
+                               rtol=1e-6)
+    torch.testing.assert_close(sub["label"], full["label"], atol=1e-6, rtol=1e-6)
+    for k in full:
+        torch.testing.assert_close(chunked[k], full[k], atol=1e-6, rtol=1e-6)
+
+
+def test_autoencoder_label_is_masked_as_hf():
+    m = tiny_autoencoder()
+    x = mm_inputs()
+    with torch.no_grad():
+        a = m(x)
+        b = m({**x, "label": (x["label"] + 1) % 5})                      # label 1.0-masked: the label input is unseen
+    torch.testing.assert_close(a["label"], b["label"])
+    seen = tiny_autoencoder(mask_probs={})
+    with torch.no_grad():
+        assert not torch.allclose(seen(x)["label"], seen({**x, "label": (x["label"] + 1) % 5})["label"])
+
+
+def test_autoencoder_rejects_bad_input():
+    m = tiny_autoencoder()
+    with pytest.raises(ValueError, match=r"labels must be \(B,\) class ids or \(B, 5\)"):
+        m({**mm_inputs(), "label": torch.zeros(2, 7)})
+    with pytest.raises(ValueError, match="only 'video' and 'audio' are subsampled"):
+        m(mm_inputs(), query_indices={"label": torch.tensor([0])})
+    with pytest.raises(ValueError, match="mask_probs names unknown modalities"):
+        tiny_autoencoder(mask_probs={"image": 1.0})
