@@ -120,3 +120,42 @@ def test_multimodal_autoencoding_cli_round_trip(tmp_path, capsys):
         ref, out = hf_mm_forward(hf, x, torch.arange(128), torch.arange(4)), ours(x)
     torch.testing.assert_close(out["video"].reshape(1, 128, 3), ref["image"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out["label"], ref["label"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.integration
+def test_optical_flow_real_widths():
+    """The released model's widths (2048 x 512 latents, 24 self-attends, 16 heads, 322 channels) on 12 x 16 frames
+    (HF reshapes its output to train_size, so train_size is the frame size here; 368 x 496 takes a minute)."""
+    hf = hf_flow(num_latents=2048, d_latents=512, num_self_attends_per_block=24, num_self_attention_heads=16,
+                 train_size=[12, 16])
+    ours = from_huggingface(hf)
+    assert sum(p.numel() for p in ours.parameters()) == 41_057_134
+    frames = torch.randn(1, 2, 12, 16, 3)
+    with torch.no_grad():
+        ref, out = hf(inputs=extract_patches(frames)).logits, ours(frames)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.integration
+def test_multimodal_autoencoding_real_widths():
+    """The released model's widths (784 x 512 latents, 8 self-attends, 700 classes, 704 / 1026 channels) on a clip
+    of 2 frames of 16 x 16 and 3,840 samples. HF's own init (as the released weights' scale): the small tests'
+    perturbation (std 0.1 on every weight) drives these widths' outputs to ~200, where fp32 rounding alone differs
+    by 1e-2 (in float64 the two agree to 2e-11 there, so the mapping is exact)."""
+    torch.manual_seed(0)
+    cfg = transformers.PerceiverConfig(**{**MM_SMALL, **dict(
+        num_latents=784, d_latents=512, d_model=704, num_self_attends_per_block=8, num_self_attention_heads=8,
+        num_labels=700, audio_samples_per_frame=1920, image_size=16, output_shape=[1, 2, 16, 16],
+        output_num_channels=512)})
+    hf = transformers.PerceiverForMultimodalAutoencoding(cfg).eval()
+    ours = from_huggingface(hf)
+    x = {"video": torch.randn(1, 2, 16, 16, 3), "audio": torch.randn(1, 3840), "label": torch.zeros(1, 700)}
+    with torch.no_grad():
+        ref = hf(inputs={"image": x["video"].permute(0, 1, 4, 2, 3), "audio": x["audio"][..., None],
+                         "label": x["label"]},
+                 subsampled_output_points={"image": torch.arange(512), "audio": torch.arange(240)}).logits
+        out = ours(x)
+    assert ref["image"].abs().max() > 0.01 and ref["label"].abs().max() > 0.01   # a meaningful comparison
+    torch.testing.assert_close(out["video"].reshape(1, 512, 3), ref["image"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out["audio"], ref["audio"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out["label"], ref["label"], atol=1e-4, rtol=1e-4)
