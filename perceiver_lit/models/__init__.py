@@ -6,7 +6,7 @@ from .attention import CrossAttentionLayer, SelfAttentionBlock, SelfAttentionLay
 from .convnet import ConvNet, ConvNetConfig
 from .autoencoding import (GridQueries, MultimodalAutoencoderConfig, OneHotAdapter,
                            PerceiverIOMultimodalAutoencoder)
-from .decoders import DenseDecoder
+from .decoders import DenseDecoder, random_query_indices
 from .flow import FlowPatchAdapter, PerceiverIOFlow, PerceiverIOFlowConfig, extract_patches
 from .perceiver import Perceiver, PerceiverConfig
 from .perceiver_io import PerceiverIO, PerceiverIOConfig
@@ -23,6 +23,6 @@ __all__ = [
     "QueryProvider", "TrainableQueries", "FourierQueries", "MultimodalQueries",
     "PRESETS", "build_preset", "perceiver_imagenet", "perceiver_io_imagenet", "perceiver_audioset",
     "perceiver_modelnet40", "perceiver_io_language",
-    "DenseDecoder", "FlowPatchAdapter", "PerceiverIOFlow", "PerceiverIOFlowConfig", "extract_patches",
+    "DenseDecoder", "random_query_indices", "FlowPatchAdapter", "PerceiverIOFlow", "PerceiverIOFlowConfig", "extract_patches",
     "OneHotAdapter", "GridQueries", "PerceiverIOMultimodalAutoencoder", "MultimodalAutoencoderConfig",
 ]

@@ -248,4 +248,4 @@ class PerceiverIOMultimodalAutoencoder(nn.Module):
         return out
 
     def no_weight_decay(self) -> set[str]:
-        return no_weight_decay_names(self)
+        return no_weight_decay_names(self) | {"label_query"}                                 # a learned query

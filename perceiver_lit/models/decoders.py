@@ -31,6 +31,25 @@ def take_rows(x: Tensor, indices: Tensor) -> Tensor:
     return x.gather(1, indices.to(x.device)[..., None].expand(-1, -1, x.shape[-1]))
 
 
+def random_query_indices(num_queries: int, num_samples: int, batch_size: int, device=None,
+                         generator: torch.Generator | None = None) -> Tensor:
+    """A random subset of num_samples of the num_queries outputs per sample, without repeats: (B, Q) int64, sorted.
+
+    For training on a subset of the outputs (the paper's autoencoder): pass it as `query_indices` and gather the
+    targets at the same indices (`take_rows(targets.flatten(1, -2), idx)`).
+
+    Args:
+        num_queries: the outputs of the full decode (e.g. H * W pixels).
+        num_samples: how many to keep per sample (at most num_queries).
+        batch_size: B.
+        device, generator: where to draw them, and the random stream (default: torch's global one).
+    """
+    if not 0 < num_samples <= num_queries:
+        raise ValueError(f"random_query_indices: num_samples must be in 1..{num_queries}, got {num_samples}")
+    scores = torch.rand(batch_size, num_queries, generator=generator, device=device)
+    return scores.topk(num_samples, dim=1, sorted=False).indices.sort(dim=1).values      # (B, Q)
+
+
 class DenseDecoder(nn.Module):
     """Queries (B, Q, query_channels) cross-attend to latents (B, N, latent_dim) -> Linear -> (B, Q, output_channels).
 

@@ -127,3 +127,26 @@ def test_autoencoder_rejects_bad_input():
         m(mm_inputs(), query_indices={"label": torch.tensor([0])})
     with pytest.raises(ValueError, match="mask_probs names unknown modalities"):
         tiny_autoencoder(mask_probs={"image": 1.0})
+
+
+def test_random_query_indices_train_on_a_subset_with_matching_targets():
+    from perceiver_lit.models import random_query_indices
+    from perceiver_lit.models.decoders import take_rows
+    g = torch.Generator().manual_seed(0)
+    idx = random_query_indices(42, 10, batch_size=2, generator=g)
+    assert idx.shape == (2, 10) and all(len(set(row.tolist())) == 10 for row in idx) and int(idx.max()) < 42
+    m = tiny_flow().train()
+    frames, target = torch.randn(2, 2, 6, 7, 3), torch.randn(2, 6, 7, 2)
+    pred = m(frames, query_indices=idx)                                 # (B, Q, 2)
+    loss = (pred - take_rows(target.flatten(1, 2), idx)).square().mean()
+    loss.backward()
+    with torch.no_grad():
+        full = m.eval()(frames).flatten(1, 2)
+    torch.testing.assert_close(pred.detach(), take_rows(full, idx), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"num_samples must be in 1\.\.42"):
+        random_query_indices(42, 43, batch_size=1)
+
+
+def test_dense_models_no_weight_decay():
+    assert {"label_query", "latents", "query_padding.video", "mask_tokens.label"} <= tiny_autoencoder().no_weight_decay()
+    assert "latents" in tiny_flow().no_weight_decay()
