@@ -99,5 +99,7 @@ class DenseDecoder(nn.Module):
 
     def flops(self, num_queries: int, num_latents: int) -> int:
         """Forward FLOPs per sample: the cross-attend (k, v of the latents projected once) and the head."""
-        head = 0 if isinstance(self.head, nn.Identity) else 2 * num_queries * self.head.in_features * self.head.out_features
+        head = 0
+        if isinstance(self.head, nn.Linear):
+            head = 2 * num_queries * self.head.in_features * self.head.out_features
         return self.cross.flops(num_queries, num_latents) + head

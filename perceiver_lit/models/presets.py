@@ -9,7 +9,7 @@ model hyperparameters (the adapter is built from the input shape).
 | perceiver_modelnet40 | 44,774,250 | 2 cross-attends x 6 self-attends, 64 bands, max frequency 1120 |
 | perceiver_io_language | 201,108,230 | HF deepmind/language-perceiver shapes (masked byte modelling) |
 | perceiver_io_optical_flow | 41,057,134 | = HF PerceiverForOpticalFlow (deepmind/optical-flow-perceiver) |
-| perceiver_io_multimodal_autoencoding | 19,858,855 | = HF PerceiverForMultimodalAutoencoding (deepmind/multimodal-perceiver) |
+| perceiver_io_multimodal_autoencoding | 19,858,855 | = HF PerceiverForMultimodalAutoencoding (multimodal-perceiver) |
 """
 
 from __future__ import annotations

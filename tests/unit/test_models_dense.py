@@ -148,5 +148,6 @@ def test_random_query_indices_train_on_a_subset_with_matching_targets():
 
 
 def test_dense_models_no_weight_decay():
-    assert {"label_query", "latents", "query_padding.video", "mask_tokens.label"} <= tiny_autoencoder().no_weight_decay()
+    names = tiny_autoencoder().no_weight_decay()
+    assert {"label_query", "latents", "query_padding.video", "mask_tokens.label"} <= names
     assert "latents" in tiny_flow().no_weight_decay()
