@@ -247,5 +247,19 @@ class PerceiverIOMultimodalAutoencoder(nn.Module):
                 out[n] = y if idx is not None else y.view(B, *self.video_shape, -1)          # (B, T, H, W, 3)
         return out
 
+    def decode_flops(self) -> int:
+        """Forward FLOPs per sample of decoding every output: the shared cross-attend per modality (k, v of the
+        latents projected once per modality) and the postprocessors."""
+        n, flops = self.config.num_latents, 0
+        for name in self.MODALITIES:
+            q, head = self.num_queries(name), self.heads[name]
+            flops += self.decoder.flops(q, n) + 2 * q * head.in_features * head.out_features
+        return flops
+
+    def flops_per_sample(self) -> int:
+        """Analytic forward FLOPs (2 x multiply-adds of the matmuls) for one sample, every output decoded."""
+        n, m = self.config.num_latents, self.adapter.num_elements
+        return self.encoder.flops(n, m, expanded_queries=True) + self.processor.flops(n) + self.decode_flops()
+
     def no_weight_decay(self) -> set[str]:
         return no_weight_decay_names(self) | {"label_query"}                                 # a learned query
