@@ -182,10 +182,139 @@ def from_huggingface(hf_model: nn.Module, image_size: int | None = None, return_
 
     image_size: the images the model will see (sets the adapter's input_shape; default config.image_size).
     """
+    dense = DENSE_CONVERTERS.get(type(hf_model).__name__)
+    if dense is not None:  # optical flow, multimodal autoencoding: their own spec and weight mapping
+        spec, state_dict = dense(hf_model, image_size)
+        model = _build_with_weights(spec, state_dict)
+        model.train(hf_model.training)
+        return (model, spec) if return_spec else model
     spec = _hf_spec(hf_model, image_size)
     model = _build_with_weights(spec, _state_dict(hf_model, hf_model.config.num_self_attends_per_block))
     model.train(hf_model.training)
     return (model, spec) if return_spec else model
+
+
+# ---- dense outputs (issue 17): PerceiverForOpticalFlow, PerceiverForMultimodalAutoencoding ----
+
+def _check_dense_config(name: str, cfg) -> None:
+    """What the dense converters map: exact GELU, the encoder's query residual, the "kv" attention shapes."""
+    if cfg.hidden_act != "gelu":
+        raise ValueError(f"from_huggingface: {name}: hidden_act {cfg.hidden_act!r}; only exact 'gelu' is mapped")
+    if not cfg.use_query_residual:
+        raise ValueError(f"from_huggingface: {name}: use_query_residual=False in the encoder is not mapped")
+    if cfg.cross_attention_shape_for_attention != "kv" or cfg.qk_channels or cfg.v_channels:
+        raise ValueError(f"from_huggingface: {name}: only cross_attention_shape_for_attention='kv' with "
+                         "qk_channels=v_channels=None is mapped (the official configs)")
+
+
+def _self_attends(sd: dict[str, Tensor], cfg, prefix: str = "processor") -> dict[str, Tensor]:
+    """HF's num_self_attends_per_block layers -> our SelfAttentionBlock `prefix`.{i} (HF's block is applied
+    num_blocks times with shared weights; the official dense models have num_blocks = 1)."""
+    if cfg.num_blocks != 1:
+        raise ValueError(f"from_huggingface: num_blocks={cfg.num_blocks}; the dense models map num_blocks=1")
+    out = {}
+    for i in range(cfg.num_self_attends_per_block):
+        out |= _layer(sd, f"perceiver.encoder.self_attends.{i}", f"{prefix}.{i}", self_attention=True)
+    return out
+
+
+def _flow(hf_model: nn.Module, image_size: int | tuple[int, int] | None) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """PerceiverForOpticalFlow -> our PerceiverIOFlow: spec and weights. image_size: (H, W) of the frames the
+    model will see (default config.train_size, which also stays the Fourier features' max resolution)."""
+    cfg = hf_model.config
+    _check_dense_config("PerceiverForOpticalFlow", cfg)
+    pre = hf_model.perceiver.input_preprocessor
+    train_size = tuple(int(s) for s in cfg.train_size)
+    size = train_size if image_size is None else (
+        (image_size, image_size) if isinstance(image_size, int) else tuple(image_size))
+    pe = pre.position_embeddings
+    adapter = {"class": "FlowPatchAdapter",
+               "kwargs": dict(input_shape=(2, *size, 3), patch_size=3, num_channels=pre.out_channels,
+                              num_frequency_bands=pe.num_bands, max_resolution=tuple(pe.max_resolution))}
+    dec = hf_model.perceiver.decoder
+    config = models.PerceiverIOFlowConfig(
+        num_latents=cfg.num_latents, latent_dim=cfg.d_latents, num_self_attends=cfg.num_self_attends_per_block,
+        num_self_attention_heads=cfg.num_self_attention_heads, num_cross_attention_heads=cfg.num_cross_attention_heads,
+        cross_attention_widening_factor=cfg.cross_attention_widening_factor,
+        self_attention_widening_factor=cfg.self_attention_widening_factor,
+        decoder_num_heads=dec.decoder.decoding_cross_attention.attention.self.num_heads,
+        output_channels=dec.output_num_channels, rescale_factor=float(dec.rescale_factor))
+    spec = {"model": "PerceiverIOFlow", "config": asdict(config), "adapter": adapter, "queries": None}
+
+    sd = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
+    P, D = "perceiver", "perceiver.decoder.decoder"
+    out = {"latents": sd[f"{P}.embeddings.latents"],
+           "adapter.patch_proj.weight": sd[f"{P}.input_preprocessor.conv_after_patches.weight"],
+           "adapter.patch_proj.bias": sd[f"{P}.input_preprocessor.conv_after_patches.bias"],
+           "decoder.head.weight": sd[f"{D}.final_layer.weight"], "decoder.head.bias": sd[f"{D}.final_layer.bias"]}
+    out |= _layer(sd, f"{P}.encoder.cross_attention", "encoder", self_attention=False)
+    out |= _self_attends(sd, cfg)
+    out |= _layer(sd, f"{D}.decoding_cross_attention", "decoder.cross", self_attention=False)
+    return spec, out
+
+
+def _multimodal_autoencoding(hf_model: nn.Module, image_size: int | None
+                             ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """PerceiverForMultimodalAutoencoding -> our PerceiverIOMultimodalAutoencoder: spec and weights. HF's "image"
+    modality is our "video" (channels-last frames). image_size is not used: the clip shape is the config's."""
+    cfg = hf_model.config
+    name = "PerceiverForMultimodalAutoencoding"
+    _check_dense_config(name, cfg)
+    pre, dec = hf_model.perceiver.input_preprocessor, hf_model.perceiver.decoder
+    img, aud = pre.modalities["image"], pre.modalities["audio"]
+    video_shape = (cfg.num_frames, cfg.image_size, cfg.image_size)
+    if tuple(cfg.output_shape[1:4]) != video_shape:
+        raise ValueError(f"from_huggingface: {name}: output_shape {cfg.output_shape} is not the input clip "
+                         f"(1, *{video_shape}); only autoencoding of the input's shape is mapped")
+    n_samples = cfg.num_frames * cfg.audio_samples_per_frame
+    img_q = dec.modalities["image"].decoder.output_position_encodings
+    aud_q = dec.modalities["audio"].output_position_encodings
+    if (tuple(img_q.max_resolution) != tuple(img.position_embeddings.max_resolution)
+            or tuple(aud_q.max_resolution) != tuple(aud.position_embeddings.max_resolution)):
+        raise ValueError(f"from_huggingface: {name}: query and input Fourier max resolutions differ; not mapped")
+    input_shape = {"audio": [n_samples], "label": [cfg.num_labels], "video": [*video_shape, img.in_channels]}
+    adapters = {
+        "video": {"patch_size": [img.temporal_downsample, img.spatial_downsample, img.spatial_downsample],
+                  "num_frequency_bands": img.position_embeddings.num_bands,
+                  "max_resolution": list(img.position_embeddings.max_resolution)},
+        "audio": {"samples_per_patch": aud.samples_per_patch, "num_frequency_bands": aud.position_embeddings.num_bands,
+                  "max_resolution": list(aud.position_embeddings.max_resolution)},
+        "label": {"class_path": "perceiver_lit.models.autoencoding.OneHotAdapter"}}
+    adapter = {"class": "MultimodalAdapter", "kwargs": dict(input_shape=input_shape, adapters=adapters,
+                                                            min_padding_size=pre.min_padding_size)}
+    ours = {"image": "video", "audio": "audio", "label": "label"}
+    config = models.MultimodalAutoencoderConfig(
+        num_latents=cfg.num_latents, latent_dim=cfg.d_latents, num_self_attends=cfg.num_self_attends_per_block,
+        num_self_attention_heads=cfg.num_self_attention_heads, num_cross_attention_heads=cfg.num_cross_attention_heads,
+        cross_attention_widening_factor=cfg.cross_attention_widening_factor,
+        self_attention_widening_factor=cfg.self_attention_widening_factor,
+        decoder_num_heads=dec.decoder.decoding_cross_attention.attention.self.num_heads,
+        decoder_output_channels=cfg.output_num_channels, video_query_bands=img_q.num_bands,
+        audio_query_bands=aud_q.num_bands, label_query_channels=dec.modalities["label"].num_query_channels,
+        query_padding_size=dec.min_padding_size, mask_probs={ours[k]: float(v) for k, v in pre.mask_probs.items()})
+    spec = {"model": "PerceiverIOMultimodalAutoencoder", "config": asdict(config), "adapter": adapter, "queries": None}
+
+    sd = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
+    P, D, O = "perceiver", "perceiver.decoder", "perceiver.output_postprocessor.modalities"
+    out = {"latents": sd[f"{P}.embeddings.latents"],
+           "label_query": sd[f"{D}.modalities.label.decoder.output_position_encodings.position_embeddings"],
+           "decoder.head.weight": sd[f"{D}.decoder.final_layer.weight"],
+           "decoder.head.bias": sd[f"{D}.decoder.final_layer.bias"]}
+    for hf_name, n in ours.items():
+        out[f"adapter.padding.{n}"] = sd[f"{P}.input_preprocessor.padding.{hf_name}"].reshape(-1)
+        out[f"mask_tokens.{n}"] = sd[f"{P}.input_preprocessor.mask.{hf_name}"].reshape(-1)
+        out[f"query_padding.{n}"] = sd[f"{D}.padding.{hf_name}"].reshape(-1)
+        out[f"heads.{n}.weight"] = sd[f"{O}.{hf_name}.classifier.weight"]
+        out[f"heads.{n}.bias"] = sd[f"{O}.{hf_name}.classifier.bias"]
+    out |= _layer(sd, f"{P}.encoder.cross_attention", "encoder", self_attention=False)
+    out |= _self_attends(sd, cfg)
+    out |= _layer(sd, f"{D}.decoder.decoding_cross_attention", "decoder.cross", self_attention=False)
+    return spec, out
+
+
+# HF class name -> (hf_model, image_size) -> (spec, state_dict)
+DENSE_CONVERTERS = {"PerceiverForOpticalFlow": _flow, "PerceiverForMultimodalAutoencoding": _multimodal_autoencoding}
+SUPPORTED = (*SUPPORTED, *DENSE_CONVERTERS)
 
 
 def save_converted(model: nn.Module, spec: dict[str, Any], path: str) -> None:

@@ -4,6 +4,10 @@ from .adapters import (AudioAdapter, ImageAdapter, InputAdapter, MultimodalAdapt
                        VideoAdapter)
 from .attention import CrossAttentionLayer, SelfAttentionBlock, SelfAttentionLayer
 from .convnet import ConvNet, ConvNetConfig
+from .autoencoding import (GridQueries, MultimodalAutoencoderConfig, OneHotAdapter,
+                           PerceiverIOMultimodalAutoencoder)
+from .decoders import DenseDecoder, random_query_indices
+from .flow import FlowPatchAdapter, PerceiverIOFlow, PerceiverIOFlowConfig, extract_patches
 from .perceiver import Perceiver, PerceiverConfig
 from .perceiver_io import PerceiverIO, PerceiverIOConfig
 from .position import FourierPositionEncoding, LearnedPositionEncoding, fourier_features
@@ -20,4 +24,6 @@ __all__ = [
     "QueryProvider", "TrainableQueries", "FourierQueries", "MultimodalQueries",
     "PRESETS", "build_preset", "perceiver_imagenet", "perceiver_io_imagenet", "perceiver_audioset",
     "perceiver_modelnet40", "perceiver_io_language", "pretrained",
+    "DenseDecoder", "random_query_indices", "FlowPatchAdapter", "PerceiverIOFlow", "PerceiverIOFlowConfig",
+    "extract_patches", "OneHotAdapter", "GridQueries", "PerceiverIOMultimodalAutoencoder", "MultimodalAutoencoderConfig",
 ]

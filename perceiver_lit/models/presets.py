@@ -8,6 +8,8 @@ model hyperparameters (the adapter is built from the input shape).
 | perceiver_audioset | (input dependent) | 2 cross-attends x 8 self-attends, no sharing |
 | perceiver_modelnet40 | 44,774,250 | 2 cross-attends x 6 self-attends, 64 bands, max frequency 1120 |
 | perceiver_io_language | 201,108,230 | HF deepmind/language-perceiver shapes (masked byte modelling) |
+| perceiver_io_optical_flow | 41,057,134 | = HF PerceiverForOpticalFlow (deepmind/optical-flow-perceiver) |
+| perceiver_io_multimodal_autoencoding | 19,858,855 | = HF PerceiverForMultimodalAutoencoding (multimodal-perceiver) |
 """
 
 from __future__ import annotations
@@ -84,6 +86,46 @@ def perceiver_io_language(input_shape: Sequence[int] = (2048,), **overrides) -> 
 PRESETS = {f.__name__: f for f in (perceiver_imagenet, perceiver_io_imagenet, perceiver_audioset,
                                    perceiver_modelnet40, perceiver_io_language)}
 
+
+# Dense outputs (issue 17): optical flow and multimodal autoencoding, HF's / DeepMind's official shapes.
+from .flow import FlowPatchAdapter, PerceiverIOFlow, PerceiverIOFlowConfig  # noqa: E402
+
+PERCEIVER_IO_OPTICAL_FLOW_CONFIG = PerceiverIOFlowConfig()
+
+
+def perceiver_io_optical_flow(input_shape: Sequence[int] = (2, 368, 496, 3), train_size: Sequence[int] = (368, 496),
+                              **overrides) -> PerceiverIOFlow:
+    """Perceiver IO optical flow: exactly HF's PerceiverForOpticalFlow (41,057,134 params). input_shape (2, H, W, 3);
+    train_size sets the Fourier features' top frequency (the official model was trained at 368 x 496)."""
+    adapter = FlowPatchAdapter(input_shape, patch_size=3, num_channels=64, num_frequency_bands=64,
+                               max_resolution=train_size)
+    return PerceiverIOFlow.from_config(adapter, replace(PERCEIVER_IO_OPTICAL_FLOW_CONFIG, **overrides))
+
+
+PRESETS[perceiver_io_optical_flow.__name__] = perceiver_io_optical_flow
+
+from .autoencoding import MultimodalAutoencoderConfig, PerceiverIOMultimodalAutoencoder  # noqa: E402
+
+PERCEIVER_IO_MULTIMODAL_AUTOENCODING_CONFIG = MultimodalAutoencoderConfig()
+
+
+def perceiver_io_multimodal_autoencoding(input_shape: Mapping[str, Sequence[int]] | None = None,
+                                         video_patch: Sequence[int] = (1, 4, 4), samples_per_patch: int = 16,
+                                         **overrides) -> PerceiverIOMultimodalAutoencoder:
+    """Perceiver IO multimodal autoencoding (Kinetics-700): exactly HF's PerceiverForMultimodalAutoencoding
+    (19,858,855 params). input_shape: {"video": (T, H, W, 3), "audio": (S,), "label": (K,)}; official: 16 frames
+    of 224 x 224, 30,720 samples (16 x 1920), 700 classes. The Fourier features' top frequencies follow the clip."""
+    input_shape = dict(input_shape or {"video": (16, 224, 224, 3), "audio": (30720,), "label": (700,)})
+    video, audio = tuple(input_shape["video"]), tuple(input_shape["audio"])
+    adapter = MultimodalAdapter(input_shape, {
+        "video": {"patch_size": tuple(video_patch), "num_frequency_bands": 32, "max_resolution": video[:3]},
+        "audio": {"samples_per_patch": samples_per_patch, "num_frequency_bands": 192, "max_resolution": audio},
+        "label": {"class_path": "perceiver_lit.models.autoencoding.OneHotAdapter"}}, min_padding_size=4)
+    return PerceiverIOMultimodalAutoencoder.from_config(
+        adapter, replace(PERCEIVER_IO_MULTIMODAL_AUTOENCODING_CONFIG, **overrides))
+
+
+PRESETS[perceiver_io_multimodal_autoencoding.__name__] = perceiver_io_multimodal_autoencoding
 
 def build_preset(name: str, **kwargs):
     """A preset by name, e.g. build_preset("perceiver_io_imagenet", num_classes=10)."""

@@ -1,0 +1,178 @@
+"""Perceiver IO optical flow (Jaegle et al. 2021, Sec. 4.2): exactly HF's PerceiverForOpticalFlow / DeepMind's model.
+
+    frames (B, 2, H, W, 3) --3x3 patches of both frames (54 ch) -> Linear(54 -> 64)--> (B, HW, 64)
+        + Fourier features of the pixel grid (64 bands, max resolution = the training size) -> (B, HW, 322)
+    latents (2048, 512) --cross-attend--> 24 self-attends (16 heads)
+    queries = the encoder inputs at each output pixel (features joined with the Fourier features of its position)
+        --DenseDecoder (1 head, no query residual) -> Linear(322 -> 2)--> / 100 -> flow (B, H, W, 2)
+
+HF's model takes the frames already cut into patches, (B, 2, 27, H, W) (`extract_patches`); ours takes the frames
+and does patching and the Linear in one 3x3 convolution over the 6 stacked channels (the same weights, rearranged):
+the (B, H, W, 54) patch array is never built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .adapters import InputAdapter, PadMask
+from .attention import CrossAttentionLayer, SelfAttentionBlock, init_linear_
+from .decoders import DenseDecoder, take_rows
+from .perceiver import init_latents, no_weight_decay_names
+from .position import FourierPositionEncoding
+
+
+def extract_patches(frames: Tensor, patch_size: int = 3) -> Tensor:
+    """Frames (B, T, H, W, C) -> HF's / DeepMind's flow input (B, T, p*p*C, H, W): each pixel's p x p neighbourhood
+    (zero "SAME" padding), channels ordered (row, column, colour) as TF's extract_image_patches.
+
+    Args:
+        frames: channels-last frames, e.g. (B, 2, H, W, 3).
+        patch_size: odd window side (3 for the official model).
+    """
+    B, T, H, W, C = frames.shape
+    p, r = patch_size, patch_size // 2
+    x = F.pad(frames.permute(0, 1, 4, 2, 3).reshape(B * T, C, H, W), (r, r, r, r))   # (BT, C, H+2r, W+2r)
+    patches = x.unfold(2, p, 1).unfold(3, p, 1)                                       # (BT, C, H, W, p, p)
+    return patches.permute(0, 4, 5, 1, 2, 3).reshape(B, T, p * p * C, H, W)
+
+
+class FlowPatchAdapter(InputAdapter):
+    """Two frames (B, 2, H, W, C) -> (B, HW, num_channels + P): HF's PerceiverImagePreprocessor with prep_type
+    "patches", temporal_downsample 2, conv_after_patching, Fourier positions concatenated.
+
+    Args:
+        input_shape: (2, H, W, C) per sample.
+        patch_size: side of each pixel's patch (3).
+        num_channels: width of the Linear after patching (HF's out_channels, 64).
+        num_frequency_bands: Fourier bands per axis (64).
+        max_resolution: (H, W) that sets the top frequency: the training size (368, 496); defaults to (H, W).
+    """
+
+    def __init__(self, input_shape: Sequence[int], patch_size: int = 3, num_channels: int = 64,
+                 num_frequency_bands: int = 64, max_resolution: Sequence[int] | None = None):
+        super().__init__()
+        if len(input_shape) != 4 or input_shape[0] != 2:
+            raise ValueError(f"FlowPatchAdapter: input_shape must be (2, H, W, C), got {tuple(input_shape)}")
+        if patch_size % 2 != 1:
+            raise ValueError(f"FlowPatchAdapter: patch_size must be odd, got {patch_size}")
+        t, h, w, c = input_shape
+        self.input_shape, self.patch_size, self.in_channels = tuple(input_shape), patch_size, c
+        # HF's conv_after_patches: Linear over the (frame, row, column, colour) patch vector.
+        self.patch_proj = nn.Linear(t * patch_size * patch_size * c, num_channels)
+        self.pos = FourierPositionEncoding(2, num_frequency_bands, max_resolution or (h, w))
+        self.num_features = num_channels
+        self.num_output_channels = num_channels + self.pos.num_channels
+        self.num_elements = h * w
+
+    def conv_weight(self) -> Tensor:
+        """patch_proj's weight as a 3-D conv kernel over the stacked frames: (out, 2 * C, p, p)."""
+        p, c = self.patch_size, self.in_channels
+        w = self.patch_proj.weight.view(-1, 2, p, p, c)                                # (out, t, row, col, colour)
+        return w.permute(0, 1, 4, 2, 3).reshape(w.shape[0], 2 * c, p, p)
+
+    def features(self, frames: Tensor) -> Tensor:
+        """(B, 2, H, W, C) -> (B, HW, num_channels): patching + Linear, as one convolution."""
+        B, T, H, W, C = frames.shape
+        x = frames.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W)                      # (B, 2C, H, W)
+        x = F.conv2d(x, self.conv_weight(), self.patch_proj.bias, padding=self.patch_size // 2)  # (B, out, H, W)
+        return x.flatten(2).transpose(1, 2)                                            # (B, HW, out)
+
+    def forward(self, frames: Tensor, pad_mask: PadMask = None) -> tuple[Tensor, PadMask]:
+        if frames.ndim != 5 or frames.shape[1] != 2:
+            raise ValueError(f"FlowPatchAdapter: frames must be (B, 2, H, W, C), got {tuple(frames.shape)}")
+        H, W = frames.shape[2:4]
+        x = self.features(frames)                                                      # (B, HW, 64)
+        pos = self.pos((H, W), x.device, x.dtype).expand(x.shape[0], -1, -1)           # (B, HW, P)
+        return torch.cat([x, pos], dim=-1), pad_mask                                   # (B, HW, 64 + P)
+
+    def flops(self) -> int:
+        return 2 * self.num_elements * self.patch_proj.in_features * self.patch_proj.out_features
+
+
+@dataclass
+class PerceiverIOFlowConfig:
+    num_latents: int = 2048
+    latent_dim: int = 512
+    num_self_attends: int = 24
+    num_self_attention_heads: int = 16
+    num_cross_attention_heads: int = 1
+    cross_attention_widening_factor: int = 1
+    self_attention_widening_factor: int = 1
+    decoder_num_heads: int = 1
+    decoder_widening_factor: int = 1
+    output_channels: int = 2
+    rescale_factor: float = 100.0
+    decode_chunk_size: int | None = 8192
+    dropout: float = 0.0
+    activation_checkpointing: bool = False
+
+
+class PerceiverIOFlow(nn.Module):
+    """Optical flow from two frames: adapter -> cross-attend -> self-attends -> dense decoder -> flow.
+
+    Args:
+        adapter: FlowPatchAdapter (its output is both the encoder input and the decoder queries).
+        num_latents, latent_dim: the latent array (2048 x 512).
+        num_self_attends, num_self_attention_heads: the processor (24 layers, 16 heads; one block, unshared).
+        num_cross_attention_heads, cross_attention_widening_factor, self_attention_widening_factor: as HF's config.
+        decoder_num_heads, decoder_widening_factor: the decoder's cross-attention (1, 1).
+        output_channels: 2 (u, v).
+        rescale_factor: the decoder's output is divided by it (HF / DeepMind: 100).
+        decode_chunk_size: queries per chunk when decoding without autograd (eval); None: all at once.
+        dropout, activation_checkpointing: as PerceiverIO.
+
+    forward(frames (B, 2, H, W, C), query_indices=None) -> flow (B, H, W, 2); with query_indices ((Q,) or (B, Q)
+    flat pixel indices, row-major) only those pixels are decoded: (B, Q, 2).
+    """
+
+    def __init__(self, adapter: FlowPatchAdapter, num_latents: int = 2048, latent_dim: int = 512,
+                 num_self_attends: int = 24, num_self_attention_heads: int = 16, num_cross_attention_heads: int = 1,
+                 cross_attention_widening_factor: int = 1, self_attention_widening_factor: int = 1,
+                 decoder_num_heads: int = 1, decoder_widening_factor: int = 1, output_channels: int = 2,
+                 rescale_factor: float = 100.0, decode_chunk_size: int | None = 8192, dropout: float = 0.0,
+                 activation_checkpointing: bool = False):
+        super().__init__()
+        self.config = PerceiverIOFlowConfig(**{k: v for k, v in locals().items()
+                                               if k in PerceiverIOFlowConfig.__dataclass_fields__})
+        ckpt = activation_checkpointing
+        c = adapter.num_output_channels
+        self.adapter = adapter
+        self.latents = init_latents(num_latents, latent_dim)                       # (N, D)
+        self.encoder = CrossAttentionLayer(latent_dim, c, num_cross_attention_heads, None, None,
+                                           cross_attention_widening_factor, dropout, checkpoint=ckpt)
+        self.processor = SelfAttentionBlock(num_self_attends, latent_dim, num_heads=num_self_attention_heads,
+                                            widening_factor=self_attention_widening_factor, dropout=dropout,
+                                            checkpoint=ckpt)
+        self.decoder = DenseDecoder(c, latent_dim, output_channels, decoder_num_heads,
+                                    widening_factor=decoder_widening_factor, use_query_residual=False,
+                                    chunk_size=decode_chunk_size, dropout=dropout, checkpoint=ckpt)
+        self.apply(init_linear_)
+
+    @classmethod
+    def from_config(cls, adapter: FlowPatchAdapter, config: PerceiverIOFlowConfig) -> "PerceiverIOFlow":
+        return cls(adapter=adapter, **asdict(config))
+
+    def forward(self, frames: Tensor, query_indices: Tensor | None = None) -> Tensor:
+        x, _ = self.adapter(frames)                                                # (B, HW, C); checks the shape
+        B, _, H, W, _ = frames.shape
+        z = self.encoder(self.latents.expand(B, -1, -1), x)                        # (B, N, D)
+        z = self.processor(z)                                                      # (B, N, D)
+        # The queries are the encoder inputs at the output pixels (features + Fourier positions).
+        out = self.decoder(z, lambda idx: take_rows(x, idx), H * W, query_indices)  # (B, Q, 2)
+        out = out / self.config.rescale_factor
+        return out.view(B, H, W, -1) if query_indices is None else out
+
+    def no_weight_decay(self) -> set[str]:
+        return no_weight_decay_names(self)
+
+    def flops_per_sample(self) -> int:
+        """Analytic forward FLOPs (2 x multiply-adds of the matmuls) for one sample at the adapter's shape."""
+        n, m = self.config.num_latents, self.adapter.num_elements
+        return (self.adapter.flops() + self.encoder.flops(n, m, expanded_queries=True) + self.processor.flops(n)
+                + self.decoder.flops(m, n))
