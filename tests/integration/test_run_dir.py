@@ -265,6 +265,8 @@ def _install_audit(hook) -> None:
 
 def test_fit_that_fails_before_its_first_step_leaves_no_run_behind(fashion_shards, tmp_path):
     """Principle: a failed start leaves nothing later commands would take for a run (config, checkpoints, W&B)."""
+    import wandb
+
     config = _config(fashion_shards, name="broken")
     del config["trainer"]["logger"]  # the default W&B logger (offline), which creates its run dir before training
     config["data"]["init_args"]["train_urls"] = str(tmp_path / "missing-{000000..000001}.tar")
@@ -272,6 +274,7 @@ def test_fit_that_fails_before_its_first_step_leaves_no_run_behind(fashion_shard
     with pytest.raises(Exception) as failed:  # whichever check names the missing shards first
         run_cli(["fit", "--config", cfg], cwd=tmp_path)
     assert "missing-" in str(failed.value)
+    wandb.finish()  # whatever W&B still had to write is written now
     assert not (tmp_path / "runs").exists(), sorted(str(p) for p in (tmp_path / "runs").rglob("*"))
 
 
@@ -291,6 +294,8 @@ def test_eval_that_fails_before_its_first_batch_leaves_nothing_of_its_own(traine
     """Principle, for test: its config_test.yaml and W&B run are removed; the trained run is left as it was."""
     import shutil
 
+    import wandb
+
     work, cfg, run = trained
     shutil.copytree(run, tmp_path / "runs" / "run")
     before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "runs").rglob("*"))
@@ -298,4 +303,5 @@ def test_eval_that_fails_before_its_first_batch_leaves_nothing_of_its_own(traine
         run_cli(["test", "--config", cfg, "--trainer.logger", "true", "--ckpt_path", "last",
                  "--data.init_args.test_urls", str(tmp_path / "missing-000000.tar")], cwd=tmp_path)
     assert "missing-000000.tar" in str(failed.value)
+    wandb.finish()  # whatever W&B still had to write is written now
     assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "runs").rglob("*")) == before

@@ -139,8 +139,8 @@ def test_a_folder_without_config_json(tmp_path):
 
 
 def test_an_unsupported_hf_architecture_lists_the_supported_ones(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["PerceiverForOpticalFlow"]}))
-    with pytest.raises(ValueError, match=r"architectures=\['PerceiverForOpticalFlow'\] is not supported; supported: "
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["PerceiverModel"]}))
+    with pytest.raises(ValueError, match=r"architectures=\['PerceiverModel'\] is not supported; supported: "
                                          + ", ".join(SUPPORTED)):
         pretrained(str(tmp_path))
 
