@@ -266,5 +266,5 @@ def test_language_perceiver_loads_as_a_sequence_classifier_with_hf_class(tmp_pat
     assert torch.equal(net.state_dict()["adapter.embedding.weight"],
                        ref["perceiver.input_preprocessor.embeddings.weight"])
     assert net.eval()(torch.randint(0, 262, (2, 48))).shape == (2, 7)
-    with pytest.raises(ValueError, match=r"hf_class='PerceiverForOpticalFlow' is not supported; supported: "):
-        pretrained(str(tmp_path), hf_class="PerceiverForOpticalFlow")
+    with pytest.raises(ValueError, match=r"hf_class='PerceiverModel' is not supported; supported: "):
+        pretrained(str(tmp_path), hf_class="PerceiverModel")
