@@ -19,7 +19,8 @@ STEPS="${STEPS:-5}"
 DRY="${GPU_CHECK_DRY_RUN:-}"
 OUT=benchmarks/results
 LOGS="$OUT/gpu_check"
-if [ -n "$DRY" ]; then WORK="${TMPDIR:-/tmp}/gpu_check.dry"; else WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"; fi
+WORK="${TMPDIR:-/tmp}/gpu_check.dry"
+[ -n "$DRY" ] || WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
 export WANDB_MODE="${WANDB_MODE:-offline}" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 [ -n "$DRY" ] || mkdir -p "$LOGS"
 ROWS=()
@@ -73,9 +74,10 @@ if grep -q "SKIPPED" "$LOGS/pinned_memory.log" 2>/dev/null; then
   FAILED=1; ROWS+=("| pinned_memory | FAILED (a pinned-memory test skipped on a GPU machine) | | |")
 fi
 {
-  echo "# gpu_check: $(date -u +%Y-%m-%dT%H:%MZ), $( (nvidia-smi --query-gpu=name --format=csv,noheader || echo 'no GPU') | head -1)"
+  gpu=$( (nvidia-smi --query-gpu=name --format=csv,noheader || echo 'no GPU') | head -1)
+  echo "# gpu_check: $(date -u +%Y-%m-%dT%H:%MZ), $gpu"
   echo
-  echo "Total $(( $(date +%s) - START )) s (limit: 8 min). Logs and the commands: benchmarks/gpu_check.sh, gpu_check/*.log."
+  echo "Total $(( $(date +%s) - START )) s (limit: 8 min). Commands: benchmarks/gpu_check.sh; logs: gpu_check/*.log."
   echo
   echo "| step | status | seconds | log |"
   echo "|---|---|---|---|"
