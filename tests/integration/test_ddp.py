@@ -137,7 +137,7 @@ def worker(argv: list[str]) -> None:
         from torch.distributed._composable import checkpoint
 
         if not args.shipped:  # fsdp.yaml ships it off
-            assert all(checkpoint.state(m) is not None for m in units if m is not task.net), "no activation checkpointing"
+            assert all(checkpoint.state(m) is not None for m in units if m is not task.net), "no activation ckpt"
         state = get_model_state_dict(task.net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if args.sharded_ckpt:
             trainer.save_checkpoint(args.sharded_ckpt)

@@ -100,7 +100,8 @@ def test_tied_parameters_across_layers_stay_with_the_root() -> None:
 @pytest.mark.ddp
 def test_fsdp_yaml_through_the_cli_on_two_cpu_ranks(tmp_path: Path, fashion_shards) -> None:
     """configs/trainer/fsdp.yaml as shipped (bf16 MixedPrecisionPolicy + bf16 autocast) through `perceiver-lit fit`
-    with Lightning's own launcher: sharded last.ckpt folder, consolidated into one fp32 file."""
+    with Lightning's own launcher: sharded last.ckpt folder, consolidated into one fp32 file; then `perceiver-lit fit
+    --ckpt_path <run>/checkpoints/last.ckpt` resumes from that folder and trains on."""
     import os
     import uuid
 
@@ -127,6 +128,29 @@ def test_fsdp_yaml_through_the_cli_on_two_cpu_ranks(tmp_path: Path, fashion_shar
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     assert list(csv_steps(tmp_path).values()) == [list(range(steps))]
     assert len(full["callbacks"]["PreemptionCheckpoint"]["rng"]) == 2  # each rank's RNG state, gathered
+    assert not processes_with_env("PLIT_TEST_RUN", marker), "a rank was left behind"
+
+    # docs/cluster.md: resume from the sharded folder directly, with --ckpt_path (the command a user types).
+    more = 3
+    resume = [*cmd, "--ckpt_path", str(last), "--trainer.max_steps", str(steps + more)]
+    env["MASTER_PORT"] = str(free_port())
+    proc = subprocess.run(resume, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    resumed = torch.load(consolidate_checkpoint(last, tmp_path / "resumed.ckpt"), weights_only=False)
+    assert resumed["global_step"] == steps + more
+    # The second run logged only its own `more` steps, after the first run's (none repeated from zero). Their step
+    # numbers start at steps + 1, not steps: after a resume from this end-of-epoch checkpoint the logged step is one
+    # ahead of global_step (found here; the mid-epoch preemption resume in test_preemption.py continues exactly).
+    first, second = csv_steps(tmp_path).values()
+    assert first == list(range(steps)) and len(second) == more and second == list(range(second[0], second[0] + more))
+    assert second[0] in (steps, steps + 1), second
+    # The restored cosine schedule ends at the first run's last step (lr 0 from there; the task warns about exactly
+    # this), so the resumed steps leave the restored weights as saved: equal to them, which a fresh start (another
+    # init, a new schedule) would not be. The optimizer's step counts went on from the saved ones.
+    assert "The schedule restored from the checkpoint ends at step" in proc.stdout + proc.stderr
+    assert resumed["state_dict"].keys() == weights.keys()
+    assert all(torch.equal(resumed["state_dict"][k], weights[k]) for k in weights)
+    assert {float(s["step"]) for s in resumed["optimizer_states"][0]["state"].values()} == {steps + more}
     assert not processes_with_env("PLIT_TEST_RUN", marker), "a rank was left behind"
 
 

@@ -65,3 +65,12 @@ def test_the_pinned_memory_tests_it_runs_exist_and_the_shard_step_works(commands
     shards[shards.index("--out") + 1] = str(tmp_path)
     shards_main(shards)
     assert len(list(tmp_path.glob("train-*.tar"))) >= 4 and len(list(tmp_path.glob("val-*.tar"))) >= 4
+
+
+def test_it_keeps_to_its_time_budget_and_reports_every_step(commands, tmp_path) -> None:
+    """With the budget spent, no step runs: each is reported NOT RUN in the table, and the script fails."""
+    proc = subprocess.run(["bash", str(SCRIPT)], env={"GPU_CHECK_OUT": str(tmp_path), "BUDGET_S": "0",
+                                                       "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    rows = [r for r in (tmp_path / "gpu_check.md").read_text().splitlines() if r.startswith("| ") and "NOT RUN" in r]
+    assert len(rows) == len(commands)
