@@ -318,7 +318,9 @@ SUPPORTED = (*SUPPORTED, *DENSE_CONVERTERS)
 
 
 def save_converted(model: nn.Module, spec: dict[str, Any], path: str) -> None:
-    torch.save({"format": FORMAT, "spec": spec, "state_dict": model.state_dict()}, path)
+    from perceiver_lit.checkpoint_io import atomic_torch_save  # a temp file beside `path`, then os.replace
+
+    atomic_torch_save({"format": FORMAT, "spec": spec, "state_dict": model.state_dict()}, path)
 
 
 def load_converted(path: str, map_location: str | torch.device = "cpu") -> nn.Module:
