@@ -533,6 +533,7 @@ class StreamingDataModule(L.LightningDataModule):
             fails there, before training, not at the first validation an epoch later.
         max_eval_corrupt_fraction: validate/test/predict report how many samples they skipped as corrupt; more
             than this fraction of the samples read is an error (the metric would describe a subset). 0: any.
+            Raw files given as `predict_files` are exempt: an unreadable one is skipped, named and counted.
         mix_batches: cross-worker shuffle: this many consecutive batches (from different workers) are re-dealt
             in the main process (training with num_workers > 1; 1 = off). Costs one copy per sample.
         pin_memory: hand batches over in pinned (page-locked) memory, for asynchronous host-to-device copies;
@@ -1019,7 +1020,10 @@ class LogCorruptSamples(L.Callback):
         if skipped or trainer.state.fn != "fit":
             rank_zero_info(f"[perceiver-lit] {stage}: {skipped} of {read} samples skipped as corrupt ({fraction:.2%})"
                            + (": see the warnings above" if skipped else ""))
-        if fraction > dm.max_eval_corrupt_fraction:
+        # Raw files given to predict (predict_files) are the user's own: an unreadable one is skipped, named and
+        # counted (the line above), and the others are still predicted; shards are a data set, held to the limit.
+        raw_files = stage == "predict" and getattr(dm, "predict_files", None)
+        if fraction > dm.max_eval_corrupt_fraction and not raw_files:
             raise DataError(f"{stage}: {skipped} of {read} samples ({fraction:.1%}) were corrupt and skipped, more "
                             f"than data.init_args.max_eval_corrupt_fraction={dm.max_eval_corrupt_fraction}: the "
                             "metrics would describe a subset of the data. Fix the shards (see the warnings above), or raise "

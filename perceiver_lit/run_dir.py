@@ -256,6 +256,9 @@ RUNTIME_KEYS = ("compile", "activation_checkpointing")
 TRAIN_ONLY_KEYS = ("optimizer", "lr", "weight_decay", "betas", "eps", "decay_embeddings", "schedule", "warmup_epochs",
                    "warmup_steps", "decay_epochs", "decay_factor", "flat_epochs", "reference_batch_size",
                    "mixup_alpha", "cutmix_alpha", "mix_prob", "mix_mode")
+# Labels for the outputs, not part of the computation: data without names keeps the checkpoint's (the task restores
+# them in on_load_checkpoint); names the data gives are used as given.
+NAME_KEYS = ("class_names",)
 
 
 def _norm(value: Any) -> Any:
@@ -310,6 +313,12 @@ def check_resume(saved: Any, current: Any, ckpt_path: str, stage: str, run_dir: 
             unrecorded.append(key)
         elif leaf in RUNTIME_KEYS:
             applied.append(change)
+        elif key.count(".") == 2 and leaf in NAME_KEYS:
+            if b is not None:
+                applied.append(change)
+            else:
+                rank_zero_info(f"[perceiver-lit] {ckpt_path}: the data names no classes; the checkpoint's {leaf} "
+                               "are used")
         elif stage != "fit" and key.count(".") == 2 and leaf in TRAIN_ONLY_KEYS:  # a task argument
             ignored.append(change)
         else:
