@@ -273,8 +273,8 @@ def test_trainer_preset(preset: Path, shards, tmp_path: Path, capsys):
             assert printed["strategy"]["class_path"] == trainer_cfg["strategy"]["class_path"]
             for key, value in trainer_cfg["strategy"].get("init_args", {}).items():
                 got = printed["strategy"]["init_args"][key]
-                if key == "auto_wrap_policy":  # class paths: jsonargparse prints a re-export's shorter path
-                    got, value = [_import_path(v) for v in got], [_import_path(v) for v in value]
+                if key == "auto_wrap_policy":  # class paths: jsonargparse prints a re-export's shorter path; a set
+                    got, value = {_import_path(v) for v in got}, {_import_path(v) for v in value}
                 assert got == value, key
         return
     smoke = smoke_overrides(BASE_FOR_PRESETS, shards, tmp_path)
