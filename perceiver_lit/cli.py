@@ -267,6 +267,18 @@ class SaveRunConfig(SaveConfigCallback):
 
 
 # ------------------------------------------------------------------------------------------------ the CLI
+def _fit_resumes(root: str, ckpt_path: Any) -> bool:
+    """Whether `fit` into `root` restores a checkpoint: --ckpt_path, or a Slurm restart / hpc checkpoint (the cases
+    in which preemption.resume_path and Lightning resume without --ckpt_path)."""
+    if ckpt_path:
+        return True
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return False
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 or any(Path(root).glob("hpc_ckpt_*.ckpt"))
+
+
 class PerceiverCLI(LightningCLI):
     """LightningCLI with linked data facts, a run directory, W&B defaults and an early shape check."""
 
@@ -410,8 +422,10 @@ class PerceiverCLI(LightningCLI):
         if os.environ.get("WANDB_MODE") == "disabled":
             offline = True
         # One W&B run per run directory and subcommand, continued by every restart (ids in <root>/wandb_run.json);
-        # fit and test share a group.
-        run_id, group = run_identity(root, self.subcommand or "fit", w.group)
+        # fit and test share a group. A new fit (no resume) replaces the directory's earlier run: new ids, so its
+        # W&B run is never continued by another run's steps.
+        new_fit = self.subcommand == "fit" and not _fit_resumes(root, cfg.get("ckpt_path"))
+        run_id, group = run_identity(root, self.subcommand or "fit", w.group, new=new_fit)
         return RunLogger(name=cfg.name, save_dir=root, project=w.project, group=group, tags=list(w.tags or []),
                          entity=w.entity, offline=offline, job_type=self.subcommand, id=run_id, resume="allow")
 
@@ -474,10 +488,10 @@ class PerceiverCLI(LightningCLI):
         if self._lock is not None:  # only the lock holder may touch the directory (no other fit writes there)
             removed = cleanup_failed_start(self._run_dir, self._before, self._existed)
         elif self.subcommand in ("validate", "test", "predict"):  # a fit may be writing there: only this one's files
-            config = f"config_{self.subcommand}.yaml"
-            if config not in self._before and os.path.isfile(os.path.join(self._run_dir, config)):
-                os.remove(os.path.join(self._run_dir, config))
-                removed.append(config)
+            for name in (f"config_{self.subcommand}.yaml", "wandb_run.json"):  # its config and W&B run id
+                if name not in self._before and os.path.isfile(os.path.join(self._run_dir, name)):
+                    os.remove(os.path.join(self._run_dir, name))
+                    removed.append(name)
             if wandb_dir and wandb_dir.startswith(self._run_dir + os.sep) and os.path.isdir(wandb_dir) and \
                     not any(rel.startswith(os.path.relpath(wandb_dir, self._run_dir) + os.sep) for rel in self._before):
                 shutil.rmtree(wandb_dir)

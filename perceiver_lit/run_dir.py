@@ -6,7 +6,8 @@
   is dead or is another process now) or it was left by an earlier incarnation of this Slurm job (a requeue: Slurm
   ended that process before starting this one, possibly on another node).
 - `RunOutputs` (a callback): when a new fit (one that restored no checkpoint) starts training, the earlier run's
-  outputs still in the directory (checkpoints, config, predictions, W&B and CSV logs) move to `<run dir>.previous/`
+  outputs still in the directory (checkpoints, config, predictions, W&B and CSV logs: `RUN_OUTPUTS`; other files
+  stay) move to `<run dir>.previous/`
   (replacing an older one), so the directory then holds only this run. Until then nothing of the earlier run is
   lost: the one file rewritten before (config.yaml, which the W&B config reads at fit start) waits under a hidden
   name and comes back if the run fails. `cleanup_failed_start` removes what a run created when it fails before its first step, so that no
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -138,6 +140,16 @@ def snapshot(run_dir: str) -> dict[str, tuple[int, int]]:
     return out
 
 
+# What a run writes into its directory (paths relative to it; `*` crosses folders). Only these move aside when a new
+# run replaces an earlier one: other files there (a sweep's trial.json and log.txt, a user's notes) are not a run's.
+RUN_OUTPUTS = ("checkpoints/*", "hpc_ckpt_*.ckpt", "config.yaml", "config_*.yaml", "predictions-rank*.jsonl",
+               "predictions.jsonl", "wandb/*", "wandb_run.json", "csv/*", "lightning_logs/*")
+
+
+def is_run_output(rel: str) -> bool:
+    return any(fnmatch.fnmatchcase(rel, pattern) for pattern in RUN_OUTPUTS)
+
+
 def _unchanged(run_dir: str, before: dict[str, tuple[int, int]]) -> list[str]:
     """Paths of `before` still there as they were (the earlier run's; a file this run rewrote is this run's)."""
     left = []
@@ -212,7 +224,7 @@ class RunOutputs(pl.Callback):
     on_validation_batch_end = on_test_batch_end = on_predict_batch_end = _eval_started
 
     def move_earlier_run(self) -> None:
-        moves = [(rel, rel) for rel in _unchanged(self.run_dir, self.before)] + list(
+        moves = [(rel, rel) for rel in _unchanged(self.run_dir, self.before) if is_run_output(rel)] + list(
             (hidden, rel) for rel, hidden in self.aside.items())
         self.aside.clear()
         if not moves:

@@ -28,14 +28,18 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 RUN_IDS_FILE = "wandb_run.json"
 
 
-def run_identity(root: str | Path, job_type: str, group: str | None = None) -> tuple[str | None, str | None]:
+def run_identity(root: str | Path, job_type: str, group: str | None = None,
+                 new: bool = False) -> tuple[str | None, str | None]:
     """(run id, group) of the `job_type` run ("fit", "test", ...) of the run directory `root`.
 
     Global rank 0 creates the ids on first use and keeps them in `<root>/wandb_run.json`; other ranks (which log
-    nothing) only read them. An explicit `group` (`--wandb.group`) wins over the stored one.
+    nothing) only read them. An explicit `group` (`--wandb.group`) wins over the stored one. `new`: a new run
+    replaces the directory's earlier one (a fit that resumes nothing): every stored id is replaced.
     """
     path = Path(root) / RUN_IDS_FILE
     ids: dict[str, str] = {}
+    if new and rank_zero_only.rank == 0 and path.is_file():
+        path.unlink()
     if path.is_file():
         try:
             ids = json.loads(path.read_text())

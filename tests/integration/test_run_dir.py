@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from datamodules.base import DataError
 from tests.fixtures.training import fashion_data, run_cli, tiny_perceiver, write_config
 
 pytestmark = pytest.mark.integration
@@ -299,7 +300,7 @@ def test_eval_that_fails_before_its_first_batch_leaves_nothing_of_its_own(traine
     work, cfg, run = trained
     shutil.copytree(run, tmp_path / "runs" / "run")
     before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "runs").rglob("*"))
-    with pytest.raises(Exception) as failed:
+    with pytest.raises(DataError) as failed:
         run_cli(["test", "--config", cfg, "--trainer.logger", "true", "--ckpt_path", "last",
                  "--data.init_args.test_urls", str(tmp_path / "missing-000000.tar")], cwd=tmp_path)
     assert "missing-000000.tar" in str(failed.value)
