@@ -139,13 +139,15 @@ def test_train_sbatch_requeued_twice_resumes_from_the_newest_checkpoint(slurm_cl
     runs = wandb_runs(run)
     assert len(runs) == 1, runs
     folders = next(iter(runs.values()))
-    assert {f["job_type"] for f in folders} == {"fit"} and len({f["group"] for f in folders}) == 1
+    # SIGTERM stops wandb-core with the job (docs/cluster.md): what it had not written yet is lost, possibly the
+    # attempt's whole folder (no run record, no rows). Every folder that has a run record is this job's fit run.
+    recorded = [f for f in folders if f["job_type"] is not None]
+    assert {f["job_type"] for f in recorded} == {"fit"} and len({f["group"] for f in recorded}) == 1, folders
     logged = [f["steps"] for f in folders if f["steps"]]
-    assert len(logged) == 3, folders
-    assert logged[0] == list(range(k1))  # finished before the requeue: every row is there
-    # SIGTERM stopped wandb-core with the job: the rows it had not written yet are lost, nothing else.
-    assert logged[1] == list(range(k1, k1 + len(logged[1]))) and k1 + len(logged[1]) <= k2
-    assert logged[2] == list(range(k2, max_steps))
+    assert logged[0] == list(range(k1)), folders  # finished before the requeue: every row is there
+    assert logged[-1] == list(range(k2, max_steps)), folders  # the end: every row
+    middle = [s for steps in logged[1:-1] for s in steps]  # the SIGTERM'd attempt: a prefix of its rows, or none
+    assert middle == list(range(k1, k1 + len(middle))) and k1 + len(middle) <= k2, folders
     # Every attempt ended its run with an exit record: USR1 (0), SIGTERM (143, in the reopened run), the end (0).
     assert [f["exit"] for f in folders if f["exit"] is not None] == [0, 143, 0], folders
     bad = [line for line in out.splitlines() if TRACEBACK.search(line)]
@@ -179,7 +181,10 @@ def test_sigterm_under_slurm_then_ckpt_path_last(slurm_cluster: SlurmCluster, fa
     runs = wandb_runs(run)
     assert len(runs) == 1, runs  # --ckpt_path resumes the same W&B run
     logged = [f["steps"] for f in next(iter(runs.values())) if f["steps"]]
-    assert logged[-1] == list(range(k, max_steps)) and logged[0][0] == 0
+    assert logged[-1] == list(range(k, max_steps))
+    # job 1's rows, as far as its SIGTERM'd wandb-core wrote them (docs/cluster.md): a prefix of 0..k-1, or none
+    cut = [s for steps in logged[:-1] for s in steps]
+    assert cut == list(range(len(cut))) and len(cut) <= k, logged
     bad = [line for line in (out + out2).splitlines() if TRACEBACK.search(line)]
     assert not bad, "\n".join(bad)
 
@@ -193,13 +198,14 @@ def test_sweep_sbatch_real_fit_trial_single_device_requeue(slurm_cluster: SlurmC
     from perceiver_lit.sweeps.runner import prepare
     from perceiver_lit.sweeps.spec import parse_spec
 
-    max_steps = 30  # one rank, batch 16: 25 steps per epoch
+    max_steps = 150  # one rank, batch 16: 25 steps per epoch; long enough that USR1 lands mid-training
     config = tiny_fit_config(tmp_path / "tiny.yaml", fashion_shards, max_steps=max_steps, log_dir=tmp_path,
                              logger="wandb", precision=None)  # quickstart's own precision
     spec = parse_spec({"name": "slurm-test", "method": "grid", "metric": {"name": "val/acc1", "goal": "maximize"},
                        "parameters": {"model.init_args.net.init_args.num_latents": {"values": [16]}},
                        "command": ["perceiver-lit", "fit", "--config", str(QUICKSTART), "--config", str(config),
-                                   "--checkpoint.every_n_train_steps=3", "${args}"]})
+                                   "--checkpoint.every_n_train_steps=3", "--trainer.val_check_interval=4",
+                                   "${args}"]})
     sweep = tmp_path / "sweep"
     (trial,) = prepare(spec, sweep)
     job = slurm_cluster.sbatch("--array=0", f"--partition={slurm_cluster.partition}", "--gpus-per-node=0",
@@ -219,6 +225,10 @@ def test_sweep_sbatch_real_fit_trial_single_device_requeue(slurm_cluster: SlurmC
     assert "Handling auto-requeue signal" not in text
     hpc = torch.load(trial / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
     assert hpc["global_step"] == int(m.group(2)) and hpc["callbacks"]["PreemptionCheckpoint"]["rng"]
+    # Release the requeued task only once its first incarnation's processes are gone (srun waits up to KillWait for
+    # its step): a start while that step still ends is refused by slurmd, and the task fails instead of resuming.
+    _wait_for("the first incarnation never ended", lambda: not slurm_cluster.job_processes(), 90, slurm_cluster,
+              task, trial_log)
     slurm_cluster.run("scontrol", "update", f"JobId={task}", "StartTime=now")
 
     info = slurm_cluster.wait(task, timeout=300)

@@ -6,12 +6,13 @@ import csv
 import glob
 import json
 import os
+import time
 
 import pytest
 import yaml
 
 from perceiver_lit.sweep import main
-from tests.fixtures.training import read_wandb_run
+from tests.fixtures.training import read_wandb_records, read_wandb_run
 
 pytestmark = pytest.mark.integration
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,6 +39,10 @@ def test_local_sweep_with_extra_arguments_then_report(fashion_shards, tmp_path, 
         assert config["model"]["init_args"]["net"]["init_args"]["num_latents"] == latents
         assert json.loads((tdir / "metrics.json").read_text())["global_step"] == 2
         (run_file,) = glob.glob(str(tdir / "wandb" / "offline-run-*" / "run-*.wandb"))
+        for _ in range(120):  # wandb-core may still be writing the file after the trial exits: wait for its end
+            if any(r.WhichOneof("record_type") == "exit" for r in read_wandb_records(run_file)):
+                break
+            time.sleep(0.5)
         run = read_wandb_run(run_file)
         assert (run["name"], run["group"]) == (f"local-num-latents-trial-{i}", "local-num-latents")
         keys = {k for row in run["history"] for k in row}
