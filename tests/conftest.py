@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 # Never reach a W&B server from tests; never let a hub download be attempted.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -13,3 +15,11 @@ pytest_plugins = [
     "tests.fixtures.slurm",
     "tests.fixtures.training",
 ]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # wandb exports WANDB_SERVICE once a test starts W&B in this process; a later subprocess (a CLI run, a DDP rank,
+    # a Slurm daemon and its jobs) would then log through this process's service, where a resumed run's id is still
+    # "in use". Every process a test starts gets its own service, as a user's commands do.
+    os.environ.pop("WANDB_SERVICE", None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,16 @@ def test_second_fit_into_a_used_run_dir_replaces_best_and_last(fashion_shards, t
     cfg = write_config(tmp_path, config)
     run_cli(["fit", "--config", cfg], cwd=tmp_path)
     wandb.finish()
+    # As between two processes: the first run's W&B files are complete (wandb-core writes its exit record after
+    # finish() returns) before the second fit looks at the directory.
+    from tests.fixtures.training import read_wandb_records
+
+    for _ in range(120):
+        files = list((tmp_path / "runs" / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+        if files and any(r.WhichOneof("record_type") == "exit" for r in read_wandb_records(files[0])):
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)  # the service closes the file after the exit record
     ckpts = tmp_path / "runs" / "run" / "checkpoints"
     assert _load(ckpts / "best.ckpt")["global_step"] in (2, 4) and _load(ckpts / "last.ckpt")["global_step"] == 4
 
