@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -40,29 +39,25 @@ def _load(path: Path) -> dict:
 
 
 def test_second_fit_into_a_used_run_dir_replaces_best_and_last(fashion_shards, tmp_path):
-    """issue 20.1: LightningCLI passes enable_version_counter=True; the names must still never change."""
-    import wandb
-
+    """issue 20.1: LightningCLI passes enable_version_counter=True; the names must still never change. Each fit is
+    its own process, as a user runs them: W&B has finished writing the first run when the second one starts."""
     config = _config(fashion_shards, epochs=2)
     del config["trainer"]["logger"]  # the default W&B logger, offline: its runs must not mix either
     cfg = write_config(tmp_path, config)
-    run_cli(["fit", "--config", cfg], cwd=tmp_path)
-    wandb.finish()
-    # As between two processes: the first run's W&B files are complete (wandb-core writes its exit record after
-    # finish() returns) before the second fit looks at the directory.
-    from tests.fixtures.training import read_wandb_records
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[2]), WANDB_MODE="offline")
+    cli = str(Path(sys.executable).parent / "perceiver-lit")
 
-    for _ in range(120):
-        files = list((tmp_path / "runs" / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
-        if files and any(r.WhichOneof("record_type") == "exit" for r in read_wandb_records(files[0])):
-            break
-        time.sleep(0.5)
-    time.sleep(1.0)  # the service closes the file after the exit record
+    def fit(*extra: str) -> None:
+        proc = subprocess.run([cli, "fit", "--config", str(cfg), *extra], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+    fit()
     ckpts = tmp_path / "runs" / "run" / "checkpoints"
     assert _load(ckpts / "best.ckpt")["global_step"] in (2, 4) and _load(ckpts / "last.ckpt")["global_step"] == 4
 
-    run_cli(["fit", "--config", cfg, "--trainer.max_epochs", "1"], cwd=tmp_path)
-    wandb.finish()
+    fit("--trainer.max_epochs", "1")
     assert sorted(os.listdir(ckpts)) == ["best.ckpt", "last.ckpt"]  # no best-v1.ckpt / last-v1.ckpt
     assert _load(ckpts / "best.ckpt")["global_step"] == 2 and _load(ckpts / "last.ckpt")["global_step"] == 2
     # the earlier run was moved aside whole when the new one started training; nothing of it is mixed in
