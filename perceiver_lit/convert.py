@@ -218,6 +218,15 @@ def _self_attends(sd: dict[str, Tensor], cfg, prefix: str = "processor") -> dict
     return out
 
 
+def _dense_encoder_kwargs(cfg: Any) -> dict[str, Any]:
+    """The encoder and latent settings the flow and autoencoding configs share, from an HF PerceiverConfig."""
+    return dict(num_latents=cfg.num_latents, latent_dim=cfg.d_latents, num_self_attends=cfg.num_self_attends_per_block,
+                num_self_attention_heads=cfg.num_self_attention_heads,
+                num_cross_attention_heads=cfg.num_cross_attention_heads,
+                cross_attention_widening_factor=cfg.cross_attention_widening_factor,
+                self_attention_widening_factor=cfg.self_attention_widening_factor)
+
+
 def _flow(hf_model: nn.Module, image_size: int | tuple[int, int] | None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """PerceiverForOpticalFlow -> our PerceiverIOFlow: spec and weights. image_size: (H, W) of the frames the
     model will see (default config.train_size, which also stays the Fourier features' max resolution)."""
@@ -233,10 +242,7 @@ def _flow(hf_model: nn.Module, image_size: int | tuple[int, int] | None) -> tupl
                               num_frequency_bands=pe.num_bands, max_resolution=tuple(pe.max_resolution))}
     dec = hf_model.perceiver.decoder
     config = models.PerceiverIOFlowConfig(
-        num_latents=cfg.num_latents, latent_dim=cfg.d_latents, num_self_attends=cfg.num_self_attends_per_block,
-        num_self_attention_heads=cfg.num_self_attention_heads, num_cross_attention_heads=cfg.num_cross_attention_heads,
-        cross_attention_widening_factor=cfg.cross_attention_widening_factor,
-        self_attention_widening_factor=cfg.self_attention_widening_factor,
+        **_dense_encoder_kwargs(cfg),
         decoder_num_heads=dec.decoder.decoding_cross_attention.attention.self.num_heads,
         output_channels=dec.output_num_channels, rescale_factor=float(dec.rescale_factor))
     spec = {"model": "PerceiverIOFlow", "config": asdict(config), "adapter": adapter, "queries": None}
@@ -284,10 +290,7 @@ def _multimodal_autoencoding(hf_model: nn.Module, image_size: int | None
                                                             min_padding_size=pre.min_padding_size)}
     ours = {"image": "video", "audio": "audio", "label": "label"}
     config = models.MultimodalAutoencoderConfig(
-        num_latents=cfg.num_latents, latent_dim=cfg.d_latents, num_self_attends=cfg.num_self_attends_per_block,
-        num_self_attention_heads=cfg.num_self_attention_heads, num_cross_attention_heads=cfg.num_cross_attention_heads,
-        cross_attention_widening_factor=cfg.cross_attention_widening_factor,
-        self_attention_widening_factor=cfg.self_attention_widening_factor,
+        **_dense_encoder_kwargs(cfg),
         decoder_num_heads=dec.decoder.decoding_cross_attention.attention.self.num_heads,
         decoder_output_channels=cfg.output_num_channels, video_query_bands=img_q.num_bands,
         audio_query_bands=aud_q.num_bands, label_query_channels=dec.modalities["label"].num_query_channels,
