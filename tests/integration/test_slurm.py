@@ -75,7 +75,7 @@ def _wait_for(what: str, cond, timeout: float, cluster: SlurmCluster, job: str, 
     while not cond():
         info = cluster.job(job)
         assert info.get("JobState") in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"), \
-            f"{what}: job is {info.get('JobState')}\n{log.read_text()[-4000:] if log.exists() else ''}"
+            f"{what}: job is {info.get('JobState')}\n{log.read_text()[-4000:] if log.exists() else ''}" + cluster.logs()
         assert time.monotonic() < deadline, f"{what} after {timeout}s: {info}\n" + (
             log.read_text()[-4000:] if log.exists() else "") + cluster.logs()
         time.sleep(0.3)
@@ -103,7 +103,7 @@ def test_train_sbatch_requeued_twice_resumes_from_the_newest_checkpoint(slurm_cl
     # admin would.
     _wait_for("not requeued after USR1", lambda: _requeued(slurm_cluster, job, 1), 90, slurm_cluster, job, log)
     k1 = _step(hpc)
-    slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    slurm_cluster.release(job)
 
     # 2. Once the restarted job has passed k1 (a periodic last.ckpt beyond it), `scontrol requeue`: SIGTERM.
     _wait_for("restart 1 never trained past the hpc checkpoint",
@@ -116,7 +116,7 @@ def test_train_sbatch_requeued_twice_resumes_from_the_newest_checkpoint(slurm_cl
     assert m and m.group(2) == str(last), out[-4000:]
     k2 = int(m.group(1))
     assert k2 > k1 and _step(last) == k2 and _step(hpc) == k1
-    slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    slurm_cluster.release(job)
 
     info = slurm_cluster.wait(job, timeout=300)
     out = log.read_text()
@@ -225,15 +225,12 @@ def test_sweep_sbatch_real_fit_trial_single_device_requeue(slurm_cluster: SlurmC
     assert "Handling auto-requeue signal" not in text
     hpc = torch.load(trial / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
     assert hpc["global_step"] == int(m.group(2)) and hpc["callbacks"]["PreemptionCheckpoint"]["rng"]
-    # Release the requeued task only once its first incarnation's processes are gone (srun waits up to KillWait for
-    # its step): a start while that step still ends is refused by slurmd, and the task fails instead of resuming.
-    _wait_for("the first incarnation never ended", lambda: not slurm_cluster.job_processes(), 90, slurm_cluster,
-              task, trial_log)
-    slurm_cluster.run("scontrol", "update", f"JobId={task}", "StartTime=now")
+    # Released only once its first incarnation has ended (srun waits up to KillWait for its step).
+    slurm_cluster.release(task)
 
     info = slurm_cluster.wait(task, timeout=300)
     text = trial_log.read_text()
-    assert info["JobState"] == "COMPLETED", f"{info}\n{log.read_text()[-2000:]}\n{text[-4000:]}"
+    assert info["JobState"] == "COMPLETED", f"{info}\n{log.read_text()[-2000:]}\n{text[-4000:]}" + slurm_cluster.logs()
     assert f"(global step {m.group(2)})" in re.search(r"Resuming from .*", text).group(0)
     assert (trial / "done").exists() and _step(trial / "checkpoints" / "last.ckpt") == max_steps
     assert len(wandb_runs(trial)) == 1
