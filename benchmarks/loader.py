@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from datamodules.base import iter_tar_samples, expand_urls  # noqa: E402
+from datamodules.sources import expand_urls, iter_tar_samples  # noqa: E402
 
 # process CPU time for in-process runs (robust on a shared, loaded machine); wall time when workers run
 CLOCK = time.process_time

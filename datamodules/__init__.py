@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from datamodules.base import DataError, LogCorruptSamples, StreamingDataModule
+from datamodules.errors import DataError
+from datamodules.streaming import LogCorruptSamples, StreamingDataModule
 
 _MODULES = ("image", "text", "pointcloud", "audio", "video", "audiovisual")
 

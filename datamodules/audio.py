@@ -7,13 +7,14 @@ The paper's AudioSet input: 48 kHz mono, 1.28 s clips = 61,440 samples (32 frame
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from datamodules.base import DataError, StreamingDataModule, batch_buffer, iter_tar_samples, scratch_buffer
+from datamodules.buffers import BatchRows, batch_buffer, scratch_buffer
+from datamodules.errors import DataError
+from datamodules.sources import iter_tar_samples
+from datamodules.streaming import StreamingDataModule
 from datamodules.transforms import audio as A
 
 AUDIO_EXTS = ("flac", "wav", "ogg", "mp3")
@@ -165,48 +166,6 @@ class AudioDataModule(StreamingDataModule):
         rather than every sample being skipped as corrupt."""
         super()._check_first_sample(split, urls)
         check_first_rate(self, split, urls, self.input_exts, self.audio)
-
-
-class BatchRows:
-    """Rows of a batch-sized buffer that samples are decoded into, so the batch needs no stacking copy.
-
-    `next(rows, shape)` is the row for the next sample (a fresh `alloc`ated buffer of `rows` rows when the current one
-    is used up, has another shape, or was made in another process); `commit(row)` marks it taken once the sample
-    decoded (a sample that raises leaves its row for the next one). `take(tensors)` retires the buffer and
-    returns its first `len(tensors)` rows as the batch when `tensors` are exactly those rows in order, else None
-    (the caller then stacks as usual: a permuted sample, or one dropped after its decode for a bad label). A
-    buffer is never written again once retired (batch_buffer reuses memory only once nothing refers to it), so a
-    batch and its samples stay valid.
-    """
-
-    def __init__(self, alloc: Callable[[tuple[int, ...], torch.dtype], torch.Tensor] = batch_buffer) -> None:
-        self.alloc = alloc  # batch_buffer for rows that are the batch, scratch_buffer for an intermediate
-        self.buffer: torch.Tensor | None = None
-        self.rows: tuple[torch.Tensor, ...] = ()  # the buffer's row views, made in one call; handed out in order
-        self.used, self.pid = 0, -1
-
-    def __getstate__(self) -> dict[str, Any]:  # a worker process starts with no buffer
-        return {"alloc": self.alloc, "buffer": None, "rows": (), "used": 0, "pid": -1}
-
-    def next(self, rows: int, shape: tuple[int, ...]) -> torch.Tensor:
-        if (self.buffer is None or self.used >= len(self.rows) or self.pid != os.getpid()
-                or self.buffer.shape[1:] != tuple(shape)):
-            self.buffer, self.used, self.pid = self.alloc((rows, *shape), torch.float32), 0, os.getpid()
-            self.rows = self.buffer.unbind(0)
-        return self.rows[self.used]
-
-    def commit(self, row: torch.Tensor) -> torch.Tensor:
-        if self.used < len(self.rows) and row is self.rows[self.used]:
-            self.used += 1
-        return row
-
-    def take(self, tensors: list[torch.Tensor]) -> torch.Tensor | None:
-        buffer, rows, self.buffer, self.rows = self.buffer, self.rows, None, ()
-        if buffer is None or not 0 < len(tensors) <= self.used or self.pid != os.getpid():
-            return None
-        if any(t is not row for t, row in zip(tensors, rows)):
-            return None
-        return buffer[: len(tensors)]
 
 
 def check_permute_block(dm: StreamingDataModule) -> None:

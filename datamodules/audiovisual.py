@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from datamodules.audio import AUDIO_EXTS, AudioFeatures, check_first_rate, check_permute_block
-from datamodules.base import StreamingDataModule, stack
+from datamodules.buffers import stack
+from datamodules.streaming import StreamingDataModule
 from datamodules.transforms import audio as A
 from datamodules.transforms import video as V
 from datamodules.video import VIDEO_EXTS, VideoFrames

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from datamodules.base import DataError
+from datamodules.errors import DataError
 
 
 def _list_file(path: str) -> list[str]:

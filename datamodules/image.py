@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from datamodules.base import StreamingDataModule
+from datamodules.streaming import StreamingDataModule
 from datamodules.transforms import image as T
 
 

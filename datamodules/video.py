@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from datamodules.audio import check_permute_block
-from datamodules.base import StreamingDataModule, batch_buffer
+from datamodules.buffers import batch_buffer
+from datamodules.streaming import StreamingDataModule
 from datamodules.transforms import video as V
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from datamodules.base import INDEX_NAME
+from datamodules.sources import INDEX_NAME
 
 log = logging.getLogger("datamodules.shards")
 

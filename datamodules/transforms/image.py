@@ -103,7 +103,7 @@ def normalize_into(samples: list[torch.Tensor], mean: tuple[float, ...], std: tu
     in cache (one write per element: cheaper than stack-then-normalise over the whole batch)."""
     scale = torch.tensor([1 / (255 * s) for s in std])
     shift = torch.tensor([m / s for m, s in zip(mean, std)])
-    from datamodules.base import batch_buffer  # shared memory in a worker: no copy on the way to the trainer
+    from datamodules.buffers import batch_buffer  # shared memory in a worker: no copy on the way to the trainer
 
     out = batch_buffer((len(samples), *samples[0].shape), torch.float32)
     neg_shift = -shift

@@ -33,7 +33,7 @@ import pytest
 import torch
 import yaml
 
-from datamodules.base import expand_urls
+from datamodules.sources import expand_urls
 from perceiver_lit.cli import PerceiverCLI
 from tests.fixtures.training import write_config
 

@@ -91,7 +91,7 @@ def test_audio_window_matches_the_frames(tmp_path: Path, separate: bool, sample_
 
 
 def test_mp4_audio_rate_mismatch_stops_setup(av_shards: Path) -> None:
-    from datamodules.base import DataError
+    from datamodules.errors import DataError
 
     kw = dict(val_urls=str(av_shards / "val-000000.tar"), **{**CLIP, "sample_rate": 22050}, **LOADER)
     with pytest.raises(DataError, match="16000 Hz.*sample_rate=22050"):

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from datamodules.base import DataError, LabelRangeError
+from datamodules.errors import DataError, LabelRangeError
 from tests.fixtures.training import fashion_data, run_cli, tiny_perceiver, write_config
 
 pytestmark = pytest.mark.integration

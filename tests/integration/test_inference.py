@@ -234,7 +234,7 @@ def test_masked_byte_modelling_writes_text(synthetic_shards, tmp_path):
 
 
 def test_predict_files_that_match_nothing_fail_at_setup(tmp_path):
-    from datamodules.base import DataError
+    from datamodules.errors import DataError
     from datamodules.image import FashionMNISTDataModule
 
     dm = FashionMNISTDataModule(predict_files=str(tmp_path / "*.jpg"), num_workers=0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.base import DataError
+from datamodules.errors import DataError
 from tests.fixtures.training import fashion_data, run_cli, tiny_perceiver, write_config
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from datamodules.audio import AudioDataModule, BatchRows
-from datamodules.base import DataError
+from datamodules.audio import AudioDataModule
+from datamodules.buffers import BatchRows
+from datamodules.errors import DataError
 from datamodules.transforms import audio as A
 from tests.fixtures.data import write_tar
 

@@ -9,7 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from datamodules.base import DataError, expand_urls, read_index_counts, train_batches_per_worker
+from datamodules.errors import DataError
+from datamodules.sources import expand_urls, read_index_counts
+from datamodules.stream import train_batches_per_worker
 from datamodules.image import ImageDataModule
 from datamodules.shards.writer import write_shards
 from tests.fixtures.data import npy_bytes, write_tar
@@ -167,7 +169,7 @@ def test_multilabel_json_gives_multi_hot(tmp_path):
 def test_buffer_pool_reuses_memory_only_once_nothing_refers_to_it():
     import torch
 
-    from datamodules.base import BufferPool
+    from datamodules.buffers import BufferPool
 
     pool = BufferPool(keep=3, min_bytes=1024)
     a = pool.empty((4, 1024), torch.float32)
@@ -206,7 +208,7 @@ def _group(sizes=(3, 3, 2)):
 def test_mix_without_pinning_is_the_seeded_redeal():
     import torch
 
-    from datamodules.base import _mix
+    from datamodules.loader import _mix
 
     group, rows = _group()
     out = _mix(group, torch.Generator().manual_seed(7), pin=False)
@@ -223,7 +225,7 @@ def test_mix_without_pinning_is_the_seeded_redeal():
 
 
 def test_pin_plan_pins_once_and_only_when_asked_and_possible():
-    from datamodules.base import pin_plan
+    from datamodules.loader import pin_plan
 
     assert pin_plan(False, 4, "cuda") == (False, False)  # off: no pinning work anywhere
     assert pin_plan(True, 4, None) == (False, False)  # CPU-only / MPS: skipped
@@ -234,7 +236,7 @@ def test_pin_plan_pins_once_and_only_when_asked_and_possible():
 def test_pin_device_says_whether_pinned_memory_can_be_had():
     import torch
 
-    from datamodules.base import pin_device
+    from datamodules.buffers import pin_device
 
     if pin_device() is None:  # e.g. this CPU-only build: pinned memory is really unavailable
         with pytest.raises(RuntimeError):
@@ -245,12 +247,13 @@ def test_pin_device_says_whether_pinned_memory_can_be_had():
 
 # GPU-only: a CPU-only torch has no pinned memory at all (the test above checks that it says so); run on the GPU
 # machine by benchmarks/gpu_check.sh, where a skip counts as a failure.
-@pytest.mark.skipif("__import__('datamodules.base').base.pin_device() is None",
+@pytest.mark.skipif("__import__('datamodules.buffers').buffers.pin_device() is None",
                     reason="GPU-only (no pinned memory in a CPU-only torch): run by benchmarks/gpu_check.sh")
 def test_mix_with_pinning_pins_every_tensor():
     import torch
 
-    from datamodules.base import _mix, _pinned
+    from datamodules.buffers import _pinned
+    from datamodules.loader import _mix
 
     group, _ = _group()
     plain = _mix(group, torch.Generator().manual_seed(7))
@@ -267,7 +270,7 @@ def test_train_loader_pinning_decision(tiny):
     batches are pinned exactly where pinned memory exists; pin_memory changes no batch content."""
     import warnings
 
-    from datamodules.base import pin_device
+    from datamodules.buffers import pin_device
 
     def batches(pin):
         dm = make_dm(tiny, num_workers=2, samples_per_epoch=16, shuffle_buffer=8, pin_memory=pin)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.base import DataError, LabelRangeError
+from datamodules.errors import DataError, LabelRangeError
 from datamodules.image import ImageDataModule
 from datamodules.pointcloud import PointCloudDataModule
 from tests.fixtures.data import npy_bytes, write_tar

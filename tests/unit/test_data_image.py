@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.base import DataError
+from datamodules.errors import DataError
 from datamodules.image import FashionMNISTDataModule, ImageDataModule
 from datamodules.shards.fashion_mnist import DEFAULT_DIR, load_split
 from datamodules.transforms import image as T

@@ -12,7 +12,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from datamodules.base import DataError
+from datamodules.errors import DataError
 from datamodules.image import ImageDataModule
 from datamodules.tarstream import first_header_problem, iter_members
 from tests.fixtures.data import write_tar
