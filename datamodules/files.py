@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from datamodules.errors import DataError
@@ -58,10 +58,12 @@ def file_sample(path: str) -> dict[str, Any]:
     return {"__key__": path, "__url__": path, os.path.splitext(path)[1].lower().lstrip("."): data}
 
 
-def iter_files(dm: Any, paths: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """Raw samples of `paths` through `dm.iter_file_samples`; an unreadable file is counted as corrupt and skipped."""
+def iter_files(paths: Iterable[str], read: Callable[[str], Iterator[dict[str, Any]]],
+               corrupt: Callable[[str, str, Exception], None]) -> Iterator[dict[str, Any]]:
+    """Raw samples of `paths` through `read` (a data module's `iter_file_samples`); an unreadable file is passed to
+    `corrupt(path, path, exc)` (counted as corrupt) and skipped."""
     for path in paths:
         try:
-            yield from dm.iter_file_samples(path)
+            yield from read(path)
         except Exception as e:  # noqa: BLE001 - unreadable (or, for meshes, unparsable): skipped and counted
-            dm._corrupt(path, path, e)
+            corrupt(path, path, e)

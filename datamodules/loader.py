@@ -43,9 +43,7 @@ class MixingLoader(DataLoader):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if isinstance(self.dataset, ShardStream):  # set before the workers copy the dataset
-            trainer = getattr(self.dataset.dm, "trainer", None)
-            # the trainer's epoch makes a resumed run continue the same sequence; alone, count the passes
-            self.dataset.epoch = trainer.current_epoch if trainer is not None else self.dataset.epoch + 1
+            self.dataset.next_epoch()
         it = super().__iter__()
         if self.mix <= 1:
             yield from it

@@ -1,5 +1,9 @@
 """The stream: per rank and worker, raw samples of resampled (train) or exactly split (eval) shards, shuffled,
-decoded and collated into batches."""
+decoded and collated into batches.
+
+The stream knows its data module only through a `StreamSource`: the settings it reads and the calls it makes,
+written down in one place, so the stream and the data module can each be read alone.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ import itertools
 import math
 import os
 import random
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
@@ -16,8 +21,45 @@ from torch.utils.data import IterableDataset, get_worker_info
 from datamodules.errors import DataError
 from datamodules.sources import ShardOpenError, iter_tar_samples
 
-if TYPE_CHECKING:
-    from datamodules.streaming import StreamingDataModule
+
+@dataclass(frozen=True)
+class StreamSource:
+    """Everything a ShardStream reads from or does to its data module (`StreamingDataModule.stream_source`).
+
+    The calls are bound methods of the data module: in a DataLoader worker they act on the worker's copy of it.
+
+    Args:
+        seed: base seed; each rank, worker and epoch derives its own shard, shuffle and augmentation streams.
+        batch_size, num_workers, shuffle_buffer: as the data module's arguments.
+        samples_per_epoch: training samples per epoch over all ranks (None for eval-only modules).
+        skip_bad_shards, check_counts: as the data module's arguments.
+        buffer_exts: extensions read as zero-copy views of a memory-mapped shard.
+        start_worker: `(counter slot, augmentation rng)`, called once per worker and epoch before any sample.
+        make_sample: `(raw, train, labels_optional)` -> a decoded sample, or None (corrupt: counted and warned).
+        collate: samples -> a batch.
+        corrupt: `(url, key, exc, evaluating, lost)`: count and warn about a sample lost in a broken shard.
+        bad_shard: `(url, exc)`: count and warn about a shard skipped as unopenable.
+        count_read: one eval sample read (the denominator of the eval skip report).
+        read_file: raw samples of one file given as `predict_files`.
+        trainer_epoch: the trainer's current epoch, or None without a trainer.
+    """
+
+    seed: int
+    batch_size: int
+    num_workers: int
+    shuffle_buffer: int
+    samples_per_epoch: int | None
+    skip_bad_shards: bool
+    check_counts: bool
+    buffer_exts: tuple[str, ...]
+    start_worker: Callable[[int, random.Random], None]
+    make_sample: Callable[..., dict[str, Any] | None]
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    corrupt: Callable[..., None]
+    bad_shard: Callable[[str, BaseException], None]
+    count_read: Callable[[], None]
+    read_file: Callable[[str], Iterator[dict[str, Any]]]
+    trainer_epoch: Callable[[], int | None]
 
 
 def _rank_world() -> tuple[int, int]:
@@ -46,9 +88,9 @@ class ShardStream(IterableDataset):
     The DataLoader runs it with batch_size=None; batching happens here, per worker, after the shuffle buffer.
     """
 
-    def __init__(self, dm: StreamingDataModule, urls: list[str], train: bool, counts: dict[str, int] | None,
+    def __init__(self, source: StreamSource, urls: list[str], train: bool, counts: dict[str, int] | None,
                  labels_optional: bool = False, files: bool = False):
-        self.dm, self.urls, self.train, self.counts = dm, urls, train, counts
+        self.source, self.urls, self.train, self.counts = source, urls, train, counts
         # predict: labels are optional (labels_optional), and the urls may be raw files instead of shards (files)
         self.labels_optional, self.files = labels_optional or files, files
         self.epoch = 0
@@ -58,25 +100,31 @@ class ShardStream(IterableDataset):
 
     def __len__(self) -> int:  # batches on this rank: exact for train, and for eval when index.json has counts
         rank, world = self.rank, self.world
-        bs = self.dm.batch_size
+        bs = self.source.batch_size
         if self.train:
-            return self.dm.samples_per_epoch // (world * bs)
+            return self.source.samples_per_epoch // (world * bs)
         if self.counts is None:
             raise TypeError("eval length unknown without an index.json")
-        nw = max(self.dm.num_workers, 1)
+        nw = max(self.source.num_workers, 1)
         return sum(math.ceil(sum(self.counts[u] for u in self._eval_urls(rank, world, w, nw)) / bs)
                    for w in range(nw))
+
+    def next_epoch(self) -> None:
+        """Called in the main process before the workers copy the stream: the trainer's epoch makes a resumed run
+        continue the same sequence; alone, count the passes."""
+        epoch = self.source.trainer_epoch()
+        self.epoch = epoch if epoch is not None else self.epoch + 1
 
     def _eval_urls(self, rank: int, world: int, worker: int, num_workers: int) -> list[str]:
         return self.urls[rank * num_workers + worker :: world * num_workers]
 
     def _samples(self, urls: Iterator[str] | list[str], exact: bool) -> Iterator[dict[str, Any]]:
         """Raw samples of `urls` in order; unopenable shards raise or are skipped; eval counts are checked."""
-        dm = self.dm
+        src = self.source
         if self.files:
             from datamodules.files import iter_files
 
-            yield from iter_files(dm, urls)
+            yield from iter_files(urls, src.read_file, src.corrupt)
             return
         bad_in_a_row = 0  # shards in a row that gave no sample: unopenable, empty, or broken at the first member
         for url in urls:
@@ -89,38 +137,38 @@ class ShardStream(IterableDataset):
 
                 def on_truncated(u: str, k: str, e: Exception) -> None:
                     truncated.append(e)
-                    dm._corrupt(u, k, e, exact, lost=True)
+                    src.corrupt(u, k, e, exact, lost=True)
 
-                for raw in iter_tar_samples(url, on_truncated, dm.buffer_exts):
+                for raw in iter_tar_samples(url, on_truncated, src.buffer_exts):
                     n += 1
                     yield raw  # still bytes: the shuffle buffer holds compressed samples, decode comes after
             except ShardOpenError as e:
-                if not dm.skip_bad_shards:
+                if not src.skip_bad_shards:
                     raise
-                dm._bad_shard(url, e)
+                src.bad_shard(url, e)
                 bad_in_a_row += 1
                 continue
             bad_in_a_row = bad_in_a_row + 1 if n == 0 else 0
-            if exact and dm.check_counts and self.counts is not None and n != self.counts[url]:
+            if exact and src.check_counts and self.counts is not None and n != self.counts[url]:
                 raise DataError(f"shard {url!r} held {n} samples, index.json says {self.counts[url]}"
                                 + (" (truncated tar)" if truncated else "")
                                 + "; rewrite the shard or pass check_counts=False")
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        dm = self.dm
+        src = self.source
         rank, world = self.rank, self.world
         worker, num_workers = _worker()
-        dm._worker_slot = worker + 1 if get_worker_info() is not None else 0
-        # epoch is set in the main process (MixingLoader) before workers copy the dataset
-        rng = random.Random(hash((dm.seed, self.epoch, rank, worker)) & 0xFFFFFFFF)
+        # epoch is set in the main process (next_epoch) before workers copy the dataset
+        rng = random.Random(hash((src.seed, self.epoch, rank, worker)) & 0xFFFFFFFF)
         # int tuples hash the same in every process (str hashes are salted per process)
-        dm.rng = random.Random(hash((dm.seed, self.epoch, rank, worker, 1)) & 0xFFFFFFFF)
+        src.start_worker(worker + 1 if get_worker_info() is not None else 0,
+                         random.Random(hash((src.seed, self.epoch, rank, worker, 1)) & 0xFFFFFFFF))
         if self.train:
-            n_batches = train_batches_per_worker(dm.samples_per_epoch, dm.batch_size, world, num_workers, worker)
-            raw = _shuffle(self._samples(self._resampled(rng), exact=False), dm.shuffle_buffer, rng)
-            samples = _good(map(dm._make_sample, raw, itertools.repeat(True)))
+            n_batches = train_batches_per_worker(src.samples_per_epoch, src.batch_size, world, num_workers, worker)
+            raw = _shuffle(self._samples(self._resampled(rng), exact=False), src.shuffle_buffer, rng)
+            samples = _good(map(src.make_sample, raw, itertools.repeat(True)))
             for _ in range(n_batches):
-                yield dm.collate([next(samples) for _ in range(dm.batch_size)])
+                yield src.collate([next(samples) for _ in range(src.batch_size)])
             return
         if len(self.urls) < world * num_workers and not self.files:
             raise DataError(f"{len(self.urls)} eval shards for {world} ranks x {num_workers} workers: each worker "
@@ -132,17 +180,17 @@ class ShardStream(IterableDataset):
         def make(raw: dict[str, Any]) -> dict[str, Any] | None:
             nonlocal seen
             seen += 1
-            dm._counters[3, min(dm._worker_slot, 64)] += 1  # eval samples read: the denominator of the skip report
-            return dm._make_sample(raw, False, self.labels_optional)
+            src.count_read()  # eval samples read: the denominator of the skip report
+            return src.make_sample(raw, False, self.labels_optional)
 
         for sample in _good(map(make, self._samples(urls, exact=True))):
             good += 1
             batch.append(sample)
-            if len(batch) == dm.batch_size:
-                yield dm.collate(batch)
+            if len(batch) == src.batch_size:
+                yield src.collate(batch)
                 batch = []
         if batch:  # the last partial batch is kept: every sample is seen exactly once
-            yield dm.collate(batch)
+            yield src.collate(batch)
         if seen and not good and not self.files:  # an evaluation that measured nothing must not pass for one
             where = repr(urls[0]) + (f" and {len(urls) - 1} more shards" if len(urls) > 1 else "")
             raise DataError(f"every one of the {seen} samples in {where} was corrupt: check the data module's "

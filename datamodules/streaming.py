@@ -41,7 +41,7 @@ from datamodules.buffers import stack
 from datamodules.errors import DataError, LabelRangeError, label_range_message
 from datamodules.loader import MixingLoader, _as_is, _worker_context
 from datamodules.sources import ShardOpenError, expand_urls, is_local, iter_tar_samples, read_index_counts
-from datamodules.stream import ShardStream, _rank_world
+from datamodules.stream import ShardStream, StreamSource, _rank_world
 from datamodules.shard_checks import check_shard_headers, scan_eval_shards
 
 log = logging.getLogger("datamodules")
@@ -184,6 +184,28 @@ class StreamingDataModule(L.LightningDataModule):
         self._warned.add((url, None))
         log.warning("unreadable shard skipped (skip_bad_shards=True): %s", exc)
 
+    def _count_read(self) -> None:
+        self._counters[3, min(self._worker_slot, 64)] += 1
+
+    # ---- what the stream reads and calls (stream.py); made anew with each loader, so a setting changed between
+    # loaders (Lightning's batch-size finder sets batch_size) reaches the next one
+    def stream_source(self) -> StreamSource:
+        return StreamSource(
+            seed=self.seed, batch_size=self.batch_size, num_workers=self.num_workers,
+            shuffle_buffer=self.shuffle_buffer, samples_per_epoch=self.samples_per_epoch,
+            skip_bad_shards=self.skip_bad_shards, check_counts=self.check_counts, buffer_exts=self.buffer_exts,
+            start_worker=self._start_worker, make_sample=self._make_sample, collate=self.collate,
+            corrupt=self._corrupt, bad_shard=self._bad_shard, count_read=self._count_read,
+            read_file=self.iter_file_samples, trainer_epoch=self._trainer_epoch)
+
+    def _start_worker(self, slot: int, rng: random.Random) -> None:
+        """In each worker (slot 0: the main process), per epoch: its counter slot and augmentation randomness."""
+        self._worker_slot, self.rng = slot, rng
+
+    def _trainer_epoch(self) -> int | None:
+        trainer = getattr(self, "trainer", None)
+        return trainer.current_epoch if trainer is not None else None
+
     # ---- per-sample decoding (runs in the workers)
     def decode_inputs(self, sample: dict[str, Any], train: bool) -> torch.Tensor | dict[str, torch.Tensor]:
         """Decode and transform the input of one raw sample; raise on bad data. Subclasses implement it."""
@@ -295,8 +317,8 @@ class StreamingDataModule(L.LightningDataModule):
             if split == "predict" and self.predict_files is not None and split not in self._streams:
                 from datamodules.files import expand_files
 
-                self._streams[split] = ShardStream(self, expand_files(self.predict_files, self.input_exts),
-                                                   train=False, counts=None, files=True)
+                files = expand_files(self.predict_files, self.input_exts)
+                self._streams[split] = ShardStream(self.stream_source(), files, train=False, counts=None, files=True)
                 continue
             spec = getattr(self, f"{split}_urls")
             if spec is None or split in self._streams:
@@ -327,7 +349,7 @@ class StreamingDataModule(L.LightningDataModule):
             if split != "train" and self.scan_eval_shards:
                 scan_eval_shards(split, urls, counts, self.check_counts, self.input_exts,
                                  self._check_label_range)
-            self._streams[split] = ShardStream(self, urls, train=split == "train", counts=counts,
+            self._streams[split] = ShardStream(self.stream_source(), urls, train=split == "train", counts=counts,
                                                labels_optional=split == "predict")
 
     def _check_first_sample(self, split: str, urls: list[str]) -> None:
@@ -392,6 +414,7 @@ class StreamingDataModule(L.LightningDataModule):
             raise DataError(f"no {split}_urls configured")
         stream = self._streams[split]
         stream.rank, stream.world = self._rank_and_world()
+        stream.source = self.stream_source()
         train = split == "train"
         return MixingLoader(
             stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers, pin_memory=self.pin_memory,
