@@ -10,11 +10,11 @@ import importlib
 from typing import Any
 
 from datamodules.errors import DataError
-from datamodules.streaming import LogCorruptSamples, StreamingDataModule
+from datamodules.streaming import StreamingDataModule
 
 _MODULES = ("image", "text", "pointcloud", "audio", "video", "audiovisual")
 
-__all__ = ["DataError", "LogCorruptSamples", "StreamingDataModule"]
+__all__ = ["DataError", "StreamingDataModule"]
 
 
 def __getattr__(name: str) -> Any:

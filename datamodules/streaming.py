@@ -34,7 +34,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from datamodules.buffers import stack
@@ -161,8 +160,21 @@ class StreamingDataModule(L.LightningDataModule):
     @property
     def eval_counts(self) -> tuple[int, int]:
         """(corrupt samples skipped, samples read) by val/test/predict passes so far on this rank; the
-        `LogCorruptSamples` callback reports the difference over one pass and checks max_eval_corrupt_fraction."""
+        `LogCorruptSamples` callback reports the difference over one pass and checks it with `check_eval_corrupt`."""
         return int(self._counters[2].sum()), int(self._counters[3].sum())
+
+    def check_eval_corrupt(self, stage: str, skipped: int, read: int) -> None:
+        """Raise DataError when one val/test/predict pass (summed over ranks) skipped more than
+        max_eval_corrupt_fraction of the samples it read: its metrics would describe a subset of the data."""
+        fraction = skipped / read if read else 0.0
+        # Raw files given to predict (predict_files) are the user's own: an unreadable one is skipped, named and
+        # counted, and the others are still predicted; shards are a data set, held to the limit.
+        raw_files = stage == "predict" and self.predict_files
+        if fraction > self.max_eval_corrupt_fraction and not raw_files:
+            raise DataError(f"{stage}: {skipped} of {read} samples ({fraction:.1%}) were corrupt and skipped, more "
+                            f"than data.init_args.max_eval_corrupt_fraction={self.max_eval_corrupt_fraction}: the "
+                            "metrics would describe a subset of the data. Fix the shards (see the warnings above), or "
+                            "raise the threshold to accept it")
 
     def _corrupt(self, url: str, key: str, exc: BaseException, evaluating: bool = False, lost: bool = False) -> None:
         """Count and warn about one skipped sample; `evaluating`: in an eval pass, `lost`: never decoded (a tar
@@ -436,71 +448,3 @@ class StreamingDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """One exact pass over `predict_urls` (default: `test_urls`), split by rank and worker like eval."""
         return self._loader("predict")
-
-
-
-class LogCorruptSamples(L.Callback):
-    """Logs `data/corrupt_samples` and `data/bad_shards` (summed over ranks) at each train epoch end.
-
-    After each validation, test and predict pass it reports the samples that pass skipped as corrupt (summed over
-    ranks): logged as `val/corrupt_samples` / `test/corrupt_samples`, and printed (always for `perceiver-lit
-    validate/test/predict`, when any were skipped inside `fit`). More than the data module's
-    `max_eval_corrupt_fraction` of the samples read is a DataError: that metric would describe a subset.
-    """
-
-    def __init__(self) -> None:
-        self._start = (0, 0)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dm = trainer.datamodule
-        if isinstance(dm, StreamingDataModule):
-            pl_module.log("data/corrupt_samples", float(dm.corrupt_samples), reduce_fx="sum", sync_dist=True)
-            pl_module.log("data/bad_shards", float(dm.bad_shards), reduce_fx="sum", sync_dist=True)
-
-    def _eval_start(self, trainer: L.Trainer) -> None:
-        dm = trainer.datamodule
-        if isinstance(dm, StreamingDataModule):
-            self._start = dm.eval_counts
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_start(trainer)
-
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_start(trainer)
-
-    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_start(trainer)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:  # a few batches only: no pass to report on
-            self._eval_end(trainer, pl_module, "val")
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_end(trainer, pl_module, "test")
-
-    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_end(trainer, pl_module, "predict")
-
-    def _eval_end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        dm = trainer.datamodule
-        if not isinstance(dm, StreamingDataModule):
-            return
-        now = dm.eval_counts
-        counts = torch.tensor([now[0] - self._start[0], now[1] - self._start[1]], dtype=torch.float64)
-        if trainer.world_size > 1:  # every rank reaches the epoch end: one all-reduce, not per step
-            counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
-        skipped, read = int(counts[0]), int(counts[1])
-        if stage != "predict":  # Lightning allows no logging in predict
-            pl_module.log(f"{stage}/corrupt_samples", float(skipped), sync_dist=False)
-        fraction = skipped / read if read else 0.0
-        if skipped or trainer.state.fn != "fit":
-            rank_zero_info(f"[perceiver-lit] {stage}: {skipped} of {read} samples skipped as corrupt ({fraction:.2%})"
-                           + (": see the warnings above" if skipped else ""))
-        # Raw files given to predict (predict_files) are the user's own: an unreadable one is skipped, named and
-        # counted (the line above), and the others are still predicted; shards are a data set, held to the limit.
-        raw_files = stage == "predict" and getattr(dm, "predict_files", None)
-        if fraction > dm.max_eval_corrupt_fraction and not raw_files:
-            raise DataError(f"{stage}: {skipped} of {read} samples ({fraction:.1%}) were corrupt and skipped, more "
-                            f"than data.init_args.max_eval_corrupt_fraction={dm.max_eval_corrupt_fraction}: the "
-                            "metrics would describe a subset of the data. Fix the shards (see the warnings above), or raise "
-                            "the threshold to accept it")

@@ -64,7 +64,7 @@ from perceiver_lit.cli_errors import (ConfigError, OneLineErrorParser, exit_on_c
 from perceiver_lit.hardware import warn_if_bf16_is_emulated
 from perceiver_lit.run_dir import (RunDirError, RunLock, RunOutputs, check_resume, cleanup_failed_start,
                                    load_initial_weights, snapshot)
-from datamodules.streaming import LogCorruptSamples
+from perceiver_lit.callbacks.corrupt_samples import LogCorruptSamples
 from datamodules.optional import one_line_missing
 
 _WANDB_AVAILABLE = RequirementCache("wandb")

@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules import LogCorruptSamples
+from perceiver_lit.callbacks import LogCorruptSamples
 from datamodules.image import FashionMNISTDataModule
 from tests.fixtures.data import write_tar
 
