@@ -136,7 +136,7 @@ class AudioDataModule(StreamingDataModule):
         self.input_shape = self.audio.shape
         # mel: the rows are waveforms the batch's log-mel is taken from, never sent on: no shared memory
         self._rows = BatchRows(batch_buffer if self.audio.mel is None else scratch_buffer)
-        check_permute_block(self)
+        self.check_permute_block()
 
     def decode_inputs(self, sample: dict[str, Any], train: bool) -> torch.Tensor:
         data = sample[self.find_ext(sample)]
@@ -166,19 +166,6 @@ class AudioDataModule(StreamingDataModule):
         rather than every sample being skipped as corrupt."""
         super()._check_first_sample(split, urls)
         check_first_rate(self, split, urls, self.input_exts, self.audio)
-
-
-def check_permute_block(dm: StreamingDataModule) -> None:
-    """Apply the permutation to zeros of `input_shape` once, at config time: a block that does not tile the
-    sample is a config error here, not a stream of skipped samples later."""
-    if dm.permute_seed is None:
-        return
-    shape = dm.input_shape
-    zeros = {k: torch.zeros(v) for k, v in shape.items()} if isinstance(shape, dict) else torch.zeros(shape)
-    try:
-        dm.permute_inputs(zeros)
-    except ValueError as e:
-        raise ValueError(f"{type(dm).__name__}: permute_block does not tile input_shape {shape}: {e}") from e
 
 
 def check_first_rate(dm: StreamingDataModule, split: str, urls: list[str], exts: tuple[str, ...],

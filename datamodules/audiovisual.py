@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from datamodules.audio import AUDIO_EXTS, AudioFeatures, check_first_rate, check_permute_block
+from datamodules.audio import AUDIO_EXTS, AudioFeatures, check_first_rate
 from datamodules.buffers import stack
 from datamodules.streaming import StreamingDataModule
 from datamodules.transforms import audio as A
@@ -79,7 +79,7 @@ class AudioVisualDataModule(StreamingDataModule):
         self.audio = AudioFeatures(sample_rate, clip_samples, resample, features, n_fft, win_length, hop_length,
                                    n_mels, f_min, f_max, mel_scale, mel_norm)
         self.input_shape = {"video": self.video.shape, "audio": self.audio.shape}
-        check_permute_block(self)
+        self.check_permute_block()
 
     def decode_inputs(self, sample: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:
         data = sample[self.find_ext(sample)]

@@ -270,6 +270,19 @@ class StreamingDataModule(L.LightningDataModule):
 
         return permute_elements(inputs, self.permute_seed, block=self.permute_block)
 
+    def check_permute_block(self) -> None:
+        """Apply the permutation to zeros of `input_shape` once, at config time (a subclass calls it at the end of
+        `__init__`): a block that does not tile the sample is a config error here, not a stream of skipped
+        samples later."""
+        if self.permute_seed is None:
+            return
+        shape = self.input_shape
+        zeros = {k: torch.zeros(v) for k, v in shape.items()} if isinstance(shape, dict) else torch.zeros(shape)
+        try:
+            self.permute_inputs(zeros)
+        except ValueError as e:
+            raise ValueError(f"{type(self).__name__}: permute_block does not tile input_shape {shape}: {e}") from e
+
     def extra_fields(self, sample: dict[str, Any], inputs: Any) -> dict[str, Any]:
         """Extra per-sample tensors to batch (text: pad_mask). Default: none."""
         return {}

@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 
-from datamodules.audio import check_permute_block
 from datamodules.buffers import batch_buffer
 from datamodules.streaming import StreamingDataModule
 from datamodules.transforms import video as V
@@ -89,7 +88,7 @@ class VideoDataModule(StreamingDataModule):
         self.permute_block = tuple(permute_block) if isinstance(permute_block, (list, tuple)) else permute_block
         self.video = VideoFrames(num_frames, frame_stride, crop_size, short_side, mean, std, backend)
         self.input_shape = self.video.shape
-        check_permute_block(self)
+        self.check_permute_block()
 
     def decode_inputs(self, sample: dict[str, Any], train: bool) -> torch.Tensor:
         return self.video(sample[self.find_ext(sample)], train, self.rng)[0]  # uint8 (T, H, W, C)

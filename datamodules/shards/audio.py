@@ -26,86 +26,15 @@ from functools import partial
 from pathlib import Path
 
 from datamodules.class_names import write_class_names
-from datamodules.shards.cli import add_common_args, writer_kwargs
-from datamodules.shards.writer import ShardSummary, split_items, write_shards
+from datamodules.shards.cli import add_common_args
+from datamodules.shards.labels import index_labels, label_map_names, parse_labels, read_label_map, read_simple_csv
+from datamodules.shards.splits import write_split_shards
+from datamodules.shards.writer import ShardSummary
 
 AUDIO_EXTS = (".flac", ".wav", ".ogg", ".mp3")
 
 
-# --------------------------------------------------------------------------------------------------- label maps
-def read_label_map(path: str | os.PathLike) -> dict[str, int]:
-    """`index,mid,display_name` (AudioSet's class_labels_indices.csv) or `index,name` -> {mid or name: index}.
-    Both the mid and the display name map to the index, so either may appear in a label CSV."""
-    mapping: dict[str, int] = {}
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f, skipinitialspace=True))
-    if not rows:
-        raise ValueError(f"label map {path} is empty")
-    start = 0 if rows[0][0].strip().isdigit() else 1  # skip a header row
-    for line, row in enumerate(rows[start:], start + 1):
-        if not row:
-            continue
-        if len(row) < 2 or not row[0].strip().isdigit():
-            raise ValueError(f"label map {path} line {line}: expected 'index,mid[,display_name]', got {row}")
-        for name in row[1:]:
-            mapping[name.strip()] = int(row[0])
-    return mapping
-
-
-def label_map_names(path: str | os.PathLike) -> list[str]:
-    """Class names of a label map, by index: the last column (AudioSet's display_name, or the name)."""
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f, skipinitialspace=True) if r and r[0].strip().isdigit()]
-    by_index = {int(r[0]): r[-1].strip() for r in rows}
-    return [by_index.get(i, str(i)) for i in range(max(by_index) + 1)] if by_index else []
-
-
-def parse_labels(text: str, label_map: dict[str, int] | None) -> list[str | int]:
-    """"3,7" -> [3, 7]; names through `label_map`; unknown names stay strings (a vocabulary maps them later)."""
-    out: list[str | int] = []
-    for part in (p.strip() for p in text.replace(";", ",").split(",")):
-        if not part:
-            continue
-        if label_map is not None:
-            if part not in label_map:
-                raise ValueError(f"label {part!r} not in the label map (--label-map)")
-            out.append(label_map[part])
-        else:
-            out.append(int(part) if part.lstrip("-").isdigit() else part)
-    return out
-
-
-def index_labels(rows: list[tuple[str, list[str | int]]], out_dir: str) -> list[tuple[str, list[int]]]:
-    """Name labels -> indices of a sorted vocabulary, written to out_dir/classes.json (ints pass unchanged)."""
-    names = sorted({label for _, labels in rows for label in labels if isinstance(label, str)})
-    if not names:
-        return [(path, [int(x) for x in labels]) for path, labels in rows]
-    if any(isinstance(label, int) for _, labels in rows for label in labels):
-        raise ValueError("label CSV mixes class indices and names; pass --label-map")
-    write_class_names(out_dir, names)
-    vocab = {name: i for i, name in enumerate(names)}
-    return [(path, [vocab[str(x)] for x in labels]) for path, labels in rows]
-
-
 # ----------------------------------------------------------------------------------------------------- CSV rows
-def read_simple_csv(csv_path: str | os.PathLike, root: str | os.PathLike,
-                    label_map: dict[str, int] | None) -> list[tuple[str, list[str | int]]]:
-    """`path,labels` rows (header required) -> [(absolute path, labels)]."""
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f, skipinitialspace=True)
-        fields = [x.strip() for x in reader.fieldnames or []]
-        if "path" not in fields or not ({"labels", "label"} & set(fields)):
-            raise ValueError(f"{csv_path}: expected a header 'path,labels' (or 'path,label'), got {fields}")
-        column = "labels" if "labels" in fields else "label"
-        rows = []
-        for row in reader:
-            try:
-                rows.append((os.path.join(root, row["path"].strip()), parse_labels(row[column] or "", label_map)))
-            except (ValueError, AttributeError) as e:
-                raise ValueError(f"{csv_path}, line {reader.line_num}: {e}") from None
-        return rows
-
-
 def read_audioset_csv(csv_path: str | os.PathLike, root: str | os.PathLike, label_map: dict[str, int],
                       exts: Sequence[str] = AUDIO_EXTS) -> tuple[list[tuple[str, list[str | int]]], int]:
     """AudioSet segment rows -> ([(file, labels)], rows whose file is missing)."""
@@ -190,16 +119,6 @@ def audio_items(root: str, labels_csv: str, csv_format: str = "auto",
     if label_map_path:
         write_class_names(out_dir, label_map_names(label_map_path))
     return index_labels(rows, out_dir)
-
-
-def write_split_shards(items: list, encode, args: argparse.Namespace) -> list[ShardSummary]:
-    """Write `items` as args.prefix shards, holding out `--val-fraction` as `val` shards."""
-    kwargs = writer_kwargs(args)
-    if getattr(args, "val_fraction", 0) > 0:
-        train, val = split_items(items, args.val_fraction, seed=args.seed)
-        return [write_shards(train, encode, args.out, args.prefix, **kwargs),
-                write_shards(val, encode, args.out, "val", **{**kwargs, "shuffle": False})]
-    return [write_shards(items, encode, args.out, args.prefix, **kwargs)]
 
 
 def run(args: argparse.Namespace) -> list[ShardSummary]:

@@ -17,10 +17,10 @@ import os
 from functools import partial
 from pathlib import Path
 
-from datamodules.shards.audio import (index_labels, label_map_names, read_label_map, read_simple_csv,
-                                     write_split_shards)
-from datamodules.shards.cli import add_common_args
 from datamodules.class_names import write_class_names
+from datamodules.shards.cli import add_common_args
+from datamodules.shards.labels import index_labels, label_map_names, read_label_map, read_simple_csv
+from datamodules.shards.splits import write_split_shards
 from datamodules.shards.writer import ShardSummary
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov")

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from datamodules.shards import audio as SA
+from datamodules.shards import labels as SL
 from datamodules.shards.cli import main
 
 AUDIOSET_CSV = """\
@@ -51,7 +52,7 @@ def test_audioset_csv_with_label_map(tmp_path) -> None:
     (tmp_path / "labels.csv").write_text(LABEL_MAP)
     assert SA.detect_csv_format(tmp_path / "segments.csv") == "audioset"
     rows, missing = SA.read_audioset_csv(tmp_path / "segments.csv", tmp_path / "audio",
-                                         SA.read_label_map(tmp_path / "labels.csv"))
+                                         SL.read_label_map(tmp_path / "labels.csv"))
     assert missing == 1
     assert sorted((p.rsplit("/", 1)[1], labels) for p, labels in rows) == [
         ("--PJHxphWEs_30000.flac", [0, 1]), ("-0RWZT-miFs.flac", [2])]
@@ -85,7 +86,7 @@ def test_simple_csv_with_names_builds_a_vocabulary(tmp_path) -> None:
     assert sample["cls"] == b"1" and json.loads(sample["json"]) == [1] and sample["wav"][:4] == b"RIFF"
     (tmp_path / "bad.csv").write_text("file,label\na.wav,1\n")
     with pytest.raises(ValueError, match="path,labels"):
-        SA.read_simple_csv(tmp_path / "bad.csv", tmp_path, None)
+        SL.read_simple_csv(tmp_path / "bad.csv", tmp_path, None)
 
 
 def test_video_writer_class_folders_with_audio_twins(tmp_path) -> None:
@@ -105,7 +106,7 @@ def test_video_writer_class_folders_with_audio_twins(tmp_path) -> None:
 
 def test_csv_errors_name_the_file_and_line(tmp_path) -> None:
     (tmp_path / "labels.csv").write_text(LABEL_MAP)
-    label_map = SA.read_label_map(str(tmp_path / "labels.csv"))
+    label_map = SL.read_label_map(str(tmp_path / "labels.csv"))
     (tmp_path / "segments.csv").write_text(AUDIOSET_CSV.replace('"/m/07rwj"', '"/m/zzz"'))
     with pytest.raises(ValueError, match=r"segments.csv, line 5: label '/m/zzz' not in the label map"):
         SA.read_audioset_csv(tmp_path / "segments.csv", tmp_path, label_map)
@@ -114,4 +115,4 @@ def test_csv_errors_name_the_file_and_line(tmp_path) -> None:
         SA.read_audioset_csv(tmp_path / "segments.csv", tmp_path, label_map)
     (tmp_path / "simple.csv").write_text("path,labels\na.wav,/m/09x0r\nb.wav,/m/nope\n")
     with pytest.raises(ValueError, match=r"simple.csv, line 3: label '/m/nope'"):
-        SA.read_simple_csv(tmp_path / "simple.csv", tmp_path, label_map)
+        SL.read_simple_csv(tmp_path / "simple.csv", tmp_path, label_map)
