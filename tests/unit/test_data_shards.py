@@ -124,3 +124,16 @@ def test_a_run_where_every_input_fails_keeps_the_earlier_shards_and_exits_non_ze
     err = capsys.readouterr().err
     assert "image-folder: error: train: none of the 1 inputs" in err and "0.jpg" in err and "Traceback" not in err
     assert {n: (tmp_path / n).read_bytes() for n in first.shards} == before
+
+
+def test_the_shard_writers_load_neither_torch_nor_lightning():
+    """`perceiver-lit-shards` starts fast and needs no training stack: the writers and every subcommand's parser
+    import neither torch nor Lightning (the writer once imported the whole data module for one constant)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, datamodules.shards.writer; from datamodules.shards.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
