@@ -20,13 +20,7 @@ def __getattr__(name: str) -> Any:
     if name in _HOMES:
         return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
     for mod in _MODULES:
-        full = f"{__name__}.{mod}"
-        try:
-            module = importlib.import_module(full)
-        except ModuleNotFoundError as e:
-            if e.name == full:
-                continue
-            raise
+        module = importlib.import_module(f"{__name__}.{mod}")
         if name in vars(module):
             return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,6 @@
 A subcommand is a module in datamodules/shards/ that exposes `add_parser(subparsers)`: it adds its parser
 (use `add_common_args` for --out/--maxcount/--maxsize/--workers/--seed/--no-shuffle), and sets
 `func=run`, where `run(args) -> list[ShardSummary]` writes the shards. The CLI prints each summary at the end.
-Modules listed in SUBCOMMANDS that are not there (yet) are skipped.
 """
 
 from __future__ import annotations
@@ -47,12 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         module_name = f"datamodules.shards.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name == module_name:  # not written yet: skip; a missing dependency inside it is a real error
-                continue
-            raise
+        module = importlib.import_module(module_name)  # a listed module that is missing is a packaging error
         if not hasattr(module, "add_parser"):
             logging.getLogger("datamodules.shards").warning("%s has no add_parser(subparsers); skipped", module_name)
             continue

@@ -79,11 +79,14 @@ def test_cli_fashion_mnist(tmp_path, capsys):
     assert members(str(tmp_path / "train-000000.tar"))[0].endswith(".png")
 
 
-def test_cli_lists_writers_and_skips_missing_modules(monkeypatch):
-    monkeypatch.setattr(cli, "SUBCOMMANDS", cli.SUBCOMMANDS + ("no_such_writer",))
+def test_cli_lists_writers_and_a_missing_module_is_an_error(monkeypatch):
     parser = cli.build_parser()
     choices = parser._subparsers._group_actions[0].choices  # the registered subcommands
     assert {"image-folder", "fashion-mnist", "pointcloud", "text"} <= set(choices)
+    # a listed writer module that is not there is a packaging error, not a silently missing subcommand
+    monkeypatch.setattr(cli, "SUBCOMMANDS", cli.SUBCOMMANDS + ("no_such_writer",))
+    with pytest.raises(ModuleNotFoundError, match=r"datamodules\.shards\.no_such_writer"):
+        cli.build_parser()
 
 
 def test_cli_text_fortunes(tmp_path, capsys):
