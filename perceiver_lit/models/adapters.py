@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attention import trunc_normal_
 from .checks import check_sizes
 from .position import FourierPositionEncoding, LearnedPositionEncoding, fourier_features, num_fourier_channels
+from .weight_init import trunc_normal_
 
 PadMask = Tensor | None
 

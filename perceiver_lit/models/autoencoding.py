@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adapters import InputAdapter, MultimodalAdapter, PadMask
-from .attention import CrossAttentionLayer, SelfAttentionBlock, init_linear_, trunc_normal_
+from .attention import CrossAttentionLayer, SelfAttentionBlock
 from .decoders import DenseDecoder
-from .perceiver import init_latents, no_weight_decay_names
+from .param_groups import no_weight_decay_names
 from .position import fourier_features, num_fourier_channels
+from .weight_init import init_latents, init_linear_, trunc_normal_
 
 
 class OneHotAdapter(InputAdapter):

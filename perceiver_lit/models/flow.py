@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adapters import InputAdapter, PadMask
-from .attention import CrossAttentionLayer, SelfAttentionBlock, init_linear_
+from .attention import CrossAttentionLayer, SelfAttentionBlock
 from .decoders import DenseDecoder, take_rows
-from .perceiver import init_latents, no_weight_decay_names
+from .param_groups import no_weight_decay_names
 from .position import FourierPositionEncoding
+from .weight_init import init_latents, init_linear_
 
 
 def extract_patches(frames: Tensor, patch_size: int = 3) -> Tensor:

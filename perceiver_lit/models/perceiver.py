@@ -15,9 +15,9 @@ from torch import Tensor, nn
 
 from .adapters import InputAdapter
 from .checks import check_sizes
-from .attention import CrossAttentionLayer, SelfAttentionBlock, init_linear_, trunc_normal_
-from .position import LearnedPositionEncoding
-from .queries import TrainableQueries
+from .attention import CrossAttentionLayer, SelfAttentionBlock
+from .param_groups import no_weight_decay_names
+from .weight_init import init_latents, init_linear_
 
 
 @dataclass
@@ -40,13 +40,6 @@ class PerceiverConfig:
     input_keep: float = 1.0                  # training: the fraction of input elements each sample keeps
 
 
-def init_latents(num: int, dim: int) -> nn.Parameter:
-    """Learned (num, dim) array, truncated normal std 0.02 cut at 2 std (DeepMind's initialiser)."""
-    p = nn.Parameter(torch.empty(num, dim))
-    trunc_normal_(p, std=0.02)
-    return p
-
-
 def subsample_inputs(x: Tensor, pad_mask: Tensor | None, keep: float) -> tuple[Tensor, Tensor | None]:
     """A random subset of K = round(keep * M) input elements per sample: (B, M, C) -> (B, K, C), and the pad mask.
 
@@ -65,16 +58,6 @@ def subsample_inputs(x: Tensor, pad_mask: Tensor | None, keep: float) -> tuple[T
     idx = score.topk(k, dim=1, largest=False, sorted=False).indices          # (B, K)
     x = x.gather(1, idx.unsqueeze(-1).expand(B, k, C))                       # (B, K, C)
     return x, None if pad_mask is None else pad_mask.gather(1, idx)
-
-
-def no_weight_decay_names(model: nn.Module) -> set[str]:
-    """Latents, position / query / modality embeddings, norms and biases: every parameter of ndim < 2,
-    plus learned position tables, query arrays and latent arrays."""
-    names = {n for n, p in model.named_parameters() if p.ndim < 2 or n.split(".")[-1] == "latents"}
-    for mod_name, mod in model.named_modules():
-        if isinstance(mod, (LearnedPositionEncoding, TrainableQueries)):
-            names |= {f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_parameters()}
-    return names
 
 
 class Perceiver(nn.Module):

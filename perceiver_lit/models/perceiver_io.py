@@ -15,9 +15,10 @@ from torch import Tensor, nn
 
 from .adapters import InputAdapter
 from .checks import check_sizes
-from .attention import CrossAttentionLayer, SelfAttentionBlock, init_linear_
-from .perceiver import init_latents, no_weight_decay_names
+from .attention import CrossAttentionLayer, SelfAttentionBlock
+from .param_groups import no_weight_decay_names
 from .queries import QueryProvider, TrainableQueries
+from .weight_init import init_latents, init_linear_
 
 
 @dataclass

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .attention import trunc_normal_
 from .checks import check_sizes
+from .weight_init import trunc_normal_
 
 
 def seeded_permutation(n: int, seed: int) -> Tensor:

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .attention import trunc_normal_
 from .checks import check_sizes
 from .position import FourierPositionEncoding
+from .weight_init import trunc_normal_
 
 
 class QueryProvider(nn.Module):
