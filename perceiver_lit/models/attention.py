@@ -65,8 +65,17 @@ class _Layer(nn.Module):
 class CrossAttentionLayer(_Layer):
     """Queries x (B, N, q_dim) attend to inputs (B, M, kv_dim); output (B, N, q_dim).
 
-    qk_channels defaults to kv_dim (DeepMind's "kv" shape for attention), v_channels to qk_channels.
-    use_query_residual=False drops the attention residual (decoders whose queries are positions, not outputs).
+    Args:
+        q_dim: channels of the queries (and of the output).
+        kv_dim: channels of the inputs.
+        num_heads: attention heads; qk_channels and v_channels must be divisible by it.
+        qk_channels: q/k width; None: kv_dim (DeepMind's "kv" shape for attention).
+        v_channels: v width; None: qk_channels.
+        widening_factor: the MLP's hidden width / q_dim.
+        dropout: on the attention probabilities and the residual branches.
+        use_query_residual: add the attention output to the queries; False drops that residual (decoders whose
+            queries are positions, not outputs).
+        checkpoint: recompute the layer's activations in backward (activation checkpointing).
     """
 
     def __init__(self, q_dim: int, kv_dim: int, num_heads: int = 1, qk_channels: int | None = None,
@@ -227,7 +236,17 @@ def projected_cross_attention(model: nn.Module) -> Iterator[nn.Module]:
 
 
 class SelfAttentionLayer(_Layer):
-    """Latent self-attention: x (B, N, dim) -> (B, N, dim), fused qkv projection."""
+    """Latent self-attention: x (B, N, dim) -> (B, N, dim), fused qkv projection.
+
+    Args:
+        dim: channels of the latents.
+        num_heads: attention heads; qk_channels and v_channels must be divisible by it.
+        qk_channels: q/k width; None: dim.
+        v_channels: v width; None: qk_channels.
+        widening_factor: the MLP's hidden width / dim.
+        dropout: on the attention probabilities and the residual branches.
+        checkpoint: recompute the layer's activations in backward (activation checkpointing).
+    """
 
     def __init__(self, dim: int, num_heads: int = 8, qk_channels: int | None = None, v_channels: int | None = None,
                  widening_factor: int = 1, dropout: float = 0.0, checkpoint: bool = False):
@@ -260,7 +279,13 @@ class SelfAttentionLayer(_Layer):
 
 
 class SelfAttentionBlock(nn.ModuleList):
-    """A latent Transformer: num_layers SelfAttentionLayers applied in order."""
+    """A latent Transformer: num_layers SelfAttentionLayers applied in order.
+
+    Args:
+        num_layers: how many SelfAttentionLayers.
+        dim: channels of the latents.
+        **layer_kwargs: the layers' other arguments (num_heads, widening_factor, ...; see SelfAttentionLayer).
+    """
 
     def __init__(self, num_layers: int, dim: int, **layer_kwargs):
         check_sizes("SelfAttentionBlock", num_layers=num_layers)
