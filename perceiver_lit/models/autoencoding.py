@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adapters import InputAdapter, MultimodalAdapter, PadMask
-from .attention import CrossAttentionLayer, SelfAttentionBlock
 from .decoders import DenseDecoder
 from .hparams import config_class, record
+from .latent_encoder import LatentEncoderModel
 from .param_groups import no_weight_decay_names
 from .position import fourier_features, num_fourier_channels
-from .weight_init import init_latents, init_linear_, trunc_normal_
+from .weight_init import init_linear_, trunc_normal_
 
 
 class OneHotAdapter(InputAdapter):
@@ -88,19 +88,15 @@ class GridQueries(nn.Module):
         return fourier_features(pos, [r / 2 for r in self.max_resolution], self.num_bands).to(dtype)
 
 
-class PerceiverIOMultimodalAutoencoder(nn.Module):
+class PerceiverIOMultimodalAutoencoder(LatentEncoderModel):
     """Video + audio + label autoencoder through the latent bottleneck (see the module docstring).
+
+    The defaults are HF's / DeepMind's model (784 x 512 latents, 8 self-attends of 8 heads). The encoder's
+    arguments (num_latents ... activation_checkpointing) are documented on LatentEncoderModel.
 
     Args:
         adapter: a MultimodalAdapter with modalities "video" (VideoAdapter, patch (1, ph, pw)), "audio" (raw
             AudioAdapter) and "label" (OneHotAdapter).
-        num_latents: rows of the latent array (784).
-        latent_dim: channels of the latent array (512).
-        num_self_attends: self-attention layers of the processor (8; one block, unshared).
-        num_self_attention_heads: heads of the processor's self-attention (8).
-        num_cross_attention_heads: heads of the encoder's cross-attention (1).
-        cross_attention_widening_factor: the encoder MLP's hidden width / latent_dim (1).
-        self_attention_widening_factor: the processor MLPs' hidden width / latent_dim (1).
         decoder_num_heads: heads of the shared decoder cross-attention.
         decoder_output_channels: width of the decoder's projection before the modality postprocessors (512).
         video_query_bands: Fourier bands of the video queries (max resolution: the video's (T, H, W), as the
@@ -111,9 +107,6 @@ class PerceiverIOMultimodalAutoencoder(nn.Module):
         mask_probs: {modality: p}: each of its elements is replaced by the modality's learned mask token with
             probability p (p >= 1: always, also in eval; 0 < p < 1: in training only). null: the official
             {"label": 1.0}.
-        decode_chunk_size: queries per chunk when decoding without autograd; null: all at once.
-        dropout: on attention probabilities and residual branches.
-        activation_checkpointing: recompute each attention layer's activations in backward (less memory).
 
     forward(inputs, query_indices=None) -> {"video": (B, T, H, W, 3), "audio": (B, S), "label": (B, K)}; with
     query_indices {"video": (Q,) or (B, Q), "audio": ...} the subsampled modalities are (B, Q, 3) and (B, Q * 16).
@@ -160,12 +153,7 @@ class PerceiverIOMultimodalAutoencoder(nn.Module):
         # A learned mask token per modality (HF has one for each modality it lists in mask_probs: all three).
         self.mask_tokens = nn.ParameterDict({n: nn.Parameter(trunc_normal_(torch.empty(c), 0.02))
                                              for n in self.MODALITIES})
-        self.latents = init_latents(num_latents, latent_dim)                                 # (N, D)
-        self.encoder = CrossAttentionLayer(latent_dim, c, num_cross_attention_heads, None, None,
-                                           cross_attention_widening_factor, dropout, checkpoint=ckpt)
-        self.processor = SelfAttentionBlock(num_self_attends, latent_dim, num_heads=num_self_attention_heads,
-                                            widening_factor=self_attention_widening_factor, dropout=dropout,
-                                            checkpoint=ckpt)
+        self._init_encoder(c, self.config)                                           # latents, encoder, processor
         self.decoder = DenseDecoder(self.query_channels, latent_dim, decoder_output_channels, decoder_num_heads,
                                     use_query_residual=False, chunk_size=decode_chunk_size, dropout=dropout,
                                     checkpoint=ckpt)

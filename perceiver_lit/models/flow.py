@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adapters import InputAdapter, PadMask
-from .attention import CrossAttentionLayer, SelfAttentionBlock
 from .decoders import DenseDecoder, take_rows
 from .hparams import config_class, record
+from .latent_encoder import LatentEncoderModel
 from .param_groups import no_weight_decay_names
 from .position import FourierPositionEncoding
-from .weight_init import init_latents, init_linear_
+from .weight_init import init_linear_
 
 
 def extract_patches(frames: Tensor, patch_size: int = 3) -> Tensor:
@@ -97,25 +97,18 @@ class FlowPatchAdapter(InputAdapter):
         return 2 * self.num_elements * self.patch_proj.in_features * self.patch_proj.out_features
 
 
-class PerceiverIOFlow(nn.Module):
+class PerceiverIOFlow(LatentEncoderModel):
     """Optical flow from two frames: adapter -> cross-attend -> self-attends -> dense decoder -> flow.
+
+    The defaults are HF's / DeepMind's model (2048 x 512 latents, 24 self-attends of 16 heads). The encoder's
+    arguments (num_latents ... activation_checkpointing) are documented on LatentEncoderModel.
 
     Args:
         adapter: FlowPatchAdapter (its output is both the encoder input and the decoder queries).
-        num_latents: rows of the latent array (2048).
-        latent_dim: channels of the latent array (512).
-        num_self_attends: self-attention layers of the processor (24; one block, unshared).
-        num_self_attention_heads: heads of the processor's self-attention (16).
-        num_cross_attention_heads: heads of the encoder's cross-attention (1).
-        cross_attention_widening_factor: the encoder MLP's hidden width / latent_dim (1).
-        self_attention_widening_factor: the processor MLPs' hidden width / latent_dim (1).
         decoder_num_heads: heads of the decoder's cross-attention (1).
         decoder_widening_factor: the decoder MLP's hidden width / the query channels (1).
         output_channels: channels of each output pixel: 2 (u, v).
         rescale_factor: the decoder's output is divided by it (HF / DeepMind: 100).
-        decode_chunk_size: queries per chunk when decoding without autograd (eval); null: all at once.
-        dropout: on attention probabilities and residual branches.
-        activation_checkpointing: recompute each attention layer's activations in backward (less memory).
 
     forward(frames (B, 2, H, W, C), query_indices=None) -> flow (B, H, W, 2); with query_indices ((Q,) or (B, Q)
     flat pixel indices, row-major) only those pixels are decoded: (B, Q, 2).
@@ -132,12 +125,7 @@ class PerceiverIOFlow(nn.Module):
         ckpt = activation_checkpointing
         c = adapter.num_output_channels
         self.adapter = adapter
-        self.latents = init_latents(num_latents, latent_dim)                       # (N, D)
-        self.encoder = CrossAttentionLayer(latent_dim, c, num_cross_attention_heads, None, None,
-                                           cross_attention_widening_factor, dropout, checkpoint=ckpt)
-        self.processor = SelfAttentionBlock(num_self_attends, latent_dim, num_heads=num_self_attention_heads,
-                                            widening_factor=self_attention_widening_factor, dropout=dropout,
-                                            checkpoint=ckpt)
+        self._init_encoder(c, self.config)                                         # latents, encoder, processor
         self.decoder = DenseDecoder(c, latent_dim, output_channels, decoder_num_heads,
                                     widening_factor=decoder_widening_factor, use_query_residual=False,
                                     chunk_size=decode_chunk_size, dropout=dropout, checkpoint=ckpt)

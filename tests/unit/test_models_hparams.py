@@ -19,8 +19,8 @@ from perceiver_lit import models as M
 from perceiver_lit.models import presets
 
 CONFIGS = [(M.Perceiver, M.PerceiverConfig), (M.PerceiverIO, M.PerceiverIOConfig),
-           (M.PerceiverIOFlow, M.PerceiverIOFlowConfig), (M.PerceiverIOMultimodalAutoencoder, M.MultimodalAutoencoderConfig),
-           (M.ConvNet, M.ConvNetConfig)]
+           (M.PerceiverIOFlow, M.PerceiverIOFlowConfig),
+           (M.PerceiverIOMultimodalAutoencoder, M.MultimodalAutoencoderConfig), (M.ConvNet, M.ConvNetConfig)]
 
 # Every class a config can name under `net` (models, adapters, query providers, the dense decoder) and the layers.
 DOCUMENTED = [M.Perceiver, M.PerceiverIO, M.PerceiverIOFlow, M.PerceiverIOMultimodalAutoencoder, M.ConvNet,
@@ -68,8 +68,9 @@ def test_preset_arguments_are_arguments_of_its_model(name):
 
 
 def _documented(cls) -> dict[str, str]:
+    """As jsonargparse reads them: the Args: of the class, its __init__, and its base classes."""
     docs = {}
-    for src in (cls, cls.__init__):
+    for src in [*reversed(inspect.getmro(cls)[1:]), cls.__init__, cls] if inspect.isclass(cls) else [cls]:
         for p in docstring_parser.parse(src.__doc__ or "").params:
             docs[p.arg_name] = p.description
     return docs
