@@ -5,7 +5,7 @@
 Each model runs a training step (bf16 autocast) with SDPA restricted to its fused backends (flash, memory-efficient,
 cuDNN): where a call would need the math backend (materialised attention, quadratic memory), SDPA raises "No
 available kernel" and the check fails, naming the model. The models zero-pad head dims to a multiple of 8 on CUDA
-for exactly this (perceiver_lit/models/attention.py). Shapes are the paper presets' attention shapes (heads,
+for exactly this (perceiver_lit/models/sdpa.py). Shapes are the paper presets' attention shapes (heads,
 channels) with fewer layers and small inputs, so the check takes seconds. On CPU the models use SDPA's math backend
 in training on purpose (docs/models.md), so only `--device cuda` is a check.
 """

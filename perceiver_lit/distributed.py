@@ -6,8 +6,8 @@ clean process-group shutdown.
   object, so it is sharded once (its repeated calls all-gather it again, which FSDP2 supports).
 - `FSDP2Strategy`: Lightning's `ModelParallelStrategy` with pure data-parallel sharding over all ranks (the parent's
   default mesh is nodes x GPUs-per-node for tensor parallelism) and our sharding options (mixed precision,
-  activation checkpointing). The task's `configure_model()` calls `shard_model(self.net, self.device_mesh)`, which
-  reads the options of the active strategy.
+  activation checkpointing). The task's `configure_model()` calls
+  `shard_model(self.net, self.device_mesh, trainer.strategy.shard_options)`.
 - `consolidate_checkpoint(src_dir, dst_file)`: a sharded (distributed) checkpoint folder -> one ordinary Lightning
   checkpoint file. Command line: `python -m perceiver_lit.distributed consolidate SRC_DIR DST_FILE`.
 - `destroy_process_group()` and the `DestroyProcessGroup` callback: tear the process group down after `fit`, or gloo
@@ -45,11 +45,6 @@ class ShardOptions:
     reduce_dtype: str | None = None  # gradient reduce-scatter; None follows param_dtype
     activation_checkpointing: bool = False
     reshard_after_forward: bool = True  # False keeps gathered params until backward (more memory, fewer gathers)
-
-
-# The options of the FSDP2Strategy that runs in this process (one Trainer per process in practice). The task calls
-# `shard_model(net, mesh)` without options, so the strategy leaves them here for it.
-_ACTIVE_OPTIONS: ShardOptions | None = None
 
 
 def _dtype(name: str | None, field: str) -> torch.dtype | None:
@@ -110,7 +105,7 @@ def shard_model(net: nn.Module, device_mesh: Any, options: ShardOptions | None =
 
     if isinstance(net, FSDPModule):  # configure_model runs again for a later stage: shard once
         return net
-    opts = options or _ACTIVE_OPTIONS or ShardOptions()
+    opts = options or ShardOptions()
     mesh = _data_parallel_mesh(device_mesh)
     mp = MixedPrecisionPolicy(param_dtype=_dtype(opts.param_dtype, "param_dtype"),
                               reduce_dtype=_dtype(opts.reduce_dtype, "reduce_dtype"))
@@ -209,10 +204,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
 
     def setup_environment(self) -> None:
-        global _ACTIVE_OPTIONS
         if self._data_parallel_size == "auto":
             self._data_parallel_size = self.num_nodes * self.num_processes
-        _ACTIVE_OPTIONS = self.shard_options
         super().setup_environment()
 
 

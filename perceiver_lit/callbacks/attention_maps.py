@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from perceiver_lit.models.attention import CrossAttentionLayer
+from perceiver_lit.models.position import seeded_permutation
 
 
 def first_cross_attention(net: nn.Module) -> CrossAttentionLayer | None:
@@ -63,7 +64,7 @@ def element_permutation(net: nn.Module, num_elements: int) -> Tensor | None:
     seed = getattr(pos, "permute_seed", None)
     if seed is None:
         return None
-    return torch.randperm(num_elements, generator=torch.Generator().manual_seed(seed))
+    return seeded_permutation(num_elements, seed)
 
 
 def _figure_to_pil(fig):

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attention import trunc_normal_
 from .checks import check_sizes
 from .position import FourierPositionEncoding, LearnedPositionEncoding, fourier_features, num_fourier_channels
+from .weight_init import trunc_normal_
 
 PadMask = Tensor | None
 
@@ -83,9 +83,21 @@ class _GridAdapter(InputAdapter):
 class ImageAdapter(_GridAdapter):
     """Images (B, H, W, C) channels-last -> (B, H'W', C' + P).
 
-    prep: "pixels" (C' = C), "conv1x1" (1x1 conv to prep_channels, HF's learned-position model) or
-    "conv" (7x7/2 conv + BatchNorm + ReLU + 3x3/2 max-pool to prep_channels, HF's conv model: 224 -> 55).
-    max_resolution: sets the top Fourier frequency (res/2); defaults to the post-prep grid (paper: 224, 224).
+    Args:
+        input_shape: per-sample (H, W, C) (linked from the data module's `input_shape`).
+        num_frequency_bands: Fourier bands per axis (paper: 64); 0: raw positions only.
+        max_resolution: (H, W) that sets the top Fourier frequency (res / 2); null: the post-prep grid (paper:
+            224, 224).
+        position_encoding: "fourier" (fixed features) or "learned" (a trainable table per pixel).
+        num_position_channels: channels of a learned position table with concat_or_add "concat"; null: the
+            feature channels.
+        concat_or_add: "concat" position features to the pixel features, or "add" them (projected to the
+            feature width).
+        prep: "pixels" (C' = C), "conv1x1" (1x1 conv to prep_channels, HF's learned-position model) or "conv"
+            (7x7/2 conv + BatchNorm + ReLU + 3x3/2 max-pool to prep_channels, HF's conv model: 224 -> 55).
+        prep_channels: output channels of the "conv1x1" / "conv" prep.
+        permute_seed: the data module's element permutation seed (linked from `data.permute_seed`): the position
+            features are reordered by the same fixed permutation; null: unpermuted.
     """
 
     def __init__(self, input_shape: Sequence[int], num_frequency_bands: int = 64,
@@ -129,7 +141,15 @@ class ImageAdapter(_GridAdapter):
 class VideoAdapter(_GridAdapter):
     """Video (B, T, H, W, C) -> space-time patches (B, T'H'W', pt*ph*pw*C + P), 3-D Fourier positions.
 
-    patch_size (pt, ph, pw): paper 2x8x8 for AudioSet; (1, 1, 1) keeps single voxels.
+    Args:
+        input_shape: per-sample (T, H, W, C) (linked from the data module's `input_shape`).
+        patch_size: (pt, ph, pw) space-time patch; paper 2x8x8 for AudioSet; (1, 1, 1) keeps single voxels.
+        num_frequency_bands: Fourier bands per axis; 0: raw positions only.
+        max_resolution: (T', H', W') patch grid that sets the top Fourier frequency; null: the patch grid.
+        position_encoding: "fourier" or "learned".
+        concat_or_add: "concat" position features to the patch features, or "add" them.
+        permute_seed: the data module's element permutation seed (linked from `data.permute_seed`): the position
+            features are reordered by the same fixed permutation; null: unpermuted.
     """
 
     def __init__(self, input_shape: Sequence[int], patch_size: Sequence[int] = (2, 8, 8),
@@ -158,7 +178,18 @@ class VideoAdapter(_GridAdapter):
 
 class AudioAdapter(_GridAdapter):
     """Audio: raw waveform (B, S) -> (B, S/p, p + P) patches of p samples (paper 128), 1-D positions;
-    or log-mel (B, F, M) -> (B, F*M, 1 + P), every time-frequency bin an element with 2-D positions."""
+    or log-mel (B, F, M) -> (B, F*M, 1 + P), every time-frequency bin an element with 2-D positions.
+
+    Args:
+        input_shape: per-sample (S,) raw samples or (F, M) mel frames x bins (linked from the data module).
+        samples_per_patch: raw waveform: samples per element (paper: 128); must divide S.
+        num_frequency_bands: Fourier bands per axis; 0: raw positions only.
+        max_resolution: the grid that sets the top Fourier frequency; null: the element grid.
+        position_encoding: "fourier" or "learned".
+        concat_or_add: "concat" position features to the audio features, or "add" them.
+        permute_seed: the data module's element permutation seed (linked from `data.permute_seed`): the position
+            features are reordered by the same fixed permutation; null: unpermuted.
+    """
 
     def __init__(self, input_shape: Sequence[int], samples_per_patch: int = 128, num_frequency_bands: int = 64,
                  max_resolution: Sequence[int] | None = None, position_encoding: str = "fourier",
@@ -194,6 +225,12 @@ class PointCloudAdapter(InputAdapter):
 
     Bands are linspace(1, max_frequency, K) per axis (paper: K = 64, max frequency 1120). The positions are
     the data, so a permutation of the points permutes the elements and their features together.
+
+    Args:
+        input_shape: per-sample (N, D) points x coordinates (linked from the data module).
+        num_frequency_bands: K, Fourier bands per coordinate (paper: 64).
+        max_frequency: the top band's frequency (paper: 1120).
+        permute_seed: accepted for a uniform interface and not used: the points carry their own positions.
     """
 
     def __init__(self, input_shape: Sequence[int], num_frequency_bands: int = 64, max_frequency: float = 1120.0,
@@ -214,7 +251,13 @@ class PointCloudAdapter(InputAdapter):
 class TextAdapter(InputAdapter):
     """UTF-8 byte token ids (B, L) in HF's layout (vocab 262) -> byte embedding + learned position (B, L, C).
 
-    max_seq_len: rows of the position table (HF language-perceiver: 2048); defaults to L.
+    Args:
+        input_shape: per-sample (L,) token count (linked from the data module).
+        vocab_size: rows of the byte embedding (HF: 262 = 256 bytes + 6 special tokens).
+        num_channels: C, the embedding and position width (HF language-perceiver: 768).
+        max_seq_len: rows of the position table (HF language-perceiver: 2048); null: L.
+        permute_seed: read the position table in the data module's seeded permuted order (needs max_seq_len ==
+            L); null: unpermuted.
     """
 
     def __init__(self, input_shape: Sequence[int], vocab_size: int = 262, num_channels: int = 768,
@@ -266,8 +309,17 @@ class MultimodalAdapter(InputAdapter):
 
     Each modality's elements are padded to C with its own learned modality embedding (broadcast over its
     elements), then the modalities are concatenated in sorted-name order (DeepMind's order).
-    modality_dropout: {name: p}: in training, drop that whole modality for a fraction p of the samples
-    (paper: video 0.3) by masking its elements out of cross-attention. A sample never loses every modality.
+
+    Args:
+        input_shape: {modality: per-sample shape} (linked from the data module's `input_shape`).
+        adapters: {modality: adapter}: keyword arguments of the modality's adapter (the class by modality name:
+            image, video, audio, points, text), {"class_path", "init_args"} for another class, or a built adapter;
+            a modality left out gets its adapter's defaults.
+        min_padding_size: channels of learned modality embedding every modality gets at least (C is the widest
+            modality's + this).
+        modality_dropout: {modality: p}: in training, drop that whole modality for a fraction p of the samples
+            (paper: video 0.3) by masking its elements out of cross-attention. A sample never loses every modality.
+        permute_seed: passed to every modality's adapter given by keyword arguments (see ImageAdapter).
     """
 
     def __init__(self, input_shape: Mapping[str, Sequence[int]],

@@ -1,7 +1,8 @@
 """Perceiver building blocks: cross-attention and latent self-attention layers (pre-LN, SDPA).
 
 A layer is  x = attn(LN(x), LN(inputs)) [+ x]  then  x = x + MLP(LN(x)),  as in Perceiver / Perceiver IO.
-All attention goes through torch.nn.functional.scaled_dot_product_attention. Self-attention fuses q, k, v
+All attention goes through torch.nn.functional.scaled_dot_product_attention (sdpa.py chooses its kernel; the
+initialisers are in weight_init.py). Self-attention fuses q, k, v
 into one projection; cross-attention fuses k and v (they read the same inputs). `convert.py` splits / joins
 HF's separate weights accordingly.
 
@@ -16,150 +17,27 @@ GELU and residual adds are left out, as in the papers' counts.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from .checks import check_sizes
+from .sdpa import attend_unprojected, attention
 
 
-def _eager_cpu_training(q: Tensor) -> bool:
-    """Autograd will differentiate attention on q, on CPU, outside torch.compile (a compiled graph picks its own
-    kernels): where SDPA's math backend can beat its fused CPU kernel."""
-    return not q.is_cuda and not torch.compiler.is_compiling() and q.requires_grad and torch.is_grad_enabled()
-
-
-_REDUCED_DTYPES = (torch.bfloat16, torch.float16)
-
-# Largest attention matrix (bytes) for which SDPA's math backend (it keeps the matrix for backward) is chosen
-# over the fused kernel for speed alone: in `attention` (CPU training) and `attend_unprojected`.
-MATH_ATTENTION_MAX_BYTES = 256 * 2**20
-
-
-def _reduced_precision(q: Tensor) -> bool:
-    """SDPA will run on q in bf16 / fp16: q's own dtype, or CPU autocast's, which casts fp32 q for SDPA. Autocast
-    is asked about the CPU only: that is where the answer is used, and it has no meta device (the CLI's shape
-    check runs there)."""
-    if q.dtype in _REDUCED_DTYPES:
-        return True
-    return (q.dtype == torch.float32 and q.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") in _REDUCED_DTYPES)
-
-
-def _math_matrix_fits(q: Tensor, matrix_elements: int) -> bool:
-    """The attention matrix (matrix_elements = B x h x N x M) that SDPA's math backend keeps for backward, in the
-    dtype SDPA runs in, is at most MATH_ATTENTION_MAX_BYTES."""
-    return matrix_elements * (2 if _reduced_precision(q) else q.element_size()) <= MATH_ATTENTION_MAX_BYTES
-
-
-def _cpu_math_backward(q: Tensor, batch_heads: int, matrix_elements: int) -> bool:
-    """On CPU, in training, SDPA's math backend instead of its fused (flash) CPU kernel, in two cases:
-
-    - fewer (batch x heads) than threads: the flash kernel's backward parallelises over batch x heads only, so
-      the Perceiver's 1-head cross-attend at batch 1 (ImageNet shape) ran its backward on one core: that layer's
-      fwd + bwd took 5-10x the math backend's, the whole ImageNet training step 4.7x (benchmarks/README.md);
-    - bf16 / fp16 (autocast, `precision: bf16-mixed`): the flash kernel's reduced-precision backward is slow at
-      the latents' shapes. Fwd + bwd, 2 threads, (B, h, N, d) = (16, 8, 64, 32): flash 13.0 ms (fp32: 2.6 ms),
-      math 3.1 ms; (1, 8, 512, 128): flash 10.5 ms, math 8.8 ms (one-off timings, not in benchmarks/results).
-    The math backend keeps the (N, M) attention matrix (matrix_elements = B x h x N x M) for backward, so either
-    case holds up to MATH_ATTENTION_MAX_BYTES of it a call (attention dropout keeps its mask too)."""
-    if not _eager_cpu_training(q) or not _math_matrix_fits(q, matrix_elements):
-        return False
-    return batch_heads < torch.get_num_threads() or _reduced_precision(q)
-
-
-@contextlib.contextmanager
-def _math_sdpa(q: Tensor) -> Iterator[None]:
-    """SDPA's math backend. For bf16 / fp16 q it reduces in that dtype, as a plain softmax(QK^T)V under CPU
-    autocast does (the fused kernels accumulate in fp32), instead of its default of upcasting q, k, v to fp32
-    (torch >= 2.5), which cost 1.3-2.5x in the shapes above. Relative error against fp64 at (16, 8, 64, 32):
-    0.0045, against the flash kernel's 0.0021 (one-off), well inside bf16 training's noise.
-    torch's switch for it is process-wide: it is turned on only if it was off, and turned back off only by the
-    call that turned it on. The math backend is decomposed into ordinary ops in forward, so backward (and
-    activation-checkpoint recomputation, which repeats this choice) does not depend on it afterwards."""
-    cuda = torch.backends.cuda
-    switch = getattr(cuda, "allow_fp16_bf16_reduction_math_sdp", None)  # torch >= 2.5
-    turned_on = bool(switch) and _reduced_precision(q) and not cuda.fp16_bf16_reduction_math_sdp_allowed()
-    if turned_on:
-        switch(True)
-    try:
-        with sdpa_kernel(SDPBackend.MATH):
-            yield
-    finally:
-        if turned_on:
-            switch(False)
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, pad_mask: Tensor | None = None,
-              dropout_p: float = 0.0, pad_head_dims: bool | None = None) -> Tensor:
-    """Multi-head attention on projected q (B, N, Cqk), k (B, M, Cqk), v (B, M, Cv) -> (B, N, Cv).
-
-    pad_mask: bool (B, M), True at padded keys (they get no attention). Scale 1/sqrt(Cqk / num_heads).
-    pad_head_dims: zero-pad head dims to a multiple of 8 (default: on CUDA) so that SDPA can pick a fused
-    kernel; the ImageNet cross-attention has 261 channels. Zeros change neither QK^T nor AV.
-    """
-    B, N, _ = q.shape
-    M = k.shape[1]
-    q = q.view(B, N, num_heads, -1).transpose(1, 2)  # (B, h, N, dqk)
-    k = k.view(B, M, num_heads, -1).transpose(1, 2)  # (B, h, M, dqk)
-    v = v.view(B, M, num_heads, -1).transpose(1, 2)  # (B, h, M, dv)
-    dqk, dv = q.shape[-1], v.shape[-1]
-    scale = None
-    if (q.is_cuda if pad_head_dims is None else pad_head_dims) and (dqk % 8 or dv % 8):
-        scale = dqk ** -0.5
-        q, k = F.pad(q, (0, -dqk % 8)), F.pad(k, (0, -dqk % 8))
-        v = F.pad(v, (0, -dv % 8))
-    mask = None if pad_mask is None else ~pad_mask[:, None, None, :]  # (B, 1, 1, M), True = attend
-    if _cpu_math_backward(q, B * num_heads, B * num_heads * N * M):
-        with _math_sdpa(q):
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
-    return out[..., :dv].transpose(1, 2).reshape(B, N, -1)  # (B, h, N, dv) -> (B, N, Cv)
-
-
-def attend_unprojected(q: Tensor, x_hat: Tensor, scale: float, pad_mask: Tensor | None = None) -> Tensor:
-    """softmax(q x_hat^T * scale) x_hat for q (B, h, N, C) against keys = values = x_hat (B, M, C) -> (B, h, N, C).
-
-    The keys are the normalised inputs themselves, which need no gradient when the inputs need none (pixels and
-    Fourier features). SDPA's fused CPU kernel computes the key and value gradients regardless and recomputes the
-    scores in backward: five (N x M x C) matmuls. Its math backend is differentiated op by op, so autograd keeps the
-    probabilities and does two (dP = dO x_hat^T, dq = dS x_hat): the medium Perceiver's CPU training step is
-    1.2x faster (benchmarks/README.md). The cost is the kept (B, h, N, M) matrix, so the math backend runs on CPU
-    only, in training, when x_hat needs no gradient and that matrix is at most MATH_ATTENTION_MAX_BYTES.
-    """
-    B, h = q.shape[:2]
-    M = x_hat.shape[1]
-    kv = x_hat.unsqueeze(1).expand(B, h, M, -1)                                    # (B, h, M, C), no copy
-    mask = None if pad_mask is None else ~pad_mask[:, None, None, :]               # (B, 1, 1, M), True = attend
-    if _eager_cpu_training(q) and not x_hat.requires_grad and _math_matrix_fits(q, B * h * q.shape[2] * M):
-        with _math_sdpa(q):
-            return F.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, scale=scale)
-    if q.is_cuda:  # the fused CUDA kernels get plain strides: q may be one row of queries expanded over the batch
-        q = q.contiguous()
-    return F.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, scale=scale)
-
-
-@torch.no_grad()
-def trunc_normal_(t: Tensor, std: float) -> Tensor:
-    """In place: N(0, std^2) truncated at +-2 std, by inverse-CDF sampling (one pass; torch's rejection loop
-    takes seconds on large CPU tensors)."""
-    bound = math.erf(2 / math.sqrt(2))
-    return t.uniform_(-bound, bound).erfinv_().mul_(std * math.sqrt(2)).clamp_(-2 * std, 2 * std)
-
-
-def init_linear_(module: nn.Module) -> None:
-    """DeepMind's Haiku init for every Linear (VarianceScaling(1.0)): truncated normal cut at 2 std with
-    variance 1/fan_in (0.8796 corrects the truncation's loss of variance); zero bias. Apply with model.apply."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, module.in_features ** -0.5 / 0.87962566103423978)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+def head_channels(owner: str, default: int, num_heads: int, qk_channels: int | None, v_channels: int | None
+                  ) -> tuple[int, int]:
+    """(qk_channels, v_channels) of an attention layer: qk_channels defaults to `default` (the "kv" shape: the
+    inputs' width), v_channels to qk_channels; each must split evenly into num_heads heads."""
+    qk_channels = qk_channels or default
+    v_channels = v_channels or qk_channels
+    if qk_channels % num_heads or v_channels % num_heads:
+        raise ValueError(f"{owner}: qk_channels {qk_channels} / v_channels {v_channels} "
+                         f"not divisible by num_heads {num_heads}")
+    return qk_channels, v_channels
 
 
 class MLP(nn.Sequential):
@@ -187,8 +65,17 @@ class _Layer(nn.Module):
 class CrossAttentionLayer(_Layer):
     """Queries x (B, N, q_dim) attend to inputs (B, M, kv_dim); output (B, N, q_dim).
 
-    qk_channels defaults to kv_dim (DeepMind's "kv" shape for attention), v_channels to qk_channels.
-    use_query_residual=False drops the attention residual (decoders whose queries are positions, not outputs).
+    Args:
+        q_dim: channels of the queries (and of the output).
+        kv_dim: channels of the inputs.
+        num_heads: attention heads; qk_channels and v_channels must be divisible by it.
+        qk_channels: q/k width; None: kv_dim (DeepMind's "kv" shape for attention).
+        v_channels: v width; None: qk_channels.
+        widening_factor: the MLP's hidden width / q_dim.
+        dropout: on the attention probabilities and the residual branches.
+        use_query_residual: add the attention output to the queries; False drops that residual (decoders whose
+            queries are positions, not outputs).
+        checkpoint: recompute the layer's activations in backward (activation checkpointing).
     """
 
     def __init__(self, q_dim: int, kv_dim: int, num_heads: int = 1, qk_channels: int | None = None,
@@ -197,11 +84,7 @@ class CrossAttentionLayer(_Layer):
         super().__init__()
         check_sizes("CrossAttentionLayer", q_dim=q_dim, kv_dim=kv_dim, num_heads=num_heads, qk_channels=qk_channels,
                     v_channels=v_channels, widening_factor=widening_factor)
-        qk_channels = qk_channels or kv_dim
-        v_channels = v_channels or qk_channels
-        if qk_channels % num_heads or v_channels % num_heads:
-            raise ValueError(f"CrossAttentionLayer: qk_channels {qk_channels} / v_channels {v_channels} "
-                             f"not divisible by num_heads {num_heads}")
+        qk_channels, v_channels = head_channels("CrossAttentionLayer", kv_dim, num_heads, qk_channels, v_channels)
         self.num_heads, self.qk_channels, self.v_channels = num_heads, qk_channels, v_channels
         self.use_query_residual, self.dropout, self.checkpoint = use_query_residual, dropout, checkpoint
         self.absorb: bool | None = None  # see absorbs(); None: by cost
@@ -353,18 +236,24 @@ def projected_cross_attention(model: nn.Module) -> Iterator[nn.Module]:
 
 
 class SelfAttentionLayer(_Layer):
-    """Latent self-attention: x (B, N, dim) -> (B, N, dim), fused qkv projection."""
+    """Latent self-attention: x (B, N, dim) -> (B, N, dim), fused qkv projection.
+
+    Args:
+        dim: channels of the latents.
+        num_heads: attention heads; qk_channels and v_channels must be divisible by it.
+        qk_channels: q/k width; None: dim.
+        v_channels: v width; None: qk_channels.
+        widening_factor: the MLP's hidden width / dim.
+        dropout: on the attention probabilities and the residual branches.
+        checkpoint: recompute the layer's activations in backward (activation checkpointing).
+    """
 
     def __init__(self, dim: int, num_heads: int = 8, qk_channels: int | None = None, v_channels: int | None = None,
                  widening_factor: int = 1, dropout: float = 0.0, checkpoint: bool = False):
         super().__init__()
         check_sizes("SelfAttentionLayer", dim=dim, num_heads=num_heads, qk_channels=qk_channels,
                     v_channels=v_channels, widening_factor=widening_factor)
-        qk_channels = qk_channels or dim
-        v_channels = v_channels or qk_channels
-        if qk_channels % num_heads or v_channels % num_heads:
-            raise ValueError(f"SelfAttentionLayer: qk_channels {qk_channels} / v_channels {v_channels} "
-                             f"not divisible by num_heads {num_heads}")
+        qk_channels, v_channels = head_channels("SelfAttentionLayer", dim, num_heads, qk_channels, v_channels)
         self.num_heads, self.qk_channels, self.v_channels = num_heads, qk_channels, v_channels
         self.dropout, self.checkpoint = dropout, checkpoint
         self.norm = nn.LayerNorm(dim)
@@ -390,7 +279,13 @@ class SelfAttentionLayer(_Layer):
 
 
 class SelfAttentionBlock(nn.ModuleList):
-    """A latent Transformer: num_layers SelfAttentionLayers applied in order."""
+    """A latent Transformer: num_layers SelfAttentionLayers applied in order.
+
+    Args:
+        num_layers: how many SelfAttentionLayers.
+        dim: channels of the latents.
+        **layer_kwargs: the layers' other arguments (num_heads, widening_factor, ...; see SelfAttentionLayer).
+    """
 
     def __init__(self, num_layers: int, dim: int, **layer_kwargs):
         check_sizes("SelfAttentionBlock", num_layers=num_layers)

@@ -23,17 +23,19 @@ full decode's rows.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adapters import InputAdapter, MultimodalAdapter, PadMask
-from .attention import CrossAttentionLayer, SelfAttentionBlock, init_linear_, trunc_normal_
 from .decoders import DenseDecoder
-from .perceiver import init_latents, no_weight_decay_names
+from .hparams import config_class, record
+from .latent_encoder import LatentEncoderModel
+from .param_groups import no_weight_decay_names
 from .position import fourier_features, num_fourier_channels
+from .weight_init import init_linear_, trunc_normal_
 
 
 class OneHotAdapter(InputAdapter):
@@ -86,45 +88,25 @@ class GridQueries(nn.Module):
         return fourier_features(pos, [r / 2 for r in self.max_resolution], self.num_bands).to(dtype)
 
 
-@dataclass
-class MultimodalAutoencoderConfig:
-    num_latents: int = 784
-    latent_dim: int = 512
-    num_self_attends: int = 8
-    num_self_attention_heads: int = 8
-    num_cross_attention_heads: int = 1
-    cross_attention_widening_factor: int = 1
-    self_attention_widening_factor: int = 1
-    decoder_num_heads: int = 1
-    decoder_output_channels: int = 512
-    video_query_bands: int = 32
-    audio_query_bands: int = 192
-    label_query_channels: int = 1024
-    query_padding_size: int = 2
-    mask_probs: dict[str, float] = field(default_factory=lambda: {"label": 1.0})
-    decode_chunk_size: int | None = 8192
-    dropout: float = 0.0
-    activation_checkpointing: bool = False
-
-
-class PerceiverIOMultimodalAutoencoder(nn.Module):
+class PerceiverIOMultimodalAutoencoder(LatentEncoderModel):
     """Video + audio + label autoencoder through the latent bottleneck (see the module docstring).
+
+    The defaults are HF's / DeepMind's model (784 x 512 latents, 8 self-attends of 8 heads). The encoder's
+    arguments (num_latents ... activation_checkpointing) are documented on LatentEncoderModel.
 
     Args:
         adapter: a MultimodalAdapter with modalities "video" (VideoAdapter, patch (1, ph, pw)), "audio" (raw
             AudioAdapter) and "label" (OneHotAdapter).
-        num_latents, latent_dim, num_self_attends, num_self_attention_heads, num_cross_attention_heads,
-            cross_attention_widening_factor, self_attention_widening_factor: the encoder and processor.
         decoder_num_heads: heads of the shared decoder cross-attention.
         decoder_output_channels: width of the decoder's projection before the modality postprocessors (512).
-        video_query_bands, audio_query_bands: Fourier bands of the video and audio queries (max resolution: the
-            video's (T, H, W), the audio's sample count, as the encoder's).
+        video_query_bands: Fourier bands of the video queries (max resolution: the video's (T, H, W), as the
+            encoder's).
+        audio_query_bands: Fourier bands of the audio queries (max resolution: the audio's sample count).
         label_query_channels: width of the label's learned query (1024).
         query_padding_size: the queries' common width is the widest modality's + this (2).
         mask_probs: {modality: p}: each of its elements is replaced by the modality's learned mask token with
-            probability p (p >= 1: always, also in eval; 0 < p < 1: in training only). Official: {"label": 1.0}.
-        decode_chunk_size: queries per chunk when decoding without autograd; None: all at once.
-        dropout, activation_checkpointing: as PerceiverIO.
+            probability p (p >= 1: always, also in eval; 0 < p < 1: in training only). null: the official
+            {"label": 1.0}.
 
     forward(inputs, query_indices=None) -> {"video": (B, T, H, W, 3), "audio": (B, S), "label": (B, K)}; with
     query_indices {"video": (Q,) or (B, Q), "audio": ...} the subsampled modalities are (B, Q, 3) and (B, Q * 16).
@@ -141,8 +123,7 @@ class PerceiverIOMultimodalAutoencoder(nn.Module):
                  dropout: float = 0.0, activation_checkpointing: bool = False):
         super().__init__()
         mask_probs = {"label": 1.0} if mask_probs is None else dict(mask_probs)
-        self.config = MultimodalAutoencoderConfig(**{k: v for k, v in locals().items()
-                                                     if k in MultimodalAutoencoderConfig.__dataclass_fields__})
+        self.config = record(MultimodalAutoencoderConfig, locals())
         if tuple(adapter.names) != self.MODALITIES:
             raise ValueError(f"PerceiverIOMultimodalAutoencoder: the adapter's modalities must be "
                              f"{list(self.MODALITIES)}, got {adapter.names}")
@@ -172,12 +153,7 @@ class PerceiverIOMultimodalAutoencoder(nn.Module):
         # A learned mask token per modality (HF has one for each modality it lists in mask_probs: all three).
         self.mask_tokens = nn.ParameterDict({n: nn.Parameter(trunc_normal_(torch.empty(c), 0.02))
                                              for n in self.MODALITIES})
-        self.latents = init_latents(num_latents, latent_dim)                                 # (N, D)
-        self.encoder = CrossAttentionLayer(latent_dim, c, num_cross_attention_heads, None, None,
-                                           cross_attention_widening_factor, dropout, checkpoint=ckpt)
-        self.processor = SelfAttentionBlock(num_self_attends, latent_dim, num_heads=num_self_attention_heads,
-                                            widening_factor=self_attention_widening_factor, dropout=dropout,
-                                            checkpoint=ckpt)
+        self._init_encoder(c, self.config)                                           # latents, encoder, processor
         self.decoder = DenseDecoder(self.query_channels, latent_dim, decoder_output_channels, decoder_num_heads,
                                     use_query_residual=False, chunk_size=decode_chunk_size, dropout=dropout,
                                     checkpoint=ckpt)
@@ -188,7 +164,7 @@ class PerceiverIOMultimodalAutoencoder(nn.Module):
 
     @classmethod
     def from_config(cls, adapter: MultimodalAdapter, config: MultimodalAutoencoderConfig
-                    ) -> "PerceiverIOMultimodalAutoencoder":
+                    ) -> PerceiverIOMultimodalAutoencoder:
         return cls(adapter=adapter, **asdict(config))
 
     def num_queries(self, modality: str) -> int:
@@ -263,3 +239,6 @@ class PerceiverIOMultimodalAutoencoder(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return no_weight_decay_names(self) | {"label_query"}                                 # a learned query
+
+
+MultimodalAutoencoderConfig = config_class(PerceiverIOMultimodalAutoencoder, "MultimodalAutoencoderConfig")

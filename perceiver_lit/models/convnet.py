@@ -16,23 +16,17 @@ Same conventions as the Perceiver models (docs/architecture.md): keyword configu
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from .checks import check_sizes
-
-
-@dataclass
-class ConvNetConfig:
-    input_shape: tuple[int, ...] = (28, 28, 1)
-    num_classes: int = 10
-    channels: tuple[int, ...] = (32, 64, 128)
-    dropout: float = 0.0
+from .hparams import config_class, record
 
 
 class ConvNet(nn.Module):
-    """Args:
+    """The convolutional baseline (see the module docstring): forward(inputs, pad_mask=None) -> (B, num_classes).
+
+    Args:
         input_shape: per-sample shape, (H, W, C) or (H, W) (the data module's `input_shape`).
         num_classes: output classes.
         channels: output channels of each conv stage; each stage halves H and W.
@@ -46,7 +40,7 @@ class ConvNet(nn.Module):
         shape = tuple(int(s) for s in input_shape)
         if len(shape) not in (2, 3):
             raise ValueError(f"ConvNet: input_shape must be (H, W, C) or (H, W), got {shape}")
-        self.config = ConvNetConfig(shape, num_classes, tuple(channels), dropout)
+        self.config = record(ConvNetConfig, {**locals(), "input_shape": shape, "channels": tuple(channels)})
         self.input_shape, self.num_classes = shape, num_classes
         c_in = shape[2] if len(shape) == 3 else 1
         layers: list[nn.Module] = []
@@ -78,3 +72,6 @@ class ConvNet(nn.Module):
                 h, w = -(-h // 2), -(-w // 2)
         lin = self.head[-1]
         return 2 * (macs + lin.in_features * lin.out_features)
+
+
+ConvNetConfig = config_class(ConvNet)

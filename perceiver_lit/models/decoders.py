@@ -57,11 +57,14 @@ class DenseDecoder(nn.Module):
         query_channels: channels of each query (the cross-attention's q_dim and its output width).
         latent_dim: channels of the latents (kv_dim).
         output_channels: channels of each output element (flow: 2); 0 or None: no final projection.
-        num_heads, qk_channels, v_channels, widening_factor: the cross-attention layer's (qk defaults to
-            latent_dim, DeepMind's "kv" shape).
+        num_heads: heads of the cross-attention.
+        qk_channels: q/k width of the cross-attention; None: latent_dim (DeepMind's "kv" shape).
+        v_channels: v width of the cross-attention; None: its q/k width.
+        widening_factor: the cross-attention MLP's hidden width / query_channels.
         use_query_residual: add the attention output to the queries (off for position queries, as in HF).
         chunk_size: queries decoded at a time in eval (or without autograd); None: all at once.
-        dropout, checkpoint: as for CrossAttentionLayer.
+        dropout: on attention probabilities and residual branches.
+        checkpoint: recompute the cross-attention's activations in backward (activation checkpointing).
     """
 
     def __init__(self, query_channels: int, latent_dim: int, output_channels: int | None, num_heads: int = 1,

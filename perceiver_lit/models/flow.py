@@ -14,17 +14,19 @@ the (B, H, W, 54) patch array is never built.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adapters import InputAdapter, PadMask
-from .attention import CrossAttentionLayer, SelfAttentionBlock, init_linear_
 from .decoders import DenseDecoder, take_rows
-from .perceiver import init_latents, no_weight_decay_names
+from .hparams import config_class, record
+from .latent_encoder import LatentEncoderModel
+from .param_groups import no_weight_decay_names
 from .position import FourierPositionEncoding
+from .weight_init import init_linear_
 
 
 def extract_patches(frames: Tensor, patch_size: int = 3) -> Tensor:
@@ -95,37 +97,18 @@ class FlowPatchAdapter(InputAdapter):
         return 2 * self.num_elements * self.patch_proj.in_features * self.patch_proj.out_features
 
 
-@dataclass
-class PerceiverIOFlowConfig:
-    num_latents: int = 2048
-    latent_dim: int = 512
-    num_self_attends: int = 24
-    num_self_attention_heads: int = 16
-    num_cross_attention_heads: int = 1
-    cross_attention_widening_factor: int = 1
-    self_attention_widening_factor: int = 1
-    decoder_num_heads: int = 1
-    decoder_widening_factor: int = 1
-    output_channels: int = 2
-    rescale_factor: float = 100.0
-    decode_chunk_size: int | None = 8192
-    dropout: float = 0.0
-    activation_checkpointing: bool = False
-
-
-class PerceiverIOFlow(nn.Module):
+class PerceiverIOFlow(LatentEncoderModel):
     """Optical flow from two frames: adapter -> cross-attend -> self-attends -> dense decoder -> flow.
+
+    The defaults are HF's / DeepMind's model (2048 x 512 latents, 24 self-attends of 16 heads). The encoder's
+    arguments (num_latents ... activation_checkpointing) are documented on LatentEncoderModel.
 
     Args:
         adapter: FlowPatchAdapter (its output is both the encoder input and the decoder queries).
-        num_latents, latent_dim: the latent array (2048 x 512).
-        num_self_attends, num_self_attention_heads: the processor (24 layers, 16 heads; one block, unshared).
-        num_cross_attention_heads, cross_attention_widening_factor, self_attention_widening_factor: as HF's config.
-        decoder_num_heads, decoder_widening_factor: the decoder's cross-attention (1, 1).
-        output_channels: 2 (u, v).
+        decoder_num_heads: heads of the decoder's cross-attention (1).
+        decoder_widening_factor: the decoder MLP's hidden width / the query channels (1).
+        output_channels: channels of each output pixel: 2 (u, v).
         rescale_factor: the decoder's output is divided by it (HF / DeepMind: 100).
-        decode_chunk_size: queries per chunk when decoding without autograd (eval); None: all at once.
-        dropout, activation_checkpointing: as PerceiverIO.
 
     forward(frames (B, 2, H, W, C), query_indices=None) -> flow (B, H, W, 2); with query_indices ((Q,) or (B, Q)
     flat pixel indices, row-major) only those pixels are decoded: (B, Q, 2).
@@ -138,24 +121,18 @@ class PerceiverIOFlow(nn.Module):
                  rescale_factor: float = 100.0, decode_chunk_size: int | None = 8192, dropout: float = 0.0,
                  activation_checkpointing: bool = False):
         super().__init__()
-        self.config = PerceiverIOFlowConfig(**{k: v for k, v in locals().items()
-                                               if k in PerceiverIOFlowConfig.__dataclass_fields__})
+        self.config = record(PerceiverIOFlowConfig, locals())
         ckpt = activation_checkpointing
         c = adapter.num_output_channels
         self.adapter = adapter
-        self.latents = init_latents(num_latents, latent_dim)                       # (N, D)
-        self.encoder = CrossAttentionLayer(latent_dim, c, num_cross_attention_heads, None, None,
-                                           cross_attention_widening_factor, dropout, checkpoint=ckpt)
-        self.processor = SelfAttentionBlock(num_self_attends, latent_dim, num_heads=num_self_attention_heads,
-                                            widening_factor=self_attention_widening_factor, dropout=dropout,
-                                            checkpoint=ckpt)
+        self._init_encoder(c, self.config)                                         # latents, encoder, processor
         self.decoder = DenseDecoder(c, latent_dim, output_channels, decoder_num_heads,
                                     widening_factor=decoder_widening_factor, use_query_residual=False,
                                     chunk_size=decode_chunk_size, dropout=dropout, checkpoint=ckpt)
         self.apply(init_linear_)
 
     @classmethod
-    def from_config(cls, adapter: FlowPatchAdapter, config: PerceiverIOFlowConfig) -> "PerceiverIOFlow":
+    def from_config(cls, adapter: FlowPatchAdapter, config: PerceiverIOFlowConfig) -> PerceiverIOFlow:
         return cls(adapter=adapter, **asdict(config))
 
     def forward(self, frames: Tensor, query_indices: Tensor | None = None) -> Tensor:
@@ -176,3 +153,6 @@ class PerceiverIOFlow(nn.Module):
         n, m = self.config.num_latents, self.adapter.num_elements
         return (self.adapter.flops() + self.encoder.flops(n, m, expanded_queries=True) + self.processor.flops(n)
                 + self.decoder.flops(m, n))
+
+
+PerceiverIOFlowConfig = config_class(PerceiverIOFlow)

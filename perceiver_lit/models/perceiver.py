@@ -8,43 +8,17 @@ Either can be switched off (the paper's unshared ImageNet model has 326.2M param
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import Tensor, nn
 
 from .adapters import InputAdapter
+from .attention import CrossAttentionLayer, SelfAttentionBlock
 from .checks import check_sizes
-from .attention import CrossAttentionLayer, SelfAttentionBlock, init_linear_, trunc_normal_
-from .position import LearnedPositionEncoding
-from .queries import TrainableQueries
-
-
-@dataclass
-class PerceiverConfig:
-    num_classes: int = 1000
-    num_latents: int = 512
-    latent_dim: int = 1024
-    num_cross_attends: int = 8
-    num_blocks: int | None = None            # latent blocks; default one per cross-attend
-    num_self_attends_per_block: int = 6
-    num_cross_attention_heads: int = 1
-    num_self_attention_heads: int = 8
-    cross_attention_qk_channels: int | None = None   # None: the input channels ("kv" shape)
-    cross_attention_widening_factor: int = 1
-    self_attention_widening_factor: int = 1
-    share_cross_attends: bool = True
-    share_latent_blocks: bool = True
-    dropout: float = 0.0
-    activation_checkpointing: bool = False
-    input_keep: float = 1.0                  # training: the fraction of input elements each sample keeps
-
-
-def init_latents(num: int, dim: int) -> nn.Parameter:
-    """Learned (num, dim) array, truncated normal std 0.02 cut at 2 std (DeepMind's initialiser)."""
-    p = nn.Parameter(torch.empty(num, dim))
-    trunc_normal_(p, std=0.02)
-    return p
+from .hparams import config_class, record, sizes
+from .param_groups import no_weight_decay_names
+from .weight_init import init_latents, init_linear_
 
 
 def subsample_inputs(x: Tensor, pad_mask: Tensor | None, keep: float) -> tuple[Tensor, Tensor | None]:
@@ -67,20 +41,31 @@ def subsample_inputs(x: Tensor, pad_mask: Tensor | None, keep: float) -> tuple[T
     return x, None if pad_mask is None else pad_mask.gather(1, idx)
 
 
-def no_weight_decay_names(model: nn.Module) -> set[str]:
-    """Latents, position / query / modality embeddings, norms and biases: every parameter of ndim < 2,
-    plus learned position tables, query arrays and latent arrays."""
-    names = {n for n, p in model.named_parameters() if p.ndim < 2 or n.split(".")[-1] == "latents"}
-    for mod_name, mod in model.named_modules():
-        if isinstance(mod, (LearnedPositionEncoding, TrainableQueries)):
-            names |= {f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_parameters()}
-    return names
-
-
 class Perceiver(nn.Module):
     """adapter -> [cross-attend -> latent Transformer] x num_blocks -> mean over latents -> LayerNorm -> Linear.
 
-    forward(inputs, pad_mask=None) -> (B, num_classes) logits.
+    forward(inputs, pad_mask=None) -> (B, num_classes) logits. The defaults are the paper's ImageNet model.
+
+    Args:
+        adapter: turns a batch into (B, M, C) input elements (an InputAdapter, e.g. ImageAdapter).
+        num_classes: output logits.
+        num_latents: N, the rows of the learned latent array.
+        latent_dim: D, the latents' channels.
+        num_cross_attends: how many of the blocks start with a cross-attend to the inputs (the first blocks).
+        num_blocks: latent Transformer blocks; null: one per cross-attend.
+        num_self_attends_per_block: self-attention layers in each latent Transformer block.
+        num_cross_attention_heads: heads of the cross-attention (paper: 1).
+        num_self_attention_heads: heads of the latent self-attention (paper: 8).
+        cross_attention_qk_channels: q/k width of the cross-attention; null: the input channels (DeepMind's "kv"
+            shape).
+        cross_attention_widening_factor: the cross-attention MLP's hidden width / latent_dim.
+        self_attention_widening_factor: the self-attention MLPs' hidden width / latent_dim.
+        share_cross_attends: cross-attends 2..n share one set of weights (the first has its own), as in the paper.
+        share_latent_blocks: all latent Transformer blocks share one set of weights, as in the paper.
+        dropout: on attention probabilities and residual branches.
+        activation_checkpointing: recompute each attention layer's activations in backward (less memory).
+        input_keep: in training, the fraction of input elements each sample keeps (a random subset; 1: all);
+            evaluation sees every element.
     """
 
     def __init__(self, adapter: InputAdapter, num_classes: int = 1000, num_latents: int = 512,
@@ -91,15 +76,8 @@ class Perceiver(nn.Module):
                  share_cross_attends: bool = True, share_latent_blocks: bool = True, dropout: float = 0.0,
                  activation_checkpointing: bool = False, input_keep: float = 1.0):
         super().__init__()
-        check_sizes("Perceiver", num_classes=num_classes, num_latents=num_latents, latent_dim=latent_dim,
-                    num_cross_attends=num_cross_attends, num_blocks=num_blocks,
-                    num_self_attends_per_block=num_self_attends_per_block,
-                    num_cross_attention_heads=num_cross_attention_heads,
-                    num_self_attention_heads=num_self_attention_heads,
-                    cross_attention_qk_channels=cross_attention_qk_channels,
-                    cross_attention_widening_factor=cross_attention_widening_factor,
-                    self_attention_widening_factor=self_attention_widening_factor)
-        cfg = PerceiverConfig(**{k: v for k, v in locals().items() if k in PerceiverConfig.__dataclass_fields__})
+        cfg = record(PerceiverConfig, locals())
+        check_sizes("Perceiver", **sizes(cfg))
         cfg.num_blocks = num_blocks or num_cross_attends
         if not 0.0 < input_keep <= 1.0:
             raise ValueError(f"Perceiver: input_keep must be in (0, 1], got {input_keep}")
@@ -129,7 +107,7 @@ class Perceiver(nn.Module):
         self.apply(init_linear_)
 
     @classmethod
-    def from_config(cls, adapter: InputAdapter, config: PerceiverConfig) -> "Perceiver":
+    def from_config(cls, adapter: InputAdapter, config: PerceiverConfig) -> Perceiver:
         return cls(adapter=adapter, **asdict(config))
 
     def forward(self, inputs: Tensor | dict[str, Tensor], pad_mask: Tensor | None = None) -> Tensor:
@@ -167,3 +145,6 @@ class Perceiver(nn.Module):
                      for i, c in enumerate(self._cross_index))
         flops += sum(self.blocks[b].flops(n) for b in self._block_index)
         return flops + 2 * self.head.in_features * self.head.out_features
+
+
+PerceiverConfig = config_class(Perceiver)

@@ -8,49 +8,55 @@ queries give (B, Q, num_classes), e.g. (B, L, vocab) for masked byte modelling.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import Tensor, nn
 
 from .adapters import InputAdapter
+from .attention import CrossAttentionLayer, SelfAttentionBlock
 from .checks import check_sizes
-from .attention import CrossAttentionLayer, SelfAttentionBlock, init_linear_
-from .perceiver import init_latents, no_weight_decay_names
+from .hparams import config_class, record, sizes
+from .param_groups import no_weight_decay_names
 from .queries import QueryProvider, TrainableQueries
-
-
-@dataclass
-class PerceiverIOConfig:
-    num_classes: int = 1000
-    num_latents: int = 512
-    latent_dim: int = 1024
-    num_blocks: int = 8
-    num_self_attends_per_block: int = 6
-    share_blocks: bool = True
-    num_cross_attention_heads: int = 1
-    num_self_attention_heads: int = 8
-    cross_attention_qk_channels: int | None = None   # None: the input channels ("kv" shape)
-    cross_attention_v_channels: int | None = None
-    self_attention_qk_channels: int | None = None
-    self_attention_v_channels: int | None = None
-    cross_attention_widening_factor: int = 1
-    self_attention_widening_factor: int = 1
-    decoder_num_heads: int = 1
-    decoder_qk_channels: int | None = None           # None: the latent width ("kv" shape)
-    decoder_v_channels: int | None = None
-    decoder_widening_factor: int = 1
-    decoder_query_residual: bool = True
-    output_head: str = "linear"                      # or "tied_embedding"
-    dropout: float = 0.0
-    activation_checkpointing: bool = False
+from .weight_init import init_latents, init_linear_
 
 
 class PerceiverIO(nn.Module):
     """adapter -> cross-attend -> processor -> decoder(queries) -> head.
 
-    queries: a QueryProvider; default one trainable query of latent_dim channels (classification).
-    forward(inputs, pad_mask=None) -> (B, num_classes) or (B, Q, num_classes).
+    forward(inputs, pad_mask=None) -> (B, num_classes) or (B, Q, num_classes). The defaults are the paper's
+    ImageNet model (= HF deepmind/vision-perceiver-fourier with a 64-band Fourier ImageAdapter).
+
+    Args:
+        adapter: turns a batch into (B, M, C) input elements (an InputAdapter, e.g. ImageAdapter).
+        num_classes: output logits per query (classes; the vocabulary for masked byte modelling).
+        queries: the decoder's output queries (a QueryProvider); null: one trainable query of latent_dim channels
+            (classification).
+        num_latents: N, the rows of the learned latent array.
+        latent_dim: D, the latents' channels.
+        num_blocks: how many times the processor block runs.
+        num_self_attends_per_block: self-attention layers in the processor block.
+        share_blocks: the num_blocks runs share one block's weights (paper); false: a block each.
+        num_cross_attention_heads: heads of the encoder's cross-attention.
+        num_self_attention_heads: heads of the processor's self-attention.
+        cross_attention_qk_channels: q/k width of the encoder's cross-attention; null: the input channels ("kv"
+            shape).
+        cross_attention_v_channels: v width of the encoder's cross-attention; null: its q/k width.
+        self_attention_qk_channels: q/k width of the self-attention; null: latent_dim.
+        self_attention_v_channels: v width of the self-attention; null: its q/k width.
+        cross_attention_widening_factor: the encoder MLP's hidden width / latent_dim.
+        self_attention_widening_factor: the processor MLPs' hidden width / latent_dim.
+        decoder_num_heads: heads of the decoder's cross-attention.
+        decoder_qk_channels: q/k width of the decoder's cross-attention; null: latent_dim ("kv" shape).
+        decoder_v_channels: v width of the decoder's cross-attention; null: its q/k width.
+        decoder_widening_factor: the decoder MLP's hidden width / the query channels.
+        decoder_query_residual: add the decoder's attention output to its queries (false for HF's masked language
+            model).
+        output_head: "linear" (Linear(query channels -> num_classes)) or "tied_embedding" (logits against the
+            adapter's byte embedding, HF's masked language model).
+        dropout: on attention probabilities and residual branches.
+        activation_checkpointing: recompute each attention layer's activations in backward (less memory).
     """
 
     def __init__(self, adapter: InputAdapter, num_classes: int = 1000, queries: QueryProvider | None = None,
@@ -64,20 +70,8 @@ class PerceiverIO(nn.Module):
                  decoder_widening_factor: int = 1, decoder_query_residual: bool = True, output_head: str = "linear",
                  dropout: float = 0.0, activation_checkpointing: bool = False):
         super().__init__()
-        check_sizes("PerceiverIO", num_classes=num_classes, num_latents=num_latents, latent_dim=latent_dim,
-                    num_blocks=num_blocks, num_self_attends_per_block=num_self_attends_per_block,
-                    num_cross_attention_heads=num_cross_attention_heads,
-                    num_self_attention_heads=num_self_attention_heads,
-                    cross_attention_qk_channels=cross_attention_qk_channels,
-                    cross_attention_v_channels=cross_attention_v_channels,
-                    self_attention_qk_channels=self_attention_qk_channels,
-                    self_attention_v_channels=self_attention_v_channels,
-                    cross_attention_widening_factor=cross_attention_widening_factor,
-                    self_attention_widening_factor=self_attention_widening_factor,
-                    decoder_num_heads=decoder_num_heads, decoder_qk_channels=decoder_qk_channels,
-                    decoder_v_channels=decoder_v_channels, decoder_widening_factor=decoder_widening_factor)
-        self.config = PerceiverIOConfig(**{k: v for k, v in locals().items()
-                                           if k in PerceiverIOConfig.__dataclass_fields__})
+        self.config = record(PerceiverIOConfig, locals())
+        check_sizes("PerceiverIO", **sizes(self.config))
         self.adapter = adapter
         self.queries = queries if queries is not None else TrainableQueries(1, latent_dim)
         ckpt = activation_checkpointing
@@ -110,7 +104,7 @@ class PerceiverIO(nn.Module):
 
     @classmethod
     def from_config(cls, adapter: InputAdapter, config: PerceiverIOConfig,
-                    queries: QueryProvider | None = None) -> "PerceiverIO":
+                    queries: QueryProvider | None = None) -> PerceiverIO:
         return cls(adapter=adapter, queries=queries, **asdict(config))
 
     def forward(self, inputs: Tensor | dict[str, Tensor], pad_mask: Tensor | None = None) -> Tensor:
@@ -137,3 +131,6 @@ class PerceiverIO(nn.Module):
         flops += sum(self.processor[b].flops(n) for b in self._block_index)
         flops += self.decoder.flops(q, n)
         return flops + 2 * q * self.queries.num_channels * self.config.num_classes
+
+
+PerceiverIOConfig = config_class(PerceiverIO)

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .attention import trunc_normal_
 from .checks import check_sizes
+from .weight_init import trunc_normal_
 
 
 def seeded_permutation(n: int, seed: int) -> Tensor:
@@ -58,9 +58,15 @@ def num_fourier_channels(num_dims: int, num_bands: int, concat_pos: bool = True,
 class FourierPositionEncoding(nn.Module):
     """Fourier features of a regular grid, cached per (index_dims, device, dtype).
 
-    max_resolution: per-axis resolution that sets the top frequency (res / 2); defaults to the grid itself.
-    permute_seed: reorder the num_positions grid elements by the fixed seeded permutation (permuted inputs);
-    the permutation is drawn here, once, so that forward stays traceable (torch.compile).
+    Args:
+        num_dims: axes of the grid.
+        num_bands: Fourier bands per axis; 0: the raw positions only.
+        max_resolution: per-axis resolution that sets the top frequency (res / 2); None: the grid itself.
+        concat_pos: put the raw positions before the sines and cosines (DeepMind's layout).
+        sine_only: sines only, no cosines.
+        permute_seed: reorder the num_positions grid elements by the fixed seeded permutation (permuted inputs);
+            the permutation is drawn here, once, so that forward stays traceable (torch.compile).
+        num_positions: the grid's element count; needed with permute_seed.
     """
 
     def __init__(self, num_dims: int, num_bands: int = 64, max_resolution: Sequence[int] | None = None,
@@ -114,7 +120,13 @@ class FourierPositionEncoding(nn.Module):
 
 
 class LearnedPositionEncoding(nn.Module):
-    """A trainable (N, C) table (truncated normal, std 0.02); optionally read in a seeded permuted order."""
+    """A trainable (N, C) table (truncated normal, std 0.02); optionally read in a seeded permuted order.
+
+    Args:
+        num_positions: N, rows of the table.
+        num_channels: C, its width.
+        permute_seed: read the rows in the fixed seeded permuted order (permuted inputs); None: in order.
+    """
 
     def __init__(self, num_positions: int, num_channels: int, permute_seed: int | None = None):
         super().__init__()

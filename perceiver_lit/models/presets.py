@@ -1,5 +1,6 @@
-"""The papers' models by name. Each preset function returns a built model; the *_CONFIG constants hold the
-model hyperparameters (the adapter is built from the input shape).
+"""The papers' models by name. Each preset function returns a built model; the *_ARGS dicts hold the
+paper's keyword arguments for the model (timm style; what they leave out keeps the model's default, declared once
+in its signature; the adapter is built from the input shape), and `**overrides` go on top of them.
 
 | preset | params | paper |
 |---|---|---|
@@ -15,25 +16,22 @@ model hyperparameters (the adapter is built from the input shape).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 from .adapters import AudioAdapter, ImageAdapter, MultimodalAdapter, PointCloudAdapter, TextAdapter, VideoAdapter
-from .perceiver import Perceiver, PerceiverConfig
-from .perceiver_io import PerceiverIO, PerceiverIOConfig
+from .perceiver import Perceiver
+from .perceiver_io import PerceiverIO
 from .queries import TrainableQueries
 
-PERCEIVER_IMAGENET_CONFIG = PerceiverConfig(num_classes=1000, num_latents=512, latent_dim=1024, num_cross_attends=8,
-                                            num_self_attends_per_block=6, num_cross_attention_heads=1,
-                                            num_self_attention_heads=8)
-PERCEIVER_IO_IMAGENET_CONFIG = PerceiverIOConfig(num_classes=1000, num_latents=512, latent_dim=1024, num_blocks=8,
-                                                 num_self_attends_per_block=6, num_cross_attention_heads=1,
-                                                 num_self_attention_heads=8)
-PERCEIVER_AUDIOSET_CONFIG = PerceiverConfig(num_classes=527, num_latents=512, latent_dim=1024, num_cross_attends=2,
-                                            num_self_attends_per_block=8, share_cross_attends=False,
-                                            share_latent_blocks=False)
-PERCEIVER_MODELNET40_CONFIG = PerceiverConfig(num_classes=40, num_latents=512, latent_dim=1024, num_cross_attends=2,
-                                              num_self_attends_per_block=6)
-PERCEIVER_IO_LANGUAGE_CONFIG = PerceiverIOConfig(
+PERCEIVER_IMAGENET_ARGS = dict(num_classes=1000, num_latents=512, latent_dim=1024, num_cross_attends=8,
+                               num_self_attends_per_block=6, num_cross_attention_heads=1, num_self_attention_heads=8)
+PERCEIVER_IO_IMAGENET_ARGS = dict(num_classes=1000, num_latents=512, latent_dim=1024, num_blocks=8,
+                                  num_self_attends_per_block=6, num_cross_attention_heads=1,
+                                  num_self_attention_heads=8)
+PERCEIVER_AUDIOSET_ARGS = dict(num_classes=527, num_latents=512, latent_dim=1024, num_cross_attends=2,
+                               num_self_attends_per_block=8, share_cross_attends=False, share_latent_blocks=False)
+PERCEIVER_MODELNET40_ARGS = dict(num_classes=40, num_latents=512, latent_dim=1024, num_cross_attends=2,
+                                 num_self_attends_per_block=6)
+PERCEIVER_IO_LANGUAGE_ARGS = dict(
     num_classes=262, num_latents=256, latent_dim=1280, num_blocks=1, num_self_attends_per_block=26,
     num_cross_attention_heads=8, num_self_attention_heads=8, cross_attention_qk_channels=256,
     cross_attention_v_channels=1280, self_attention_qk_channels=256, self_attention_v_channels=1280,
@@ -44,13 +42,13 @@ PERCEIVER_IO_LANGUAGE_CONFIG = PerceiverIOConfig(
 def perceiver_imagenet(input_shape: Sequence[int] = (224, 224, 3), **overrides) -> Perceiver:
     """Perceiver, ImageNet: 64 Fourier bands at max resolution 224 (261 input channels), 44.9M params."""
     adapter = ImageAdapter(input_shape, num_frequency_bands=64, max_resolution=(224, 224))
-    return Perceiver.from_config(adapter, replace(PERCEIVER_IMAGENET_CONFIG, **overrides))
+    return Perceiver(adapter, **{**PERCEIVER_IMAGENET_ARGS, **overrides})
 
 
 def perceiver_io_imagenet(input_shape: Sequence[int] = (224, 224, 3), **overrides) -> PerceiverIO:
     """Perceiver IO, ImageNet (Fourier positions): exactly HF's vision-perceiver-fourier (48,440,627 params)."""
     adapter = ImageAdapter(input_shape, num_frequency_bands=64, max_resolution=(224, 224))
-    return PerceiverIO.from_config(adapter, replace(PERCEIVER_IO_IMAGENET_CONFIG, **overrides))
+    return PerceiverIO(adapter, **{**PERCEIVER_IO_IMAGENET_ARGS, **overrides})
 
 
 def perceiver_audioset(input_shape: Mapping[str, Sequence[int]] | Sequence[int] = None, video_patch=(2, 8, 8),
@@ -66,13 +64,13 @@ def perceiver_audioset(input_shape: Mapping[str, Sequence[int]] | Sequence[int] 
         adapter = VideoAdapter(input_shape, patch_size=video_patch)
     else:
         adapter = AudioAdapter(input_shape, samples_per_patch=samples_per_patch)
-    return Perceiver.from_config(adapter, replace(PERCEIVER_AUDIOSET_CONFIG, **overrides))
+    return Perceiver(adapter, **{**PERCEIVER_AUDIOSET_ARGS, **overrides})
 
 
 def perceiver_modelnet40(input_shape: Sequence[int] = (2048, 3), **overrides) -> Perceiver:
     """Perceiver, ModelNet40 point clouds: Fourier features of xyz, 64 bands, max frequency 1120."""
     adapter = PointCloudAdapter(input_shape, num_frequency_bands=64, max_frequency=1120.0)
-    return Perceiver.from_config(adapter, replace(PERCEIVER_MODELNET40_CONFIG, **overrides))
+    return Perceiver(adapter, **{**PERCEIVER_MODELNET40_ARGS, **overrides})
 
 
 def perceiver_io_language(input_shape: Sequence[int] = (2048,), **overrides) -> PerceiverIO:
@@ -80,7 +78,7 @@ def perceiver_io_language(input_shape: Sequence[int] = (2048,), **overrides) -> 
     256 x 1280 latents, 26 self-attends, 2048 positions); logits (B, L, 262)."""
     adapter = TextAdapter(input_shape, vocab_size=262, num_channels=768, max_seq_len=2048)
     queries = TrainableQueries(2048, 768, match_input_length=True)
-    return PerceiverIO.from_config(adapter, replace(PERCEIVER_IO_LANGUAGE_CONFIG, **overrides), queries)
+    return PerceiverIO(adapter, queries=queries, **{**PERCEIVER_IO_LANGUAGE_ARGS, **overrides})
 
 
 PRESETS = {f.__name__: f for f in (perceiver_imagenet, perceiver_io_imagenet, perceiver_audioset,
@@ -88,9 +86,9 @@ PRESETS = {f.__name__: f for f in (perceiver_imagenet, perceiver_io_imagenet, pe
 
 
 # Dense outputs (issue 17): optical flow and multimodal autoencoding, HF's / DeepMind's official shapes.
-from .flow import FlowPatchAdapter, PerceiverIOFlow, PerceiverIOFlowConfig  # noqa: E402
+from .flow import FlowPatchAdapter, PerceiverIOFlow  # noqa: E402
 
-PERCEIVER_IO_OPTICAL_FLOW_CONFIG = PerceiverIOFlowConfig()
+PERCEIVER_IO_OPTICAL_FLOW_ARGS: dict = {}  # PerceiverIOFlow's defaults are HF's / DeepMind's model
 
 
 def perceiver_io_optical_flow(input_shape: Sequence[int] = (2, 368, 496, 3), train_size: Sequence[int] = (368, 496),
@@ -99,14 +97,14 @@ def perceiver_io_optical_flow(input_shape: Sequence[int] = (2, 368, 496, 3), tra
     train_size sets the Fourier features' top frequency (the official model was trained at 368 x 496)."""
     adapter = FlowPatchAdapter(input_shape, patch_size=3, num_channels=64, num_frequency_bands=64,
                                max_resolution=train_size)
-    return PerceiverIOFlow.from_config(adapter, replace(PERCEIVER_IO_OPTICAL_FLOW_CONFIG, **overrides))
+    return PerceiverIOFlow(adapter, **{**PERCEIVER_IO_OPTICAL_FLOW_ARGS, **overrides})
 
 
 PRESETS[perceiver_io_optical_flow.__name__] = perceiver_io_optical_flow
 
-from .autoencoding import MultimodalAutoencoderConfig, PerceiverIOMultimodalAutoencoder  # noqa: E402
+from .autoencoding import PerceiverIOMultimodalAutoencoder  # noqa: E402
 
-PERCEIVER_IO_MULTIMODAL_AUTOENCODING_CONFIG = MultimodalAutoencoderConfig()
+PERCEIVER_IO_MULTIMODAL_AUTOENCODING_ARGS: dict = {}  # the model's defaults are HF's / DeepMind's model
 
 
 def perceiver_io_multimodal_autoencoding(input_shape: Mapping[str, Sequence[int]] | None = None,
@@ -121,8 +119,7 @@ def perceiver_io_multimodal_autoencoding(input_shape: Mapping[str, Sequence[int]
         "video": {"patch_size": tuple(video_patch), "num_frequency_bands": 32, "max_resolution": video[:3]},
         "audio": {"samples_per_patch": samples_per_patch, "num_frequency_bands": 192, "max_resolution": audio},
         "label": {"class_path": "perceiver_lit.models.autoencoding.OneHotAdapter"}}, min_padding_size=4)
-    return PerceiverIOMultimodalAutoencoder.from_config(
-        adapter, replace(PERCEIVER_IO_MULTIMODAL_AUTOENCODING_CONFIG, **overrides))
+    return PerceiverIOMultimodalAutoencoder(adapter, **{**PERCEIVER_IO_MULTIMODAL_AUTOENCODING_ARGS, **overrides})
 
 
 PRESETS[perceiver_io_multimodal_autoencoding.__name__] = perceiver_io_multimodal_autoencoding

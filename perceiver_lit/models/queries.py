@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .attention import trunc_normal_
 from .checks import check_sizes
 from .position import FourierPositionEncoding
+from .weight_init import trunc_normal_
 
 
 class QueryProvider(nn.Module):
@@ -28,6 +28,15 @@ class QueryProvider(nn.Module):
 
 
 class TrainableQueries(QueryProvider):
+    """A learned (Q, C) query array (truncated normal, std 0.02), the same for every sample.
+
+    Args:
+        num_queries: Q; 1 for classification.
+        num_channels: C, the queries' width (the decoder's q_dim).
+        match_input_length: read the first L rows for an input of L elements (HF's masked language model: one
+            learned query per byte).
+    """
+
     def __init__(self, num_queries: int = 1, num_channels: int = 1024, match_input_length: bool = False):
         super().__init__()
         check_sizes("TrainableQueries", num_queries=num_queries, num_channels=num_channels)
@@ -45,7 +54,13 @@ class TrainableQueries(QueryProvider):
 
 
 class FourierQueries(QueryProvider):
-    """One query per element of an output grid (e.g. (H, W) pixels or (L,) bytes): its Fourier features."""
+    """One query per element of an output grid (e.g. (H, W) pixels or (L,) bytes): its Fourier features.
+
+    Args:
+        output_shape: the output grid, e.g. (H, W).
+        num_frequency_bands: Fourier bands per axis; 0: raw positions only.
+        max_resolution: per-axis resolution that sets the top frequency (res / 2); null: output_shape.
+    """
 
     def __init__(self, output_shape: Sequence[int], num_frequency_bands: int = 64,
                  max_resolution: Sequence[int] | None = None):
@@ -67,6 +82,11 @@ class MultimodalQueries(QueryProvider):
     """Queries of several modalities, each padded to a common width with a learned modality embedding.
 
     `sizes` gives each modality's query count in output order (sorted names) to split the decoder output.
+
+    Args:
+        queries: {modality: QueryProvider}.
+        min_padding_size: channels of learned modality embedding every modality gets at least (the common width
+            is the widest modality's + this).
     """
 
     def __init__(self, queries: Mapping[str, QueryProvider], min_padding_size: int = 2):

@@ -212,7 +212,8 @@ class Task(pl.LightningModule):
                     "A device mesh is set (ModelParallelStrategy) but perceiver_lit.distributed.shard_model is "
                     f"missing: {e}"
                 ) from e
-            shard_model(self.net, mesh)
+            # The strategy's sharding options (FSDP2Strategy.shard_options); another ModelParallelStrategy: defaults.
+            shard_model(self.net, mesh, getattr(self.trainer.strategy, "shard_options", None))
         if self.compile_net and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
             self.net = torch.compile(self.net)
 

@@ -157,12 +157,13 @@ def test_parse_quickstart_log():
 
 
 def test_cpu_math_backward_path_matches_sdpa_default(monkeypatch):
-    """The optimisation found by the suite (attention.py: SDPA's math backend for CPU training with fewer
+    """The optimisation found by the suite (sdpa.py: SDPA's math backend for CPU training with fewer
     batch x heads than threads) gives the same outputs and gradients as the default kernel."""
-    from perceiver_lit.models import attention as A
+    from perceiver_lit.models import sdpa as A
+    from perceiver_lit.models.attention import CrossAttentionLayer
 
     torch.manual_seed(0)
-    layer = A.CrossAttentionLayer(16, 11)  # odd channels, like the ImageNet cross-attend's 261
+    layer = CrossAttentionLayer(16, 11)  # odd channels, like the ImageNet cross-attend's 261
     x, inp = torch.randn(1, 4, 16), torch.randn(1, 32, 11)
     grads = {}
     for use_math in (False, True):

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perceiver_lit.models.attention import CrossAttentionLayer, SelfAttentionBlock, SelfAttentionLayer, attention
+from perceiver_lit.models.attention import CrossAttentionLayer, SelfAttentionBlock, SelfAttentionLayer
+from perceiver_lit.models.sdpa import attention
 
 
 def reference_attention(q, k, v, heads, pad_mask=None):
@@ -221,7 +222,7 @@ def test_flops_leave_out_the_once_per_batch_query_projection_of_expanded_latents
 
 def test_bf16_cpu_training_runs_sdpa_math_in_bf16_and_matches_fp32(monkeypatch):
     """CPU training under bf16 autocast (`precision: bf16-mixed`): attention runs SDPA's math backend reducing in
-    bf16 (the flash CPU kernel's bf16 backward was 1.2-4x slower at latent shapes, attention.py); the global switch
+    bf16 (the flash CPU kernel's bf16 backward was 1.2-4x slower at latent shapes, sdpa.py); the global switch
     is restored afterwards (and a user's own setting left alone); values and gradients equal the fp32 layer's to
     bf16 precision. Inference keeps the fused kernel."""
     cuda = torch.backends.cuda
