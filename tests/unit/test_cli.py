@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perceiver_lit.cli import PerceiverCLI, plan_links, prescan
+from perceiver_lit.cli import PerceiverCLI
+from perceiver_lit.cli_links import plan_links, prescan
 from tests.fixtures.training import TinyNet, tiny_perceiver, write_config
 
 FASHION = {"class_path": "datamodules.image.FashionMNISTDataModule", "init_args": {"batch_size": 4}}
@@ -116,7 +117,7 @@ def test_fast_check_runs_on_meta_without_touching_weights(tmp_path):
 
 
 def test_without_wandb_falls_back_to_csv_with_a_message(tmp_path, monkeypatch):
-    import perceiver_lit.cli as cli_module
+    import perceiver_lit.cli_logger as cli_module
     from lightning.pytorch.loggers import CSVLogger
     from lightning_utilities.core.imports import RequirementCache
 
