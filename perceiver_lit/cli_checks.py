@@ -52,7 +52,7 @@ def check_model_fits_data(model: LightningModule, data: LightningDataModule) -> 
         with torch.no_grad():
             out = meta_net(_zeros_for(shape, dtype, "meta"))
     except NotImplementedError:  # an op without a meta kernel: nothing checked, say so
-        rank_zero_info(f"[perceiver-lit] fast_check skipped: the model does not run on the meta device")
+        rank_zero_info("[perceiver-lit] fast_check skipped: the model does not run on the meta device")
         return
     except Exception as e:  # noqa: BLE001 - any failure means the model does not fit the data
         raise ValueError(f"The model does not fit the data: {where}: {type(e).__name__}: {e}") from e

@@ -117,9 +117,10 @@ def test_fast_check_runs_on_meta_without_touching_weights(tmp_path):
 
 
 def test_without_wandb_falls_back_to_csv_with_a_message(tmp_path, monkeypatch):
-    import perceiver_lit.cli_logger as cli_module
     from lightning.pytorch.loggers import CSVLogger
     from lightning_utilities.core.imports import RequirementCache
+
+    import perceiver_lit.cli_logger as cli_module
 
     # A real requirement check for a package that is not installed stands in for "wandb missing".
     monkeypatch.setattr(cli_module, "_WANDB_AVAILABLE", RequirementCache("wandb-is-not-installed-here"))

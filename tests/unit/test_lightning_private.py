@@ -14,8 +14,7 @@ from lightning.pytorch.trainer.connectors.checkpoint_connector import _Checkpoin
 
 from perceiver_lit.callbacks import Checkpoint
 from perceiver_lit.cli import PerceiverCLI
-from perceiver_lit.lightning_private import (hparams_given_by_cli, is_compiled, last_checkpoints,
-                                             mark_sigterm_received)
+from perceiver_lit.lightning_private import hparams_given_by_cli, is_compiled, last_checkpoints, mark_sigterm_received
 
 
 def _source(obj) -> str:
@@ -24,7 +23,8 @@ def _source(obj) -> str:
 
 def test_lightning_cli_parse_ckpt_path_is_called_after_parsing():
     api = "LightningCLI._parse_ckpt_path"
-    assert "self._parse_ckpt_path()" in _source(LightningCLI.__init__), f"{api}: LightningCLI.__init__ no longer calls it"
+    assert "self._parse_ckpt_path()" in _source(LightningCLI.__init__), (
+        f"{api}: LightningCLI.__init__ no longer calls it")
     assert list(inspect.signature(LightningCLI._parse_ckpt_path).parameters) == ["self"], f"{api}: signature changed"
     assert PerceiverCLI.check_ckpt_path is not LightningCLI._parse_ckpt_path, f"{api}: PerceiverCLI does not replace it"
 
