@@ -57,7 +57,7 @@ from perceiver_lit.checkpoint_io import AtomicCheckpointIO, CheckpointFileError,
 from perceiver_lit.cli_checks import check_model_fits_data
 from perceiver_lit.cli_errors import (ConfigError, OneLineErrorParser, exit_on_config_error, one_line_config_errors,
                                       size_error)
-from perceiver_lit.cli_links import NET, _get_dotted, link_data_facts, prescan
+from perceiver_lit.cli_links import NET, get_dotted, link_data_facts, prescan
 from perceiver_lit.cli_logger import WandbSettings, default_logger
 from perceiver_lit.cli_run_dir import RunStart, SaveRunConfig
 from perceiver_lit.hardware import warn_if_bf16_is_emulated
@@ -75,7 +75,7 @@ class PerceiverCLI(LightningCLIHooks):
 
     def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
         self._argv = list(sys.argv[1:] if args is None else args)
-        self._tree, self._configs = prescan(self._argv)
+        self._tree, _ = prescan(self._argv)
         kwargs.setdefault("save_config_callback", SaveRunConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
@@ -148,12 +148,14 @@ class PerceiverCLI(LightningCLIHooks):
     def before_instantiate_classes(self) -> None:
         cfg = self._config()
         if not cfg.get("name"):
-            first = self._configs[-1] if self._configs else None
-            cfg.name = Path(first).stem if first and os.path.isfile(first) else "default"
+            # the last --config file, as jsonargparse recorded them (None for a config given as a YAML string)
+            configs = list(self.config.get("config") or []) + list(cfg.get("config") or [] if self.subcommand else [])
+            last = str(configs[-1]) if configs and configs[-1] is not None else None
+            cfg.name = Path(last).stem if last and os.path.isfile(last) else "default"
         if cfg.trainer.get("default_root_dir") is None:
             cfg.trainer.default_root_dir = os.path.join("runs", cfg.name)
         self._start = RunStart.of(cfg.trainer.default_root_dir)
-        pretrained_net = _get_dotted(self._tree, f"{NET}.class_path") in PRETRAINED  # weights from its path
+        pretrained_net = get_dotted(self._tree, f"{NET}.class_path") in PRETRAINED  # weights from its path
         if self.subcommand in ("validate", "test", "predict") and not cfg.get("ckpt_path") and not pretrained_net \
                 and not cfg.get("init_weights"):
             rank_zero_warn(f"perceiver-lit {self.subcommand} without --ckpt_path evaluates the model's initial "

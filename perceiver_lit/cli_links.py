@@ -42,7 +42,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     tree[keys[-1]] = value
 
 
-def _get_dotted(tree: Any, dotted: str, default: Any = None) -> Any:
+def get_dotted(tree: Any, dotted: str, default: Any = None) -> Any:
     for k in dotted.split("."):
         if not isinstance(tree, dict) or k not in tree:
             return default
@@ -57,6 +57,14 @@ def prescan(argv: list[str]) -> tuple[dict, list[str]]:
     config chose; this finds their class paths (and any values the user wrote for linked fields).
     Returns (merged config tree, config file paths).
     """
+    # Why not jsonargparse's own parse (4.x, read in its _link_arguments.py): (1) a link must be on the parser before
+    # parsing (link_arguments clears the target's `required` and registers it in the subclass action's
+    # `linked_targets`, which the nested class parsers read while parsing), yet which links fit depends on the class
+    # paths the config chooses; jsonargparse has no link conditional on the chosen subclass, and a first parse
+    # without the links fails on the required linked arguments (net num_classes, adapter input_shape) unless
+    # validation is turned off through the private `_skip_validation`. (2) A link's compute_fn sees only its source
+    # (the data module), never the value the config wrote for the target, so the contradiction check needs that value
+    # from here. Best effort: what this cannot read leaves the default links, and the real parse reports the error.
     tree: dict = {}
     configs: list[str] = []
     i = 0
@@ -145,18 +153,18 @@ def _fact(attr: str, target: str, user_value: Any) -> Callable[[Any], Any]:
 
 def plan_links(tree: dict) -> list[tuple[str, str]]:
     """(data attribute, model target) links that fit the configured net and adapter."""
-    task_cls = _import(_get_dotted(tree, "model.class_path"))
-    net_cls = _import(_get_dotted(tree, f"{NET}.class_path"))
-    adapter_cls = _import(_get_dotted(tree, f"{ADAPTER}.class_path"))
+    task_cls = _import(get_dotted(tree, "model.class_path"))
+    net_cls = _import(get_dotted(tree, f"{NET}.class_path"))
+    adapter_cls = _import(get_dotted(tree, f"{ADAPTER}.class_path"))
     links = []
     if task_cls is not None and _accepts(task_cls, "class_names", default=False):
         links.append(("class_names", "model.init_args.class_names"))
     if _accepts(task_cls, "num_classes"):
         links.append(("num_classes", "model.init_args.num_classes"))
-    if _get_dotted(tree, f"{NET}") is not None or net_cls is None:
+    if get_dotted(tree, f"{NET}") is not None or net_cls is None:
         if _accepts(net_cls, "num_classes"):
             links.append(("num_classes", f"{NET}.init_args.num_classes"))
-        if _accepts(net_cls, "adapter") and (net_cls is None or _get_dotted(tree, ADAPTER) is not None):
+        if _accepts(net_cls, "adapter") and (net_cls is None or get_dotted(tree, ADAPTER) is not None):
             if _accepts(adapter_cls, "input_shape"):
                 links.append(("input_shape", f"{ADAPTER}.init_args.input_shape"))
             if _accepts(adapter_cls, "permute_seed"):
@@ -171,5 +179,5 @@ def plan_links(tree: dict) -> list[tuple[str, str]]:
 def link_data_facts(parser: ArgumentParser, tree: dict) -> None:
     """Add the links `plan_links` chooses for the config `tree` (from `prescan`) to a subcommand's parser."""
     for attr, target in plan_links(tree):
-        parser.link_arguments("data", target, compute_fn=_fact(attr, target, _get_dotted(tree, target)),
+        parser.link_arguments("data", target, compute_fn=_fact(attr, target, get_dotted(tree, target)),
                               apply_on="instantiate")
