@@ -241,17 +241,24 @@ def consolidate_checkpoint(src: str | Path, dst: str | Path) -> Path:
 
     Runs in one process, without a process group; the whole model must fit in CPU memory.
     """
-    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from perceiver_lit.checkpoint_io import atomic_torch_save
 
     src, dst = Path(src), Path(dst)
     if not (src.is_dir() and (src / "meta.pt").is_file() and (src / ".metadata").is_file()):
         raise FileNotFoundError(f"{src} is not a sharded checkpoint folder (expected .metadata and meta.pt in it)")
-    ckpt = _load_distributed_checkpoint(src)
-    optimizer_keys = sorted((k for k in ckpt if re.fullmatch(r"optimizer_\d+", k)), key=lambda k: int(k[10:]))
-    ckpt["optimizer_states"] = [ckpt.pop(k) for k in optimizer_keys]
-    from perceiver_lit.checkpoint_io import atomic_torch_save
-
-    atomic_torch_save(ckpt, dst)  # temp file beside dst, then os.replace: never a torn model.ckpt
+    # torch's public converter writes the full state dict to a file (what Lightning's private
+    # `_load_distributed_checkpoint` reads into memory); memory-mapped back, then meta.pt (Lightning's non-tensor part)
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.name}.") as tmp:
+        dcp_to_torch_save(src, Path(tmp) / "full.pt")
+        ckpt = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=True, mmap=True)
+        ckpt.update(torch.load(src / "meta.pt", map_location="cpu", weights_only=True))
+        optimizer_keys = sorted((k for k in ckpt if re.fullmatch(r"optimizer_\d+", k)), key=lambda k: int(k[10:]))
+        ckpt["optimizer_states"] = [ckpt.pop(k) for k in optimizer_keys]
+        atomic_torch_save(ckpt, dst)  # temp file beside dst, then os.replace: never a torn model.ckpt
     return dst
 
 

@@ -7,8 +7,9 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
+
+from perceiver_lit.lightning_private import ModelCheckpointHooks
 
 _LOWER_IS_BETTER = ("loss", "err", "perplexity", "ppl", "bpb", "bits")
 _HIGHER_IS_BETTER = ("acc", "map", "auc", "f1", "precision", "recall", "top")
@@ -27,7 +28,7 @@ def _mode_for(monitor: str | None) -> str:
                      "set --checkpoint.mode min or max")
 
 
-class Checkpoint(ModelCheckpoint):
+class Checkpoint(ModelCheckpointHooks):
     """ModelCheckpoint with run-directory defaults.
 
     - `dirpath` None: `<trainer.default_root_dir>/checkpoints` (not the logger's version folder), so a run's
@@ -60,11 +61,10 @@ class Checkpoint(ModelCheckpoint):
         if self.dirpath is None:
             self.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
 
-    def _find_last_checkpoints(self, trainer: pl.Trainer) -> set[str]:
+    def before_find_last_checkpoints(self, trainer: pl.Trainer) -> None:
         # `--ckpt_path last` is resolved before setup(): fill in the run-directory default first, or Lightning
         # looks in a folder that does not exist yet and resumes nothing.
         self._default_dirpath(trainer)
-        return super()._find_last_checkpoints(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # `max_steps` can stop training mid-epoch, after the last save: keep last.ckpt at the final step.

@@ -47,6 +47,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from perceiver_lit.lightning_private import last_checkpoints, mark_sigterm_received
 from perceiver_lit.wandb_run import finish_runs
 
 
@@ -157,7 +158,7 @@ class PreemptionCheckpoint(Callback):
             requeue, term = (bool(v > 0) for v in trainer.strategy.reduce(flags, reduce_op="sum").tolist())
         if term:
             # Lightning raises SIGTERMException on every rank after this hook; on_exception saves last.ckpt.
-            trainer._signal_connector.received_sigterm = True
+            mark_sigterm_received(trainer)
             return
         if not (requeue and may_requeue):
             return
@@ -246,7 +247,7 @@ def run_checkpoints(trainer: Trainer) -> list[str]:
     paths = {str(p) for p in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")}
     for cb in trainer.checkpoint_callbacks:
         if isinstance(cb, ModelCheckpoint):
-            paths |= set(cb._find_last_checkpoints(trainer))  # Lightning's own `ckpt_path="last"` candidates
+            paths |= last_checkpoints(cb, trainer)  # Lightning's own `ckpt_path="last"` candidates
     for cb in trainer.callbacks:
         if isinstance(cb, PreemptionCheckpoint):
             paths |= set(cb._last_paths(trainer))

@@ -200,7 +200,7 @@ class _PreemptionWatch:
     SLURM handling); we only remember that it came. A Python handler, not SIG_IGN, so the trial (exec'd) starts
     with the default disposition and installs its own."""
 
-    def __enter__(self) -> "_PreemptionWatch":
+    def __enter__(self) -> _PreemptionWatch:
         self.signalled = 0
         self._old = None
         if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():

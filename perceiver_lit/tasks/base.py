@@ -15,18 +15,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from perceiver_lit.lightning_private import hparams_given_by_cli, is_compiled
 from perceiver_lit.tasks.optim import LRSchedule, build_optimizer, fused_adamw_allowed
-
-
-def _hparams_given_by_cli() -> bool:
-    """True while LightningCLI instantiates the task: it then hands save_hyperparameters the config (with `net`'s
-    class_path), which is what load_from_checkpoint needs to rebuild the net."""
-    try:
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-        return _given_hyperparameters.get() is not None
-    except ImportError:  # pragma: no cover - older/newer Lightning
-        return False
 
 
 class Task(pl.LightningModule):
@@ -85,7 +75,9 @@ class Task(pl.LightningModule):
         class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=[] if _hparams_given_by_cli() else ["net"])
+        # From LightningCLI the hyperparameters are its config, with `net`'s class_path, which is what
+        # load_from_checkpoint needs to rebuild the net; built in Python, `net` is a module and stays out.
+        self.save_hyperparameters(ignore=[] if hparams_given_by_cli() else ["net"])
         self.net = net
         if num_classes is None:
             num_classes = getattr(net, "num_classes", None) or getattr(getattr(net, "config", None), "num_classes", None)
@@ -202,19 +194,14 @@ class Task(pl.LightningModule):
 
     def configure_model(self) -> None:
         # FSDP2 (ModelParallelStrategy) hands us a device mesh; the sharding plan lives in perceiver_lit.distributed,
-        # imported lazily so single-device runs never need it.
+        # imported lazily so single-device runs never import torch.distributed's FSDP.
         mesh = getattr(self, "device_mesh", None)
         if mesh is not None:
-            try:
-                from perceiver_lit.distributed import shard_model
-            except ImportError as e:
-                raise ImportError(
-                    "A device mesh is set (ModelParallelStrategy) but perceiver_lit.distributed.shard_model is "
-                    f"missing: {e}"
-                ) from e
+            from perceiver_lit.distributed import shard_model
+
             # The strategy's sharding options (FSDP2Strategy.shard_options); another ModelParallelStrategy: defaults.
             shard_model(self.net, mesh, getattr(self.trainer.strategy, "shard_options", None))
-        if self.compile_net and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
+        if self.compile_net and not is_compiled(self.net):
             self.net = torch.compile(self.net)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ import yaml
 from datamodules.image import FashionMNISTDataModule
 from perceiver_lit.models import ImageAdapter, Perceiver
 from perceiver_lit.models.convnet import ConvNet
-from perceiver_lit.sweep import main as sweep_main
+from perceiver_lit.sweeps.cli import main as sweep_main
 from perceiver_lit.sweeps.report import write_report
 
 pytestmark = pytest.mark.integration

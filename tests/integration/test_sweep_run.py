@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from perceiver_lit.sweep import main
+from perceiver_lit.sweeps.cli import main
 from tests.fixtures.training import read_wandb_records, read_wandb_run
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from perceiver_lit.sweep import main as sweep_main
+from perceiver_lit.sweeps.cli import main as sweep_main
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 ROOT = Path(__file__).resolve().parents[2]

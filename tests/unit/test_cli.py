@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perceiver_lit.cli import PerceiverCLI, plan_links, prescan
+from perceiver_lit.cli import PerceiverCLI
+from perceiver_lit.cli_links import plan_links, prescan
 from tests.fixtures.training import TinyNet, tiny_perceiver, write_config
 
 FASHION = {"class_path": "datamodules.image.FashionMNISTDataModule", "init_args": {"batch_size": 4}}
@@ -116,9 +117,10 @@ def test_fast_check_runs_on_meta_without_touching_weights(tmp_path):
 
 
 def test_without_wandb_falls_back_to_csv_with_a_message(tmp_path, monkeypatch):
-    import perceiver_lit.cli as cli_module
     from lightning.pytorch.loggers import CSVLogger
     from lightning_utilities.core.imports import RequirementCache
+
+    import perceiver_lit.cli_logger as cli_module
 
     # A real requirement check for a package that is not installed stands in for "wandb missing".
     monkeypatch.setattr(cli_module, "_WANDB_AVAILABLE", RequirementCache("wandb-is-not-installed-here"))

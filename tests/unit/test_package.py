@@ -8,7 +8,7 @@ def test_console_scripts_are_registered():
     assert eps["perceiver-lit"] == "perceiver_lit.cli:main"
     assert eps["perceiver-lit-shards"] == "datamodules.shards.cli:main"
     assert eps["perceiver-lit-convert"] == "perceiver_lit.convert:main"
-    assert eps["perceiver-lit-sweep"] == "perceiver_lit.sweep:main"
+    assert eps["perceiver-lit-sweep"] == "perceiver_lit.sweeps.cli:main"
 
 
 def test_model_code_does_not_import_lightning():

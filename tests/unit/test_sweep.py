@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from perceiver_lit.sweep import main
+from perceiver_lit.sweeps.cli import main
 from perceiver_lit.sweeps.report import write_report
 from perceiver_lit.sweeps.runner import array_spec, prepare, run_local, run_trial, trial_command
 from perceiver_lit.sweeps.spec import SweepError, build_command, expand, format_args, parse_spec

@@ -23,8 +23,7 @@ import warnings
 from pathlib import Path
 
 from perceiver_lit.sweeps.report import write_report
-from perceiver_lit.sweeps.runner import (check_first_trial, prepare, run_local, run_trial, submit_slurm,
-                                         trial_command)
+from perceiver_lit.sweeps.runner import check_first_trial, prepare, run_local, run_trial, submit_slurm, trial_command
 from perceiver_lit.sweeps.spec import SweepError, expand, load_spec
 
 

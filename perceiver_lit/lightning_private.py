@@ -1,0 +1,82 @@
+"""Every use of a private Lightning or torch API, in one place. None of them has a public equivalent (each says what
+it does for us below); tests/unit/test_lightning_private.py fails, naming the API, when an upgrade renames or
+changes one, instead of the behaviour silently falling back to Lightning's.
+
+- `LightningCLI._parse_ckpt_path`: LightningCLI.__init__ calls it after parsing, and it parses a checkpoint's saved
+  hyperparameters over the command line. PerceiverCLI replaces it with `check_ckpt_path` (the command line runs).
+- `LightningCLI._dump_config`: writes `config_dump`, from which Lightning's instantiator (`_InstantiatorFn`) takes
+  the model's hyperparameters; PerceiverCLI completes it in `after_dump_config`.
+- `lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters`: the config LightningCLI hands
+  save_hyperparameters while it instantiates a module (`hparams_given_by_cli`).
+- `ModelCheckpoint._find_last_checkpoints`: the candidates of `ckpt_path="last"` (`last_checkpoints`); Checkpoint
+  fills in its run-directory default first (`before_find_last_checkpoints`).
+- `Trainer._signal_connector.received_sigterm`: once set, Lightning raises SIGTERMException on every rank after
+  the running batch (`mark_sigterm_received`; `Trainer.received_sigterm` is a read-only property).
+- `torch._dynamo.eval_frame.OptimizedModule`: what torch.compile returns for a module (`is_compiled`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+
+class LightningCLIHooks(LightningCLI):
+    """LightningCLI's private steps that PerceiverCLI changes, under names that say what they do for it."""
+
+    def _parse_ckpt_path(self) -> None:
+        self.check_ckpt_path()
+
+    def check_ckpt_path(self) -> None:
+        """Runs where LightningCLI parses `--ckpt_path`'s hyperparameters over the command line (its default)."""
+        super()._parse_ckpt_path()
+
+    def _dump_config(self) -> None:
+        if hasattr(self, "config_dump"):  # made once, as Lightning's does
+            return
+        super()._dump_config()
+        self.after_dump_config()
+
+    def after_dump_config(self) -> None:
+        """Runs once `self.config_dump` (the subcommand's config as a plain dict) is made."""
+
+    def dumped_config(self) -> dict[str, Any]:
+        """The subcommand's resolved config as a plain dict, as the model's hyperparameters are taken from it."""
+        self._dump_config()
+        return self.config_dump
+
+
+class ModelCheckpointHooks(ModelCheckpoint):
+    """ModelCheckpoint's private lookup of `ckpt_path="last"` candidates, with a step before it."""
+
+    def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+        self.before_find_last_checkpoints(trainer)
+        return super()._find_last_checkpoints(trainer)
+
+    def before_find_last_checkpoints(self, trainer: Trainer) -> None:
+        """Runs before Lightning looks for this callback's last checkpoints (before setup, for `--ckpt_path last`)."""
+
+
+def last_checkpoints(callback: ModelCheckpoint, trainer: Trainer) -> set[str]:
+    """The paths Lightning's `ckpt_path="last"` would consider for this ModelCheckpoint."""
+    return set(callback._find_last_checkpoints(trainer))
+
+
+def mark_sigterm_received(trainer: Trainer) -> None:
+    """Make Lightning stop as after a SIGTERM: SIGTERMException on every rank after the running batch."""
+    trainer._signal_connector.received_sigterm = True
+
+
+def hparams_given_by_cli() -> bool:
+    """True while LightningCLI instantiates a module: save_hyperparameters then stores the config it hands over."""
+    return _given_hyperparameters.get() is not None
+
+
+def is_compiled(module: torch.nn.Module) -> bool:
+    """Whether `module` is what torch.compile returned (its wrapper, not the module it compiles)."""
+    return isinstance(module, torch._dynamo.eval_frame.OptimizedModule)
