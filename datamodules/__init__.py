@@ -11,7 +11,7 @@ from typing import Any
 
 from datamodules.base import DataError, LogCorruptSamples, StreamingDataModule
 
-_MODULES = ("image", "text", "pointcloud", "audio", "video", "audiovisual")
+_MODULES = ("image", "text", "pointcloud", "audio", "video", "audiovisual", "flow")
 
 __all__ = ["DataError", "LogCorruptSamples", "StreamingDataModule"]
 
