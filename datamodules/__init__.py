@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 _HOMES = {"DataError": "errors", "StreamingDataModule": "streaming"}
-_MODULES = ("image", "text", "pointcloud", "audio", "video", "audiovisual")
+_MODULES = ("image", "text", "pointcloud", "audio", "video", "audiovisual", "flow")
 
 __all__ = ["DataError", "StreamingDataModule"]
 

@@ -159,10 +159,11 @@ def plan_links(tree: dict) -> list[tuple[str, str]]:
     links = []
     if task_cls is not None and _accepts(task_cls, "class_names", default=False):
         links.append(("class_names", "model.init_args.class_names"))
-    if _accepts(task_cls, "num_classes"):
+    classes = getattr(task_cls, "links_num_classes", True)  # dense-output tasks (OpticalFlow) have no classes
+    if classes and _accepts(task_cls, "num_classes"):
         links.append(("num_classes", "model.init_args.num_classes"))
     if get_dotted(tree, f"{NET}") is not None or net_cls is None:
-        if _accepts(net_cls, "num_classes"):
+        if classes and _accepts(net_cls, "num_classes"):
             links.append(("num_classes", f"{NET}.init_args.num_classes"))
         if _accepts(net_cls, "adapter") and (net_cls is None or get_dotted(tree, ADAPTER) is not None):
             if _accepts(adapter_cls, "input_shape"):

@@ -79,7 +79,11 @@ def shard_targets(net: nn.Module, layer_classes: tuple[str, ...] = DEFAULT_LAYER
     """
     targets: list[nn.Module] = []
     claimed: set[int] = set()
-    modules = [m for _, m in net.named_modules() if type(m).__name__ in layer_classes and m is not net]
+    # A DenseDecoder calls its cross-attention's project_kv (k, v of the latents, once for all query chunks) outside
+    # that layer's forward, where FSDP2's hooks do not gather the layer's parameters: the decoder is the unit.
+    dense = {id(m.cross) for m in net.modules() if type(m).__name__ == "DenseDecoder"}
+    modules = [m for _, m in net.named_modules() if m is not net and id(m) not in dense
+               and (type(m).__name__ in layer_classes or type(m).__name__ == "DenseDecoder")]
     for module in reversed(modules):  # children before parents: fully_shard must see inner units first
         params = {id(p) for p in module.parameters()}
         inner = {id(p) for t in targets if _is_descendant(t, module) for p in t.parameters()}

@@ -4,6 +4,7 @@
     perceiver-lit-shards image-folder /data/imagenet/train --out data/imagenet --prefix train --workers 8
     perceiver-lit-shards pointcloud /data/ModelNet40 --out data/modelnet40 --num-points 2048
     perceiver-lit-shards text /usr/share/games/fortunes --out data/fortunes
+    perceiver-lit-shards flow sintel /data/MPI-Sintel --out data/sintel
 
 A subcommand is a module in datamodules/shards/ that exposes `add_parser(subparsers)`: it adds its parser
 (use `add_common_args` for --out/--maxcount/--maxsize/--workers/--seed/--no-shuffle), and sets
@@ -19,7 +20,7 @@ import sys
 
 from datamodules.optional import one_line_missing
 
-SUBCOMMANDS = ("image_folder", "fashion_mnist", "pointcloud", "text", "audio", "video", "synthetic")
+SUBCOMMANDS = ("image_folder", "fashion_mnist", "pointcloud", "text", "audio", "video", "flow", "synthetic")
 
 
 def add_common_args(p: argparse.ArgumentParser, prefix: str | None = "train") -> None:

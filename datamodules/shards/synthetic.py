@@ -15,6 +15,8 @@ Modalities (label = class index):
   pointcloud   cube/sphere/cylinder/cone/torus meshes (trimesh) as .off, or sampled points as .npy. 5 classes, in
                that order (classes.json).
   text         fortunes in several languages (Debian fortunes*, fortunes-de/es/it/pl/ru/br) for language ID.
+  flow         frame pairs with exact optical flow: textured layers under affine and smooth motions, with
+               occlusions (flow_synthetic.py), in FlyingChairs' layout. No labels.
 Same seed -> same files (speech engines are deterministic; voices/speed/pitch are drawn from the seed).
 """
 
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from datamodules.class_names import write_class_names
+from datamodules.shards.flow_synthetic import add_flow_args, synthetic_flow
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SHAPES = ("cube", "sphere", "cylinder", "cone", "torus")
@@ -426,11 +429,12 @@ def _text(args: argparse.Namespace, files: Path) -> list:
 # modality -> (args, files dir) -> shard summaries. Every entry writes through `_write`.
 MODALITIES: dict[str, Callable[[argparse.Namespace, Path], list]] = {
     "video": _video, "audio": _audio, "audiovisual": _video, "pointcloud": _pointcloud, "text": _text,
+    "flow": synthetic_flow,
 }
 # The optional package each modality's generator imports, and the extra that installs it.
 NEEDS: dict[str, tuple[str, ...]] = {
     "video": ("av",), "audio": ("soundfile",), "audiovisual": ("av", "soundfile"), "pointcloud": ("trimesh",),
-    "text": (),
+    "text": (), "flow": (),
 }
 
 
@@ -469,5 +473,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--points-format", default="off", choices=("off", "npy"))
     g.add_argument("--num-points", type=int, default=2048)
     g.add_argument("--languages", default=None, help=f"comma list of {','.join(LANGUAGES)} (default: installed)")
+    add_flow_args(p)
     add_common_args(p)
     p.set_defaults(func=run)

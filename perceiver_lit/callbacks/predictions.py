@@ -12,6 +12,10 @@ The fields of a line (docs/training.md, "Predictions"):
   model's most likely bytes, or, when the input has no mask, the model's reconstruction of every byte, decoded
   as UTF-8 with invalid sequences replaced), `filled` (how many positions were filled).
 
+- dense outputs (a task with `write_predictions`, e.g. OpticalFlow): the task writes each sample's files under
+  `<run dir>/predictions/` (flow: `flow/<key>.npy` and a colour-wheel `flow/<key>.png`); the line holds `key` and
+  their paths relative to the run directory (and `epe` when the sample has its true flow).
+
 One file per rank, so nothing is gathered across processes; `perceiver-lit-predictions merge RUN` joins them.
 `prediction_rows` is shared with the Python API (`perceiver_lit.load(...).predict`), so both give the same rows.
 """
@@ -138,6 +142,11 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
         batch = batch if isinstance(batch, dict) else {}
+        dense = getattr(pl_module, "write_predictions", None)
+        if dense is not None:  # dense outputs (flow): the task writes its files under <run dir>/predictions/
+            for row in dense(prediction, batch, os.path.join(trainer.default_root_dir, "predictions")):
+                self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            return
         rows = prediction_rows(prediction["logits"], prediction.get("key"), multilabel=self._multilabel,
                                class_names=self._names, top_k=self.top_k, threshold=self.threshold,
                                target=batch.get("target"), inputs=batch.get("inputs"))

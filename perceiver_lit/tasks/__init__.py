@@ -2,6 +2,7 @@
 
 from perceiver_lit.tasks.base import Task
 from perceiver_lit.tasks.classification import Classification
+from perceiver_lit.tasks.flow import OpticalFlow
 from perceiver_lit.tasks.mlm import MaskedByteModelling, mask_tokens
 from perceiver_lit.tasks.multilabel import MultilabelClassification
 from perceiver_lit.tasks.optim import Lamb, LRSchedule, param_groups
@@ -11,6 +12,7 @@ __all__ = [
     "Classification",
     "MultilabelClassification",
     "MaskedByteModelling",
+    "OpticalFlow",
     "mask_tokens",
     "Lamb",
     "LRSchedule",

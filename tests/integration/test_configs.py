@@ -73,6 +73,7 @@ DATA_OVERRIDES: dict[str, tuple[str, dict[str, Any]]] = {
                                               "num_classes": 10, "features": "raw"}),
     "PointCloudDataModule": ("pointcloud", {"num_points": 64, "num_classes": 5}),
     "TextDataModule": ("text", {"max_length": 64}),
+    "FlowDataModule": ("flow", {"crop_size": 16}),
 }
 
 # Per-directory extras on top of the above (a later config directory with special needs adds a row here).
