@@ -57,6 +57,7 @@ from perceiver_lit.callbacks import (AttentionMaps, Checkpoint, GradNorm, NanGua
                                      RunConfig, Summary, Throughput)
 from perceiver_lit.callbacks.eval_failure import EvalFailureCheckpoint
 from perceiver_lit.callbacks.predictions import PredictionWriter, SaveDataConfig
+from perceiver_lit.callbacks.reconstructions import ReconstructionMedia
 from perceiver_lit.callbacks.preemption import resume_path
 from perceiver_lit.checkpoint_io import AtomicCheckpointIO, CheckpointFileError, read_checkpoint
 from perceiver_lit.cli_errors import (ConfigError, OneLineErrorParser, exit_on_config_error, one_line_config_errors,
@@ -194,16 +195,28 @@ def _normalise(value: Any) -> Any:
     return value
 
 
+# Facts a data module may lack (the target keeps its own value then); "video.mean" is data.video.mean.
+OPTIONAL_FACTS = ("class_names", "video.mean", "video.std")
+LABELLED_SHAPE = "input_shape+label"  # input_shape plus {"label": (num_classes,)}
+
+
 def _fact(attr: str, target: str, user_value: Any) -> Callable[[Any], Any]:
     """compute_fn for a link: read `data.<attr>`; fail if the user's value for `target` says otherwise."""
 
     def compute(data: Any) -> Any:
-        if attr == "class_names":  # optional: data without names leaves the task's (or its checkpoint's)
-            value = getattr(data, attr, None)
-            return user_value if value is None else value
-        if not hasattr(data, attr):
+        if attr in OPTIONAL_FACTS:  # optional: data without it leaves the task's (or its checkpoint's) value
+            value = data
+            for part in attr.split("."):
+                value = getattr(value, part, None)
+            value = tuple(value) if isinstance(value, list) and attr != "class_names" else value
+            if value is None or attr == "class_names":
+                return user_value if value is None else value
+        elif attr == LABELLED_SHAPE:  # the label is an input too (MultimodalAutoencoding): its one-hot width
+            value = {**dict(getattr(data, "input_shape")), "label": (int(getattr(data, "num_classes")),)}
+        elif not hasattr(data, attr):
             raise ValueError(f"data ({type(data).__name__}) has no `{attr}` fact, needed for {target}")
-        value = getattr(data, attr)
+        else:
+            value = getattr(data, attr)
         if user_value is not None and _normalise(user_value) != _normalise(value):
             raise ValueError(
                 f"{target}={user_value!r} contradicts data.{attr}={value!r} ({type(data).__name__}); the CLI links "
@@ -224,12 +237,15 @@ def plan_links(tree: dict) -> list[tuple[str, str]]:
         links.append(("class_names", "model.init_args.class_names"))
     if _accepts(task_cls, "num_classes"):
         links.append(("num_classes", "model.init_args.num_classes"))
+    if task_cls is not None and _accepts(task_cls, "video_mean", default=False):  # the video normalisation
+        links += [("video.mean", "model.init_args.video_mean"), ("video.std", "model.init_args.video_std")]
+    shape_fact = LABELLED_SHAPE if getattr(task_cls, "label_input", False) else "input_shape"
     if _get_dotted(tree, f"{NET}") is not None or net_cls is None:
         if _accepts(net_cls, "num_classes"):
             links.append(("num_classes", f"{NET}.init_args.num_classes"))
         if _accepts(net_cls, "adapter") and (net_cls is None or _get_dotted(tree, ADAPTER) is not None):
             if _accepts(adapter_cls, "input_shape"):
-                links.append(("input_shape", f"{ADAPTER}.init_args.input_shape"))
+                links.append((shape_fact, f"{ADAPTER}.init_args.input_shape"))
             if _accepts(adapter_cls, "permute_seed"):
                 links.append(("permute_seed", f"{ADAPTER}.init_args.permute_seed"))
         elif net_cls is not None:  # nets without an adapter (e.g. a ConvNet baseline) may take the facts directly
@@ -396,7 +412,8 @@ class PerceiverCLI(LightningCLI):
         if trainer_cfg["logger"]:
             extra += [LearningRateMonitor(logging_interval="step"), GradNorm()]
         if _WANDB_AVAILABLE and type(trainer_cfg["logger"]).__name__ in ("WandbLogger", "RunLogger"):
-            extra += [RunConfig(), AttentionMaps(), PerClassTable()]  # the W&B dashboard (docs/sweeps.md)
+            extra += [RunConfig(), AttentionMaps(), PerClassTable(),  # the W&B dashboard (docs/sweeps.md)
+                      ReconstructionMedia()]  # autoencoding: reconstructions beside the originals
         callbacks += [cb for cb in extra if not any(isinstance(c, type(cb)) for c in callbacks)]
         self._outputs = RunOutputs(self._run_dir, self._before, fit=self.subcommand == "fit")
         trainer_cfg["callbacks"] = callbacks + [self._outputs]
@@ -559,6 +576,8 @@ def check_model_fits_data(model: LightningModule, data: LightningDataModule) -> 
     shape = getattr(data, "input_shape", None)
     if net is None or not shape:
         return
+    if getattr(model, "label_input", False) and isinstance(shape, dict):  # the task feeds the label in too
+        shape = {**shape, "label": (int(model.num_classes),)}
     dtype = torch.long if _wants_tokens(net) else torch.float32
     where = (f"model.init_args.net ({type(net).__name__}) vs data ({type(data).__name__}, "
              f"input_shape={shape}, num_classes={getattr(data, 'num_classes', '?')})")
