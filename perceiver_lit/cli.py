@@ -52,6 +52,7 @@ from perceiver_lit.callbacks import (AttentionMaps, Checkpoint, GradNorm, NanGua
                                      RunConfig, Summary, Throughput)
 from perceiver_lit.callbacks.eval_failure import EvalFailureCheckpoint
 from perceiver_lit.callbacks.predictions import PredictionWriter, SaveDataConfig
+from perceiver_lit.callbacks.reconstructions import ReconstructionMedia
 from perceiver_lit.callbacks.preemption import resume_path
 from perceiver_lit.checkpoint_io import AtomicCheckpointIO, CheckpointFileError, read_checkpoint
 from perceiver_lit.cli_checks import check_model_fits_data
@@ -181,7 +182,8 @@ class PerceiverCLI(LightningCLIHooks):
         if trainer_cfg["logger"]:
             extra += [LearningRateMonitor(logging_interval="step"), GradNorm()]
         if type(trainer_cfg["logger"]).__name__ in ("WandbLogger", "RunLogger"):  # (which need wandb installed)
-            extra += [RunConfig(), AttentionMaps(), PerClassTable()]  # the W&B dashboard (docs/sweeps.md)
+            extra += [RunConfig(), AttentionMaps(), PerClassTable(),  # the W&B dashboard (docs/sweeps.md)
+                      ReconstructionMedia()]  # autoencoding: reconstructions beside the originals
         callbacks += [cb for cb in extra if not any(isinstance(c, type(cb)) for c in callbacks)]
         self._outputs = RunOutputs(self._start.run_dir, self._start.before, fit=self.subcommand == "fit")
         trainer_cfg["callbacks"] = callbacks + [self._outputs]

@@ -44,6 +44,8 @@ def check_model_fits_data(model: LightningModule, data: LightningDataModule) -> 
     shape = getattr(data, "input_shape", None)
     if net is None or not shape:
         return
+    if getattr(model, "label_input", False) and isinstance(shape, dict):  # the task feeds the label in too
+        shape = {**shape, "label": (int(model.num_classes),)}
     dtype = torch.long if _wants_tokens(net) else torch.float32
     where = (f"model.init_args.net ({type(net).__name__}) vs data ({type(data).__name__}, "
              f"input_shape={shape}, num_classes={getattr(data, 'num_classes', '?')})")

@@ -131,16 +131,28 @@ def _normalise(value: Any) -> Any:
     return value
 
 
+# Facts a data module may lack (the target keeps its own value then); "video.mean" is data.video.mean.
+OPTIONAL_FACTS = ("class_names", "video.mean", "video.std")
+LABELLED_SHAPE = "input_shape+label"  # input_shape plus {"label": (num_classes,)}
+
+
 def _fact(attr: str, target: str, user_value: Any) -> Callable[[Any], Any]:
     """compute_fn for a link: read `data.<attr>`; fail if the user's value for `target` says otherwise."""
 
     def compute(data: Any) -> Any:
-        if attr == "class_names":  # optional: data without names leaves the task's (or its checkpoint's)
-            value = getattr(data, attr, None)
-            return user_value if value is None else value
-        if not hasattr(data, attr):
+        if attr in OPTIONAL_FACTS:  # optional: data without it leaves the task's (or its checkpoint's) value
+            value = data
+            for part in attr.split("."):
+                value = getattr(value, part, None)
+            value = tuple(value) if isinstance(value, list) and attr != "class_names" else value
+            if value is None or attr == "class_names":
+                return user_value if value is None else value
+        elif attr == LABELLED_SHAPE:  # the label is an input too (MultimodalAutoencoding): its one-hot width
+            value = {**dict(getattr(data, "input_shape")), "label": (int(getattr(data, "num_classes")),)}
+        elif not hasattr(data, attr):
             raise ValueError(f"data ({type(data).__name__}) has no `{attr}` fact, needed for {target}")
-        value = getattr(data, attr)
+        else:
+            value = getattr(data, attr)
         if user_value is not None and _normalise(user_value) != _normalise(value):
             raise ValueError(
                 f"{target}={user_value!r} contradicts data.{attr}={value!r} ({type(data).__name__}); the CLI links "
@@ -162,12 +174,15 @@ def plan_links(tree: dict) -> list[tuple[str, str]]:
     classes = getattr(task_cls, "links_num_classes", True)  # dense-output tasks (OpticalFlow) have no classes
     if classes and _accepts(task_cls, "num_classes"):
         links.append(("num_classes", "model.init_args.num_classes"))
+    if task_cls is not None and _accepts(task_cls, "video_mean", default=False):  # the video normalisation
+        links += [("video.mean", "model.init_args.video_mean"), ("video.std", "model.init_args.video_std")]
+    shape_fact = LABELLED_SHAPE if getattr(task_cls, "label_input", False) else "input_shape"
     if get_dotted(tree, f"{NET}") is not None or net_cls is None:
         if classes and _accepts(net_cls, "num_classes"):
             links.append(("num_classes", f"{NET}.init_args.num_classes"))
         if _accepts(net_cls, "adapter") and (net_cls is None or get_dotted(tree, ADAPTER) is not None):
             if _accepts(adapter_cls, "input_shape"):
-                links.append(("input_shape", f"{ADAPTER}.init_args.input_shape"))
+                links.append((shape_fact, f"{ADAPTER}.init_args.input_shape"))
             if _accepts(adapter_cls, "permute_seed"):
                 links.append(("permute_seed", f"{ADAPTER}.init_args.permute_seed"))
         elif net_cls is not None:  # nets without an adapter (e.g. a ConvNet baseline) may take the facts directly

@@ -11,6 +11,9 @@ The fields of a line (docs/training.md, "Predictions"):
 - masked byte modelling (B, L, V) logits: `key`, `text` (the input with its [MASK] positions filled in by the
   model's most likely bytes, or, when the input has no mask, the model's reconstruction of every byte, decoded
   as UTF-8 with invalid sequences replaced), `filled` (how many positions were filled).
+- multimodal autoencoding: the single-label fields for the predicted label (the label input masked), plus
+  `video` and `audio`: the paths of the sample's reconstructions, `<run dir>/predictions/<key>.mp4` and `.wav`
+  (callbacks/reconstructions.py).
 
 - dense outputs (a task with `write_predictions`, e.g. OpticalFlow): the task writes each sample's files under
   `<run dir>/predictions/` (flow: `flow/<key>.npy` and a colour-wheel `flow/<key>.png`); the line holds `key` and
@@ -150,6 +153,11 @@ class PredictionWriter(BasePredictionWriter):
         rows = prediction_rows(prediction["logits"], prediction.get("key"), multilabel=self._multilabel,
                                class_names=self._names, top_k=self.top_k, threshold=self.threshold,
                                target=batch.get("target"), inputs=batch.get("inputs"))
+        if "video" in prediction and "audio" in prediction:  # multimodal autoencoding: reconstructions as media
+            from perceiver_lit.callbacks.reconstructions import media_rates, write_reconstructions
+
+            write_reconstructions(os.path.join(trainer.default_root_dir, "predictions"), prediction, rows,
+                                  *media_rates(trainer))
         for row in rows:
             self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
 

@@ -108,8 +108,11 @@ class PerceiverIOMultimodalAutoencoder(LatentEncoderModel):
             probability p (p >= 1: always, also in eval; 0 < p < 1: in training only). null: the official
             {"label": 1.0}.
 
-    forward(inputs, query_indices=None) -> {"video": (B, T, H, W, 3), "audio": (B, S), "label": (B, K)}; with
-    query_indices {"video": (Q,) or (B, Q), "audio": ...} the subsampled modalities are (B, Q, 3) and (B, Q * 16).
+    forward(inputs, query_indices=None, masked=()) -> {"video": (B, T, H, W, 3), "audio": (B, S), "label": (B, K)};
+    with query_indices {"video": (Q,) or (B, Q), "audio": ...} the subsampled modalities are (B, Q, 3) and
+    (B, Q * 16). `masked`: modalities whose every element is replaced by its mask token in this call, on top of
+    mask_probs (the paper masks the label in eval and trains with it masked half of the time: `mask_probs
+    {"label": 0.5}` in training, `masked=("label",)` in eval; tasks/autoencoding.py).
     """
 
     MODALITIES = ("audio", "label", "video")
@@ -171,14 +174,15 @@ class PerceiverIOMultimodalAutoencoder(LatentEncoderModel):
         """Output elements of a modality: video pixels T*H*W, audio patches S/16, label 1."""
         return 1 if modality == "label" else self.queries[modality].num_queries
 
-    def _mask(self, x: Tensor) -> Tensor:
-        """Replace elements of (B, M, C) by their modality's mask token (mask_probs), in the adapter's order."""
+    def _mask(self, x: Tensor, masked: Sequence[str] = ()) -> Tensor:
+        """Replace elements of (B, M, C) by their modality's mask token (mask_probs, and every element of the
+        `masked` modalities), in the adapter's order."""
         start, parts = 0, []
         for n in self.adapter.names:
             m = self.adapter.adapters[n].num_elements
             part, p = x[:, start:start + m], self.config.mask_probs.get(n, 0.0)
             token = self.mask_tokens[n].to(x.dtype)
-            if p >= 1:
+            if p >= 1 or n in masked:
                 part = token.expand_as(part)
             elif p > 0 and self.training:
                 drop = torch.rand(part.shape[:2], device=x.device) < p                       # (B, m)
@@ -199,10 +203,13 @@ class PerceiverIOMultimodalAutoencoder(LatentEncoderModel):
             return torch.cat([q, pad.expand(*q.shape[:2], -1)], dim=-1)
         return make
 
-    def forward(self, inputs: Mapping[str, Tensor], query_indices: Mapping[str, Tensor] | None = None
-                ) -> dict[str, Tensor]:
+    def forward(self, inputs: Mapping[str, Tensor], query_indices: Mapping[str, Tensor] | None = None,
+                masked: Sequence[str] = ()) -> dict[str, Tensor]:
+        bad = set(masked) - set(self.MODALITIES)
+        if bad:
+            raise ValueError(f"PerceiverIOMultimodalAutoencoder: masked names unknown modalities {sorted(bad)}")
         x, mask = self.adapter(inputs)                                                       # (B, M, C)
-        x = self._mask(x)
+        x = self._mask(x, masked)
         B = x.shape[0]
         z = self.processor(self.encoder(self.latents.expand(B, -1, -1), x, mask))           # (B, N, D)
         query_indices = dict(query_indices or {})

@@ -1,5 +1,6 @@
 """Tasks: LightningModules that wrap any model with a loss, metrics, optimizer and schedule."""
 
+from perceiver_lit.tasks.autoencoding import MultimodalAutoencoding
 from perceiver_lit.tasks.base import Task
 from perceiver_lit.tasks.classification import Classification
 from perceiver_lit.tasks.flow import OpticalFlow
@@ -13,6 +14,7 @@ __all__ = [
     "MultilabelClassification",
     "MaskedByteModelling",
     "OpticalFlow",
+    "MultimodalAutoencoding",
     "mask_tokens",
     "Lamb",
     "LRSchedule",
