@@ -91,3 +91,46 @@ def test_kitti_command_with_a_bad_pair(tmp_path):
     run = shards_cli("flow", "kitti", "KITTI2015", "--out", "data/kitti2", "--no-progress", cwd=tmp_path)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1].startswith("perceiver-lit-shards flow: error: train: none of the 3")
+
+
+def _ddp_rank(rank: int, world: int, port: int, root: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        dm = FlowDataModule(train_urls=os.path.join(root, "train-{000000..000004}.tar"),
+                            val_urls=os.path.join(root, "train-{000000..000004}.tar"), crop_size=8, batch_size=2,
+                            num_workers=1, shuffle_buffer=4)
+        dm.setup("fit")
+        train = [len(b["key"]) for b in dm.train_dataloader()]
+        val = {k: b["target"][i].sum().item() for b in dm.val_dataloader() for i, k in enumerate(b["key"])}
+        with open(os.path.join(root, f"rank{rank}.json"), "w") as f:
+            json.dump({"train": train, "val": val}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_two_gloo_ranks_split_flow_shards_exactly(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from datamodules.shards.flow import EncodePair, chairs_items
+    from datamodules.shards.flow_synthetic import make_flow
+    from datamodules.shards.writer import write_shards
+
+    make_flow(tmp_path / "files", 13, seed=0, size=(8, 8))
+    write_shards(chairs_items(str(tmp_path / "files"))["train"], EncodePair(), str(tmp_path), "train", maxcount=3,
+                 progress=False)  # 5 uneven shards: 3, 3, 3, 3, 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["train"] == r1["train"] == [2] * (13 // (2 * 2))  # equal batch counts: the ranks stay in lockstep
+    assert not set(r0["val"]) & set(r1["val"]) and len(r0["val"]) + len(r1["val"]) == 13  # each pair once
+    expected = {f"{n:05d}": float(F.read_flo(tmp_path / "files" / "data" / f"{n:05d}_flow.flo").sum())
+                for n in range(1, 14)}
+    assert {**r0["val"], **r1["val"]} == pytest.approx(expected, rel=1e-5)
