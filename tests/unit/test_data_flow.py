@@ -404,3 +404,18 @@ def test_bad_settings_fail_at_init():
         FlowDataModule(hflip=2)
     with pytest.raises(ValueError, match="crop_size must be an int or"):
         FlowDataModule(crop_size=(1, 2, 3))
+
+
+def test_without_foreground_every_pixel_warps_back_and_layers_occlude():
+    # the background alone: no occlusion, so every pixel that stays in view matches to interpolation error
+    for seed in range(3):
+        frame1, frame2, flow = FlowGenerator((48, 64), textures="procedural", max_layers=0).sample(seed)
+        warped, inside = F.backward_warp(frame2, flow)
+        assert np.abs(warped - frame1).mean(-1)[inside].max() < 20
+    # with foreground layers, some visible-in-frame pixels are hidden in frame 2: large errors there
+    worst = []
+    for seed in range(3):
+        frame1, frame2, flow = FlowGenerator((48, 64), textures="procedural", max_layers=3).sample(seed)
+        warped, inside = F.backward_warp(frame2, flow)
+        worst.append(np.abs(warped - frame1).mean(-1)[inside].max())
+    assert max(worst) > 40
