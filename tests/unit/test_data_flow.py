@@ -404,6 +404,8 @@ def test_bad_settings_fail_at_init():
         FlowDataModule(hflip=2)
     with pytest.raises(ValueError, match="crop_size must be an int or"):
         FlowDataModule(crop_size=(1, 2, 3))
+    with pytest.raises(ValueError, match="predict_files is not supported .*`perceiver-lit-shards flow list"):
+        FlowDataModule(predict_files="frames/*.png")
 
 
 def test_without_foreground_every_pixel_warps_back_and_layers_occlude():
