@@ -12,7 +12,7 @@ What it adds to LightningCLI:
   wrote that contradicts the data fails, naming both fields (cli_links.py).
 - A fast shape check before any training step: the model runs on one zero sample of `data.input_shape` (on the
   meta device, so paper-scale models cost nothing); a failure names the model and data fields (cli_checks.py).
-- A run directory, `runs/<name>/` (name: `--name`, default the first config file's stem), holding config.yaml,
+- A run directory, `runs/<name>/` (name: `--name`, default the last --config file's stem), holding config.yaml,
   checkpoints/{last,best}.ckpt and the W&B (or CSV) logs; `--trainer.default_root_dir` overrides it. It holds one
   run (perceiver_lit/run_dir.py, cli_run_dir.py): a `run.lock` refuses a second live fit; a new fit moves an
   earlier run's outputs to `<run dir>.previous/` when training starts; a fit that fails before its first step

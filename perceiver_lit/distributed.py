@@ -120,11 +120,11 @@ def shard_model(net: nn.Module, device_mesh: Any, options: ShardOptions | None =
             " FSDP2Strategy(layer_classes=[...]) to the class names of its attention layers"
         )
     if opts.activation_checkpointing:
-        from torch.distributed._composable import checkpoint
+        from perceiver_lit.lightning_private import checkpoint_activations
 
         for module in targets:
             if not getattr(module, "checkpoint", False):  # the model's own switch already recomputes this layer
-                checkpoint(module)
+                checkpoint_activations(module)
     for module in targets:
         fully_shard(module, mesh=mesh, mp_policy=mp, reshard_after_forward=opts.reshard_after_forward)
     # The root hands float32 logits to the loss even when it computes in bf16.

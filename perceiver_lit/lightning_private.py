@@ -13,6 +13,8 @@ changes one, instead of the behaviour silently falling back to Lightning's.
 - `Trainer._signal_connector.received_sigterm`: once set, Lightning raises SIGTERMException on every rank after
   the running batch (`mark_sigterm_received`; `Trainer.received_sigterm` is a read-only property).
 - `torch._dynamo.eval_frame.OptimizedModule`: what torch.compile returns for a module (`is_compiled`).
+- `torch.distributed._composable.checkpoint`: activation checkpointing of a module that composes with FSDP2's
+  fully_shard (`checkpoint_activations`; torch.utils.checkpoint wraps a function, not a module).
 """
 
 from __future__ import annotations
@@ -75,6 +77,13 @@ def mark_sigterm_received(trainer: Trainer) -> None:
 def hparams_given_by_cli() -> bool:
     """True while LightningCLI instantiates a module: save_hyperparameters then stores the config it hands over."""
     return _given_hyperparameters.get() is not None
+
+
+def checkpoint_activations(module: torch.nn.Module) -> None:
+    """Recompute `module`'s activations in backward instead of keeping them (in place: hooks on the module)."""
+    from torch.distributed._composable import checkpoint
+
+    checkpoint(module)
 
 
 def is_compiled(module: torch.nn.Module) -> bool:

@@ -3,6 +3,7 @@ what we use them for. A failure names the API: an upgrade changed it, and the ad
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
@@ -14,7 +15,13 @@ from lightning.pytorch.trainer.connectors.checkpoint_connector import _Checkpoin
 
 from perceiver_lit.callbacks import Checkpoint
 from perceiver_lit.cli import PerceiverCLI
-from perceiver_lit.lightning_private import hparams_given_by_cli, is_compiled, last_checkpoints, mark_sigterm_received
+from perceiver_lit.lightning_private import (
+    checkpoint_activations,
+    hparams_given_by_cli,
+    is_compiled,
+    last_checkpoints,
+    mark_sigterm_received,
+)
 
 
 def _source(obj) -> str:
@@ -75,3 +82,20 @@ def test_optimized_module_is_what_torch_compile_returns():
     net = torch.nn.Linear(2, 2)
     assert not is_compiled(net), api
     assert is_compiled(torch.compile(net)), f"{api}: torch.compile(module) no longer returns one"
+
+
+def test_composable_checkpoint_recomputes_a_module_with_the_same_gradients():
+    api = "torch.distributed._composable.checkpoint"
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
+    recomputed = copy.deepcopy(plain)
+    checkpoint_activations(recomputed)
+    calls = {"plain": 0, "recomputed": 0}
+    plain[0].register_forward_hook(lambda *_: calls.__setitem__("plain", calls["plain"] + 1))
+    recomputed[0].register_forward_hook(lambda *_: calls.__setitem__("recomputed", calls["recomputed"] + 1))
+    x = torch.randn(3, 4)
+    plain(x).square().sum().backward()
+    recomputed(x).square().sum().backward()
+    assert calls == {"plain": 1, "recomputed": 2}, f"{api}: the module's forward was not run again in backward"
+    for a, b in zip(plain.parameters(), recomputed.parameters()):
+        assert torch.allclose(a.grad, b.grad), f"{api}: gradients differ from the plain module's"
