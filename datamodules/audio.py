@@ -31,8 +31,8 @@ class AudioFeatures:
             raise ValueError(f"features must be 'raw' or 'mel', got {features!r}")
         self.sample_rate, self.clip_samples = sample_rate, clip_samples
         self.resample, self.features = resample, features
-        self.mel = A.LogMel(sample_rate, n_fft, win_length, hop_length, n_mels, f_min, f_max, mel_scale,
-                            mel_norm) if features == "mel" else None
+        self.mel = A.LogMel(sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
+                            f_min=f_min, f_max=f_max, scale=mel_scale, norm=mel_norm) if features == "mel" else None
 
     @property
     def shape(self) -> tuple[int, ...]:
