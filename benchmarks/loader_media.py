@@ -96,7 +96,7 @@ VIDEO = dict(num_frames=16, frame_stride=2, crop_size=224, short_side=256)
 
 def _video_shards(root: str, n: int) -> tuple[str, int]:
     """n 320x240 H.264 clips (80 frames at 25 fps) of moving smooth patterns plus noise."""
-    from datamodules.shards.synthetic import write_mp4
+    from datamodules.shards.synthetic_media import write_mp4
     from datamodules.shards.writer import write_shards
 
     rng = np.random.default_rng(0)

@@ -22,25 +22,17 @@ AUDIO_EXTS = ("flac", "wav", "ogg", "mp3")
 
 class AudioFeatures:
     """The audio half shared by the audio and audio+video data modules: rate check/resampling, crop/pad, features.
+    Its settings are declared (types, defaults, meaning) once, in `AudioInputs`."""
 
-    Args:
-        sample_rate: the rate the model expects. A clip at another rate is resampled when `resample` is True,
-            else it is a corrupt sample (skipped, counted) and a rate mismatch in the first sample stops setup.
-        clip_samples: fixed output length S (61,440 = 1.28 s at 48 kHz).
-        features: "raw" -> (S,); "mel" -> log-mel (F, M), F = S // hop_length + 1.
-        n_fft, win_length, hop_length, n_mels, f_min, f_max, mel_scale ("htk" | "slaney"), mel_norm ("slaney" | None):
-            the log-mel settings (defaults at 48 kHz: 25 ms windows, 10 ms hop, 128 mel bins).
-    """
-
-    def __init__(self, sample_rate: int, clip_samples: int, resample: bool, features: str, n_fft: int,
+    def __init__(self, *, sample_rate: int, clip_samples: int, resample: bool, features: str, n_fft: int,
                  win_length: int | None, hop_length: int, n_mels: int, f_min: float, f_max: float | None,
                  mel_scale: str, mel_norm: str | None):
         if features not in ("raw", "mel"):
             raise ValueError(f"features must be 'raw' or 'mel', got {features!r}")
         self.sample_rate, self.clip_samples = sample_rate, clip_samples
         self.resample, self.features = resample, features
-        self.mel = A.LogMel(sample_rate, n_fft, win_length, hop_length, n_mels, f_min, f_max, mel_scale,
-                            mel_norm) if features == "mel" else None
+        self.mel = A.LogMel(sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
+                            f_min=f_min, f_max=f_max, scale=mel_scale, norm=mel_norm) if features == "mel" else None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -95,23 +87,26 @@ class AudioFeatures:
         return wave if waveform or self.mel is None else self.mel(wave)
 
 
-class AudioDataModule(StreamingDataModule):
-    """AudioSet-style audio shards (`perceiver-lit-shards audio`): one flac/wav per sample + `json` labels.
+class AudioInputs:
+    """The audio settings of a data module, declared once for the audio and the audio+video modules.
 
-    Args (plus StreamingDataModule's and AudioFeatures' above):
-        num_classes, multilabel: AudioSet's 527 classes, multi-label (`json` lists -> multi-hot) by default.
-        Clips are randomly cropped in training, center-cropped in eval, zero-padded when short.
-        permute_block: raw audio permutes blocks of this many samples (set it to the adapter's patch size);
-            mel permutes single time-frequency bins (or permute_block x permute_block tiles).
+    A mixin placed before StreamingDataModule: its arguments stay flat config keys (`data.init_args.sample_rate`),
+    and it builds `self.audio` (an `AudioFeatures`) after the base is set up.
+
+    Args:
+        sample_rate: the rate the model expects. A clip at another rate is resampled when `resample` is True,
+            else it is a corrupt sample (skipped, counted) and a rate mismatch in the first sample stops setup.
+        clip_samples: fixed output length S (61,440 = 1.28 s at 48 kHz). None: the module's `default_clip_samples`
+            (audio+video: the span of the video clip).
+        features: "raw" -> (S,); "mel" -> log-mel (F, M), F = S // hop_length + 1.
+        n_fft, win_length, hop_length, n_mels, f_min, f_max, mel_scale ("htk" | "slaney"), mel_norm ("slaney" | None):
+            the log-mel settings (defaults at 48 kHz: 25 ms windows, 10 ms hop, 128 mel bins).
     """
-
-    input_exts = AUDIO_EXTS
-    buffer_exts = AUDIO_EXTS  # decode_audio_window reads a memoryview without copying the whole clip
 
     def __init__(
         self,
         sample_rate: int = 48000,
-        clip_samples: int = 61440,
+        clip_samples: int | None = 61440,
         resample: bool = False,
         features: str = "raw",
         n_fft: int = 2048,
@@ -122,17 +117,39 @@ class AudioDataModule(StreamingDataModule):
         f_max: float | None = None,
         mel_scale: str = "htk",
         mel_norm: str | None = "slaney",
-        num_classes: int = 527,
-        multilabel: bool = True,
         **kwargs: Any,
     ):
+        super().__init__(**kwargs)
+        if clip_samples is None:
+            clip_samples = self.default_clip_samples(sample_rate)
+        self.audio = AudioFeatures(sample_rate=sample_rate, clip_samples=clip_samples, resample=resample,
+                                   features=features, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
+                                   n_mels=n_mels, f_min=f_min, f_max=f_max, mel_scale=mel_scale, mel_norm=mel_norm)
+        self.sample_rate, self.clip_samples = sample_rate, clip_samples
+
+    def default_clip_samples(self, sample_rate: int) -> int:
+        raise ValueError(f"{type(self).__name__}: clip_samples must be given (the samples per clip)")
+
+
+class AudioDataModule(AudioInputs, StreamingDataModule):
+    """AudioSet-style audio shards (`perceiver-lit-shards audio`): one flac/wav per sample + `json` labels.
+
+    Args (plus StreamingDataModule's and AudioInputs' above):
+        num_classes, multilabel: AudioSet's 527 classes, multi-label (`json` lists -> multi-hot) by default.
+        Clips are randomly cropped in training, center-cropped in eval, zero-padded when short.
+        permute_block: raw audio permutes blocks of this many samples (set it to the adapter's patch size);
+            mel permutes single time-frequency bins (or permute_block x permute_block tiles).
+    """
+
+    input_exts = AUDIO_EXTS
+    buffer_exts = AUDIO_EXTS  # decode_audio_window reads a memoryview without copying the whole clip
+
+    def __init__(self, num_classes: int = 527, multilabel: bool = True, **kwargs: Any):
         from datamodules.optional import require
 
         require("soundfile", "datamodules.AudioDataModule")  # without it every flac/wav would be skipped as corrupt
-        super().__init__(num_classes=num_classes, multilabel=multilabel, **kwargs)
-        self.audio = AudioFeatures(sample_rate, clip_samples, resample, features, n_fft, win_length, hop_length,
-                                   n_mels, f_min, f_max, mel_scale, mel_norm)
-        self.sample_rate, self.clip_samples, self.features = sample_rate, clip_samples, features
+        super().__init__(num_classes=num_classes, multilabel=multilabel, **kwargs)  # AudioInputs: self.audio
+        self.features = self.audio.features
         self.input_shape = self.audio.shape
         # mel: the rows are waveforms the batch's log-mel is taken from, never sent on: no shared memory
         self._rows = BatchRows(batch_buffer if self.audio.mel is None else scratch_buffer)

@@ -15,18 +15,19 @@ from typing import Any
 
 import torch
 
-from datamodules.audio import AUDIO_EXTS, AudioFeatures, check_first_rate
+from datamodules.audio import AUDIO_EXTS, AudioInputs, check_first_rate
 from datamodules.buffers import stack
 from datamodules.streaming import StreamingDataModule
 from datamodules.transforms import audio as A
 from datamodules.transforms import video as V
-from datamodules.video import VIDEO_EXTS, VideoFrames
+from datamodules.video import VIDEO_EXTS, VideoInputs
 
 
-class AudioVisualDataModule(StreamingDataModule):
+class AudioVisualDataModule(AudioInputs, VideoInputs, StreamingDataModule):
     """Time-aligned video + audio clips from one mp4 or from separate keys.
 
-    Args (plus StreamingDataModule's, VideoFrames' and AudioFeatures' of video.py / audio.py):
+    Args (plus StreamingDataModule's, VideoInputs' and AudioInputs' of video.py / audio.py):
+        num_frames, frame_stride: as VideoInputs', with the paper's audio+video defaults (32 frames, every one).
         fps: the nominal frame rate; with num_frames and frame_stride it fixes the audio length
             `clip_samples = round(num_frames * frame_stride / fps * sample_rate)` unless clip_samples is given.
             The window's start always comes from the decoded frames' real timestamps.
@@ -41,24 +42,8 @@ class AudioVisualDataModule(StreamingDataModule):
         self,
         num_frames: int = 32,
         frame_stride: int = 1,
-        crop_size: int = 224,
-        short_side: int | None = 256,
-        mean: tuple[float, ...] = V.IMAGENET_MEAN,
-        std: tuple[float, ...] = V.IMAGENET_STD,
-        backend: str = "auto",
         fps: float = 25.0,
-        sample_rate: int = 48000,
         clip_samples: int | None = None,
-        resample: bool = False,
-        features: str = "raw",
-        n_fft: int = 2048,
-        win_length: int | None = 1200,
-        hop_length: int = 480,
-        n_mels: int = 128,
-        f_min: float = 0.0,
-        f_max: float | None = None,
-        mel_scale: str = "htk",
-        mel_norm: str | None = "slaney",
         audio_source: str = "auto",
         permute_block: int | tuple[int, int, int] = 1,
         audio_permute_block: int = 1,
@@ -67,19 +52,20 @@ class AudioVisualDataModule(StreamingDataModule):
         shuffle_buffer: int = 100,
         **kwargs: Any,
     ):
-        super().__init__(num_classes=num_classes, multilabel=multilabel, shuffle_buffer=shuffle_buffer, **kwargs)
+        self.fps = fps  # read by default_clip_samples while AudioInputs builds the audio half
+        # MRO: AudioInputs -> VideoInputs -> StreamingDataModule; the video half is built before the audio half
+        super().__init__(num_frames=num_frames, frame_stride=frame_stride, clip_samples=clip_samples,
+                         num_classes=num_classes, multilabel=multilabel, shuffle_buffer=shuffle_buffer, **kwargs)
         if audio_source not in ("auto", "mp4", "key"):
             raise ValueError(f"audio_source must be 'auto', 'mp4' or 'key', got {audio_source!r}")
         self.permute_block = tuple(permute_block) if isinstance(permute_block, (list, tuple)) else permute_block
-        self.audio_permute_block, self.audio_source, self.fps = audio_permute_block, audio_source, fps
-        self.video = VideoFrames(num_frames, frame_stride, crop_size, short_side, mean, std, backend)
-        if clip_samples is None:
-            clip_samples = round(num_frames * frame_stride / fps * sample_rate)
-        self.sample_rate, self.clip_samples = sample_rate, clip_samples
-        self.audio = AudioFeatures(sample_rate, clip_samples, resample, features, n_fft, win_length, hop_length,
-                                   n_mels, f_min, f_max, mel_scale, mel_norm)
+        self.audio_permute_block, self.audio_source = audio_permute_block, audio_source
         self.input_shape = {"video": self.video.shape, "audio": self.audio.shape}
         self.check_permute_block()
+
+    def default_clip_samples(self, sample_rate: int) -> int:
+        """The audio that spans the video clip: `num_frames * frame_stride / fps` seconds."""
+        return round(self.video.num_frames * self.video.frame_stride / self.fps * sample_rate)
 
     def decode_inputs(self, sample: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:
         data = sample[self.find_ext(sample)]

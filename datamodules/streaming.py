@@ -1,5 +1,9 @@
 """The streaming DataModule every modality builds on: URLs, resampled training, exact eval, safe decoding.
 
+(Over 400 lines because it is one class, the whole surface a modality subclasses and a config sets: its argument
+docs, which `perceiver-lit fit --help` prints, and the per-sample hooks. The parts it uses live beside it:
+sources.py, stream.py, loader.py, buffers.py, skip_counts.py, shard_checks.py, errors.py.)
+
 How a modality plugs in (see image.py for a complete, short example)::
 
     class MyDataModule(StreamingDataModule):
@@ -42,6 +46,7 @@ from datamodules.loader import MixingLoader, _as_is, _worker_context
 from datamodules.sources import ShardOpenError, expand_urls, is_local, iter_tar_samples, read_index_counts
 from datamodules.stream import ShardStream, StreamSource, _rank_world
 from datamodules.shard_checks import check_shard_headers, scan_eval_shards
+from datamodules.skip_counts import SkipCounts
 
 log = logging.getLogger("datamodules")
 
@@ -136,12 +141,7 @@ class StreamingDataModule(L.LightningDataModule):
 
             class_names = find_class_names([train_urls, val_urls, test_urls, self.predict_urls], num_classes)
         self.class_names: list[str] | None = list(class_names) if class_names else None
-        # one counter slot per DataLoader worker (+ slot 0 for the main process), in shared memory so the
-        # training process can read what its workers counted: see `corrupt_samples`
-        # [corrupt (train + eval), bad shards, eval corrupt, eval samples read] x slot
-        self._counters = torch.zeros(4, 65, dtype=torch.int64).share_memory_()
-        self._worker_slot = 0
-        self._warned: set[tuple[str, str]] = set()
+        self.skipped = SkipCounts()  # corrupt samples and unreadable shards, counted across the workers
         self.rng = random.Random(seed)  # augmentation randomness; reseeded per epoch, rank and worker
         self._streams: dict[str, ShardStream] = {}
 
@@ -150,18 +150,18 @@ class StreamingDataModule(L.LightningDataModule):
     def corrupt_samples(self) -> int:
         """Corrupt samples skipped so far on this rank (all workers, all epochs). A task or the
         `LogCorruptSamples` callback logs it; sum over ranks with sync_dist."""
-        return int(self._counters[0].sum())
+        return self.skipped.corrupt_samples
 
     @property
     def bad_shards(self) -> int:
         """Shards skipped because they could not be opened (skip_bad_shards=True)."""
-        return int(self._counters[1].sum())
+        return self.skipped.bad_shards
 
     @property
     def eval_counts(self) -> tuple[int, int]:
         """(corrupt samples skipped, samples read) by val/test/predict passes so far on this rank; the
         `LogCorruptSamples` callback reports the difference over one pass and checks it with `check_eval_corrupt`."""
-        return int(self._counters[2].sum()), int(self._counters[3].sum())
+        return self.skipped.eval_counts
 
     def check_eval_corrupt(self, stage: str, skipped: int, read: int) -> None:
         """Raise DataError when one val/test/predict pass (summed over ranks) skipped more than
@@ -176,29 +176,6 @@ class StreamingDataModule(L.LightningDataModule):
                             "metrics would describe a subset of the data. Fix the shards (see the warnings above), or "
                             "raise the threshold to accept it")
 
-    def _corrupt(self, url: str, key: str, exc: BaseException, evaluating: bool = False, lost: bool = False) -> None:
-        """Count and warn about one skipped sample; `evaluating`: in an eval pass, `lost`: never decoded (a tar
-        that broke in it), so not yet counted as read."""
-        slot = min(self._worker_slot, 64)
-        self._counters[0, slot] += 1
-        if evaluating:
-            self._counters[2, slot] += 1
-            self._counters[3, slot] += int(lost)
-        if (url, key) in self._warned:  # resampled shards meet the same bad sample again: warn once per worker
-            return
-        self._warned.add((url, key))
-        log.warning("corrupt sample skipped: shard=%s key=%s: %s: %s", url, key, type(exc).__name__, exc)
-
-    def _bad_shard(self, url: str, exc: BaseException) -> None:
-        self._counters[1, min(self._worker_slot, 64)] += 1
-        if (url, None) in self._warned:  # resampled: the same shard again; warn once per worker
-            return
-        self._warned.add((url, None))
-        log.warning("unreadable shard skipped (skip_bad_shards=True): %s", exc)
-
-    def _count_read(self) -> None:
-        self._counters[3, min(self._worker_slot, 64)] += 1
-
     # ---- what the stream reads and calls (stream.py); made anew with each loader, so a setting changed between
     # loaders (Lightning's batch-size finder sets batch_size) reaches the next one
     def stream_source(self) -> StreamSource:
@@ -207,12 +184,12 @@ class StreamingDataModule(L.LightningDataModule):
             shuffle_buffer=self.shuffle_buffer, samples_per_epoch=self.samples_per_epoch,
             skip_bad_shards=self.skip_bad_shards, check_counts=self.check_counts, buffer_exts=self.buffer_exts,
             start_worker=self._start_worker, make_sample=self._make_sample, collate=self.collate,
-            corrupt=self._corrupt, bad_shard=self._bad_shard, count_read=self._count_read,
+            corrupt=self.skipped.corrupt, bad_shard=self.skipped.bad_shard, count_read=self.skipped.count_read,
             read_file=self.iter_file_samples, trainer_epoch=self._trainer_epoch)
 
     def _start_worker(self, slot: int, rng: random.Random) -> None:
         """In each worker (slot 0: the main process), per epoch: its counter slot and augmentation randomness."""
-        self._worker_slot, self.rng = slot, rng
+        self.skipped.slot, self.rng = slot, rng
 
     def _trainer_epoch(self) -> int | None:
         trainer = getattr(self, "trainer", None)
@@ -300,7 +277,7 @@ class StreamingDataModule(L.LightningDataModule):
         except LabelRangeError as e:  # the config, not the sample: stop
             raise LabelRangeError(label_range_message(raw, e)) from None
         except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupt sample
-            self._corrupt(raw.get("__url__", "?"), raw.get("__key__", "?"), e, evaluating=not train)
+            self.skipped.corrupt(raw.get("__url__", "?"), raw.get("__key__", "?"), e, evaluating=not train)
             return None
         return {"inputs": inputs, "target": target, "key": raw["__key__"], **extra}
 

@@ -15,17 +15,9 @@ VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 
 class VideoFrames:
     """The video half shared by the video and audio+video data modules: decode, sample frames, resize/crop/normalise.
+    Its settings are declared (types, defaults, meaning) once, in `VideoInputs`."""
 
-    Args:
-        num_frames: T frames per clip.
-        frame_stride: take every `frame_stride`-th frame (random start in train, centered in eval).
-        crop_size: output H = W after cropping (random crop in train, center crop in eval).
-        short_side: resize the short side to this first (None: no resize; crop from the decoded size).
-        mean, std: per-channel normalisation of [0, 1] pixels (ImageNet's by default).
-        backend: "auto" (decord, else PyAV), "decord" or "pyav".
-    """
-
-    def __init__(self, num_frames: int, frame_stride: int, crop_size: int, short_side: int | None,
+    def __init__(self, *, num_frames: int, frame_stride: int, crop_size: int, short_side: int | None,
                  mean: tuple[float, ...], std: tuple[float, ...], backend: str):
         if num_frames < 1 or frame_stride < 1:
             raise ValueError(f"num_frames and frame_stride must be >= 1, got {num_frames}, {frame_stride}")
@@ -58,17 +50,20 @@ class VideoFrames:
         return out
 
 
-class VideoDataModule(StreamingDataModule):
-    """Video shards (`perceiver-lit-shards video`): one mp4 per sample + `cls`/`json` labels.
+class VideoInputs:
+    """The video settings of a data module, declared once for the video and the audio+video modules.
 
-    Args (plus StreamingDataModule's and VideoFrames' above):
-        permute_block: blocks of (t, h, w) voxels that `permute_seed` shuffles (an int: the same per dim);
-            set it to the adapter's space-time patch (the paper's 2x8x8) so the two agree.
-        shuffle_buffer: decoded clips held per worker for shuffling; 100 uint8 16x224x224x3 clips are 240 MB
-            (the base's image-sized default of 1000 would be 2.4 GB per worker).
+    A mixin placed before StreamingDataModule: its arguments stay flat config keys (`data.init_args.num_frames`),
+    and it builds `self.video` (a `VideoFrames`) after the base is set up.
+
+    Args:
+        num_frames: T frames per clip.
+        frame_stride: take every `frame_stride`-th frame (random start in train, centered in eval).
+        crop_size: output H = W after cropping (random crop in train, center crop in eval).
+        short_side: resize the short side to this first (None: no resize; crop from the decoded size).
+        mean, std: per-channel normalisation of [0, 1] pixels (ImageNet's by default).
+        backend: "auto" (decord, else PyAV), "decord" or "pyav".
     """
-
-    input_exts = VIDEO_EXTS
 
     def __init__(
         self,
@@ -79,14 +74,34 @@ class VideoDataModule(StreamingDataModule):
         mean: tuple[float, ...] = V.IMAGENET_MEAN,
         std: tuple[float, ...] = V.IMAGENET_STD,
         backend: str = "auto",
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.video = VideoFrames(num_frames=num_frames, frame_stride=frame_stride, crop_size=crop_size,
+                                 short_side=short_side, mean=mean, std=std, backend=backend)
+
+
+class VideoDataModule(VideoInputs, StreamingDataModule):
+    """Video shards (`perceiver-lit-shards video`): one mp4 per sample + `cls`/`json` labels.
+
+    Args (plus StreamingDataModule's and VideoInputs' above):
+        permute_block: blocks of (t, h, w) voxels that `permute_seed` shuffles (an int: the same per dim);
+            set it to the adapter's space-time patch (the paper's 2x8x8) so the two agree.
+        shuffle_buffer: decoded clips held per worker for shuffling; 100 uint8 16x224x224x3 clips are 240 MB
+            (the base's image-sized default of 1000 would be 2.4 GB per worker).
+    """
+
+    input_exts = VIDEO_EXTS
+
+    def __init__(
+        self,
         permute_block: int | tuple[int, int, int] = 1,
         num_classes: int = 400,
         shuffle_buffer: int = 100,
         **kwargs: Any,
     ):
-        super().__init__(num_classes=num_classes, shuffle_buffer=shuffle_buffer, **kwargs)
+        super().__init__(num_classes=num_classes, shuffle_buffer=shuffle_buffer, **kwargs)  # VideoInputs: self.video
         self.permute_block = tuple(permute_block) if isinstance(permute_block, (list, tuple)) else permute_block
-        self.video = VideoFrames(num_frames, frame_stride, crop_size, short_side, mean, std, backend)
         self.input_shape = self.video.shape
         self.check_permute_block()
 

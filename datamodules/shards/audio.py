@@ -26,9 +26,8 @@ from functools import partial
 from pathlib import Path
 
 from datamodules.class_names import write_class_names
-from datamodules.shards.cli import add_common_args
 from datamodules.shards.labels import index_labels, label_map_names, parse_labels, read_label_map, read_simple_csv
-from datamodules.shards.splits import write_split_shards
+from datamodules.shards.splits import add_split_args, write_split_shards
 from datamodules.shards.writer import ShardSummary
 
 AUDIO_EXTS = (".flac", ".wav", ".ogg", ".mp3")
@@ -123,9 +122,8 @@ def audio_items(root: str, labels_csv: str, csv_format: str = "auto",
 
 def run(args: argparse.Namespace) -> list[ShardSummary]:
     items = audio_items(args.root, args.labels, args.csv_format, args.label_map, args.out)
-    if not items:
-        raise SystemExit(f"audio: no samples found from {args.labels} under {args.root}")
-    return write_split_shards(items, partial(encode_audio, sample_rate=args.sample_rate), args)
+    return write_split_shards(items, partial(encode_audio, sample_rate=args.sample_rate), args,
+                              nothing=f"audio: no samples found from {args.labels} under {args.root}")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -136,6 +134,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--csv-format", default="auto", choices=("auto", "simple", "audioset"))
     p.add_argument("--label-map", default=None, help="index,mid,display_name CSV (AudioSet) or index,name")
     p.add_argument("--sample-rate", type=int, default=None, help="re-encode to mono flac at this rate")
-    p.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction as val-* shards")
-    add_common_args(p)
+    add_split_args(p)
     p.set_defaults(func=run)

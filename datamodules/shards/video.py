@@ -18,9 +18,8 @@ from functools import partial
 from pathlib import Path
 
 from datamodules.class_names import write_class_names
-from datamodules.shards.cli import add_common_args
 from datamodules.shards.labels import index_labels, label_map_names, read_label_map, read_simple_csv
-from datamodules.shards.splits import write_split_shards
+from datamodules.shards.splits import add_split_args, write_split_shards
 from datamodules.shards.writer import ShardSummary
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
@@ -68,9 +67,8 @@ def video_items(root: str, labels_csv: str | None = None, label_map_path: str | 
 
 def run(args: argparse.Namespace) -> list[ShardSummary]:
     items = video_items(args.root, args.labels, args.label_map, args.out)
-    if not items:
-        raise SystemExit(f"video: no {'/'.join(VIDEO_EXTS)} files found under {args.root}")
-    return write_split_shards(items, partial(encode_video, audio_ext=args.with_audio), args)
+    return write_split_shards(items, partial(encode_video, audio_ext=args.with_audio), args,
+                              nothing=f"video: no {'/'.join(VIDEO_EXTS)} files found under {args.root}")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -80,6 +78,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", default=None, help="'path,labels' CSV instead of class folders")
     p.add_argument("--label-map", default=None, help="index,name CSV for name labels")
     p.add_argument("--with-audio", default=None, metavar="EXT", help="also pack <stem>.EXT (e.g. flac)")
-    p.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction as val-* shards")
-    add_common_args(p)
+    add_split_args(p)
     p.set_defaults(func=run)

@@ -12,7 +12,7 @@ import torch
 
 from datamodules.audiovisual import AudioVisualDataModule
 from datamodules.shards.cli import main
-from datamodules.shards.synthetic import write_mp4
+from datamodules.shards.synthetic_media import write_mp4
 
 pytestmark = pytest.mark.integration
 

@@ -177,7 +177,7 @@ def test_speech_engines_speak_deterministically(engine: str) -> None:
 
     import numpy as np
 
-    from datamodules.shards.synthetic import speak_digits
+    from datamodules.shards.synthetic_media import speak_digits
 
     if engine != "tones" and shutil.which(engine) is None:
         pytest.skip(f"{engine} not installed")

@@ -14,7 +14,8 @@ import pytest
 
 from datamodules.shards import writer
 from datamodules.shards.cli import main
-from datamodules.shards.synthetic import MODALITIES, available_languages
+from datamodules.shards.synthetic import MODALITIES
+from datamodules.shards.synthetic_media import available_languages
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from datamodules.audiovisual import AudioVisualDataModule
-from datamodules.shards.synthetic import write_mp4
+from datamodules.shards.synthetic_media import write_mp4
 from datamodules.transforms import video as V
 from datamodules.video import VideoDataModule
 
