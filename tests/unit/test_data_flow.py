@@ -377,7 +377,7 @@ def test_frames_smaller_than_the_crop_are_corrupt(tmp_path, caplog):
 
 # ---------------------------------------------------------------------------------- facts and the CLI link
 def test_facts_link_into_the_flow_model(tmp_path):
-    from perceiver_lit.cli import ADAPTER, plan_links
+    from perceiver_lit.cli_links import ADAPTER, plan_links
     from perceiver_lit.models.flow import FlowPatchAdapter, PerceiverIOFlow
 
     dm = FlowDataModule(crop_size=(16, 24))
