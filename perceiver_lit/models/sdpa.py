@@ -124,13 +124,18 @@ def attend_unprojected(q: Tensor, x_hat: Tensor, scale: float, pad_mask: Tensor 
     scores in backward: five (N x M x C) matmuls. Its math backend is differentiated op by op, so autograd keeps the
     probabilities and does two (dP = dO x_hat^T, dq = dS x_hat): the medium Perceiver's CPU training step is
     1.2x faster (benchmarks/README.md). The cost is the kept (B, h, N, M) matrix, so the math backend runs on CPU
-    only, in training, when x_hat needs no gradient and that matrix is at most MATH_ATTENTION_MAX_BYTES.
+    only, in training, when x_hat needs no gradient and that matrix is at most MATH_ATTENTION_MAX_BYTES. When x_hat
+    needs one (a trainable conv stem before it, HF's conv model), the math backend is taken in `_cpu_math_backward`'s
+    cases: the fused kernel's backward runs on one thread per (batch x head), and at batch 1 with HF's 1-head encoder
+    it took 2-3x the math backend's fwd + bwd and the conv model's fine-tuning step 0.9x HF's (2 threads).
     """
     B, h = q.shape[:2]
     M = x_hat.shape[1]
     kv = x_hat.unsqueeze(1).expand(B, h, M, -1)                                    # (B, h, M, C), no copy
     mask = None if pad_mask is None else ~pad_mask[:, None, None, :]               # (B, 1, 1, M), True = attend
-    if _eager_cpu_training(q) and not x_hat.requires_grad and _math_matrix_fits(q, B * h * q.shape[2] * M):
+    matrix = B * h * q.shape[2] * M
+    no_kv_grad = not x_hat.requires_grad and _eager_cpu_training(q) and _math_matrix_fits(q, matrix)
+    if no_kv_grad or _cpu_math_backward(q, B * h, matrix):
         with _math_sdpa(q):
             return F.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, scale=scale)
     if q.is_cuda:  # the fused CUDA kernels get plain strides: q may be one row of queries expanded over the batch

@@ -19,3 +19,16 @@ def test_pretrained_benchmark_writes_every_row(tmp_path):
         assert r["hf_samples_per_s"] > 0 and r["ours_samples_per_s"] > 0 and r["speedup"] > 0
     assert json.loads((tmp_path / "pretrained.json").read_text())["rows"] == result["rows"]
     assert "| conv | train |" in (tmp_path / "pretrained.md").read_text()
+
+
+def test_pretrained_benchmark_only_runs_the_named_row_like_for_like(tmp_path):
+    """--only conv-step: that row alone; HF's side runs without attention dropout, as the converted model does."""
+    from benchmarks.pretrained import build, main
+
+    result = main(["--toy", "--rounds", "1", "--no-memory", "--only", "conv-step", "--out-dir", str(tmp_path)])
+    assert [(r["family"], r["mode"]) for r in result["rows"]] == [("conv", "train")]
+    hf = build("conv", "hf", "train", 1, toy=True).model
+    assert hf.config.attention_probs_dropout_prob == 0.0
+    assert build("conv", "hf", "forward", 1, toy=True).model.config.attention_probs_dropout_prob == 0.1
+    with pytest.raises(SystemExit):
+        main(["--toy", "--only", "conv-train", "--out-dir", str(tmp_path)])
