@@ -35,7 +35,7 @@ def flow_shards(tmp_path_factory) -> tuple[str, str]:
 
     out = tmp_path_factory.mktemp("flow-shards")
     shards_main(["synthetic", "flow", "--out", str(out), "--num-samples", "24", "--val-fraction", "0.34",
-                 "--flow-size", str(SIZE), "--maxcount", "8", "--no-progress", "--workers", "1"])
+                 "--flow-size", str(SIZE), "--maxcount", "4", "--no-progress", "--workers", "1"])
     train = sorted(glob.glob(str(out / "train-*.tar")))
     val = sorted(glob.glob(str(out / "val-*.tar")))
     return "::".join(train), "::".join(val)
