@@ -47,6 +47,10 @@ class FlowDataModule(StreamingDataModule):
         super().__init__(num_classes=num_classes, **kwargs)
         if self.permute_seed is not None:
             raise ValueError("FlowDataModule: permute_seed is not supported (the flow is defined on the pixel grid)")
+        if self.predict_files is not None:  # a sample is two files: pairs come from a list, as shards
+            raise ValueError("FlowDataModule: predict_files is not supported (a sample is a pair of frames): write "
+                             "the pairs as shards with `perceiver-lit-shards flow list pairs.txt --out DIR --prefix "
+                             "test` and set data.init_args.predict_urls")
         size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(int(s) for s in crop_size)
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"crop_size must be an int or (H, W), got {crop_size!r}")

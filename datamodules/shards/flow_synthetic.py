@@ -217,14 +217,14 @@ class FlowGenerator:
         max_motion: the background's largest translation per axis (px); foreground layers move up to 1.5x that.
         textures: "procedural", "fashion-mnist" (foreground silhouettes from Fashion-MNIST; needs the Debian
             package) or "auto" (Fashion-MNIST silhouettes for some layers when installed).
-        max_layers: the most foreground layers (at least 1 is drawn).
+        max_layers: the most foreground layers (1 to max_layers are drawn; 0: the background alone).
     """
 
     def __init__(self, size: tuple[int, int] = DEFAULT_SIZE, max_motion: float = 4.0, textures: str = "auto",
                  max_layers: int = 3):
         if textures not in ("auto", "procedural", "fashion-mnist"):
             raise ValueError(f"textures must be 'auto', 'procedural' or 'fashion-mnist', got {textures!r}")
-        self.size, self.max_motion, self.max_layers = tuple(size), float(max_motion), max(1, int(max_layers))
+        self.size, self.max_motion, self.max_layers = tuple(size), float(max_motion), max(0, int(max_layers))
         self.fashion = None if textures == "procedural" else _fashion_images()
         if textures == "fashion-mnist" and self.fashion is None:
             raise FileNotFoundError(f"textures='fashion-mnist' needs {FASHION_DIR} (apt-get install "
@@ -239,7 +239,7 @@ class FlowGenerator:
         scale = min(h, w) / 64.0  # texture and deformation scales grow with the image
         m = self.max_motion
         out = [Layer(Texture(rng, scale), Motion(rng, (w / 2, h / 2), m, 4.0, 0.04, 1.0 * scale, 48 * scale))]
-        for _ in range(int(rng.integers(1, self.max_layers + 1))):
+        for _ in range(int(rng.integers(1, self.max_layers + 1)) if self.max_layers else 0):
             cx, cy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h
             radius = rng.uniform(0.12, 0.28) * min(h, w)
             use_fashion = self.fashion is not None and (self.textures == "fashion-mnist" or rng.random() < 0.5)
@@ -288,11 +288,11 @@ def write_ppm(path: Path, image: np.ndarray) -> None:
     path.write_bytes(f"P6\n{w} {h}\n255\n".encode() + np.ascontiguousarray(image).tobytes())
 
 
-def _write_pairs(job: tuple[Path, int, list[int], tuple[int, int], float, str]) -> None:
+def _write_pairs(job: tuple[Path, int, list[int], tuple[int, int], float, str, int]) -> None:
     from datamodules.transforms.flow import write_flo
 
-    data, seed, indices, size, max_motion, textures = job
-    gen = FlowGenerator(size, max_motion, textures)
+    data, seed, indices, size, max_motion, textures, max_layers = job
+    gen = FlowGenerator(size, max_motion, textures, max_layers)
     for i in indices:
         frame1, frame2, flow = gen.sample(np.random.SeedSequence([seed, i]))
         stem = f"{i + 1:05d}"  # FlyingChairs numbers from 00001
@@ -302,15 +302,16 @@ def _write_pairs(job: tuple[Path, int, list[int], tuple[int, int], float, str]) 
 
 
 def make_flow(root: Path, n: int, seed: int, size: tuple[int, int] = DEFAULT_SIZE, max_motion: float = 4.0,
-              textures: str = "auto", val: set[int] | frozenset = frozenset(), workers: int = 1, **_) -> Path:
+              textures: str = "auto", val: set[int] | frozenset = frozenset(), workers: int = 1, max_layers: int = 3,
+              **_) -> Path:
     """`root/data/NNNNN_img1.ppm, _img2.ppm, _flow.flo` for N pairs and `root/FlyingChairs_train_val.txt` (2 for
     the indices in `val`, else 1), in `workers` processes. Sample i depends only on (seed, i). Returns root."""
     import multiprocessing as mp
 
-    FlowGenerator(size, max_motion, textures)  # bad options fail here, once
+    FlowGenerator(size, max_motion, textures, max_layers)  # bad options fail here, once
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
-    jobs = [(data, seed, list(range(n))[k::max(workers, 1)], tuple(size), max_motion, textures)
+    jobs = [(data, seed, list(range(n))[k::max(workers, 1)], tuple(size), max_motion, textures, max_layers)
             for k in range(max(workers, 1))]
     if workers > 1 and n > 1:
         with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(workers) as pool:
@@ -331,7 +332,7 @@ def synthetic_flow(args: argparse.Namespace, files: Path) -> list:
     _, val = split_items(range(args.num_samples), args.val_fraction, seed=args.seed) if args.val_fraction > 0 \
         else (None, [])
     make_flow(files, args.num_samples, args.seed, args.flow_size, args.max_motion, args.textures, set(val),
-              args.workers)
+              args.workers, args.max_layers)
     print(f"synthetic flow: {args.num_samples} pairs of {args.flow_size[0]}x{args.flow_size[1]} (H x W) under "
           f"{files} (FlyingChairs layout)")
     if args.files_only:
@@ -346,5 +347,6 @@ def add_flow_args(p: argparse.ArgumentParser) -> None:
                    help="frame size, e.g. 64 or 96x128 (default 64: the CPU demo's size)")
     g.add_argument("--max-motion", type=float, default=4.0,
                    help="the background's largest shift per axis in px (foreground layers: 1.5x)")
+    g.add_argument("--max-layers", type=int, default=3, help="the most foreground layers per pair (1 to N drawn; 0: background only)")
     g.add_argument("--textures", default="auto", choices=("auto", "procedural", "fashion-mnist"),
                    help="foreground shapes: procedural, Fashion-MNIST silhouettes, or both when installed (auto)")

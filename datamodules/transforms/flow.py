@@ -59,7 +59,8 @@ def write_flo(path: str | Path, flow: np.ndarray) -> None:
 
 def split_unknown(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Middlebury's unknown values (|u| or |v| > 1e9) -> (flow with 0 there, valid mask bool (H, W))."""
-    valid = (np.abs(flow) <= FLO_UNKNOWN).all(axis=-1) | ~np.isfinite(flow).all(axis=-1)  # NaN: stays, is refused
+    # only finite values above 1e9 are "unknown": NaN and inf stay, and the sample is refused as corrupt
+    valid = (np.abs(flow) <= FLO_UNKNOWN).all(axis=-1) | ~np.isfinite(flow).all(axis=-1)
     if valid.all():
         return flow, valid
     flow = flow.copy()

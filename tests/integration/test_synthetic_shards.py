@@ -27,6 +27,7 @@ CASES = {
     "pointcloud-off": ("pointcloud", ["--num-points", "64"], "test"),
     "pointcloud-npy": ("pointcloud", ["--num-points", "64", "--points-format", "npy"], "test"),
     "text": ("text", ["--languages", "en,de"], "val"),
+    "flow": ("flow", ["--flow-size", "16"], "val"),
 }
 
 

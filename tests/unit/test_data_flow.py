@@ -404,3 +404,35 @@ def test_bad_settings_fail_at_init():
         FlowDataModule(hflip=2)
     with pytest.raises(ValueError, match="crop_size must be an int or"):
         FlowDataModule(crop_size=(1, 2, 3))
+    with pytest.raises(ValueError, match="predict_files is not supported .*`perceiver-lit-shards flow list"):
+        FlowDataModule(predict_files="frames/*.png")
+
+
+def test_without_foreground_every_pixel_warps_back_and_layers_occlude():
+    # the background alone: no occlusion, so every pixel that stays in view matches to interpolation error
+    for seed in range(3):
+        frame1, frame2, flow = FlowGenerator((48, 64), textures="procedural", max_layers=0).sample(seed)
+        warped, inside = F.backward_warp(frame2, flow)
+        assert np.abs(warped - frame1).mean(-1)[inside].max() < 20
+    # with foreground layers, some visible-in-frame pixels are hidden in frame 2: large errors there
+    worst = []
+    for seed in range(3):
+        frame1, frame2, flow = FlowGenerator((48, 64), textures="procedural", max_layers=3).sample(seed)
+        warped, inside = F.backward_warp(frame2, flow)
+        worst.append(np.abs(warped - frame1).mean(-1)[inside].max())
+    assert max(worst) > 40
+
+
+def test_sintel_test_split_has_no_flow_and_is_predicted(tmp_path):
+    scene = tmp_path / "sintel" / "test" / "final" / "ambush_1"
+    os.makedirs(scene)
+    frames = [RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(3)]
+    for i, frame in enumerate(frames, 1):
+        Image.fromarray(frame).save(scene / f"frame_{i:04d}.png")
+    out = tmp_path / "out"
+    assert cli.main(["flow", "sintel", str(tmp_path / "sintel"), "--split", "test", "--pass", "final", "--out",
+                     str(out), "--prefix", "test", "--no-progress"]) == 0
+    got = eval_batches(str(out / "test-000000.tar"), 8, split="predict")
+    assert sorted(got) == ["ambush_1_frame_0001", "ambush_1_frame_0002"]
+    torch.testing.assert_close(got["ambush_1_frame_0002"]["inputs"], as_input(frames[1], frames[2]))
+    assert not got["ambush_1_frame_0001"]["valid"].any()
