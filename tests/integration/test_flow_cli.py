@@ -35,7 +35,7 @@ def flow_shards(tmp_path_factory) -> tuple[str, str]:
 
     out = tmp_path_factory.mktemp("flow-shards")
     shards_main(["synthetic", "flow", "--out", str(out), "--num-samples", "24", "--val-fraction", "0.34",
-                 "--flow-size", str(SIZE), "--maxcount", "8", "--no-progress", "--workers", "1"])
+                 "--flow-size", str(SIZE), "--maxcount", "4", "--no-progress", "--workers", "1"])
     train = sorted(glob.glob(str(out / "train-*.tar")))
     val = sorted(glob.glob(str(out / "val-*.tar")))
     return "::".join(train), "::".join(val)
@@ -122,3 +122,42 @@ def test_flow_recipe_under_ddp_on_two_cpu_ranks(flow_shards, tmp_path):
 
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3
+
+
+def test_converted_official_architecture_predicts_a_frame_pair(flow_shards, tmp_path):
+    """A random-weight HF PerceiverForOpticalFlow (the official architecture, small widths) saved with
+    save_pretrained -> perceiver-lit-convert -> `perceiver-lit predict --config configs/pretrained/optical_flow.yaml`
+    on one frame pair without flow (perceiver-lit-shards flow list): the .npy holds HF's own flow x 20 and the PNG
+    its colour wheel."""
+    import torch
+
+    from datamodules.shards.cli import main as shards_main
+    from perceiver_lit.convert import main as convert_main
+    from perceiver_lit.models import extract_patches
+    from tests.unit.test_convert_dense import hf_flow
+
+    hf = hf_flow(train_size=[SIZE, SIZE]).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    convert_main(["--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "flow.pt")])
+    data = Path(flow_shards[0].split("::")[0]).parent / "files" / "flow" / "data"
+    (tmp_path / "pairs.txt").write_text(f"{data / '00001_img1.ppm'} {data / '00001_img2.ppm'}\n")
+    shards_main(["flow", "list", str(tmp_path / "pairs.txt"), "--out", str(tmp_path / "pairs"), "--prefix", "test",
+                 "--no-progress"])
+    (shard,) = glob.glob(str(tmp_path / "pairs" / "test-*.tar"))
+    out = tmp_path / "run"
+    run_cli(["predict", "--config", str(ROOT / "configs" / "pretrained" / "optical_flow.yaml"),
+             "--model.init_args.net.init_args.path", str(tmp_path / "flow.pt"),
+             "--data.init_args.predict_urls", shard, "--data.init_args.crop_size", str(SIZE),
+             "--data.init_args.num_workers", "0", "--trainer.default_root_dir", str(out),
+             "--trainer.enable_progress_bar", "false"], cwd=tmp_path)
+    (row,) = [json.loads(line) for line in (out / "predictions-rank0.jsonl").read_text().splitlines()]
+    assert "epe" not in row  # no true flow for this pair
+    flow = np.load(out / row["flow"])
+    frames = np.stack([np.asarray(Image.open(data / f"00001_img{k}.ppm")) for k in (1, 2)])
+    x = torch.from_numpy(frames).float()[None] / 127.5 - 1                   # (1, 2, H, W, 3) in [-1, 1]
+    with torch.no_grad():
+        expect = hf(inputs=extract_patches(x)).logits[0].numpy() * 20.0
+    np.testing.assert_allclose(flow, expect, atol=1e-4, rtol=1e-4)
+    png = np.asarray(Image.open(out / row["image"]))
+    assert png.shape == (SIZE, SIZE, 3)
+    np.testing.assert_array_equal(png, flow_to_color(flow))

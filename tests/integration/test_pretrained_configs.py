@@ -30,6 +30,10 @@ def stand_in(path: str, tmp_path: Path, shards) -> str:  # noqa: F811
         hf_image_model(hf_classes[path]).save_pretrained(out)
     elif path == "language-perceiver":
         hf_mlm().save_pretrained(out)
+    elif path == "optical-flow-perceiver":
+        from tests.unit.test_convert_dense import hf_flow
+
+        hf_flow(train_size=[16, 16]).save_pretrained(out)
     elif path.endswith("quickstart/checkpoints/best.ckpt"):  # a real checkpoint of the (shrunk) quickstart
         quickstart = CONFIGS / "quickstart.yaml"
         over = smoke_overrides(quickstart, shards, tmp_path / "qs")
@@ -71,6 +75,6 @@ def test_pretrained_recipe_runs(config: Path, shards, tmp_path: Path, recwarn): 
         assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     else:
         cli = PerceiverCLI(args=["validate", *args])
-        assert "val/acc1" in cli.trainer.callback_metrics
+        assert cli.model.monitor[0] in cli.trainer.callback_metrics  # val/acc1; val/epe for optical flow
         assert not [w for w in recwarn if "untrained" in str(w.message)]
     assert cli.model.num_classes == cli.datamodule.num_classes

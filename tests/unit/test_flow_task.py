@@ -213,3 +213,19 @@ def test_save_flow_png_round_trips(tmp_path):
     flow = np.random.default_rng(0).normal(size=(5, 7, 2))
     save_flow_png(flow, tmp_path / "f.png")
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "f.png")), flow_to_color(flow))
+
+
+def test_the_cli_links_input_shape_but_no_class_count_into_a_flow_task():
+    from perceiver_lit.cli import ADAPTER, NET, plan_links
+
+    tree = {"model": {"class_path": "perceiver_lit.tasks.OpticalFlow", "init_args": {"net": {
+        "class_path": "perceiver_lit.models.PerceiverIOFlow",
+        "init_args": {"adapter": {"class_path": "perceiver_lit.models.FlowPatchAdapter"}}}}}}
+    links = plan_links(tree)
+    assert ("input_shape", f"{ADAPTER}.init_args.input_shape") in links
+    assert not [link for link in links if link[0] == "num_classes"], links
+    # a converted net (the pretrained factory takes num_classes too): only the input shape, which retargets it
+    tree["model"]["init_args"]["net"] = {"class_path": "perceiver_lit.models.pretrained", "init_args": {"path": "x"}}
+    links = plan_links(tree)
+    assert ("input_shape", f"{NET}.init_args.input_shape") in links
+    assert not [link for link in links if link[0] == "num_classes"], links
