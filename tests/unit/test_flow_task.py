@@ -216,7 +216,7 @@ def test_save_flow_png_round_trips(tmp_path):
 
 
 def test_the_cli_links_input_shape_but_no_class_count_into_a_flow_task():
-    from perceiver_lit.cli import ADAPTER, NET, plan_links
+    from perceiver_lit.cli_links import ADAPTER, NET, plan_links
 
     tree = {"model": {"class_path": "perceiver_lit.tasks.OpticalFlow", "init_args": {"net": {
         "class_path": "perceiver_lit.models.PerceiverIOFlow",
