@@ -53,7 +53,7 @@ def _audio_shards(root: str, n: int) -> tuple[str, int]:
     rng = np.random.default_rng(0)
     t = np.arange(10 * 48000) / 48000
     items = []
-    for i in range(n):
+    for _ in range(n):
         freqs = rng.uniform(100, 4000, 3)
         wave = sum(0.2 * np.sin(2 * np.pi * f * t * (1 + 0.01 * np.sin(t))) for f in freqs)
         wave = (wave + rng.normal(0, 0.02, t.shape)).astype(np.float32)

@@ -50,7 +50,7 @@ def scan_eval_shards(split: str, urls: list[str], counts: dict[str, int] | None,
         broken: list[str] = []
         n = 0
         try:
-            for raw in iter_tar_samples(url, lambda u, k, e: broken.append(f"breaks at key {k!r}: {e}"),
+            for raw in iter_tar_samples(url, lambda u, k, e, broken=broken: broken.append(f"breaks at key {k!r}: {e}"),
                                         input_exts):  # inputs stay zero-copy views: only labels are read
                 n += 1
                 check_label_range(split, raw)

@@ -135,7 +135,7 @@ class ShardStream(IterableDataset):
                 n = 0
                 truncated = []
 
-                def on_truncated(u: str, k: str, e: Exception) -> None:
+                def on_truncated(u: str, k: str, e: Exception, truncated: list = truncated) -> None:
                     truncated.append(e)
                     src.corrupt(u, k, e, exact, lost=True)
 

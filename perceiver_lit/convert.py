@@ -298,7 +298,7 @@ def _multimodal_autoencoding(hf_model: nn.Module, image_size: int | None
     spec = {"model": "PerceiverIOMultimodalAutoencoder", "config": asdict(config), "adapter": adapter, "queries": None}
 
     sd = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
-    P, D, O = "perceiver", "perceiver.decoder", "perceiver.output_postprocessor.modalities"
+    P, D, OUT = "perceiver", "perceiver.decoder", "perceiver.output_postprocessor.modalities"
     out = {"latents": sd[f"{P}.embeddings.latents"],
            "label_query": sd[f"{D}.modalities.label.decoder.output_position_encodings.position_embeddings"],
            "decoder.head.weight": sd[f"{D}.decoder.final_layer.weight"],
@@ -307,8 +307,8 @@ def _multimodal_autoencoding(hf_model: nn.Module, image_size: int | None
         out[f"adapter.padding.{n}"] = sd[f"{P}.input_preprocessor.padding.{hf_name}"].reshape(-1)
         out[f"mask_tokens.{n}"] = sd[f"{P}.input_preprocessor.mask.{hf_name}"].reshape(-1)
         out[f"query_padding.{n}"] = sd[f"{D}.padding.{hf_name}"].reshape(-1)
-        out[f"heads.{n}.weight"] = sd[f"{O}.{hf_name}.classifier.weight"]
-        out[f"heads.{n}.bias"] = sd[f"{O}.{hf_name}.classifier.bias"]
+        out[f"heads.{n}.weight"] = sd[f"{OUT}.{hf_name}.classifier.weight"]
+        out[f"heads.{n}.bias"] = sd[f"{OUT}.{hf_name}.classifier.bias"]
     out |= _layer(sd, f"{P}.encoder.cross_attention", "encoder", self_attention=False)
     out |= _self_attends(sd, cfg)
     out |= _layer(sd, f"{D}.decoder.decoding_cross_attention", "decoder.cross", self_attention=False)

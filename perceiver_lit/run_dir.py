@@ -164,7 +164,7 @@ def _unchanged(run_dir: str, before: dict[str, tuple[int, int]]) -> list[str]:
 
 
 def _prune_empty_dirs(top: str, keep_top: bool = True) -> None:
-    for root, dirs, files in os.walk(top, topdown=False):
+    for root, _dirs, _files in os.walk(top, topdown=False):
         if root == top and keep_top:
             continue
         if not os.listdir(root):

@@ -193,7 +193,7 @@ def test_decode_audio_window_into_a_row_equals_decode_then_crop(fmt: str) -> Non
     full = torch.from_numpy(A.decode_audio(data)[0])
     for n, train, seed in [(1000, False, 0), (1000, True, 1), (1000, True, 2), (4000, True, 3), (5000, False, 0)]:
         row = np.full(n, 7.0, dtype=np.float32)  # stale values that must all be overwritten
-        got, sr = A.decode_audio_window(data, lambda rate: n, train, random.Random(seed), out=row)
+        got, sr = A.decode_audio_window(data, lambda rate, n=n: n, train, random.Random(seed), out=row)
         assert got is row and sr == 8000
         expected = A.crop_or_pad(full, n, train, random.Random(seed))
         assert torch.equal(torch.from_numpy(row), expected)

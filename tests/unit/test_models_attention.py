@@ -13,7 +13,6 @@ from perceiver_lit.models.sdpa import attention
 
 def reference_attention(q, k, v, heads, pad_mask=None):
     B, N, _ = q.shape
-    M = k.shape[1]
     q, k, v = (t.reshape(B, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])               # (B, h, N, M)
     if pad_mask is not None:

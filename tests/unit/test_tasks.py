@@ -216,7 +216,9 @@ def test_cutmix_alpha_one_draws_a_uniform_area_where_alpha_point_two_draws_near_
     gen = torch.Generator().manual_seed(0)
     uniform, peaked = _beta(1.0, 20000, gen), _beta(0.2, 20000, gen)
     assert abs(uniform.mean().item() - 0.5) < 0.01 and abs((uniform > 0.9).float().mean().item() - 0.1) < 0.01
-    one_image = lambda lam: (torch.maximum(lam, 1 - lam) > 0.9).float().mean().item()  # >90% from one image
+    def one_image(lam):  # the fraction of pairs with >90% from one image
+        return (torch.maximum(lam, 1 - lam) > 0.9).float().mean().item()
+
     assert abs(one_image(uniform) - 0.2) < 0.015 and one_image(peaked) > 0.45
 
 
