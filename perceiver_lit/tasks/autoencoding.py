@@ -36,7 +36,8 @@ from perceiver_lit.tasks.base import Task
 from perceiver_lit.tasks.reconstruction_metrics import PSNR, RunningMean
 
 # Perceiver IO, Appendix (Kinetics-700 multimodal autoencoding): the loss is a weighted sum of the per-modality
-# losses, video 0.03, audio 1.0, label 0.0001 (the reconstruction-first setting of the paper's Table 5).
+# losses, video 0.03, audio 1.0, label 0.0001 (the reconstruction-first setting of the paper's Table 5). PAPER.md
+# does not quote these numbers: they are taken from the paper's appendix as we read it; check them there.
 PAPER_LOSS_WEIGHTS = {"video": 0.03, "audio": 1.0, "label": 0.0001}
 # Signal ranges for PSNR: video pixels in [0, 1], the waveform in [-1, 1] (full scale).
 VIDEO_RANGE, AUDIO_RANGE = (0.0, 1.0), (-1.0, 1.0)
