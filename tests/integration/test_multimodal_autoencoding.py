@@ -129,3 +129,32 @@ def test_two_process_ddp_fit_then_one_process_validates_the_same_psnr(synthetic_
     got = one.trainer.callback_metrics
     for name in ("val/psnr_video", "val/psnr_audio", "val/acc1"):
         assert float(got[name]) == pytest.approx(float(fit_psnr[name]), abs=1e-3), name
+
+
+@pytest.mark.ddp
+def test_two_process_fsdp2_fit_writes_a_sharded_checkpoint_that_consolidates(synthetic_shards, tmp_path):
+    import torch
+
+    from perceiver_lit.distributed import consolidate_checkpoint
+
+    run = tmp_path / "fsdp"
+    train_urls, _ = synthetic_shards("audiovisual")
+    cfg = overrides(tmp_path, (train_urls, train_urls), run, accelerator="cpu", devices=2, limit_val_batches=None)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    for key in [k for k in env if k.startswith("SLURM_")]:
+        del env[key]
+    cmd = [str(Path(sys.executable).parent / "perceiver-lit"), "fit", "--config", str(RECIPE), "--config",
+           str(ROOT / "configs" / "trainer" / "fsdp.yaml"), "--config", cfg]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_dir() and len(list(last.glob("*.distcp"))) == 2
+    full = torch.load(consolidate_checkpoint(last, tmp_path / "full.ckpt"), weights_only=False)
+    assert full["global_step"] == 2
+    weights = full["state_dict"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    assert int(weights["train_means.video.count"]) > 0                # the baselines' sums travel with it
+    (run_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    rows = [r for r in read_wandb_run(run_file)["history"] if "val/psnr_video" in r]
+    assert rows and all(math.isfinite(float(rows[-1][name])) for name in METRICS)
