@@ -31,7 +31,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 # The layers FSDP2 wraps (one all-gather unit each). Names, not imports: the models import nothing from here.
-DEFAULT_LAYER_CLASSES = ("CrossAttentionLayer", "SelfAttentionLayer")
+DEFAULT_LAYER_CLASSES = ("CrossAttentionLayer", "SelfAttentionLayer", "DenseDecoder")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -84,7 +84,9 @@ def shard_targets(net: nn.Module, layer_classes: tuple[str, ...] = DEFAULT_LAYER
     """
     targets: list[nn.Module] = []
     claimed: set[int] = set()
-    modules = [m for _, m in net.named_modules() if type(m).__name__ in layer_classes and m is not net]
+    # a module with `fsdp_unit = False` belongs to its parent's unit (DenseDecoder's cross-attention)
+    modules = [m for _, m in net.named_modules() if type(m).__name__ in layer_classes and m is not net
+               and getattr(m, "fsdp_unit", True)]
     for module in reversed(modules):  # children before parents: fully_shard must see inner units first
         params = {id(p) for p in module.parameters()}
         inner = {id(p) for t in targets if _is_descendant(t, module) for p in t.parameters()}
