@@ -31,7 +31,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 # The layers FSDP2 wraps (one all-gather unit each). Names, not imports: the models import nothing from here.
-DEFAULT_LAYER_CLASSES = ("CrossAttentionLayer", "SelfAttentionLayer")
+DEFAULT_LAYER_CLASSES = ("CrossAttentionLayer", "SelfAttentionLayer", "DenseDecoder")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -96,7 +96,8 @@ class DenseDecoder(nn.Module):
         chunk = self.chunk_size if (self.chunk_size and (not self.training or not torch.is_grad_enabled())) else n
         outs = []
         for start in range(0, n, chunk):
-            q = make_queries(idx[..., start:start + chunk])                      # (B, q, query_channels)
+            # in the latents' dtype: under FSDP2 the unit's inputs come cast to bf16, queries built here do not
+            q = make_queries(idx[..., start:start + chunk]).to(z.dtype)          # (B, q, query_channels)
             outs.append(self.head(self.cross(q, None, kv=kv)))                   # (B, q, output_channels)
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)             # (B, Q, output_channels)
 

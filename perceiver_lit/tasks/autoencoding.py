@@ -17,7 +17,8 @@ What the task does (docs/training.md, "Multimodal autoencoding"):
 - metrics (torchmetrics, summed over ranks): `{val,test}/psnr_video`, `/psnr_audio`, `/acc1`, and the PSNR of two
   baselines built from the training clips seen so far in this run: `psnr_{video,audio}_mean_frame` (every frame,
   or each frame's span of audio, predicted as the training set's mean frame) and `psnr_{video,audio}_mean_clip`
-  (the training set's mean clip). A run's validation before its first training step has no baselines.
+  (the training set's mean clip). The sums behind them are in the checkpoint (rank 0's: under DDP each rank sums
+  its own share, so the restored mean is rank 0's clips' mean); a validation before any training has none.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from perceiver_lit.tasks.base import Task
 from perceiver_lit.tasks.reconstruction_metrics import PSNR, RunningMean
 
 # Perceiver IO, Appendix (Kinetics-700 multimodal autoencoding): the loss is a weighted sum of the per-modality
-# losses, video 0.03, audio 1.0, label 0.0001 (the reconstruction-first setting of the paper's Table 5).
+# losses, video 0.03, audio 1.0, label 0.0001 (the reconstruction-first setting of the paper's Table 5). PAPER.md
+# does not quote these numbers: they are taken from the paper's appendix as we read it; check them there.
 PAPER_LOSS_WEIGHTS = {"video": 0.03, "audio": 1.0, "label": 0.0001}
 # Signal ranges for PSNR: video pixels in [0, 1], the waveform in [-1, 1] (full scale).
 VIDEO_RANGE, AUDIO_RANGE = (0.0, 1.0), (-1.0, 1.0)
@@ -89,9 +91,11 @@ class MultimodalAutoencoding(Task):
         self.register_buffer("video_mean", torch.tensor(mean), persistent=False)
         self.register_buffer("video_std", torch.tensor(std), persistent=False)
         self.metrics = nn.ModuleDict({f"{s}_metrics": self._make_metrics(s) for s in ("val", "test")})
-        # the training clips seen, for the baselines (not checkpointed: a resumed run starts them again)
+        # the training clips seen, for the baselines; in the checkpoint, so `validate` / `test --ckpt_path` have them
         self.train_means = nn.ModuleDict({"video": RunningMean(self.video_shape),
                                           "audio": RunningMean((self.audio_samples,))})
+        for m in self.train_means.values():
+            m.persistent(True)
         self._baselines: dict[str, dict[str, Tensor]] | None = None
 
     def _model(self) -> nn.Module:

@@ -93,3 +93,25 @@ def test_bad_settings_and_inputs_fail_naming_the_field():
         tiny_task(video_mean=(0.5,))
     with pytest.raises(ValueError, match=r"batch inputs must be \{'video', 'audio'\}"):
         tiny_task().reconstruct({"inputs": torch.zeros(1, 3), "target": torch.zeros(1, dtype=torch.long)})
+
+
+def test_the_cli_links_the_label_shape_and_the_video_normalisation():
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import yaml
+
+    from perceiver_lit.cli import _fact, plan_links
+
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "local" / "multimodal_autoencoding.yaml"
+    links = plan_links(yaml.safe_load(recipe.read_text()))
+    target = "model.init_args.net.init_args.adapter.init_args.input_shape"
+    assert ("input_shape+label", target) in links and ("input_shape", target) not in links
+    assert ("video.mean", "model.init_args.video_mean") in links and ("video.std", "model.init_args.video_std") in links
+    data = SimpleNamespace(input_shape={"video": (4, 8, 8, 3), "audio": (640,)}, num_classes=10,
+                           video=SimpleNamespace(mean=[0.5, 0.5, 0.5], std=(0.2, 0.2, 0.2)))
+    assert _fact("input_shape+label", target, None)(data) == {"video": (4, 8, 8, 3), "audio": (640,), "label": (10,)}
+    assert _fact("video.mean", "model.init_args.video_mean", None)(data) == (0.5, 0.5, 0.5)
+    assert _fact("video.std", "model.init_args.video_std", [1.0, 1.0, 1.0])(SimpleNamespace()) == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match=r"model.init_args.video_mean=\[0.0, 0.0, 0.0\] contradicts data.video.mean"):
+        _fact("video.mean", "model.init_args.video_mean", [0.0, 0.0, 0.0])(data)
