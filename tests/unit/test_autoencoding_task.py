@@ -101,7 +101,7 @@ def test_the_cli_links_the_label_shape_and_the_video_normalisation():
 
     import yaml
 
-    from perceiver_lit.cli import _fact, plan_links
+    from perceiver_lit.cli_links import _fact, plan_links
 
     recipe = Path(__file__).resolve().parents[2] / "configs" / "local" / "multimodal_autoencoding.yaml"
     links = plan_links(yaml.safe_load(recipe.read_text()))
