@@ -47,7 +47,8 @@ FLOW_TOY = dict(FLOW, num_latents=8, d_latents=32, num_self_attends_per_block=2,
 AE_TOY = dict(AE, num_latents=8, d_latents=32, d_model=405, num_self_attends_per_block=2, num_self_attention_heads=4,
               num_labels=5, audio_samples_per_frame=32, output_num_channels=16)
 # case: (task, mode, shape); shape: flow (H, W); autoencoding (frames, side)
-CASES = {"flow_forward": ("flow", "forward", (368, 496)), "autoencoding_forward": ("autoencoding", "forward", (16, 224)),
+CASES = {"flow_forward": ("flow", "forward", (368, 496)),
+         "autoencoding_forward": ("autoencoding", "forward", (16, 224)),
          "flow_train": ("flow", "train", (92, 124)), "autoencoding_train": ("autoencoding", "train", (4, 64))}
 TOY_SHAPES = {"flow": (6, 8), "autoencoding": (2, 8)}
 
