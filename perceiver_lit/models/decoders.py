@@ -116,10 +116,14 @@ class DenseDecoder(nn.Module):
 
     def absorbs_latent_side(self, num_queries: int, num_latents: int) -> bool:
         """Whether `LatentSideWeights` decodes: when its multiply-adds (latent-side folding, then attention at the
-        query width) are fewer than the plain layer's (q and output projections, attention at Cqk / Cv).
-        `latent_side_absorb` (None: by that count; True / False) forces it."""
+        query width) are fewer than the plain layer's (q and output projections, attention at Cqk / Cv), outside
+        training. In training the plain layer keeps `attention`'s CPU backend choice (SDPA's math backend where
+        the fused kernel's backward would run on one core: benchmarks/README.md); the latent-side path's training
+        speed is unmeasured. `latent_side_absorb` (None: by the count; True / False) forces it."""
         if self.latent_side_absorb is not None:
             return self.latent_side_absorb
+        if self.training and torch.is_grad_enabled():
+            return False
         cross, q, n, w = self.cross, num_queries, num_latents, ATTENTION_MAC_COST
         c, h = cross.to_q.in_features, cross.num_heads
         plain = q * (c * cross.qk_channels + w * n * (cross.qk_channels + cross.v_channels) + cross.v_channels * c)

@@ -201,4 +201,6 @@ def test_latent_side_absorbed_decode_equals_the_plain_layer(heads, residual):
         torch.testing.assert_close(results[True][2][n], g, atol=1e-5, rtol=1e-4, msg=n)
     with torch.device("meta"):
         flow, ae = build_preset("perceiver_io_optical_flow"), build_preset("perceiver_io_multimodal_autoencoding")
+    flow.eval(), ae.eval()
     assert flow.decoder.absorbs_latent_side(8192, 2048) and not ae.decoder.absorbs_latent_side(8192, 784)
+    assert not flow.train().decoder.absorbs_latent_side(8192, 2048)     # training: the plain layer's backend choice
