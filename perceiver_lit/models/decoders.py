@@ -92,8 +92,8 @@ class DenseDecoder(nn.Module):
         self.head = nn.Linear(query_channels, output_channels) if output_channels else nn.Identity()
         self.chunk_size = chunk_size
 
-    def forward(self, z: Tensor, make_queries: QueryFn, num_queries: int, query_indices: Tensor | None = None
-                ) -> Tensor:
+    def forward(self, z: Tensor, make_queries: QueryFn, num_queries: int, query_indices: Tensor | None = None,
+                postprocess: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """z (B, N, latent_dim) -> (B, Q, output_channels).
 
         Args:
@@ -101,6 +101,8 @@ class DenseDecoder(nn.Module):
             make_queries: indices (Q,) or (B, Q) int64 -> queries (B, Q, query_channels) at those output indices.
             num_queries: the number of output elements (the full decode's Q).
             query_indices: decode only these outputs ((Q,) or (B, Q) flat indices); None: all of them, in order.
+            postprocess: applied to each chunk's output (a modality's head): only its (narrower) result is kept
+                for all queries, not the decoder's width (the autoencoder's 512 channels x 802,816 pixels: 1.5 GiB).
         """
         idx = query_indices if query_indices is not None else torch.arange(num_queries, device=z.device)
         kv = self.cross.project_kv(z)                                            # (B, N, Cqk + Cv), once
@@ -111,7 +113,8 @@ class DenseDecoder(nn.Module):
         for start in range(0, n, chunk):
             q = make_queries(idx[..., start:start + chunk])                      # (B, q, query_channels)
             x = self.cross(q, None, kv=kv) if latent_side is None else latent_side(q)
-            outs.append(self.head(x))                                            # (B, q, output_channels)
+            x = self.head(x)                                                     # (B, q, output_channels)
+            outs.append(x if postprocess is None else postprocess(x))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)             # (B, Q, output_channels)
 
     def absorbs_latent_side(self, num_queries: int, num_latents: int) -> bool:

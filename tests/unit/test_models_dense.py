@@ -170,7 +170,8 @@ def test_dense_flops_count_what_runs():
         ae(mm_inputs(1))
     counts = {k: sum(v.values()) for k, v in fc.get_flop_counts().items()}
     heads = sum(counts[f"PerceiverIOMultimodalAutoencoder.heads.{n}"] for n in ("audio", "label", "video"))
-    assert counts["PerceiverIOMultimodalAutoencoder.decoder"] + heads == ae.decode_flops() > 0
+    assert heads > 0  # the modality heads run per decode chunk, inside the decoder's call: counted there too
+    assert counts["PerceiverIOMultimodalAutoencoder.decoder"] == ae.decode_flops() > 0
     assert ae.flops_per_sample() > ae.decode_flops()
 
 
