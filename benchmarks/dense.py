@@ -18,7 +18,7 @@ model takes memory there).
 - Autoencoding forward: the official model on its official clip: 16 frames of 224 x 224, 30,720 audio samples, a
   700-class label. Every output is decoded: HF in one call with all 802,816 pixel and 1,920 audio queries as its
   `subsampled_output_points` (HF's documentation decodes the clip in 128 calls, each rerunning the encoder; one call
-  is its fastest way, at ~17 GiB; `--hf-calls N` splits it where that does not fit, and the row says so); ours in
+  is its fastest way, at an estimated ~17 GiB; `--hf-calls N` splits it where that does not fit, and the row says so); ours in
   its eval decode (chunks of `decode_chunk_size` queries).
 - Training steps (reduced size, official widths): flow on 92 x 124 frames, autoencoding on 4 frames of 64 x 64
   (7,680 samples); forward, mean-squared outputs as the loss, backward, AdamW (fused); every output decoded by both
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--memory-steps", type=int, default=1, help="steps in each peak-memory process")
     p.add_argument("--hf-calls", type=int, default=1, help="autoencoding forward: HF decodes the clip in this many "
                    "calls (each reruns its encoder, as HF's documentation does with 128); 1 (default) decodes all "
-                   "802,816 pixels at once: ~17 GiB")
+                   "802,816 pixels at once: ~17 GiB (estimated)")
     args = p.parse_args(argv)
     common.setup(args)
     result = run(args)
