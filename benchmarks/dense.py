@@ -18,8 +18,8 @@ model takes memory there).
 - Autoencoding forward: the official model on its official clip: 16 frames of 224 x 224, 30,720 audio samples, a
   700-class label. Every output is decoded: HF in one call with all 802,816 pixel and 1,920 audio queries as its
   `subsampled_output_points` (HF's documentation decodes the clip in 128 calls, each rerunning the encoder; one call
-  is its fastest way, at an estimated ~17 GiB; `--hf-calls N` splits it where that does not fit, and the row says so); ours in
-  its eval decode (chunks of `decode_chunk_size` queries).
+  is its fastest way, at an estimated ~17 GiB; `--hf-calls N` splits it where that does not fit, and the row says
+  so); ours in its eval decode (chunks of `decode_chunk_size` queries).
 - Training steps (reduced size, official widths): flow on 92 x 124 frames, autoencoding on 4 frames of 64 x 64
   (7,680 samples); forward, mean-squared outputs as the loss, backward, AdamW (fused); every output decoded by both
   (HF cannot train on a subset of outputs; ours can, which the tasks use: not what is compared here).
