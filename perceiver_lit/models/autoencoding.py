@@ -220,8 +220,9 @@ class PerceiverIOMultimodalAutoencoder(LatentEncoderModel):
         out = {}
         for n in self.MODALITIES:
             idx = query_indices.get(n)
-            y = self.decoder(z, self._make_queries(n, B, x.dtype), self.num_queries(n), idx)  # (B, Q, 512)
-            y = self.heads[n](y)                                                             # (B, Q, K_n)
+            # the modality's head per decode chunk: (B, Q, 512) is never held for all queries
+            y = self.decoder(z, self._make_queries(n, B, x.dtype), self.num_queries(n), idx,
+                             postprocess=self.heads[n])                                      # (B, Q, K_n)
             if n == "label":
                 out[n] = y[:, 0]                                                             # (B, K)
             elif n == "audio":

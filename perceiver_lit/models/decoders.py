@@ -10,6 +10,11 @@ query is decoded independently of the others (LayerNorm, attention over the late
 
 The queries come from a callable `make_queries(indices) -> (B, Q_chunk, C)`, so that a chunk's queries are built
 only when that chunk is decoded (the full query array of a 16 x 224 x 224 video would be 600 MiB).
+
+Narrow queries (the flow decoder: 322-channel queries, 512-channel attention) decode "latent-side absorbed"
+(`LatentSideWeights`): the query and output projections are folded into the latents' keys and values once per
+forward, so each query's attention runs at its own width and its q / output projections disappear. Exact, the same
+parameters; at the official flow shape 42% fewer decoder FLOPs.
 """
 
 from __future__ import annotations
@@ -17,11 +22,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import CrossAttentionLayer
 
 QueryFn = Callable[[Tensor], Tensor]
+
+# A multiply-add inside SDPA's fused CPU kernel costs about 1.5 of a plain matmul's (2 threads: ~100 against ~165
+# GFLOP/s): at the autoencoder's decoder (1026-channel queries, 512-channel attention, 784 latents) the latent-side
+# path has 13% fewer multiply-adds but ran 1.0 s a 8192-query chunk against the plain layer's 0.97 s, so it is
+# weighed with this factor (flow decoder: 0.42 s against 0.53 s).
+ATTENTION_MAC_COST = 1.5
 
 
 def take_rows(x: Tensor, indices: Tensor) -> Tensor:
@@ -67,6 +80,8 @@ class DenseDecoder(nn.Module):
         checkpoint: recompute the cross-attention's activations in backward (activation checkpointing).
     """
 
+    latent_side_absorb: bool | None = None  # see absorbs_latent_side(); None: by cost
+
     def __init__(self, query_channels: int, latent_dim: int, output_channels: int | None, num_heads: int = 1,
                  qk_channels: int | None = None, v_channels: int | None = None, widening_factor: int = 1,
                  use_query_residual: bool = False, chunk_size: int | None = 8192, dropout: float = 0.0,
@@ -80,8 +95,8 @@ class DenseDecoder(nn.Module):
         self.head = nn.Linear(query_channels, output_channels) if output_channels else nn.Identity()
         self.chunk_size = chunk_size
 
-    def forward(self, z: Tensor, make_queries: QueryFn, num_queries: int, query_indices: Tensor | None = None
-                ) -> Tensor:
+    def forward(self, z: Tensor, make_queries: QueryFn, num_queries: int, query_indices: Tensor | None = None,
+                postprocess: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """z (B, N, latent_dim) -> (B, Q, output_channels).
 
         Args:
@@ -89,21 +104,113 @@ class DenseDecoder(nn.Module):
             make_queries: indices (Q,) or (B, Q) int64 -> queries (B, Q, query_channels) at those output indices.
             num_queries: the number of output elements (the full decode's Q).
             query_indices: decode only these outputs ((Q,) or (B, Q) flat indices); None: all of them, in order.
+            postprocess: applied to each chunk's output (a modality's head): only its (narrower) result is kept
+                for all queries, not the decoder's width (the autoencoder's 512 channels x 802,816 pixels: 1.5 GiB).
         """
         idx = query_indices if query_indices is not None else torch.arange(num_queries, device=z.device)
         kv = self.cross.project_kv(z)                                            # (B, N, Cqk + Cv), once
         n = idx.shape[-1]
         chunk = self.chunk_size if (self.chunk_size and (not self.training or not torch.is_grad_enabled())) else n
+        latent_side = LatentSideWeights(self.cross, kv) if self.absorbs_latent_side(n, z.shape[1]) else None
         outs = []
         for start in range(0, n, chunk):
             # in the latents' dtype: under FSDP2 the unit's inputs come cast to bf16, queries built here do not
             q = make_queries(idx[..., start:start + chunk]).to(z.dtype)          # (B, q, query_channels)
-            outs.append(self.head(self.cross(q, None, kv=kv)))                   # (B, q, output_channels)
+            x = self.cross(q, None, kv=kv) if latent_side is None else latent_side(q)
+            x = self.head(x)                                                     # (B, q, output_channels)
+            outs.append(x if postprocess is None else postprocess(x))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)             # (B, Q, output_channels)
 
+    def absorbs_latent_side(self, num_queries: int, num_latents: int) -> bool:
+        """Whether `LatentSideWeights` decodes: when its multiply-adds (latent-side folding, then attention at the
+        query width) are fewer than the plain layer's (q and output projections, attention at Cqk / Cv), outside
+        training. In training the plain layer keeps `attention`'s CPU backend choice (SDPA's math backend where
+        the fused kernel's backward would run on one core: benchmarks/README.md); the latent-side path's training
+        speed is unmeasured. `latent_side_absorb` (None: by the count; True / False) forces it."""
+        if self.latent_side_absorb is not None:
+            return self.latent_side_absorb
+        if self.training and torch.is_grad_enabled():
+            return False
+        cross, q, n, w = self.cross, num_queries, num_latents, ATTENTION_MAC_COST
+        c, h = cross.to_q.in_features, cross.num_heads
+        plain = q * (c * cross.qk_channels + w * n * (cross.qk_channels + cross.v_channels) + cross.v_channels * c)
+        absorbed = n * c * (cross.qk_channels + cross.v_channels) + q * h * (w * 2 * n * c + c)
+        return absorbed < plain
+
     def flops(self, num_queries: int, num_latents: int) -> int:
-        """Forward FLOPs per sample: the cross-attend (k, v of the latents projected once) and the head."""
+        """Forward FLOPs per sample: the cross-attend (k, v of the latents projected once; latent-side absorbed
+        when `absorbs_latent_side`) and the head."""
         head = 0
         if isinstance(self.head, nn.Linear):
             head = 2 * num_queries * self.head.in_features * self.head.out_features
-        return self.cross.flops(num_queries, num_latents) + head
+        if not self.absorbs_latent_side(num_queries, num_latents):
+            return self.cross.flops(num_queries, num_latents) + head
+        cross, q, n = self.cross, num_queries, num_latents
+        c = cross.to_q.in_features
+        kv = n * cross.to_kv.in_features * (cross.qk_channels + cross.v_channels)       # k, v of the latents
+        fold = n * c * (cross.qk_channels + cross.v_channels) + n * cross.qk_channels   # K, V, c
+        attend = q * cross.num_heads * 2 * n * c                                          # x_hat K^T, P V
+        mlp = q * 2 * c * cross.mlp[0].out_features
+        return 2 * (kv + fold + attend + mlp) + head
+
+
+class LatentSideWeights:
+    """A decoder cross-attend with its query and output projections folded into the latents' keys and values, for
+    queries narrower than the attention (the flow decoder: 322-channel queries, Cqk = Cv = 512; 1 head).
+
+    Per head h, with the query LayerNorm's affine folded into the query projection (W_q' = W_q diag(g),
+    b_q' = W_q b + b_q) and x_hat the plain normalised queries:
+
+        scores_h = (x_hat W_q,h'^T + b_q,h') k_h^T  =  x_hat K_h^T + c_h,   K_h = k_h W_q,h'  (N, C),  c_h = k_h b_q,h'
+        out      = sum_h P_h v_h W_o,h^T + b_o       =  sum_h P_h V_h + b_o,  V_h = v_h W_o,h^T  (N, C)
+
+    c_h is one bias per key (not per query, so softmax does not drop it): SDPA's additive float mask (scaled), which
+    its fused CPU kernel takes (B, h, 1, N). K, V and c are made once per forward from the latents (O(N C (Cqk + Cv)));
+    each query then costs 2 N C per head instead of C Cqk + N (Cqk + Cv) + Cv C. Exact in value and gradient (up to
+    float rounding), with the layer's own parameters; the rest of the layer (query residual, output dropout, MLP)
+    is the layer's.
+
+    Args:
+        cross: the decoder's CrossAttentionLayer.
+        kv: its projected latents, cross.project_kv(z) (B, N, Cqk + Cv).
+    """
+
+    def __init__(self, cross: CrossAttentionLayer, kv: Tensor):
+        B, N, _ = kv.shape
+        h = cross.num_heads
+        C = cross.to_q.in_features
+        dqk, dv = cross.qk_channels // h, cross.v_channels // h
+        self.cross, self.scale = cross, dqk ** -0.5
+        k, v = kv.split([cross.qk_channels, cross.v_channels], dim=-1)
+        k, v = k.view(B, N, h, dqk), v.view(B, N, h, dv)
+        ln, lin = cross.norm_q, cross.to_q
+        w_q = lin.weight if ln.weight is None else lin.weight * ln.weight                 # (Cqk, C)
+        b_q = lin.bias
+        if ln.bias is not None:
+            b_q = lin.weight @ ln.bias if b_q is None else torch.addmv(b_q, lin.weight, ln.bias)
+        self.keys = torch.einsum("bnhd,hdc->bhnc", k, w_q.view(h, dqk, C))              # (B, h, N, C)
+        # SDPA adds the mask to the scaled scores: the bias is scaled here
+        self.bias = None if b_q is None else torch.einsum("bnhd,hd->bhn", k, b_q.view(h, dqk) * self.scale)[:, :, None]
+        w_o = cross.proj.weight.view(C, h, dv)                                            # (C, h, dv)
+        self.values = torch.einsum("bnhd,chd->bhnc", v, w_o)                             # (B, h, N, C)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Queries x (B, Q, C) -> the layer's output (B, Q, C)."""
+        cross = self.cross
+        if cross.checkpoint and cross.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        cross = self.cross
+        x_hat = F.layer_norm(x, cross.norm_q.normalized_shape, None, None, cross.norm_q.eps)[:, None]  # (B, 1, Q, C)
+        q = x_hat.expand(-1, self.keys.shape[1], -1, -1)                                   # (B, h, Q, C)
+        dropout = cross.dropout if cross.training else 0.0
+        a = F.scaled_dot_product_attention(q, self.keys, self.values, attn_mask=self.bias, dropout_p=dropout,
+                                           scale=self.scale)                              # (B, h, Q, C)
+        a = a.sum(1) if a.shape[1] > 1 else a[:, 0]                                        # (B, Q, C)
+        if cross.proj.bias is not None:
+            a = a + cross.proj.bias
+        a = cross.proj_drop(a)
+        x = x + a if cross.use_query_residual else a
+        return cross._mlp_residual(x)
