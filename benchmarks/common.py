@@ -7,7 +7,8 @@ other processes on a shared machine, but it counts threads that spin while they 
 
 Peak memory. `peak_memory` runs one entry in a fresh Python process (`python -m benchmarks.common`), so no
 allocator cache, autograd graph or earlier model of another entry can leak into it:
-  CPU:  peak resident set size (VmHWM, reset just before the build) minus the resident size just before the model is built
+  CPU:  peak resident set size (VmHWM, reset just before the build) minus the resident size just before the
+        model is built
         (after `import torch` and the builder module's `preload()`, which imports the libraries the entry uses),
         i.e. what parameters, gradients, optimizer state, the batch and the activations of the steps cost.
         tracemalloc does not see torch's allocations; RSS does.
@@ -53,8 +54,14 @@ def autocast(device: str, bf16: bool):
     return torch.autocast(device_type=device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def make_step(model: torch.nn.Module, forward: Callable[[], torch.Tensor], target: torch.Tensor, device: str,
-              bf16: bool = False, lr: float = 1e-4) -> Step:
+def make_step(
+    model: torch.nn.Module,
+    forward: Callable[[], torch.Tensor],
+    target: torch.Tensor,
+    device: str,
+    bf16: bool = False,
+    lr: float = 1e-4,
+) -> Step:
     """forward() -> logits (B, K); cross-entropy against target; AdamW with fused=True for every model (the
     fused kernel exists on CPU and CUDA; on CPU it cut the optimizer step by ~40% against torch's default
     for-loop, see README), so that a slow default optimizer does not dilute the differences between models."""
@@ -76,8 +83,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(steps: dict[str, Step], device: str, rounds: int, steps_per_round: int = 1,
-                     warmup: int = 1) -> dict[str, dict[str, float]]:
+def time_interleaved(
+    steps: dict[str, Step], device: str, rounds: int, steps_per_round: int = 1, warmup: int = 1
+) -> dict[str, dict[str, float]]:
     """Median seconds per step of each entry, the entries interleaved round by round.
 
     Returns {name: {"step_s", "cpu_s", "samples_per_s", "rounds"}} (wall and process-CPU seconds per step)."""
@@ -99,8 +107,13 @@ def time_interleaved(steps: dict[str, Step], device: str, rounds: int, steps_per
     out = {}
     for n, s in steps.items():
         w = statistics.median(wall[n])
-        out[n] = {"step_s": w, "cpu_s": statistics.median(cpu[n]), "samples_per_s": s.batch_size / w,
-                  "rounds": rounds, "spread": (max(wall[n]) - min(wall[n])) / w if w else 0.0}
+        out[n] = {
+            "step_s": w,
+            "cpu_s": statistics.median(cpu[n]),
+            "samples_per_s": s.batch_size / w,
+            "rounds": rounds,
+            "spread": (max(wall[n]) - min(wall[n])) / w if w else 0.0,
+        }
     return out
 
 
@@ -135,8 +148,9 @@ def _warm_runtime(device: str) -> None:
     opt = torch.optim.AdamW([*lin.parameters(), *norm.parameters()])
     q, k, v = lin(norm(torch.randn(2, 4, 8, device=device))).view(2, 4, 3, 8).unbind(2)
     a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    torch.nn.functional.cross_entropy(torch.nn.functional.gelu(a).mean(1), torch.zeros(2, dtype=torch.long,
-                                                                                         device=device)).backward()
+    torch.nn.functional.cross_entropy(
+        torch.nn.functional.gelu(a).mean(1), torch.zeros(2, dtype=torch.long, device=device)
+    ).backward()
     opt.step()
     sync(device)
 
@@ -165,8 +179,19 @@ def _measure_here(builder: str, kwargs: dict[str, Any], steps: int) -> dict[str,
 def peak_memory(builder: str, kwargs: dict[str, Any], steps: int = 2, timeout: float = 3600) -> dict[str, Any]:
     """Peak memory of `steps` training steps of builder(**kwargs) in a fresh process; see the module docstring.
     Returns {"peak_bytes", "method"} or {"error": ...} (e.g. out of memory)."""
-    cmd = [sys.executable, "-m", "benchmarks.common", "--builder", builder, "--kwargs", json.dumps(kwargs),
-           "--steps", str(steps), "--threads", str(torch.get_num_threads())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.common",
+        "--builder",
+        builder,
+        "--kwargs",
+        json.dumps(kwargs),
+        "--steps",
+        str(steps),
+        "--threads",
+        str(torch.get_num_threads()),
+    ]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode or not lines:
@@ -176,9 +201,15 @@ def peak_memory(builder: str, kwargs: dict[str, Any], steps: int = 2, timeout: f
 
 # -------------------------------------------------------------------------------------------------- results
 def environment(device: str) -> dict[str, Any]:
-    env = {"host": platform.node(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-           "torch": torch.__version__, "device": device, "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-           "load_avg": os.getloadavg()}
+    env = {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": device,
+        "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "load_avg": os.getloadavg(),
+    }
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name()
     return env
@@ -206,8 +237,9 @@ def publish(args: argparse.Namespace, default_name: str, result: dict[str, Any],
 def model_configs(args: argparse.Namespace) -> list[str]:
     """The model sizes a run covers unless `--configs` names them: toy (`--toy`), small and medium (`--quick`),
     or those and the paper's ImageNet shape."""
-    return args.configs or (["toy"] if args.toy else ["small", "medium"] if args.quick
-                            else ["small", "medium", "imagenet"])
+    return args.configs or (
+        ["toy"] if args.toy else ["small", "medium"] if args.quick else ["small", "medium", "imagenet"]
+    )
 
 
 def fmt_bytes(b: float | None) -> str:
@@ -220,15 +252,22 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (default on cuda)")
-    p.add_argument("--fp32", action="store_true", help="on cuda: plain fp32, no autocast and no TF32 (default there: "
-                   "bf16 autocast, TF32 for what stays fp32)")
+    p.add_argument(
+        "--fp32",
+        action="store_true",
+        help="on cuda: plain fp32, no autocast and no TF32 (default there: bf16 autocast, TF32 for what stays fp32)",
+    )
     p.add_argument("--quick", action="store_true", help="small sizes only, few rounds")
     p.add_argument("--toy", action="store_true", help="tiny sizes: a smoke test of the script, not a measurement")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out-dir", default=RESULTS)
-    p.add_argument("--name", default=None, help="result file stem (default: the benchmark's name), e.g. "
-                   "peers_imagenet for a separate run of one config; the summary folds in <benchmark>*.json")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="result file stem (default: the benchmark's name), e.g. "
+        "peers_imagenet for a separate run of one config; the summary folds in <benchmark>*.json",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     return p
 

@@ -39,18 +39,47 @@ import torch
 from benchmarks import common
 
 # HF PerceiverConfig kwargs of the official models (transformers' convert_perceiver_haiku_to_pytorch.py)
-FLOW = dict(num_latents=2048, d_latents=512, d_model=322, num_blocks=1, num_self_attends_per_block=24,
-            num_self_attention_heads=16, num_cross_attention_heads=1)
-AE = dict(num_latents=784, d_latents=512, d_model=704, num_blocks=1, num_self_attends_per_block=8,
-          num_self_attention_heads=8, num_cross_attention_heads=1, num_labels=700, samples_per_patch=16,
-          audio_samples_per_frame=1920, output_num_channels=512)
+FLOW = dict(
+    num_latents=2048,
+    d_latents=512,
+    d_model=322,
+    num_blocks=1,
+    num_self_attends_per_block=24,
+    num_self_attention_heads=16,
+    num_cross_attention_heads=1,
+)
+AE = dict(
+    num_latents=784,
+    d_latents=512,
+    d_model=704,
+    num_blocks=1,
+    num_self_attends_per_block=8,
+    num_self_attention_heads=8,
+    num_cross_attention_heads=1,
+    num_labels=700,
+    samples_per_patch=16,
+    audio_samples_per_frame=1920,
+    output_num_channels=512,
+)
 FLOW_TOY = dict(FLOW, num_latents=8, d_latents=32, num_self_attends_per_block=2, num_self_attention_heads=4)
-AE_TOY = dict(AE, num_latents=8, d_latents=32, d_model=405, num_self_attends_per_block=2, num_self_attention_heads=4,
-              num_labels=5, audio_samples_per_frame=32, output_num_channels=16)
+AE_TOY = dict(
+    AE,
+    num_latents=8,
+    d_latents=32,
+    d_model=405,
+    num_self_attends_per_block=2,
+    num_self_attention_heads=4,
+    num_labels=5,
+    audio_samples_per_frame=32,
+    output_num_channels=16,
+)
 # case: (task, mode, shape); shape: flow (H, W); autoencoding (frames, side)
-CASES = {"flow_forward": ("flow", "forward", (368, 496)),
-         "autoencoding_forward": ("autoencoding", "forward", (16, 224)),
-         "flow_train": ("flow", "train", (92, 124)), "autoencoding_train": ("autoencoding", "train", (4, 64))}
+CASES = {
+    "flow_forward": ("flow", "forward", (368, 496)),
+    "autoencoding_forward": ("autoencoding", "forward", (16, 224)),
+    "flow_train": ("flow", "train", (92, 124)),
+    "autoencoding_train": ("autoencoding", "train", (4, 64)),
+}
 TOY_SHAPES = {"flow": (6, 8), "autoencoding": (2, 8)}
 
 
@@ -64,11 +93,17 @@ def hf_config(task: str, shape: tuple[int, int], toy: bool):
     import transformers
 
     if task == "flow":
-        return transformers.PerceiverConfig(**(FLOW_TOY if toy else FLOW), train_size=list(shape),
-                                            attention_probs_dropout_prob=0.0)
+        return transformers.PerceiverConfig(
+            **(FLOW_TOY if toy else FLOW), train_size=list(shape), attention_probs_dropout_prob=0.0
+        )
     frames, side = shape
-    return transformers.PerceiverConfig(**(AE_TOY if toy else AE), num_frames=frames, image_size=side,
-                                        output_shape=[1, frames, side, side], attention_probs_dropout_prob=0.0)
+    return transformers.PerceiverConfig(
+        **(AE_TOY if toy else AE),
+        num_frames=frames,
+        image_size=side,
+        output_shape=[1, frames, side, side],
+        attention_probs_dropout_prob=0.0,
+    )
 
 
 def hf_model(task: str, shape: tuple[int, int], toy: bool, device: str = "meta") -> torch.nn.Module:
@@ -87,18 +122,20 @@ def inputs(task: str, shape: tuple[int, int], batch: int, toy: bool, hf_calls: i
 
     g = torch.Generator().manual_seed(1)
     if task == "flow":
-        frames = torch.rand(batch, 2, *shape, 3, generator=g)                     # (B, 2, H, W, 3)
+        frames = torch.rand(batch, 2, *shape, 3, generator=g)  # (B, 2, H, W, 3)
         return {"hf": [{"inputs": extract_patches(frames)}], "ours": frames}
     frames, side = shape
     cfg = hf_config(task, shape, toy)
-    video = torch.rand(batch, frames, side, side, 3, generator=g)                 # (B, T, H, W, 3)
+    video = torch.rand(batch, frames, side, side, 3, generator=g)  # (B, T, H, W, 3)
     audio = torch.rand(batch, frames * cfg.audio_samples_per_frame, generator=g) * 2 - 1
     label = torch.nn.functional.one_hot(torch.arange(batch) % cfg.num_labels, cfg.num_labels).float()
     pixels = torch.arange(frames * side * side).tensor_split(hf_calls)
     patches = torch.arange(frames * cfg.audio_samples_per_frame // cfg.samples_per_patch).tensor_split(hf_calls)
     hf_in = {"image": video.permute(0, 1, 4, 2, 3).contiguous(), "audio": audio[..., None], "label": label}
-    hf = [{"inputs": hf_in, "subsampled_output_points": {"image": p, "audio": a, "label": None}}
-          for p, a in zip(pixels, patches)]
+    hf = [
+        {"inputs": hf_in, "subsampled_output_points": {"image": p, "audio": a, "label": None}}
+        for p, a in zip(pixels, patches)
+    ]
     return {"hf": hf, "ours": {"video": video, "audio": audio, "label": label}}
 
 
@@ -109,14 +146,24 @@ def _outputs(task: str, impl: str, out: Any, batch: int) -> list[torch.Tensor]:
             return [out[0].logits.reshape(batch, -1)]
         # one or more calls, each with a share of the pixel and audio queries; the label from the first
         return [torch.cat([o.logits[k].reshape(batch, -1) for o in out], 1) for k in ("image", "audio")] + [
-            out[0].logits["label"].reshape(batch, -1)]
+            out[0].logits["label"].reshape(batch, -1)
+        ]
     if task == "flow":
         return [out.reshape(batch, -1)]
     return [out[k].reshape(batch, -1) for k in ("video", "audio", "label")]
 
 
-def _step(task: str, impl: str, mode: str, model: torch.nn.Module, x: dict[str, Any], batch: int, device: str,
-          bf16: bool, keep: dict[str, Any] | None = None) -> common.Step:
+def _step(
+    task: str,
+    impl: str,
+    mode: str,
+    model: torch.nn.Module,
+    x: dict[str, Any],
+    batch: int,
+    device: str,
+    bf16: bool,
+    keep: dict[str, Any] | None = None,
+) -> common.Step:
     """A Step of `model` on x: an inference forward, or forward + mean-squared outputs + backward + AdamW."""
     model = model.to(device)
     params = sum(p.numel() for p in model.parameters())
@@ -136,6 +183,7 @@ def _step(task: str, impl: str, mode: str, model: torch.nn.Module, x: dict[str, 
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+
         return common.Step(run, batch, params, model)
     model.eval()
 
@@ -144,6 +192,7 @@ def _step(task: str, impl: str, mode: str, model: torch.nn.Module, x: dict[str, 
             outs = forward()
         if keep is not None:
             keep[impl] = outs
+
     return common.Step(run, batch, params, model)
 
 
@@ -157,8 +206,17 @@ def _ours_from_hf_config(task: str, shape: tuple[int, int], toy: bool) -> torch.
     return build_from_spec(spec)
 
 
-def build(task: str, impl: str, mode: str, shape: list[int], batch: int = 1, toy: bool = False, device: str = "cpu",
-          bf16: bool = False, hf_calls: int = 1) -> common.Step:
+def build(
+    task: str,
+    impl: str,
+    mode: str,
+    shape: list[int],
+    batch: int = 1,
+    toy: bool = False,
+    device: str = "cpu",
+    bf16: bool = False,
+    hf_calls: int = 1,
+) -> common.Step:
     """The memory probe's entry: a Step of HF's model or ours alone (see the module docstring)."""
     shape = tuple(shape)
     model = hf_model(task, shape, toy, "cpu") if impl == "hf" else _ours_from_hf_config(task, shape, toy)
@@ -188,14 +246,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batch = args.batch
         hf_calls = args.hf_calls if case == "autoencoding_forward" else 1
         hf = hf_model(task, shape, args.toy, "cpu").eval()
-        ours = from_huggingface(hf)                                  # the same weights: the same function
+        ours = from_huggingface(hf)  # the same weights: the same function
         x = inputs(task, shape, batch, args.toy, hf_calls)
         keep: dict[str, Any] = {}
-        steps = {impl: _step(task, impl, mode, m, x, batch, args.device, args.bf16, keep)
-                 for impl, m in (("hf", hf), ("ours", ours))}
+        steps = {
+            impl: _step(task, impl, mode, m, x, batch, args.device, args.bf16, keep)
+            for impl, m in (("hf", hf), ("ours", ours))
+        }
         timed = common.time_interleaved(steps, args.device, rounds, warmup=args.warmup)
-        row = {"case": case, "task": task, "mode": mode, "shape": list(shape), "batch": batch, "hf_calls": hf_calls,
-               "params": steps["ours"].params, **{f"{i}_{k}": v for i in timed for k, v in timed[i].items()}}
+        row = {
+            "case": case,
+            "task": task,
+            "mode": mode,
+            "shape": list(shape),
+            "batch": batch,
+            "hf_calls": hf_calls,
+            "params": steps["ours"].params,
+            **{f"{i}_{k}": v for i in timed for k, v in timed[i].items()},
+        }
         assert steps["hf"].params == steps["ours"].params, "converted model: parameter counts differ"
         row["speedup"] = timed["hf"]["step_s"] / timed["ours"]["step_s"]
         row["cpu_speedup"] = timed["hf"]["cpu_s"] / timed["ours"]["cpu_s"]
@@ -204,8 +272,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row["parity_ok"] = row["max_abs_diff"] <= 1e-4 * max(1.0, row["hf_max_abs"])
         del steps, hf, ours, keep
         if not args.no_memory:
-            kw = dict(task=task, mode=mode, shape=list(shape), batch=batch, toy=args.toy, device=args.device,
-                      bf16=args.bf16, hf_calls=hf_calls)
+            kw = dict(
+                task=task,
+                mode=mode,
+                shape=list(shape),
+                batch=batch,
+                toy=args.toy,
+                device=args.device,
+                bf16=args.bf16,
+                hf_calls=hf_calls,
+            )
             for impl in ("hf", "ours"):
                 mem = common.peak_memory("benchmarks.dense:build", {**kw, "impl": impl}, steps=args.memory_steps)
                 row[f"{impl}_peak_bytes"] = mem.get("peak_bytes")
@@ -217,32 +293,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row["memory_above_model_ratio"] = (row["ours_peak_bytes"] - own) / (row["hf_peak_bytes"] - own)
         rows.append(row)
         print(markdown_row(row), flush=True)
-    return {"benchmark": "dense", "environment": common.environment(args.device), "bf16": args.bf16,
-            "toy": args.toy, "rounds": rounds, "warmup": args.warmup, "rows": rows,
-            "goal": "forwards: ours >= 2x HF's throughput and <= 1/3 of HF's peak memory above the model"}
+    return {
+        "benchmark": "dense",
+        "environment": common.environment(args.device),
+        "bf16": args.bf16,
+        "toy": args.toy,
+        "rounds": rounds,
+        "warmup": args.warmup,
+        "rows": rows,
+        "goal": "forwards: ours >= 2x HF's throughput and <= 1/3 of HF's peak memory above the model",
+    }
 
 
 def markdown_row(r: dict[str, Any]) -> str:
-    shape = " x ".join(str(s) for s in r["shape"]) + (f" (HF: {r['hf_calls']} calls)" if r.get("hf_calls", 1) > 1
-                                                      else "")
+    shape = " x ".join(str(s) for s in r["shape"]) + (
+        f" (HF: {r['hf_calls']} calls)" if r.get("hf_calls", 1) > 1 else ""
+    )
     par = f"{r['max_abs_diff']:.1e} (of {r['hf_max_abs']:.1e})" if "max_abs_diff" in r else "-"
     ratio = r.get("memory_above_model_ratio")
-    return (f"| {r['task']} | {r['mode']} | {shape} | {r['batch']} | {r['hf_step_s']:.2f} | {r['ours_step_s']:.2f} | "
-            f"**{r['speedup']:.2f}x** ({r['cpu_speedup']:.2f}x CPU) | {common.fmt_bytes(r.get('hf_peak_bytes'))} | "
-            f"{common.fmt_bytes(r.get('ours_peak_bytes'))} | {common.fmt_bytes(r.get('model_bytes'))} | "
-            f"{'-' if ratio is None else f'**{ratio:.2f}**'} | {par} |")
+    return (
+        f"| {r['task']} | {r['mode']} | {shape} | {r['batch']} | {r['hf_step_s']:.2f} | {r['ours_step_s']:.2f} | "
+        f"**{r['speedup']:.2f}x** ({r['cpu_speedup']:.2f}x CPU) | {common.fmt_bytes(r.get('hf_peak_bytes'))} | "
+        f"{common.fmt_bytes(r.get('ours_peak_bytes'))} | {common.fmt_bytes(r.get('model_bytes'))} | "
+        f"{'-' if ratio is None else f'**{ratio:.2f}**'} | {par} |"
+    )
 
 
 def markdown(result: dict[str, Any]) -> str:
     env = result["environment"]
-    lines = [f"## Dense outputs: ours vs HF ({env['device']}, {env['threads']} threads, load "
-             f"{env['load_avg'][0]:.1f}, median of {result['rounds']} interleaved rounds after {result['warmup']} "
-             f"warm-up{', bf16' if result['bf16'] else ''}{', TOY' if result['toy'] else ''})", "",
-             "Shape: flow (H, W), autoencoding (frames, side). Speed-up: HF's seconds a step over ours (wall; process "
-             "CPU time in brackets). Memory ratio: (our peak - model) / (HF's peak - model); goal <= 0.33, speed-up "
-             ">= 2x (forwards). Parity: max |ours - HF| on the timed batch (HF's largest |output|).", "",
-             "| task | step | shape | batch | HF s | ours s | speed-up | HF peak | ours peak | model | memory ratio | "
-             "parity |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## Dense outputs: ours vs HF ({env['device']}, {env['threads']} threads, load "
+        f"{env['load_avg'][0]:.1f}, median of {result['rounds']} interleaved rounds after {result['warmup']} "
+        f"warm-up{', bf16' if result['bf16'] else ''}{', TOY' if result['toy'] else ''})",
+        "",
+        "Shape: flow (H, W), autoencoding (frames, side). Speed-up: HF's seconds a step over ours (wall; process "
+        "CPU time in brackets). Memory ratio: (our peak - model) / (HF's peak - model); goal <= 0.33, speed-up "
+        ">= 2x (forwards). Parity: max |ours - HF| on the timed batch (HF's largest |output|).",
+        "",
+        "| task | step | shape | batch | HF s | ours s | speed-up | HF peak | ours peak | model | memory ratio | "
+        "parity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     lines += [markdown_row(r) for r in result["rows"]]
     return "\n".join(lines) + "\n"
 
@@ -254,9 +345,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--warmup", type=int, default=1, help="untimed steps of each entry first")
     p.add_argument("--memory-steps", type=int, default=1, help="steps in each peak-memory process")
-    p.add_argument("--hf-calls", type=int, default=1, help="autoencoding forward: HF decodes the clip in this many "
-                   "calls (each reruns its encoder, as HF's documentation does with 128); 1 (default) decodes all "
-                   "802,816 pixels at once: ~17 GiB (estimated)")
+    p.add_argument(
+        "--hf-calls",
+        type=int,
+        default=1,
+        help="autoencoding forward: HF decodes the clip in this many "
+        "calls (each reruns its encoder, as HF's documentation does with 128); 1 (default) decodes all "
+        "802,816 pixels at once: ~17 GiB (estimated)",
+    )
     args = p.parse_args(argv)
     common.setup(args)
     result = run(args)

@@ -26,29 +26,48 @@ def quickstart_net() -> torch.nn.Module:
     """configs/quickstart.yaml's net (input_keep only acts in training)."""
     from perceiver_lit.models import ImageAdapter, Perceiver
 
-    return Perceiver(ImageAdapter((28, 28, 1), num_frequency_bands=6), num_classes=10, num_latents=32, latent_dim=64,
-                     num_cross_attends=1, num_cross_attention_heads=4, cross_attention_qk_channels=32,
-                     num_self_attends_per_block=2, num_self_attention_heads=4)
+    return Perceiver(
+        ImageAdapter((28, 28, 1), num_frequency_bands=6),
+        num_classes=10,
+        num_latents=32,
+        latent_dim=64,
+        num_cross_attends=1,
+        num_cross_attention_heads=4,
+        cross_attention_qk_channels=32,
+        num_self_attends_per_block=2,
+        num_self_attention_heads=4,
+    )
 
 
 def toy_io_net() -> torch.nn.Module:
     from perceiver_lit.models import ImageAdapter, PerceiverIO
 
-    return PerceiverIO(ImageAdapter((16, 16, 3), num_frequency_bands=4), num_classes=10, num_latents=16,
-                       latent_dim=32, num_blocks=1, num_self_attends_per_block=1, num_self_attention_heads=2)
+    return PerceiverIO(
+        ImageAdapter((16, 16, 3), num_frequency_bands=4),
+        num_classes=10,
+        num_latents=16,
+        latent_dim=32,
+        num_blocks=1,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=2,
+    )
 
 
 MODELS: dict[str, tuple[Any, tuple[int, ...], int]] = {
     # name: (builder, input shape, batch)
     "quickstart": (quickstart_net, (28, 28, 1), 64),
-    "perceiver_io_imagenet": (lambda: __import__("perceiver_lit.models", fromlist=["x"]).perceiver_io_imagenet(),
-                              (224, 224, 3), 2),
+    "perceiver_io_imagenet": (
+        lambda: __import__("perceiver_lit.models", fromlist=["x"]).perceiver_io_imagenet(),
+        (224, 224, 3),
+        2,
+    ),
 }
 TOY = {"quickstart": (quickstart_net, (28, 28, 1), 8), "perceiver_io_toy": (toy_io_net, (16, 16, 3), 4)}
 
 
-def steps_for(name: str, net: torch.nn.Module, shape: tuple[int, ...], batch: int, tmp: str,
-              threads: int) -> dict[str, Step]:
+def steps_for(
+    name: str, net: torch.nn.Module, shape: tuple[int, ...], batch: int, tmp: str, threads: int
+) -> dict[str, Step]:
     import onnxruntime as ort
 
     from perceiver_lit.export import save_onnx
@@ -74,8 +93,11 @@ def steps_for(name: str, net: torch.nn.Module, shape: tuple[int, ...], batch: in
     def onnx() -> None:
         session.run(None, feed)
 
-    return {f"{name}/eager": Step(eager, batch, params), f"{name}/torch.compile": Step(compile_, batch, params),
-            f"{name}/onnxruntime": Step(onnx, batch, params)}
+    return {
+        f"{name}/eager": Step(eager, batch, params),
+        f"{name}/torch.compile": Step(compile_, batch, params),
+        f"{name}/onnxruntime": Step(onnx, batch, params),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -95,16 +117,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             timed = time_interleaved(steps, "cpu", rounds, warmup=2)  # warm-up 2: torch.compile compiles in the first
             for key, t in timed.items():
                 model, runtime = key.split("/")
-                rows.append({"model": model, "runtime": runtime, "batch": batch, "params": steps[key].params,
-                             "samples_per_s": t["samples_per_s"], "step_s": t["step_s"], "spread": t["spread"]})
+                rows.append(
+                    {
+                        "model": model,
+                        "runtime": runtime,
+                        "batch": batch,
+                        "params": steps[key].params,
+                        "samples_per_s": t["samples_per_s"],
+                        "step_s": t["step_s"],
+                        "spread": t["spread"],
+                    }
+                )
     result = {"env": environment("cpu"), "threads": threads, "rounds": rounds, "rows": rows}
-    lines = [f"Inference on CPU ({threads} threads), median of {rounds} interleaved rounds, "
-             "`python -m benchmarks.inference`", "",
-             "| model | params | batch | runtime | samples/s | ms per batch | vs eager |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Inference on CPU ({threads} threads), median of {rounds} interleaved rounds, "
+        "`python -m benchmarks.inference`",
+        "",
+        "| model | params | batch | runtime | samples/s | ms per batch | vs eager |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         eager = next(e for e in rows if e["model"] == r["model"] and e["runtime"] == "eager")
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['batch']} | {r['runtime']} | {r['samples_per_s']:,.1f} | "
-                     f"{1000 * r['step_s']:,.1f} | {r['samples_per_s'] / eager['samples_per_s']:.2f}x |")
+        lines.append(
+            f"| {r['model']} | {r['params']:,} | {r['batch']} | {r['runtime']} | {r['samples_per_s']:,.1f} | "
+            f"{1000 * r['step_s']:,.1f} | {r['samples_per_s'] / eager['samples_per_s']:.2f}x |"
+        )
     return publish(args, "inference", result, "\n".join(lines) + "\n")
 
 

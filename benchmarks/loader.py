@@ -74,8 +74,14 @@ def _image_dm(urls: str, train: bool, workers: int, batch_size: int):
     from datamodules.image import ImageDataModule
 
     kw = {"train_urls": urls} if train else {"val_urls": urls}
-    return ImageDataModule(image_size=224, batch_size=batch_size, num_workers=workers, shuffle_buffer=256,
-                           mix_batches=4 if train else 1, **kw)
+    return ImageDataModule(
+        image_size=224,
+        batch_size=batch_size,
+        num_workers=workers,
+        shuffle_buffer=256,
+        mix_batches=4 if train else 1,
+        **kw,
+    )
 
 
 def _image_bare(raw: dict[str, bytes], train: bool) -> torch.Tensor:
@@ -119,8 +125,9 @@ def time_dm(bench: Bench, urls: str, n: int, train: bool, workers: int, batch_si
     return seen / (CLOCK() - t0)
 
 
-def run(modalities: list[str], samples: int, workers: list[int], batch_sizes: list[int], repeats: int
-        ) -> dict[str, Any]:
+def run(
+    modalities: list[str], samples: int, workers: list[int], batch_sizes: list[int], repeats: int
+) -> dict[str, Any]:
     rows = []
     for name in modalities:
         bench = BENCHES[name]
@@ -135,30 +142,49 @@ def run(modalities: list[str], samples: int, workers: list[int], batch_sizes: li
                         for _ in range(repeats):
                             bare = max(bare, time_bare(bench, raws, train))
                             rate = max(rate, time_dm(bench, urls, n, train, w, bs))
-                        row = {"modality": name, "describe": bench.describe, "mode": "train" if train else "eval",
-                               "batch_size": bs, "workers": w, "samples": n, "bare_samples_per_s": round(bare, 1),
-                               "dm_samples_per_s": round(rate, 1)}
+                        row = {
+                            "modality": name,
+                            "describe": bench.describe,
+                            "mode": "train" if train else "eval",
+                            "batch_size": bs,
+                            "workers": w,
+                            "samples": n,
+                            "bare_samples_per_s": round(bare, 1),
+                            "dm_samples_per_s": round(rate, 1),
+                        }
                         if w == 0:
                             row["overhead"] = round(1 - rate / bare, 4)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
-    return {"host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "loadavg_1m": round(os.getloadavg()[0], 1), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
+    return {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "loadavg_1m": round(os.getloadavg()[0], 1),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "rows": rows,
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"# Loader throughput ({result['time']}, {result['cpus']} CPUs, load {result['loadavg_1m']}, "
-             f"torch {result['torch']})", "",
-             "Overhead = 1 - DataModule rate / bare decode+crop+to-tensor rate, both in one process (workers=0), "
-             "timed in process CPU time. Rows with workers > 0 are wall-clock samples/s including worker start-up: "
-             "only meaningful on an otherwise idle machine.", "",
-             "| modality | mode | batch | workers | samples | bare samples/s | DataModule samples/s | overhead |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Loader throughput ({result['time']}, {result['cpus']} CPUs, load {result['loadavg_1m']}, "
+        f"torch {result['torch']})",
+        "",
+        "Overhead = 1 - DataModule rate / bare decode+crop+to-tensor rate, both in one process (workers=0), "
+        "timed in process CPU time. Rows with workers > 0 are wall-clock samples/s including worker start-up: "
+        "only meaningful on an otherwise idle machine.",
+        "",
+        "| modality | mode | batch | workers | samples | bare samples/s | DataModule samples/s | overhead |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         overhead = f"{100 * r['overhead']:.1f}%" if "overhead" in r else "-"
-        lines.append(f"| {r['modality']} ({r['describe']}) | {r['mode']} | {r['batch_size']} | {r['workers']} | "
-                     f"{r['samples']} | "
-                     f"{r['bare_samples_per_s']} | {r['dm_samples_per_s']} | {overhead} |")
+        lines.append(
+            f"| {r['modality']} ({r['describe']}) | {r['mode']} | {r['batch_size']} | {r['workers']} | "
+            f"{r['samples']} | "
+            f"{r['bare_samples_per_s']} | {r['dm_samples_per_s']} | {overhead} |"
+        )
     return "\n".join(lines) + "\n"
 
 

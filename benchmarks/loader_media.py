@@ -33,10 +33,9 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import loader  # noqa: E402  (benchmarks/loader.py)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-import loader  # noqa: E402  (benchmarks/loader.py)
 from loader import BENCHES, Bench  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------------ audio
@@ -73,8 +72,17 @@ def _audio_dm(features: str):
         from datamodules.audio import AudioDataModule
 
         kw = {"train_urls": urls} if train else {"val_urls": urls}
-        return AudioDataModule(features=features, **AUDIO, **MEL, batch_size=batch_size, num_workers=workers,
-                               shuffle_buffer=8, mix_batches=4 if train else 1, **kw)
+        return AudioDataModule(
+            features=features,
+            **AUDIO,
+            **MEL,
+            batch_size=batch_size,
+            num_workers=workers,
+            shuffle_buffer=8,
+            mix_batches=4 if train else 1,
+            **kw,
+        )
+
     return make
 
 
@@ -87,6 +95,7 @@ def _audio_bare(features: str):
         wave, _ = A.decode_audio_window(raw["flac"], lambda sr: AUDIO["clip_samples"], train, loader._BARE_RNG)
         x = A.crop_or_pad(torch.from_numpy(wave), AUDIO["clip_samples"], train, start=0)
         return x if mel is None else mel(x)
+
     return bare
 
 
@@ -105,9 +114,19 @@ def _video_shards(root: str, n: int) -> tuple[str, int]:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
             phase = rng.uniform(0, 10, 3)
-            frames = np.stack([
-                np.stack([np.sin((xx + 3 * k) / (17 + i % 5) + phase[0]), np.cos((yy - 2 * k) / 13 + phase[1]),
-                          np.sin((xx + yy + k) / 29 + phase[2])], -1) for k in range(80)])
+            frames = np.stack(
+                [
+                    np.stack(
+                        [
+                            np.sin((xx + 3 * k) / (17 + i % 5) + phase[0]),
+                            np.cos((yy - 2 * k) / 13 + phase[1]),
+                            np.sin((xx + yy + k) / 29 + phase[2]),
+                        ],
+                        -1,
+                    )
+                    for k in range(80)
+                ]
+            )
             frames = ((frames + 1) * 110 + rng.normal(0, 8, frames.shape)).clip(0, 255).astype(np.uint8)
             path = os.path.join(tmp, f"{i}.mp4")
             write_mp4(path, frames, fps=25)
@@ -124,8 +143,9 @@ def _video_dm(urls: str, train: bool, workers: int, batch_size: int):
     from datamodules.video import VideoDataModule
 
     kw = {"train_urls": urls} if train else {"val_urls": urls}
-    return VideoDataModule(**VIDEO, batch_size=batch_size, num_workers=workers, shuffle_buffer=4,
-                           mix_batches=4 if train else 1, **kw)
+    return VideoDataModule(
+        **VIDEO, batch_size=batch_size, num_workers=workers, shuffle_buffer=4, mix_batches=4 if train else 1, **kw
+    )
 
 
 def _video_bare(raw: dict[str, bytes], train: bool) -> torch.Tensor:
@@ -136,23 +156,28 @@ def _video_bare(raw: dict[str, bytes], train: bool) -> torch.Tensor:
     return V.resize_crop_normalize(clip.frames, VIDEO["crop_size"], VIDEO["short_side"], train, rng)  # float32
 
 
-BENCHES.update({
-    "audio-raw": Bench(_audio_shards, _audio_dm("raw"), _audio_bare("raw"),
-                       "10 s 48 kHz flac -> 61,440 raw samples"),
-    "audio-mel": Bench(_audio_shards, _audio_dm("mel"), _audio_bare("mel"),
-                       "10 s 48 kHz flac -> log-mel 129x128"),
-    "video": Bench(_video_shards, _video_dm, _video_bare,
-                   "320x240 H.264 25 fps -> 16 frames stride 2, 224 crop"),
-})
-
+BENCHES.update(
+    {
+        "audio-raw": Bench(
+            _audio_shards, _audio_dm("raw"), _audio_bare("raw"), "10 s 48 kHz flac -> 61,440 raw samples"
+        ),
+        "audio-mel": Bench(_audio_shards, _audio_dm("mel"), _audio_bare("mel"), "10 s 48 kHz flac -> log-mel 129x128"),
+        "video": Bench(_video_shards, _video_dm, _video_bare, "320x240 H.264 25 fps -> 16 frames stride 2, 224 crop"),
+    }
+)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--modality", nargs="+", default=["audio-raw", "audio-mel", "video"],
-                   choices=["audio-raw", "audio-mel", "video"])
-    p.add_argument("--samples", type=int, default=192,
-                   help="96 varied by +-5 points run to run on a shared 2-core machine")
+    p.add_argument(
+        "--modality",
+        nargs="+",
+        default=["audio-raw", "audio-mel", "video"],
+        choices=["audio-raw", "audio-mel", "video"],
+    )
+    p.add_argument(
+        "--samples", type=int, default=192, help="96 varied by +-5 points run to run on a shared 2-core machine"
+    )
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--audio-batch-size", type=int, default=32)
     p.add_argument("--video-batch-size", type=int, default=8, help="8 x 16 x 224 x 224 x 3 floats = 77 MB a batch")

@@ -37,7 +37,7 @@ def matmul_step(device: str, bf16: bool, n: int) -> tuple[common.Step, int]:
         for _ in range(reps):
             torch.mm(a, b)
 
-    return common.Step(run, batch_size=1, params=0), 2 * n ** 3 * reps
+    return common.Step(run, batch_size=1, params=0), 2 * n**3 * reps
 
 
 def projected_flops_per_sample(model: torch.nn.Module) -> int:
@@ -48,8 +48,9 @@ def projected_flops_per_sample(model: torch.nn.Module) -> int:
         return model.flops_per_sample()
 
 
-def run(configs: list[str], device: str, bf16: bool, rounds: int, n: int, short_imagenet: bool = True
-        ) -> dict[str, Any]:
+def run(
+    configs: list[str], device: str, bf16: bool, rounds: int, n: int, short_imagenet: bool = True
+) -> dict[str, Any]:
     rows = []
     for config in configs:
         mm, mm_flops = matmul_step(device, bf16, n)
@@ -65,16 +66,26 @@ def run(configs: list[str], device: str, bf16: bool, rounds: int, n: int, short_
             flops = 3 * st.model.flops_per_sample() * st.batch_size
             achieved = flops / times[group]["step_s"]
             projected = 3 * projected_flops_per_sample(st.model) * st.batch_size
-            rows.append({"config": config, "model": group, "batch": st.batch_size,
-                         "flops_per_step": flops, "step_s": round(times[group]["step_s"], 5),
-                         "achieved_flops_per_s": achieved, "matmul_flops_per_s": peak,
-                         "utilization": round(achieved / peak, 4),
-                         # by process CPU time: steadier on a shared machine (exact with --threads 1)
-                         "utilization_cpu_time": round(flops / times[group]["cpu_s"] / peak_cpu, 4),
-                         "projected_flops_per_step": projected,
-                         "utilization_projected_flops": round(projected / times[group]["step_s"] / peak, 4)})
-            print(f"{config}/{group}: {achieved / 1e9:.1f} GFLOP/s of {peak / 1e9:.1f} "
-                  f"({100 * achieved / peak:.1f}%)", flush=True)
+            rows.append(
+                {
+                    "config": config,
+                    "model": group,
+                    "batch": st.batch_size,
+                    "flops_per_step": flops,
+                    "step_s": round(times[group]["step_s"], 5),
+                    "achieved_flops_per_s": achieved,
+                    "matmul_flops_per_s": peak,
+                    "utilization": round(achieved / peak, 4),
+                    # by process CPU time: steadier on a shared machine (exact with --threads 1)
+                    "utilization_cpu_time": round(flops / times[group]["cpu_s"] / peak_cpu, 4),
+                    "projected_flops_per_step": projected,
+                    "utilization_projected_flops": round(projected / times[group]["step_s"] / peak, 4),
+                }
+            )
+            print(
+                f"{config}/{group}: {achieved / 1e9:.1f} GFLOP/s of {peak / 1e9:.1f} ({100 * achieved / peak:.1f}%)",
+                flush=True,
+            )
         del steps
     return {"env": common.environment(device), "bf16": bf16, "matmul_n": n, "rounds": rounds, "rows": rows}
 
@@ -82,18 +93,26 @@ def run(configs: list[str], device: str, bf16: bool, rounds: int, n: int, short_
 def markdown(result: dict[str, Any]) -> str:
     env = result["env"]
     dt = "bf16" if result["bf16"] else "fp32"
-    lines = [f"# Utilization ({env['time_utc']} UTC, {env['device']} {dt}, load {env['load_avg'][0]:.1f})", "",
-             f"Achieved training FLOP/s (3 x flops_per_sample() x batch / step time) over a {result['matmul_n']}^2 "
-             f"{dt} matmul's FLOP/s in the same run; median of {result['rounds']} interleaved rounds.", "",
-             "The last column counts the textbook FLOPs (k, v projected from every input) instead of those that run.",
-             "", "| config | model | batch | GFLOP/step | step s | achieved GFLOP/s | matmul GFLOP/s | utilization "
-             "(by CPU time) | by the projected count |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Utilization ({env['time_utc']} UTC, {env['device']} {dt}, load {env['load_avg'][0]:.1f})",
+        "",
+        f"Achieved training FLOP/s (3 x flops_per_sample() x batch / step time) over a {result['matmul_n']}^2 "
+        f"{dt} matmul's FLOP/s in the same run; median of {result['rounds']} interleaved rounds.",
+        "",
+        "The last column counts the textbook FLOPs (k, v projected from every input) instead of those that run.",
+        "",
+        "| config | model | batch | GFLOP/step | step s | achieved GFLOP/s | matmul GFLOP/s | utilization "
+        "(by CPU time) | by the projected count |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['config']} | {r['model']} | {r['batch']} | {r['flops_per_step'] / 1e9:.1f} | "
-                     f"{r['step_s']:.3f} | {r['achieved_flops_per_s'] / 1e9:.1f} | "
-                     f"{r['matmul_flops_per_s'] / 1e9:.1f} | **{100 * r['utilization']:.1f}%** "
-                     f"({100 * r.get('utilization_cpu_time', float('nan')):.1f}%) | "
-                     f"{100 * r.get('utilization_projected_flops', float('nan')):.1f}% |")
+        lines.append(
+            f"| {r['config']} | {r['model']} | {r['batch']} | {r['flops_per_step'] / 1e9:.1f} | "
+            f"{r['step_s']:.3f} | {r['achieved_flops_per_s'] / 1e9:.1f} | "
+            f"{r['matmul_flops_per_s'] / 1e9:.1f} | **{100 * r['utilization']:.1f}%** "
+            f"({100 * r.get('utilization_cpu_time', float('nan')):.1f}%) | "
+            f"{100 * r.get('utilization_projected_flops', float('nan')):.1f}% |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -104,8 +123,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     common.setup(args)
     n = args.matmul_n or (256 if args.toy else 8192 if args.device.startswith("cuda") else 2048)
-    result = run(common.model_configs(args), args.device, args.bf16, args.rounds or (2 if args.toy else 5), n,
-                 short_imagenet=args.rounds is None)
+    result = run(
+        common.model_configs(args),
+        args.device,
+        args.bf16,
+        args.rounds or (2 if args.toy else 5),
+        n,
+        short_imagenet=args.rounds is None,
+    )
     return common.publish(args, "mfu", result, markdown(result))
 
 

@@ -84,8 +84,7 @@ def _lucidrains_mlp_feedforward():
         lp.FeedForward = original
 
 
-def build_model(group: str, impl: str, cfg: dict[str, int], share_cross_attends: bool = True
-                ) -> tuple[nn.Module, bool]:
+def build_model(group: str, impl: str, cfg: dict[str, int], share_cross_attends: bool = True) -> tuple[nn.Module, bool]:
     """(model, channels_first input) for one peer at a config (share_cross_attends: our Perceiver's)."""
     from perceiver_lit.models import ImageAdapter, Perceiver, PerceiverIO
 
@@ -94,33 +93,76 @@ def build_model(group: str, impl: str, cfg: dict[str, int], share_cross_attends:
     if impl == "ours":
         adapter = ImageAdapter((s, s, 3), num_frequency_bands=k, max_resolution=(s, s))
         if group == "perceiver":
-            return Perceiver(adapter, num_classes=10, num_latents=n, latent_dim=d, num_cross_attends=blocks,
-                             num_self_attends_per_block=layers, num_self_attention_heads=h,
-                             share_cross_attends=share_cross_attends), False
-        return PerceiverIO(adapter, num_classes=10, num_latents=n, latent_dim=d, num_blocks=blocks,
-                           num_self_attends_per_block=layers, num_self_attention_heads=h), False
+            return Perceiver(
+                adapter,
+                num_classes=10,
+                num_latents=n,
+                latent_dim=d,
+                num_cross_attends=blocks,
+                num_self_attends_per_block=layers,
+                num_self_attention_heads=h,
+                share_cross_attends=share_cross_attends,
+            ), False
+        return PerceiverIO(
+            adapter,
+            num_classes=10,
+            num_latents=n,
+            latent_dim=d,
+            num_blocks=blocks,
+            num_self_attends_per_block=layers,
+            num_self_attention_heads=h,
+        ), False
     if impl == "lucidrains" and group == "perceiver":
         from perceiver_pytorch import Perceiver as LPerceiver
 
         with _lucidrains_mlp_feedforward():
-            m = LPerceiver(input_channels=3, input_axis=2, num_freq_bands=k, max_freq=s, depth=blocks,
-                           num_latents=n, latent_dim=d, cross_heads=1, latent_heads=h, cross_dim_head=c,
-                           latent_dim_head=d // h, num_classes=10, attn_dropout=0.0, ff_dropout=0.0,
-                           weight_tie_layers=True, self_per_cross_attn=layers)
+            m = LPerceiver(
+                input_channels=3,
+                input_axis=2,
+                num_freq_bands=k,
+                max_freq=s,
+                depth=blocks,
+                num_latents=n,
+                latent_dim=d,
+                cross_heads=1,
+                latent_heads=h,
+                cross_dim_head=c,
+                latent_dim_head=d // h,
+                num_classes=10,
+                attn_dropout=0.0,
+                ff_dropout=0.0,
+                weight_tie_layers=True,
+                self_per_cross_attn=layers,
+            )
         return m, False
     if impl == "hf" and group == "perceiver_io":
         import transformers
         from transformers.models.perceiver import modeling_perceiver as hp
 
-        conf = transformers.PerceiverConfig(num_latents=n, d_latents=d, d_model=c, num_blocks=blocks,
-                                            num_self_attends_per_block=layers, num_self_attention_heads=h,
-                                            num_cross_attention_heads=1, attention_probs_dropout_prob=0.0,
-                                            num_labels=10, image_size=s)
-        pre = hp.PerceiverImagePreprocessor(conf, prep_type="pixels", spatial_downsample=1,
-                                            fourier_position_encoding_kwargs=dict(
-                                                concat_pos=True, max_resolution=(s, s), num_bands=k, sine_only=False))
-        dec = hp.PerceiverClassificationDecoder(conf, num_channels=d, use_query_residual=True,
-                                                trainable_position_encoding_kwargs=dict(num_channels=d, index_dims=1))
+        conf = transformers.PerceiverConfig(
+            num_latents=n,
+            d_latents=d,
+            d_model=c,
+            num_blocks=blocks,
+            num_self_attends_per_block=layers,
+            num_self_attention_heads=h,
+            num_cross_attention_heads=1,
+            attention_probs_dropout_prob=0.0,
+            num_labels=10,
+            image_size=s,
+        )
+        pre = hp.PerceiverImagePreprocessor(
+            conf,
+            prep_type="pixels",
+            spatial_downsample=1,
+            fourier_position_encoding_kwargs=dict(concat_pos=True, max_resolution=(s, s), num_bands=k, sine_only=False),
+        )
+        dec = hp.PerceiverClassificationDecoder(
+            conf,
+            num_channels=d,
+            use_query_residual=True,
+            trainable_position_encoding_kwargs=dict(num_channels=d, index_dims=1),
+        )
         m = hp.PerceiverModel(conf, input_preprocessor=pre, decoder=dec)
         return m, True
     raise ValueError(f"peers: no peer {impl!r} in group {group!r} (groups: {GROUPS})")
@@ -165,8 +207,9 @@ def _encoder_cross_attends(model: nn.Module) -> list[nn.Module]:
     return list(model.cross_attends) if hasattr(model, "cross_attends") else [model.encoder]
 
 
-def build(group: str, impl: str, config: str, device: str = "cpu", bf16: bool = False,
-          side: int | None = None) -> common.Step:
+def build(
+    group: str, impl: str, config: str, device: str = "cpu", bf16: bool = False, side: int | None = None
+) -> common.Step:
     """A training step of one peer (also the memory probe's entry: benchmarks.peers:build); side: another
     image side than the config's."""
     cfg = CONFIGS[config] if side is None else dict(CONFIGS[config], side=side)
@@ -185,8 +228,16 @@ def build(group: str, impl: str, config: str, device: str = "cpu", bf16: bool = 
     return common.make_step(model, forward, y, device, bf16)
 
 
-def run(configs: list[str], device: str, bf16: bool, rounds: int, memory: bool = True,
-        groups: list[str] | None = None, short_imagenet: bool = True, ceiling: bool = False) -> dict[str, Any]:
+def run(
+    configs: list[str],
+    device: str,
+    bf16: bool,
+    rounds: int,
+    memory: bool = True,
+    groups: list[str] | None = None,
+    short_imagenet: bool = True,
+    ceiling: bool = False,
+) -> dict[str, Any]:
     rows = []
     for config in configs:
         for group, impls in GROUPS.items():
@@ -203,8 +254,11 @@ def run(configs: list[str], device: str, bf16: bool, rounds: int, memory: bool =
             mem = {}
             for impl in impls:
                 if memory:
-                    mem[impl] = common.peak_memory("benchmarks.peers:build", dict(
-                        group=group, impl=impl, config=config, device=device, bf16=bf16), steps=1 if slow else 2)
+                    mem[impl] = common.peak_memory(
+                        "benchmarks.peers:build",
+                        dict(group=group, impl=impl, config=config, device=device, bf16=bf16),
+                        steps=1 if slow else 2,
+                    )
             del steps
             bound = flop_bound(group, config)["bound"]
             peers = [i for i in impls if i != "ours"]
@@ -212,49 +266,87 @@ def run(configs: list[str], device: str, bf16: bool, rounds: int, memory: bool =
             for impl in times:
                 t, m = times[impl], mem.get(impl, {})
                 side = {"side": CEILING_SIDE} if impl == CEILING_IMPL else {}
-                rows.append({"config": config, "group": group, "impl": impl, **CONFIGS[config], **side,
-                             "params": params[impl], **{k: round(v, 5) for k, v in t.items()},
-                             "peak_bytes": m.get("peak_bytes"), "memory_method": m.get("method"),
-                             "memory_error": m.get("error"),
-                             "speedup_vs_fastest_peer": round(t["samples_per_s"] / times[fastest]["samples_per_s"], 3),
-                             "speedup_cpu_time": round(times[fastest]["cpu_s"] / t["cpu_s"], 3),
-                             "fastest_peer": fastest, "flop_bound": round(bound, 3)})
-            print(*[f"{r['config']}/{r['group']}/{r['impl']}: {r['samples_per_s']:.3g} samples/s, "
-                    f"{common.fmt_bytes(r['peak_bytes'])}" for r in rows[-len(times):]], sep="\n", flush=True)
+                rows.append(
+                    {
+                        "config": config,
+                        "group": group,
+                        "impl": impl,
+                        **CONFIGS[config],
+                        **side,
+                        "params": params[impl],
+                        **{k: round(v, 5) for k, v in t.items()},
+                        "peak_bytes": m.get("peak_bytes"),
+                        "memory_method": m.get("method"),
+                        "memory_error": m.get("error"),
+                        "speedup_vs_fastest_peer": round(t["samples_per_s"] / times[fastest]["samples_per_s"], 3),
+                        "speedup_cpu_time": round(times[fastest]["cpu_s"] / t["cpu_s"], 3),
+                        "fastest_peer": fastest,
+                        "flop_bound": round(bound, 3),
+                    }
+                )
+            print(
+                *[
+                    f"{r['config']}/{r['group']}/{r['impl']}: {r['samples_per_s']:.3g} samples/s, "
+                    f"{common.fmt_bytes(r['peak_bytes'])}"
+                    for r in rows[-len(times) :]
+                ],
+                sep="\n",
+                flush=True,
+            )
     return {"env": common.environment(device), "bf16": bf16, "rounds": rounds, "rows": rows}
 
 
 def markdown(result: dict[str, Any]) -> str:
     env = result["env"]
-    lines = [f"# Training step vs peers ({env['time_utc']} UTC, {env['device']}"
-             f"{' bf16' if result['bf16'] else ' fp32'}, {env['threads']} threads, load {env['load_avg'][0]:.1f})",
-             "", f"Median of {sorted({r['rounds'] for r in result['rows']})} interleaved rounds (1, without warm-up, "
-             "for the ImageNet shape on a CPU unless --rounds is given); memory: fresh process per model "
-             "(see benchmarks/common.py). Ratio = our samples/s over the faster peer's."
-             + (f" Row \"{CEILING_IMPL}\" (--ceiling): our model on a {CEILING_SIDE} x {CEILING_SIDE} image, the "
-                "latent side alone; its ratio is the most any input-side work could give (see peers.py)."
-                if any(r["impl"] == CEILING_IMPL for r in result["rows"]) else ""), "",
-             " Column \"FLOP bound\": the most our ratio can be on any device if the peer runs the latent "
-             "Transformer's matmuls as fast as we do, its forward FLOPs over the latent Transformer's "
-             "(`peers.flop_bound`).", "",
-             "| config | group | impl | params | samples/s | step s (CPU s) | peak memory | vs fastest peer "
-             "(by CPU time) | memory vs peer | FLOP bound |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Training step vs peers ({env['time_utc']} UTC, {env['device']}"
+        f"{' bf16' if result['bf16'] else ' fp32'}, {env['threads']} threads, load {env['load_avg'][0]:.1f})",
+        "",
+        f"Median of {sorted({r['rounds'] for r in result['rows']})} interleaved rounds (1, without warm-up, "
+        "for the ImageNet shape on a CPU unless --rounds is given); memory: fresh process per model "
+        "(see benchmarks/common.py). Ratio = our samples/s over the faster peer's."
+        + (
+            f' Row "{CEILING_IMPL}" (--ceiling): our model on a {CEILING_SIDE} x {CEILING_SIDE} image, the '
+            "latent side alone; its ratio is the most any input-side work could give (see peers.py)."
+            if any(r["impl"] == CEILING_IMPL for r in result["rows"])
+            else ""
+        ),
+        "",
+        ' Column "FLOP bound": the most our ratio can be on any device if the peer runs the latent '
+        "Transformer's matmuls as fast as we do, its forward FLOPs over the latent Transformer's "
+        "(`peers.flop_bound`).",
+        "",
+        "| config | group | impl | params | samples/s | step s (CPU s) | peak memory | vs fastest peer "
+        "(by CPU time) | memory vs peer | FLOP bound |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     rows = result["rows"]
     for r in rows:
-        peer = next((p for p in rows if p["config"] == r["config"] and p["group"] == r["group"]
-                     and p["impl"] == r["fastest_peer"]), None)
+        peer = next(
+            (
+                p
+                for p in rows
+                if p["config"] == r["config"] and p["group"] == r["group"] and p["impl"] == r["fastest_peer"]
+            ),
+            None,
+        )
         memr = "-"
         if r["impl"] == "ours" and peer and r["peak_bytes"] and peer["peak_bytes"]:
             memr = f"{r['peak_bytes'] / peer['peak_bytes']:.2f}x"
         bound = f"{r['flop_bound']:.2f}x" if r["impl"] == "ours" and r.get("flop_bound") else "-"
-        ratio = (f"**{r['speedup_vs_fastest_peer']:.2f}x** ({r['speedup_cpu_time']:.2f}x)" if r["impl"] == "ours"
-                 else f"{r['speedup_vs_fastest_peer']:.2f}x ({r['speedup_cpu_time']:.2f}x): ceiling"
-                 if r["impl"] == CEILING_IMPL else "-")
-        lines.append(f"| {r['config']} | {r['group']} | {r['impl']} | {r['params']:,} | {r['samples_per_s']:.3g} | "
-                     f"{r['step_s']:.3f} ({r['cpu_s']:.3f}) | "
-                     f"{common.fmt_bytes(r['peak_bytes']) if r['peak_bytes'] else r['memory_error'] or '-'} | "
-                     f"{ratio} | {memr} | {bound} |")
+        ratio = (
+            f"**{r['speedup_vs_fastest_peer']:.2f}x** ({r['speedup_cpu_time']:.2f}x)"
+            if r["impl"] == "ours"
+            else f"{r['speedup_vs_fastest_peer']:.2f}x ({r['speedup_cpu_time']:.2f}x): ceiling"
+            if r["impl"] == CEILING_IMPL
+            else "-"
+        )
+        lines.append(
+            f"| {r['config']} | {r['group']} | {r['impl']} | {r['params']:,} | {r['samples_per_s']:.3g} | "
+            f"{r['step_s']:.3f} ({r['cpu_s']:.3f}) | "
+            f"{common.fmt_bytes(r['peak_bytes']) if r['peak_bytes'] else r['memory_error'] or '-'} | "
+            f"{ratio} | {memr} | {bound} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -262,13 +354,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = common.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=None, choices=sorted(CONFIGS))
     p.add_argument("--groups", nargs="+", default=None, choices=sorted(GROUPS))
-    p.add_argument("--ceiling", action="store_true", help=f"also time our model on a {CEILING_SIDE} x "
-                   f"{CEILING_SIDE} image: the latent side alone, the ceiling of the ratio (see peers.py)")
+    p.add_argument(
+        "--ceiling",
+        action="store_true",
+        help=f"also time our model on a {CEILING_SIDE} x "
+        f"{CEILING_SIDE} image: the latent side alone, the ceiling of the ratio (see peers.py)",
+    )
     args = p.parse_args(argv)
     common.setup(args)
     rounds = args.rounds or (2 if args.toy else 5)
-    result = run(common.model_configs(args), args.device, args.bf16, rounds, memory=not args.no_memory,
-                 groups=args.groups, short_imagenet=args.rounds is None, ceiling=args.ceiling)
+    result = run(
+        common.model_configs(args),
+        args.device,
+        args.bf16,
+        rounds,
+        memory=not args.no_memory,
+        groups=args.groups,
+        short_imagenet=args.rounds is None,
+        ceiling=args.ceiling,
+    )
     return common.publish(args, "peers", result, markdown(result))
 
 

@@ -25,14 +25,32 @@ import torch
 
 from benchmarks import common
 
-FAMILIES = {"fourier": ("PerceiverForImageClassificationFourier", 261),
-            "learned": ("PerceiverForImageClassificationLearned", 512),
-            "conv": ("PerceiverForImageClassificationConvProcessing", 322)}
-REAL = dict(num_latents=512, d_latents=1024, num_blocks=8, num_self_attends_per_block=6, num_self_attention_heads=8,
-            num_cross_attention_heads=1, num_labels=1000, image_size=224)
+FAMILIES = {
+    "fourier": ("PerceiverForImageClassificationFourier", 261),
+    "learned": ("PerceiverForImageClassificationLearned", 512),
+    "conv": ("PerceiverForImageClassificationConvProcessing", 322),
+}
+REAL = dict(
+    num_latents=512,
+    d_latents=1024,
+    num_blocks=8,
+    num_self_attends_per_block=6,
+    num_self_attention_heads=8,
+    num_cross_attention_heads=1,
+    num_labels=1000,
+    image_size=224,
+)
 ROW_NAMES = {**{(f, "forward"): f for f in FAMILIES}, ("conv", "train"): "conv-step"}  # for --only
-TOY = dict(num_latents=8, d_latents=32, num_blocks=2, num_self_attends_per_block=1, num_self_attention_heads=4,
-           num_cross_attention_heads=1, num_labels=10, image_size=16)
+TOY = dict(
+    num_latents=8,
+    d_latents=32,
+    num_blocks=2,
+    num_self_attends_per_block=1,
+    num_self_attention_heads=4,
+    num_cross_attention_heads=1,
+    num_labels=10,
+    image_size=16,
+)
 
 
 def preload() -> None:
@@ -49,8 +67,9 @@ def _model(family: str, impl: str, toy: bool, attention_dropout: float = 0.1) ->
     from perceiver_lit.convert import _hf_spec, build_from_spec
 
     cls, d_model = FAMILIES[family]
-    config = transformers.PerceiverConfig(d_model=d_model, attention_probs_dropout_prob=attention_dropout,
-                                          **(TOY if toy else REAL))
+    config = transformers.PerceiverConfig(
+        d_model=d_model, attention_probs_dropout_prob=attention_dropout, **(TOY if toy else REAL)
+    )
     torch.manual_seed(0)
     if impl == "hf":
         return getattr(transformers, cls)(config)
@@ -59,14 +78,15 @@ def _model(family: str, impl: str, toy: bool, attention_dropout: float = 0.1) ->
     return build_from_spec(_hf_spec(meta, None))
 
 
-def build(family: str, impl: str, mode: str, batch: int, toy: bool = False, device: str = "cpu",
-          bf16: bool = False) -> common.Step:
+def build(
+    family: str, impl: str, mode: str, batch: int, toy: bool = False, device: str = "cpu", bf16: bool = False
+) -> common.Step:
     """A Step: `mode` "forward" (inference) or "train" (forward, backward, AdamW) of `impl` "hf" or "ours"."""
     model = _model(family, impl, toy, attention_dropout=0.0 if mode == "train" else 0.1).to(device)
     size = (TOY if toy else REAL)["image_size"]
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
     if impl == "ours":
-        x = x.permute(0, 2, 3, 1).contiguous()                              # channels-last, our layout
+        x = x.permute(0, 2, 3, 1).contiguous()  # channels-last, our layout
 
     def forward() -> torch.Tensor:
         return model(inputs=x).logits if impl == "hf" else model(x)
@@ -94,39 +114,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         kw = dict(family=family, mode=mode, batch=batch, toy=args.toy, device=args.device, bf16=args.bf16)
         steps = {impl: build(impl=impl, **kw) for impl in ("hf", "ours")}
         timed = common.time_interleaved(steps, args.device, rounds)
-        row = {"family": family, "mode": mode, "batch": batch,
-               **{f"{i}_{k}": v for i in timed for k, v in timed[i].items()}}
+        row = {
+            "family": family,
+            "mode": mode,
+            "batch": batch,
+            **{f"{i}_{k}": v for i in timed for k, v in timed[i].items()},
+        }
         row["speedup"] = timed["hf"]["step_s"] / timed["ours"]["step_s"]
         if not args.no_memory:
             for impl in ("hf", "ours"):
-                row[f"{impl}_peak_bytes"] = common.peak_memory("benchmarks.pretrained:build",
-                                                               {**kw, "impl": impl}).get("peak_bytes")
+                row[f"{impl}_peak_bytes"] = common.peak_memory("benchmarks.pretrained:build", {**kw, "impl": impl}).get(
+                    "peak_bytes"
+                )
         rows.append(row)
         del steps
-    return {"benchmark": "pretrained", "environment": common.environment(args.device), "bf16": args.bf16,
-            "toy": args.toy, "rows": rows,
-            "goal": "ours >= 1.2x HF's throughput at <= HF's memory, every row"}
+    return {
+        "benchmark": "pretrained",
+        "environment": common.environment(args.device),
+        "bf16": args.bf16,
+        "toy": args.toy,
+        "rows": rows,
+        "goal": "ours >= 1.2x HF's throughput at <= HF's memory, every row",
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
     env = result["environment"]
-    lines = [f"## Pretrained: converted official models vs HF ({env['device']}, {env['threads']} threads, load "
-             f"{env['load_avg'][0]:.1f}{', bf16' if result['bf16'] else ''}{', TOY' if result['toy'] else ''})", "",
-             "| model | step | batch | HF samples/s | ours samples/s | speed-up | speed-up, CPU time | HF peak | "
-             "ours peak |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## Pretrained: converted official models vs HF ({env['device']}, {env['threads']} threads, load "
+        f"{env['load_avg'][0]:.1f}{', bf16' if result['bf16'] else ''}{', TOY' if result['toy'] else ''})",
+        "",
+        "| model | step | batch | HF samples/s | ours samples/s | speed-up | speed-up, CPU time | HF peak | "
+        "ours peak |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:  # CPU time: process CPU seconds a step, less sensitive to other jobs on a shared machine
-        lines.append(f"| {r['family']} | {r['mode']} | {r['batch']} | {r['hf_samples_per_s']:.3g} | "
-                     f"{r['ours_samples_per_s']:.3g} | {r['speedup']:.2f}x | {r['hf_cpu_s'] / r['ours_cpu_s']:.2f}x | "
-                     f"{common.fmt_bytes(r.get('hf_peak_bytes'))} | {common.fmt_bytes(r.get('ours_peak_bytes'))} |")
+        lines.append(
+            f"| {r['family']} | {r['mode']} | {r['batch']} | {r['hf_samples_per_s']:.3g} | "
+            f"{r['ours_samples_per_s']:.3g} | {r['speedup']:.2f}x | {r['hf_cpu_s'] / r['ours_cpu_s']:.2f}x | "
+            f"{common.fmt_bytes(r.get('hf_peak_bytes'))} | {common.fmt_bytes(r.get('ours_peak_bytes'))} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = common.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=None, help="images per step (default: 1 on CPU, 8 on CUDA)")
-    p.add_argument("--only", nargs="+", choices=list(ROW_NAMES.values()), default=None,
-                   help="run only these rows (the result files then hold only them; --name keeps a full run's)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(ROW_NAMES.values()),
+        default=None,
+        help="run only these rows (the result files then hold only them; --name keeps a full run's)",
+    )
     args = p.parse_args(argv)
     common.setup(args)
     result = run(args)

@@ -41,8 +41,9 @@ class PlainTransformer(nn.Module):
     def __init__(self, in_channels: int, width: int, heads: int, layers: int, num_classes: int = 10):
         super().__init__()
         self.embed = nn.Linear(in_channels, width)
-        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=width, dropout=0.0, batch_first=True,
-                                           norm_first=True, activation="gelu")
+        layer = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=width, dropout=0.0, batch_first=True, norm_first=True, activation="gelu"
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Linear(width, num_classes)
 
@@ -67,13 +68,20 @@ def build(impl: str, size: int, device: str = "cpu", bf16: bool = False, toy: bo
     x = torch.randn(cfg["batch"], side, side, 3, device=device)
     y = torch.randint(0, 10, (cfg["batch"],), device=device)
     if impl == "perceiver":
-        model = Perceiver(adapter, num_classes=10, num_latents=cfg["latents"], latent_dim=cfg["width"],
-                          num_cross_attends=1, num_self_attends_per_block=cfg["self_attends"],
-                          num_self_attention_heads=cfg["heads"]).to(device)
+        model = Perceiver(
+            adapter,
+            num_classes=10,
+            num_latents=cfg["latents"],
+            latent_dim=cfg["width"],
+            num_cross_attends=1,
+            num_self_attends_per_block=cfg["self_attends"],
+            num_self_attention_heads=cfg["heads"],
+        ).to(device)
         forward = lambda: model(x)  # noqa: E731
     elif impl == "transformer":
-        model = PlainTransformer(adapter.num_output_channels, cfg["width"], cfg["heads"],
-                                 1 + cfg["self_attends"]).to(device)
+        model = PlainTransformer(adapter.num_output_channels, cfg["width"], cfg["heads"], 1 + cfg["self_attends"]).to(
+            device
+        )
         adapter.to(device)
         forward = lambda: model(adapter(x)[0])  # noqa: E731  (the same Fourier elements)
     else:
@@ -90,8 +98,16 @@ def slope(xs: list[float], ys: list[float]) -> float | None:
     return float(np.polyfit(a, b, 1)[0])
 
 
-def run(sizes: list[int], device: str, bf16: bool, rounds: int, toy: bool, max_gib: float,
-        max_step_s: float, memory: bool = True) -> dict[str, Any]:
+def run(
+    sizes: list[int],
+    device: str,
+    bf16: bool,
+    rounds: int,
+    toy: bool,
+    max_gib: float,
+    max_step_s: float,
+    memory: bool = True,
+) -> dict[str, Any]:
     cfg = TOY if toy else MODEL
     rows, last_transformer = [], None
     for m in sizes:
@@ -101,8 +117,9 @@ def run(sizes: list[int], device: str, bf16: bool, rounds: int, toy: bool, max_g
         if est_gib > max_gib:
             skip = f"attention matrices ~{est_gib:.1f} GiB > cap {max_gib} GiB"
         elif last_transformer and last_transformer[1] * (m / last_transformer[0]) ** 2 > max_step_s:
-            skip = (f"predicted step {last_transformer[1] * (m / last_transformer[0]) ** 2:.0f} s "
-                    f"> cap {max_step_s:.0f} s")
+            skip = (
+                f"predicted step {last_transformer[1] * (m / last_transformer[0]) ** 2:.0f} s > cap {max_step_s:.0f} s"
+            )
         if skip is None:
             impls.append("transformer")
         steps = {i: build(i, m, device, bf16, toy) for i in impls}
@@ -110,12 +127,21 @@ def run(sizes: list[int], device: str, bf16: bool, rounds: int, toy: bool, max_g
         times = common.time_interleaved(steps, device, r)
         del steps
         for i in impls:
-            mem = common.peak_memory("benchmarks.scaling:build", dict(impl=i, size=m, device=device, bf16=bf16,
-                                                                     toy=toy)) if memory else {}
-            rows.append({"impl": i, "size": m, **{k: round(v, 5) for k, v in times[i].items()},
-                         "peak_bytes": mem.get("peak_bytes"), "memory_error": mem.get("error")})
-            print(f"M={m} {i}: {times[i]['step_s']:.3f} s/step, {common.fmt_bytes(mem.get('peak_bytes'))}",
-                  flush=True)
+            mem = (
+                common.peak_memory("benchmarks.scaling:build", dict(impl=i, size=m, device=device, bf16=bf16, toy=toy))
+                if memory
+                else {}
+            )
+            rows.append(
+                {
+                    "impl": i,
+                    "size": m,
+                    **{k: round(v, 5) for k, v in times[i].items()},
+                    "peak_bytes": mem.get("peak_bytes"),
+                    "memory_error": mem.get("error"),
+                }
+            )
+            print(f"M={m} {i}: {times[i]['step_s']:.3f} s/step, {common.fmt_bytes(mem.get('peak_bytes'))}", flush=True)
         if "transformer" in impls:
             last_transformer = (m, times["transformer"]["step_s"])
         else:
@@ -124,28 +150,43 @@ def run(sizes: list[int], device: str, bf16: bool, rounds: int, toy: bool, max_g
     fits = {}
     for i in ("perceiver", "transformer"):
         rs = [r for r in rows if r["impl"] == i and "step_s" in r]
-        fits[i] = {"time_slope": slope([r["size"] for r in rs], [r["step_s"] for r in rs]),
-                   "cpu_time_slope": slope([r["size"] for r in rs], [r["cpu_s"] for r in rs]),
-                   "memory_slope": slope([r["size"] for r in rs], [r["peak_bytes"] for r in rs]),
-                   "sizes": [r["size"] for r in rs]}
-    return {"env": common.environment(device), "bf16": bf16, "model": cfg, "rounds": rounds, "rows": rows,
-            "fits": fits, "caps": {"max_transformer_gib": max_gib, "max_transformer_step_s": max_step_s}}
+        fits[i] = {
+            "time_slope": slope([r["size"] for r in rs], [r["step_s"] for r in rs]),
+            "cpu_time_slope": slope([r["size"] for r in rs], [r["cpu_s"] for r in rs]),
+            "memory_slope": slope([r["size"] for r in rs], [r["peak_bytes"] for r in rs]),
+            "sizes": [r["size"] for r in rs],
+        }
+    return {
+        "env": common.environment(device),
+        "bf16": bf16,
+        "model": cfg,
+        "rounds": rounds,
+        "rows": rows,
+        "fits": fits,
+        "caps": {"max_transformer_gib": max_gib, "max_transformer_step_s": max_step_s},
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
     env, cfg = result["env"], result["model"]
-    lines = [f"# Scaling in input size ({env['time_utc']} UTC, {env['device']}, load {env['load_avg'][0]:.1f})", "",
-             f"Perceiver: {cfg['latents']} x {cfg['width']} latents, 1 cross-attend + {cfg['self_attends']} "
-             f"self-attends; Transformer: width {cfg['width']}, {cfg['heads']} heads, {1 + cfg['self_attends']} "
-             f"layers over all inputs; batch {cfg['batch']}; median of {result['rounds']} interleaved rounds.", "",
-             "| M inputs | Perceiver step s (CPU s) | Perceiver memory | Transformer step s (CPU s) | Transformer memory |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# Scaling in input size ({env['time_utc']} UTC, {env['device']}, load {env['load_avg'][0]:.1f})",
+        "",
+        f"Perceiver: {cfg['latents']} x {cfg['width']} latents, 1 cross-attend + {cfg['self_attends']} "
+        f"self-attends; Transformer: width {cfg['width']}, {cfg['heads']} heads, {1 + cfg['self_attends']} "
+        f"layers over all inputs; batch {cfg['batch']}; median of {result['rounds']} interleaved rounds.",
+        "",
+        "| M inputs | Perceiver step s (CPU s) | Perceiver memory | Transformer step s (CPU s) | Transformer memory |",
+        "|---|---|---|---|---|",
+    ]
     by = {(r["impl"], r["size"]): r for r in result["rows"]}
     for m in sorted({r["size"] for r in result["rows"]}):
         p, t = by.get(("perceiver", m), {}), by.get(("transformer", m), {})
         tt = f"{t['step_s']:.4f} ({t['cpu_s']:.4f})" if "step_s" in t else f"skipped: {t.get('skipped')}"
         tm = common.fmt_bytes(t.get("peak_bytes")) if "step_s" in t else "-"
-        lines.append(f"| {m:,} | {p['step_s']:.4f} ({p['cpu_s']:.4f}) | {common.fmt_bytes(p.get('peak_bytes'))} | {tt} | {tm} |")
+        lines.append(
+            f"| {m:,} | {p['step_s']:.4f} ({p['cpu_s']:.4f}) | {common.fmt_bytes(p.get('peak_bytes'))} | {tt} | {tm} |"
+        )
     lines.append("")
     for i, f in result["fits"].items():
         ts = "-" if f["time_slope"] is None else f"{f['time_slope']:.2f}"
@@ -162,11 +203,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-transformer-step-s", type=float, default=60.0)
     args = p.parse_args(argv)
     common.setup(args)
-    sizes = args.sizes or ([64, 256] if args.toy else [1024, 4096, 16384] if args.quick
-                           else [1024, 4096, 16384, 65536])
+    sizes = args.sizes or ([64, 256] if args.toy else [1024, 4096, 16384] if args.quick else [1024, 4096, 16384, 65536])
     rounds = args.rounds or (2 if args.toy else 3)
-    result = run(sizes, args.device, args.bf16, rounds, args.toy, args.max_transformer_gib,
-                 args.max_transformer_step_s, memory=not args.no_memory)
+    result = run(
+        sizes,
+        args.device,
+        args.bf16,
+        rounds,
+        args.toy,
+        args.max_transformer_gib,
+        args.max_transformer_step_s,
+        memory=not args.no_memory,
+    )
     return common.publish(args, "scaling", result, markdown(result))
 
 

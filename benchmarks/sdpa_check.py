@@ -28,10 +28,14 @@ def cases(device: str) -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
     few = {"num_self_attends_per_block": 1}
     return {
         "perceiver_imagenet": (presets.perceiver_imagenet((32, 32, 3), **few), torch.randn(2, 32, 32, 3, generator=g)),
-        "perceiver_io_imagenet": (presets.perceiver_io_imagenet((32, 32, 3), **few),
-                                  torch.randn(2, 32, 32, 3, generator=g)),
-        "perceiver_io_language": (presets.perceiver_io_language((256,), **few),
-                                  torch.randint(0, 262, (2, 256), generator=g)),
+        "perceiver_io_imagenet": (
+            presets.perceiver_io_imagenet((32, 32, 3), **few),
+            torch.randn(2, 32, 32, 3, generator=g),
+        ),
+        "perceiver_io_language": (
+            presets.perceiver_io_language((256,), **few),
+            torch.randint(0, 262, (2, 256), generator=g),
+        ),
         "perceiver_modelnet40": (presets.perceiver_modelnet40((512, 3), **few), torch.randn(2, 512, 3, generator=g)),
     }
 
@@ -65,8 +69,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: {status}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"device": args.device, "seconds": round(time.monotonic() - t0, 1),
-                                        "torch": torch.__version__, "models": result}, indent=1))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "device": args.device,
+                    "seconds": round(time.monotonic() - t0, 1),
+                    "torch": torch.__version__,
+                    "models": result,
+                },
+                indent=1,
+            )
+        )
     bad = [n for n, s in result.items() if s != "fused"]
     if bad:
         raise SystemExit(f"SDPA fell back from the fused kernels for: {', '.join(bad)}")

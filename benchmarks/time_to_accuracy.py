@@ -52,14 +52,27 @@ def run(extra: list[str], data_dir: str, run_dir: str | None, timeout: float) ->
         env["RUN_DIR"] = run_dir or os.path.join(tmp, "quickstart")
         had_shards = os.path.exists(os.path.join(data_dir, "index.json"))
         t0 = time.perf_counter()
-        p = subprocess.run(["bash", os.path.join(common.ROOT, "scripts", "quickstart.sh"), *extra], cwd=common.ROOT,
-                           env=env, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(
+            ["bash", os.path.join(common.ROOT, "scripts", "quickstart.sh"), *extra],
+            cwd=common.ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         wall = time.perf_counter() - t0
     text = p.stdout + p.stderr
     figures = parse_log(text)
-    result = {"env": common.environment("cpu"), "extra_args": extra, "returncode": p.returncode,
-              "wall_s": round(wall, 1), "shards_reused": had_shards, **figures,
-              "goal_acc": GOAL, "reached_goal": figures.get("test_acc", 0) >= GOAL}
+    result = {
+        "env": common.environment("cpu"),
+        "extra_args": extra,
+        "returncode": p.returncode,
+        "wall_s": round(wall, 1),
+        "shards_reused": had_shards,
+        **figures,
+        "goal_acc": GOAL,
+        "reached_goal": figures.get("test_acc", 0) >= GOAL,
+    }
     if "total_s" in figures and "fit_s" in figures:
         result["shards_s"] = figures["total_s"] - figures["fit_s"] - figures["test_s"]
     if p.returncode:
@@ -69,13 +82,18 @@ def run(extra: list[str], data_dir: str, run_dir: str | None, timeout: float) ->
 
 def markdown(r: dict[str, Any]) -> str:
     acc = f"{100 * r['test_acc']:.2f}%" if "test_acc" in r else "-"
-    lines = [f"# Time to accuracy ({r['env']['time_utc']} UTC, {r['env']['cpus']} CPUs, "
-             f"load {r['env']['load_avg'][0]:.1f})", "",
-             "`scripts/quickstart.sh` (configs/quickstart.yaml" + (f" + {' '.join(r['extra_args'])}"
-                                                                   if r["extra_args"] else "") + ")", "",
-             "| test accuracy | goal | fit s | test s | shards s | total wall s |", "|---|---|---|---|---|---|",
-             f"| **{acc}** | {100 * r['goal_acc']:.0f}% ({'reached' if r['reached_goal'] else 'not reached'}) | "
-             f"{r.get('fit_s', '-')} | {r.get('test_s', '-')} | {r.get('shards_s', '-')} | {r['wall_s']} |"]
+    lines = [
+        f"# Time to accuracy ({r['env']['time_utc']} UTC, {r['env']['cpus']} CPUs, load {r['env']['load_avg'][0]:.1f})",
+        "",
+        "`scripts/quickstart.sh` (configs/quickstart.yaml"
+        + (f" + {' '.join(r['extra_args'])}" if r["extra_args"] else "")
+        + ")",
+        "",
+        "| test accuracy | goal | fit s | test s | shards s | total wall s |",
+        "|---|---|---|---|---|---|",
+        f"| **{acc}** | {100 * r['goal_acc']:.0f}% ({'reached' if r['reached_goal'] else 'not reached'}) | "
+        f"{r.get('fit_s', '-')} | {r.get('test_s', '-')} | {r.get('shards_s', '-')} | {r['wall_s']} |",
+    ]
     if r["returncode"]:
         lines += ["", f"quickstart.sh exited with {r['returncode']}."]
     return "\n".join(lines) + "\n"
@@ -83,8 +101,8 @@ def markdown(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     p = common.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=os.path.join(common.ROOT, "data", "fashion-mnist"))
     p.add_argument("--run-dir", default=None, help="keep the run here (default: a temporary directory)")

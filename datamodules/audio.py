@@ -24,15 +24,41 @@ class AudioFeatures:
     """The audio half shared by the audio and audio+video data modules: rate check/resampling, crop/pad, features.
     Its settings are declared (types, defaults, meaning) once, in `AudioInputs`."""
 
-    def __init__(self, *, sample_rate: int, clip_samples: int, resample: bool, features: str, n_fft: int,
-                 win_length: int | None, hop_length: int, n_mels: int, f_min: float, f_max: float | None,
-                 mel_scale: str, mel_norm: str | None):
+    def __init__(
+        self,
+        *,
+        sample_rate: int,
+        clip_samples: int,
+        resample: bool,
+        features: str,
+        n_fft: int,
+        win_length: int | None,
+        hop_length: int,
+        n_mels: int,
+        f_min: float,
+        f_max: float | None,
+        mel_scale: str,
+        mel_norm: str | None,
+    ):
         if features not in ("raw", "mel"):
             raise ValueError(f"features must be 'raw' or 'mel', got {features!r}")
         self.sample_rate, self.clip_samples = sample_rate, clip_samples
         self.resample, self.features = resample, features
-        self.mel = A.LogMel(sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
-                            f_min=f_min, f_max=f_max, scale=mel_scale, norm=mel_norm) if features == "mel" else None
+        self.mel = (
+            A.LogMel(
+                sample_rate,
+                n_fft=n_fft,
+                win_length=win_length,
+                hop_length=hop_length,
+                n_mels=n_mels,
+                f_min=f_min,
+                f_max=f_max,
+                scale=mel_scale,
+                norm=mel_norm,
+            )
+            if features == "mel"
+            else None
+        )
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -44,8 +70,10 @@ class AudioFeatures:
         if sample_rate == self.sample_rate:
             return wave
         if not self.resample:
-            raise ValueError(f"audio is at {sample_rate} Hz, the config says sample_rate={self.sample_rate}; "
-                             "pass resample=True or re-shard with --sample-rate")
+            raise ValueError(
+                f"audio is at {sample_rate} Hz, the config says sample_rate={self.sample_rate}; "
+                "pass resample=True or re-shard with --sample-rate"
+            )
         return A.resample(wave, sample_rate, self.sample_rate)
 
     def window(self, sample_rate: int) -> int:
@@ -54,8 +82,9 @@ class AudioFeatures:
             self.to_rate(torch.zeros(0), sample_rate)  # raises the rate-mismatch error
         return math.ceil(self.clip_samples * sample_rate / self.sample_rate)
 
-    def decode(self, data: bytes, train: bool, rng: Any = None, out: torch.Tensor | None = None,
-               waveform: bool = False) -> torch.Tensor:
+    def decode(
+        self, data: bytes, train: bool, rng: Any = None, out: torch.Tensor | None = None, waveform: bool = False
+    ) -> torch.Tensor:
         """flac/wav bytes -> `(S,)` or `(F, M)`, decoding only the crop window.
 
         `waveform`: stop at the cropped waveform `(S,)` whatever the features (the caller takes the log-mel of
@@ -79,8 +108,15 @@ class AudioFeatures:
             out[i : i + chunk] = self.mel(waves[i : i + chunk])
         return out
 
-    def __call__(self, wave: torch.Tensor, sample_rate: int, train: bool, rng: Any = None,
-                 start: int | None = None, waveform: bool = False) -> torch.Tensor:
+    def __call__(
+        self,
+        wave: torch.Tensor,
+        sample_rate: int,
+        train: bool,
+        rng: Any = None,
+        start: int | None = None,
+        waveform: bool = False,
+    ) -> torch.Tensor:
         """Mono `(S_in,)` at `sample_rate` -> `(S,)` or `(F, M)`. `start`: window start in output-rate samples;
         `waveform`: stop at the cropped `(S,)` whatever the features."""
         wave = A.crop_or_pad(self.to_rate(wave, sample_rate), self.clip_samples, train, rng, start)
@@ -122,9 +158,20 @@ class AudioInputs:
         super().__init__(**kwargs)
         if clip_samples is None:
             clip_samples = self.default_clip_samples(sample_rate)
-        self.audio = AudioFeatures(sample_rate=sample_rate, clip_samples=clip_samples, resample=resample,
-                                   features=features, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
-                                   n_mels=n_mels, f_min=f_min, f_max=f_max, mel_scale=mel_scale, mel_norm=mel_norm)
+        self.audio = AudioFeatures(
+            sample_rate=sample_rate,
+            clip_samples=clip_samples,
+            resample=resample,
+            features=features,
+            n_fft=n_fft,
+            win_length=win_length,
+            hop_length=hop_length,
+            n_mels=n_mels,
+            f_min=f_min,
+            f_max=f_max,
+            mel_scale=mel_scale,
+            mel_norm=mel_norm,
+        )
         self.sample_rate, self.clip_samples = sample_rate, clip_samples
 
     def default_clip_samples(self, sample_rate: int) -> int:
@@ -185,8 +232,9 @@ class AudioDataModule(AudioInputs, StreamingDataModule):
         check_first_rate(self, split, urls, self.input_exts, self.audio)
 
 
-def check_first_rate(dm: StreamingDataModule, split: str, urls: list[str], exts: tuple[str, ...],
-                     audio: AudioFeatures) -> None:
+def check_first_rate(
+    dm: StreamingDataModule, split: str, urls: list[str], exts: tuple[str, ...], audio: AudioFeatures
+) -> None:
     """Read the first sample's audio header (soundfile; PyAV for audio inside an mp4) and compare its rate with
     the config: a mismatch would otherwise make every sample a skipped corrupt one."""
     if audio.resample or not urls or "://" in urls[0] or urls[0].startswith("pipe:"):
@@ -217,5 +265,7 @@ def check_first_rate(dm: StreamingDataModule, split: str, urls: list[str], exts:
     except Exception:  # noqa: BLE001 - a corrupt first sample is the streaming code's business
         return
     if rate != audio.sample_rate:
-        raise DataError(f"{split} shard {urls[0]!r} key {raw['__key__']!r}: audio at {rate} Hz, config "
-                        f"sample_rate={audio.sample_rate}; set resample=True or sample_rate={rate}")
+        raise DataError(
+            f"{split} shard {urls[0]!r} key {raw['__key__']!r}: audio at {rate} Hz, config "
+            f"sample_rate={audio.sample_rate}; set resample=True or sample_rate={rate}"
+        )

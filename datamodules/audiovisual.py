@@ -54,8 +54,15 @@ class AudioVisualDataModule(AudioInputs, VideoInputs, StreamingDataModule):
     ):
         self.fps = fps  # read by default_clip_samples while AudioInputs builds the audio half
         # MRO: AudioInputs -> VideoInputs -> StreamingDataModule; the video half is built before the audio half
-        super().__init__(num_frames=num_frames, frame_stride=frame_stride, clip_samples=clip_samples,
-                         num_classes=num_classes, multilabel=multilabel, shuffle_buffer=shuffle_buffer, **kwargs)
+        super().__init__(
+            num_frames=num_frames,
+            frame_stride=frame_stride,
+            clip_samples=clip_samples,
+            num_classes=num_classes,
+            multilabel=multilabel,
+            shuffle_buffer=shuffle_buffer,
+            **kwargs,
+        )
         if audio_source not in ("auto", "mp4", "key"):
             raise ValueError(f"audio_source must be 'auto', 'mp4' or 'key', got {audio_source!r}")
         self.permute_block = tuple(permute_block) if isinstance(permute_block, (list, tuple)) else permute_block
@@ -86,16 +93,21 @@ class AudioVisualDataModule(AudioInputs, VideoInputs, StreamingDataModule):
         return {"video": video, "audio": audio}
 
     def collate_inputs(self, inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        return {"video": self.video.collate([x["video"] for x in inputs]),  # float32 (B, T, H, W, C)
-                "audio": stack([x["audio"] for x in inputs])}
+        return {
+            "video": self.video.collate([x["video"] for x in inputs]),  # float32 (B, T, H, W, C)
+            "audio": stack([x["audio"] for x in inputs]),
+        }
 
     def permute_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from datamodules.transforms.permute import permute_elements
 
         audio = inputs["audio"]
-        return {"video": permute_elements(inputs["video"], self.permute_seed, element_dims=3, block=self.permute_block),
-                "audio": permute_elements(audio, self.permute_seed, element_dims=audio.ndim,
-                                          block=self.audio_permute_block)}
+        return {
+            "video": permute_elements(inputs["video"], self.permute_seed, element_dims=3, block=self.permute_block),
+            "audio": permute_elements(
+                audio, self.permute_seed, element_dims=audio.ndim, block=self.audio_permute_block
+            ),
+        }
 
     def _check_first_sample(self, split: str, urls: list[str]) -> None:
         super()._check_first_sample(split, urls)

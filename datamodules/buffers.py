@@ -29,9 +29,17 @@ def scratch_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return _POOL.empty(shape, dtype)
 
 
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
-                 torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.uint8: np.uint8,
-                 torch.int8: np.int8, torch.bool: np.bool_}
+_NUMPY_DTYPES = {
+    torch.float32: np.float32,
+    torch.float64: np.float64,
+    torch.float16: np.float16,
+    torch.int64: np.int64,
+    torch.int32: np.int32,
+    torch.int16: np.int16,
+    torch.uint8: np.uint8,
+    torch.int8: np.int8,
+    torch.bool: np.bool_,
+}
 
 
 class BufferPool:
@@ -100,6 +108,7 @@ def _pinned(batch: Any) -> Any:
         return {k: _pinned(v) for k, v in batch.items()}
     return batch
 
+
 class BatchRows:
     """Rows of a batch-sized buffer that samples are decoded into, so the batch needs no stacking copy.
 
@@ -122,8 +131,12 @@ class BatchRows:
         return {"alloc": self.alloc, "buffer": None, "rows": (), "used": 0, "pid": -1}
 
     def next(self, rows: int, shape: tuple[int, ...]) -> torch.Tensor:
-        if (self.buffer is None or self.used >= len(self.rows) or self.pid != os.getpid()
-                or self.buffer.shape[1:] != tuple(shape)):
+        if (
+            self.buffer is None
+            or self.used >= len(self.rows)
+            or self.pid != os.getpid()
+            or self.buffer.shape[1:] != tuple(shape)
+        ):
             self.buffer, self.used, self.pid = self.alloc((rows, *shape), torch.float32), 0, os.getpid()
             self.rows = self.buffer.unbind(0)
         return self.rows[self.used]

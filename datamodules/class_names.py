@@ -63,8 +63,9 @@ def find_class_names(specs: Sequence[str | Sequence[str] | None], num_classes: i
                 continue
             names = read_class_names(path)
             if num_classes is not None and len(names) != num_classes:
-                log.warning("%s names %d classes but num_classes=%d: class names not used", path, len(names),
-                            num_classes)
+                log.warning(
+                    "%s names %d classes but num_classes=%d: class names not used", path, len(names), num_classes
+                )
                 return None
             return names or None
     return None

@@ -16,6 +16,8 @@ class LabelRangeError(DataError):
 
 
 def label_range_message(raw: dict[str, Any], error: LabelRangeError, split: str = "") -> str:
-    return (f"{split + ' ' if split else ''}shard {raw.get('__url__', '?')!r} key {raw.get('__key__', '?')!r}: "
-            f"{error}: set data.init_args.num_classes to the number of classes the shards hold (labels are "
-            "0-based), or point the data module at the shards meant for this model")
+    return (
+        f"{split + ' ' if split else ''}shard {raw.get('__url__', '?')!r} key {raw.get('__key__', '?')!r}: "
+        f"{error}: set data.init_args.num_classes to the number of classes the shards hold (labels are "
+        "0-based), or point the data module at the shards meant for this model"
+    )

@@ -21,8 +21,9 @@ def _list_file(path: str) -> list[str]:
     with open(path, encoding="utf-8") as f:
         lines = [line.strip() for line in f]
     base = os.path.dirname(path)
-    return [line if os.path.isabs(line) else os.path.join(base, line) for line in lines
-            if line and not line.startswith("#")]
+    return [
+        line if os.path.isabs(line) else os.path.join(base, line) for line in lines if line and not line.startswith("#")
+    ]
 
 
 def expand_files(spec: str | Sequence[str], input_exts: Sequence[str] = ()) -> list[str]:
@@ -58,8 +59,11 @@ def file_sample(path: str) -> dict[str, Any]:
     return {"__key__": path, "__url__": path, os.path.splitext(path)[1].lower().lstrip("."): data}
 
 
-def iter_files(paths: Iterable[str], read: Callable[[str], Iterator[dict[str, Any]]],
-               corrupt: Callable[[str, str, Exception], None]) -> Iterator[dict[str, Any]]:
+def iter_files(
+    paths: Iterable[str],
+    read: Callable[[str], Iterator[dict[str, Any]]],
+    corrupt: Callable[[str, str, Exception], None],
+) -> Iterator[dict[str, Any]]:
     """Raw samples of `paths` through `read` (a data module's `iter_file_samples`); an unreadable file is passed to
     `corrupt(path, path, exc)` (counted as corrupt) and skipped."""
     for path in paths:

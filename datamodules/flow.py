@@ -43,15 +43,23 @@ class FlowDataModule(StreamingDataModule):
     input_exts = tuple(f"frame1.{e}" for e in FRAME_EXTS)
     label_exts = ("flow.npy",)
 
-    def __init__(self, crop_size: int | tuple[int, int] = (64, 64), hflip: float = 0.5, vflip: float = 0.1,
-                 num_classes: int = 2, **kwargs: Any):
+    def __init__(
+        self,
+        crop_size: int | tuple[int, int] = (64, 64),
+        hflip: float = 0.5,
+        vflip: float = 0.1,
+        num_classes: int = 2,
+        **kwargs: Any,
+    ):
         super().__init__(num_classes=num_classes, **kwargs)
         if self.permute_seed is not None:
             raise ValueError("FlowDataModule: permute_seed is not supported (the flow is defined on the pixel grid)")
         if self.predict_files is not None:  # a sample is two files: pairs come from a list, as shards
-            raise ValueError("FlowDataModule: predict_files is not supported (a sample is a pair of frames): write "
-                             "the pairs as shards with `perceiver-lit-shards flow list pairs.txt --out DIR --prefix "
-                             "test` and set data.init_args.predict_urls")
+            raise ValueError(
+                "FlowDataModule: predict_files is not supported (a sample is a pair of frames): write "
+                "the pairs as shards with `perceiver-lit-shards flow list pairs.txt --out DIR --prefix "
+                "test` and set data.init_args.predict_urls"
+            )
         size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(int(s) for s in crop_size)
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"crop_size must be an int or (H, W), got {crop_size!r}")
@@ -66,7 +74,7 @@ class FlowDataModule(StreamingDataModule):
     # then asks decode_target and extra_fields for the flow and mask of the same sample (kept in `_pending`)
     def _decode(self, sample: dict[str, Any], train: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         ext = self.find_ext(sample)
-        ext2 = "frame2" + ext[len("frame1"):]
+        ext2 = "frame2" + ext[len("frame1") :]
         if ext2 not in sample:
             found = sorted(k for k in sample if not k.startswith("__"))
             raise KeyError(f"no {ext2} beside {ext}; sample has {found}")
@@ -92,10 +100,14 @@ class FlowDataModule(StreamingDataModule):
         flow = flow[y : y + ch, x : x + cw]
         valid = np.ones(self.crop_size, bool) if valid is None else valid[y : y + ch, x : x + cw]
         if train and (self.hflip or self.vflip):
-            frames, flow, valid = F.flip_pair(frames, flow, valid, self.rng.random() < self.hflip,
-                                              self.rng.random() < self.vflip)
-        return (torch.from_numpy(np.ascontiguousarray(frames)), torch.from_numpy(np.ascontiguousarray(flow)),
-                torch.from_numpy(np.ascontiguousarray(valid)))
+            frames, flow, valid = F.flip_pair(
+                frames, flow, valid, self.rng.random() < self.hflip, self.rng.random() < self.vflip
+            )
+        return (
+            torch.from_numpy(np.ascontiguousarray(frames)),
+            torch.from_numpy(np.ascontiguousarray(flow)),
+            torch.from_numpy(np.ascontiguousarray(valid)),
+        )
 
     def _of(self, sample: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor]:
         if self._pending is None or self._pending[0] is not sample:  # not from decode_inputs: decode as eval

@@ -50,8 +50,9 @@ class ImageDataModule(StreamingDataModule):
         self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
         self.randaugment_layers, self.randaugment_magnitude = randaugment_layers, randaugment_magnitude
         self.channels, self.mode = channels, "RGB" if channels == 3 else "L"
-        default_mean, default_std = (T.IMAGENET_MEAN, T.IMAGENET_STD) if channels == 3 else (
-            T.FASHION_MNIST_MEAN, T.FASHION_MNIST_STD)
+        default_mean, default_std = (
+            (T.IMAGENET_MEAN, T.IMAGENET_STD) if channels == 3 else (T.FASHION_MNIST_MEAN, T.FASHION_MNIST_STD)
+        )
         self.mean = tuple(mean) if mean is not None else default_mean
         self.std = tuple(std) if std is not None else default_std
         if len(self.mean) != channels or len(self.std) != channels:
@@ -72,8 +73,9 @@ class ImageDataModule(StreamingDataModule):
             else:
                 img = T.center_crop(img, self.image_size, self.crop_ratio)
         elif img.size != (self.image_size, self.image_size):
-            raise ValueError(f"image is {img.size[0]}x{img.size[1]}, crop=False needs "
-                             f"{self.image_size}x{self.image_size}")
+            raise ValueError(
+                f"image is {img.size[0]}x{img.size[1]}, crop=False needs {self.image_size}x{self.image_size}"
+            )
         if train and self.hflip:
             img = T.hflip(img, self.rng)
         if train and self.randaugment_layers > 0:
@@ -87,7 +89,15 @@ class ImageDataModule(StreamingDataModule):
 class FashionMNISTDataModule(ImageDataModule):
     """Fashion-MNIST shards from `perceiver-lit-shards fashion-mnist`: raw 28x28 grayscale, 10 classes."""
 
-    def __init__(self, image_size: int = 28, crop: bool = False, channels: int = 1, hflip: bool = False,
-                 num_classes: int = 10, **kwargs: Any):
-        super().__init__(image_size=image_size, crop=crop, channels=channels, hflip=hflip,
-                         num_classes=num_classes, **kwargs)
+    def __init__(
+        self,
+        image_size: int = 28,
+        crop: bool = False,
+        channels: int = 1,
+        hflip: bool = False,
+        num_classes: int = 10,
+        **kwargs: Any,
+    ):
+        super().__init__(
+            image_size=image_size, crop=crop, channels=channels, hflip=hflip, num_classes=num_classes, **kwargs
+        )

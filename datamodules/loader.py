@@ -35,8 +35,10 @@ class MixingLoader(DataLoader):
     def __init__(self, *args: Any, mix: int = 1, mix_seed: int = 0, pin_memory: bool = False, **kwargs: Any):
         device = pin_device()
         if pin_memory and device is None:
-            warnings.warn("pin_memory=True but no accelerator that supports pinned memory is available: "
-                          "batches are not pinned", stacklevel=2)
+            warnings.warn(
+                "pin_memory=True but no accelerator that supports pinned memory is available: batches are not pinned",
+                stacklevel=2,
+            )
         loader_pins, self.pin_mixed = pin_plan(pin_memory, mix, device)
         super().__init__(*args, pin_memory=loader_pins, **kwargs)
         self.mix, self._gen = mix, torch.Generator().manual_seed(mix_seed)
@@ -85,6 +87,7 @@ def _mix(group: list[dict[str, Any]], gen: torch.Generator, pin: bool = False) -
 
     parts = {k: deal([b[k] for b in group]) for k in group[0]}
     return [{k: parts[k][i] for k in parts} for i in range(len(group))]
+
 
 def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
     """The loader's collate_fn: ShardStream yields finished batches (torch's default for batch_size=None,

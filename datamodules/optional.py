@@ -16,8 +16,18 @@ from contextlib import contextmanager
 from lightning_utilities.core.imports import RequirementCache
 
 # import name -> the perceiver-lit extra that installs it (pyproject.toml [project.optional-dependencies])
-EXTRAS = {"trimesh": "media", "soundfile": "media", "av": "media", "decord": "media", "wandb": "wandb",
-          "matplotlib": "sweep", "transformers": "hf", "safetensors": "hf", "onnx": "export", "onnxruntime": "export"}
+EXTRAS = {
+    "trimesh": "media",
+    "soundfile": "media",
+    "av": "media",
+    "decord": "media",
+    "wandb": "wandb",
+    "matplotlib": "sweep",
+    "transformers": "hf",
+    "safetensors": "hf",
+    "onnx": "export",
+    "onnxruntime": "export",
+}
 
 
 class MissingDependency(ModuleNotFoundError):

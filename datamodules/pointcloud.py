@@ -21,8 +21,13 @@ class PointCloudDataModule(StreamingDataModule):
 
     input_exts = ("npy",)
 
-    def __init__(self, num_points: int = 2048, jitter: tuple[float, float] | None = (0.99, 1.01),
-                 num_classes: int = 40, **kwargs: Any):
+    def __init__(
+        self,
+        num_points: int = 2048,
+        jitter: tuple[float, float] | None = (0.99, 1.01),
+        num_classes: int = 40,
+        **kwargs: Any,
+    ):
         super().__init__(num_classes=num_classes, **kwargs)
         self.num_points, self.jitter = num_points, tuple(jitter) if jitter is not None else None
         self.input_shape = (num_points, 3)

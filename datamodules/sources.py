@@ -20,6 +20,7 @@ from datamodules.tarstream import NotATarError, iter_file_members, iter_members
 INDEX_NAME = "index.json"  # written by perceiver-lit-shards next to the shards: {"shards": {basename: count}}
 _KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's convention: key = path up to the first dot
 
+
 # --------------------------------------------------------------------------------------------------------- URLs
 def is_local(url: str) -> bool:
     """Local file paths (and file: URLs) can be checked and counted at setup; pipe:/http(s)/s3 cannot."""
@@ -43,8 +44,9 @@ def expand_urls(spec: str | Sequence[str] | None, check: bool = True) -> list[st
             if local and len(missing) == len(local):
                 raise DataError(f"shard pattern {pattern!r} matches no file (checked {len(local)} paths)")
             if missing:
-                raise DataError(f"shard pattern {pattern!r}: {len(missing)} of {len(local)} files missing, "
-                                f"first {missing[0]!r}")
+                raise DataError(
+                    f"shard pattern {pattern!r}: {len(missing)} of {len(local)} files missing, first {missing[0]!r}"
+                )
         urls.extend(expanded)
     return urls
 
@@ -76,8 +78,9 @@ class ShardOpenError(DataError):
     """A shard that cannot be opened at all (missing, no permission, a failing pipe: command, not a tar)."""
 
 
-def iter_tar_samples(url: str, on_truncated: Callable[[str, str, Exception], None],
-                     view_exts: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+def iter_tar_samples(
+    url: str, on_truncated: Callable[[str, str, Exception], None], view_exts: Sequence[str] = ()
+) -> Iterator[dict[str, Any]]:
     """Yield {"__key__", "__url__", ext: raw bytes} per sample of one tar shard, in stream order.
 
     A local uncompressed shard is memory-mapped; its members with an extension in `view_exts` (>= 64 KiB) come

@@ -73,8 +73,7 @@ def _worker() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
-def train_batches_per_worker(samples_per_epoch: int, batch_size: int, world: int, num_workers: int,
-                             worker: int) -> int:
+def train_batches_per_worker(samples_per_epoch: int, batch_size: int, world: int, num_workers: int, worker: int) -> int:
     """Batches one worker yields per epoch: every rank gets samples_per_epoch // (world * batch_size) batches,
     spread over its workers (the first `rem` workers take one more), so DDP ranks stay in lockstep."""
     per_rank = samples_per_epoch // (world * batch_size)
@@ -88,8 +87,15 @@ class ShardStream(IterableDataset):
     The DataLoader runs it with batch_size=None; batching happens here, per worker, after the shuffle buffer.
     """
 
-    def __init__(self, source: StreamSource, urls: list[str], train: bool, counts: dict[str, int] | None,
-                 labels_optional: bool = False, files: bool = False):
+    def __init__(
+        self,
+        source: StreamSource,
+        urls: list[str],
+        train: bool,
+        counts: dict[str, int] | None,
+        labels_optional: bool = False,
+        files: bool = False,
+    ):
         self.source, self.urls, self.train, self.counts = source, urls, train, counts
         # predict: labels are optional (labels_optional), and the urls may be raw files instead of shards (files)
         self.labels_optional, self.files = labels_optional or files, files
@@ -106,8 +112,7 @@ class ShardStream(IterableDataset):
         if self.counts is None:
             raise TypeError("eval length unknown without an index.json")
         nw = max(self.source.num_workers, 1)
-        return sum(math.ceil(sum(self.counts[u] for u in self._eval_urls(rank, world, w, nw)) / bs)
-                   for w in range(nw))
+        return sum(math.ceil(sum(self.counts[u] for u in self._eval_urls(rank, world, w, nw)) / bs) for w in range(nw))
 
     def next_epoch(self) -> None:
         """Called in the main process before the workers copy the stream: the trainer's epoch makes a resumed run
@@ -129,8 +134,10 @@ class ShardStream(IterableDataset):
         bad_in_a_row = 0  # shards in a row that gave no sample: unopenable, empty, or broken at the first member
         for url in urls:
             if bad_in_a_row > 2 * len(self.urls) + 10:
-                raise DataError(f"{bad_in_a_row} shards in a row gave no sample (unopenable, empty, or broken at "
-                                f"their first member), the last {url!r}: check the shards and their URLs")
+                raise DataError(
+                    f"{bad_in_a_row} shards in a row gave no sample (unopenable, empty, or broken at "
+                    f"their first member), the last {url!r}: check the shards and their URLs"
+                )
             try:
                 n = 0
                 truncated = []
@@ -150,9 +157,11 @@ class ShardStream(IterableDataset):
                 continue
             bad_in_a_row = bad_in_a_row + 1 if n == 0 else 0
             if exact and src.check_counts and self.counts is not None and n != self.counts[url]:
-                raise DataError(f"shard {url!r} held {n} samples, index.json says {self.counts[url]}"
-                                + (" (truncated tar)" if truncated else "")
-                                + "; rewrite the shard or pass check_counts=False")
+                raise DataError(
+                    f"shard {url!r} held {n} samples, index.json says {self.counts[url]}"
+                    + (" (truncated tar)" if truncated else "")
+                    + "; rewrite the shard or pass check_counts=False"
+                )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         src = self.source
@@ -161,8 +170,10 @@ class ShardStream(IterableDataset):
         # epoch is set in the main process (next_epoch) before workers copy the dataset
         rng = random.Random(hash((src.seed, self.epoch, rank, worker)) & 0xFFFFFFFF)
         # int tuples hash the same in every process (str hashes are salted per process)
-        src.start_worker(worker + 1 if get_worker_info() is not None else 0,
-                         random.Random(hash((src.seed, self.epoch, rank, worker, 1)) & 0xFFFFFFFF))
+        src.start_worker(
+            worker + 1 if get_worker_info() is not None else 0,
+            random.Random(hash((src.seed, self.epoch, rank, worker, 1)) & 0xFFFFFFFF),
+        )
         if self.train:
             n_batches = train_batches_per_worker(src.samples_per_epoch, src.batch_size, world, num_workers, worker)
             raw = _shuffle(self._samples(self._resampled(rng), exact=False), src.shuffle_buffer, rng)
@@ -171,8 +182,10 @@ class ShardStream(IterableDataset):
                 yield src.collate([next(samples) for _ in range(src.batch_size)])
             return
         if len(self.urls) < world * num_workers and not self.files:
-            raise DataError(f"{len(self.urls)} eval shards for {world} ranks x {num_workers} workers: each worker "
-                            "needs at least one shard; write more, smaller shards (--maxcount) or lower num_workers")
+            raise DataError(
+                f"{len(self.urls)} eval shards for {world} ranks x {num_workers} workers: each worker "
+                "needs at least one shard; write more, smaller shards (--maxcount) or lower num_workers"
+            )
         batch: list[dict[str, Any]] = []
         urls = self._eval_urls(rank, world, worker, num_workers)
         seen = good = 0
@@ -193,8 +206,10 @@ class ShardStream(IterableDataset):
             yield src.collate(batch)
         if seen and not good and not self.files:  # an evaluation that measured nothing must not pass for one
             where = repr(urls[0]) + (f" and {len(urls) - 1} more shards" if len(urls) > 1 else "")
-            raise DataError(f"every one of the {seen} samples in {where} was corrupt: check the data module's "
-                            "input_exts, num_classes and transforms against the shards (see the warnings above)")
+            raise DataError(
+                f"every one of the {seen} samples in {where} was corrupt: check the data module's "
+                "input_exts, num_classes and transforms against the shards (see the warnings above)"
+            )
 
     def _resampled(self, rng: random.Random) -> Iterator[str]:
         """Shards drawn with replacement, forever; a run of unopenable shards stops with an error."""
@@ -209,8 +224,10 @@ def _good(samples: Iterator[dict[str, Any] | None], limit: int = 1000) -> Iterat
         if s is None:
             bad += 1
             if bad >= limit:
-                raise DataError(f"{bad} corrupt samples in a row: check the data module's input_exts, "
-                                "num_classes and transforms against the shards (see the warnings above)")
+                raise DataError(
+                    f"{bad} corrupt samples in a row: check the data module's input_exts, "
+                    "num_classes and transforms against the shards (see the warnings above)"
+                )
             continue
         bad = 0
         yield s

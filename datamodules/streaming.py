@@ -43,10 +43,10 @@ from torch.utils.data import DataLoader
 from datamodules.buffers import stack
 from datamodules.errors import DataError, LabelRangeError, label_range_message
 from datamodules.loader import MixingLoader, _as_is, _worker_context
-from datamodules.sources import ShardOpenError, expand_urls, is_local, iter_tar_samples, read_index_counts
-from datamodules.stream import ShardStream, StreamSource, _rank_world
 from datamodules.shard_checks import check_shard_headers, scan_eval_shards
 from datamodules.skip_counts import SkipCounts
+from datamodules.sources import ShardOpenError, expand_urls, is_local, iter_tar_samples, read_index_counts
+from datamodules.stream import ShardStream, StreamSource, _rank_world
 
 log = logging.getLogger("datamodules")
 
@@ -171,21 +171,34 @@ class StreamingDataModule(L.LightningDataModule):
         # counted, and the others are still predicted; shards are a data set, held to the limit.
         raw_files = stage == "predict" and self.predict_files
         if fraction > self.max_eval_corrupt_fraction and not raw_files:
-            raise DataError(f"{stage}: {skipped} of {read} samples ({fraction:.1%}) were corrupt and skipped, more "
-                            f"than data.init_args.max_eval_corrupt_fraction={self.max_eval_corrupt_fraction}: the "
-                            "metrics would describe a subset of the data. Fix the shards (see the warnings above), or "
-                            "raise the threshold to accept it")
+            raise DataError(
+                f"{stage}: {skipped} of {read} samples ({fraction:.1%}) were corrupt and skipped, more "
+                f"than data.init_args.max_eval_corrupt_fraction={self.max_eval_corrupt_fraction}: the "
+                "metrics would describe a subset of the data. Fix the shards (see the warnings above), or "
+                "raise the threshold to accept it"
+            )
 
     # ---- what the stream reads and calls (stream.py); made anew with each loader, so a setting changed between
     # loaders (Lightning's batch-size finder sets batch_size) reaches the next one
     def stream_source(self) -> StreamSource:
         return StreamSource(
-            seed=self.seed, batch_size=self.batch_size, num_workers=self.num_workers,
-            shuffle_buffer=self.shuffle_buffer, samples_per_epoch=self.samples_per_epoch,
-            skip_bad_shards=self.skip_bad_shards, check_counts=self.check_counts, buffer_exts=self.buffer_exts,
-            start_worker=self._start_worker, make_sample=self._make_sample, collate=self.collate,
-            corrupt=self.skipped.corrupt, bad_shard=self.skipped.bad_shard, count_read=self.skipped.count_read,
-            read_file=self.iter_file_samples, trainer_epoch=self._trainer_epoch)
+            seed=self.seed,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            shuffle_buffer=self.shuffle_buffer,
+            samples_per_epoch=self.samples_per_epoch,
+            skip_bad_shards=self.skip_bad_shards,
+            check_counts=self.check_counts,
+            buffer_exts=self.buffer_exts,
+            start_worker=self._start_worker,
+            make_sample=self._make_sample,
+            collate=self.collate,
+            corrupt=self.skipped.corrupt,
+            bad_shard=self.skipped.bad_shard,
+            count_read=self.skipped.count_read,
+            read_file=self.iter_file_samples,
+            trainer_epoch=self._trainer_epoch,
+        )
 
     def _start_worker(self, slot: int, rng: random.Random) -> None:
         """In each worker (slot 0: the main process), per epoch: its counter slot and augmentation randomness."""
@@ -313,8 +326,13 @@ class StreamingDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         world, nw = self._world(), max(self.num_workers, 1)
-        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"],
-                  None: ["train", "val", "test"]}
+        wanted = {
+            "fit": ["train", "val"],
+            "validate": ["val"],
+            "test": ["test"],
+            "predict": ["predict"],
+            None: ["train", "val", "test"],
+        }
         for split in wanted.get(stage, ["train", "val", "test"]):
             if split == "predict" and self.predict_files is not None and split not in self._streams:
                 from datamodules.files import expand_files
@@ -330,29 +348,34 @@ class StreamingDataModule(L.LightningDataModule):
             if split == "train":
                 if self.samples_per_epoch is None:
                     if counts is None:
-                        raise DataError("samples_per_epoch is needed: no index.json counts for train_urls "
-                                        f"{spec!r}")
+                        raise DataError(f"samples_per_epoch is needed: no index.json counts for train_urls {spec!r}")
                     self.samples_per_epoch = sum(counts.values())
                 if self.samples_per_epoch < world * self.batch_size:
-                    raise DataError(f"samples_per_epoch={self.samples_per_epoch} < {world} ranks x batch_size "
-                                    f"{self.batch_size}: no full batch per rank")
+                    raise DataError(
+                        f"samples_per_epoch={self.samples_per_epoch} < {world} ranks x batch_size "
+                        f"{self.batch_size}: no full batch per rank"
+                    )
             elif len(urls) < world * nw:
-                raise DataError(f"{split}_urls has {len(urls)} shards for {world} ranks x {nw} workers: exact eval "
-                                "gives each worker whole shards; write more, smaller shards (perceiver-lit-shards "
-                                "--maxcount) or lower num_workers")
+                raise DataError(
+                    f"{split}_urls has {len(urls)} shards for {world} ranks x {nw} workers: exact eval "
+                    "gives each worker whole shards; write more, smaller shards (perceiver-lit-shards "
+                    "--maxcount) or lower num_workers"
+                )
             check_shard_headers(split, urls, self.skip_bad_shards)
             top = read_index_counts(urls, "max_label") if self.needs_label else None
             if top and max(top.values()) >= self.num_classes:  # the writers' record: no shard needs to be read
                 url = max(top, key=top.get)
-                raise LabelRangeError(f"{split} shard {url!r} holds labels up to {top[url]} (index.json), not below "
-                                      f"data.init_args.num_classes={self.num_classes}: set data.init_args.num_classes "
-                                      "to the number of classes the shards hold (labels are 0-based)")
+                raise LabelRangeError(
+                    f"{split} shard {url!r} holds labels up to {top[url]} (index.json), not below "
+                    f"data.init_args.num_classes={self.num_classes}: set data.init_args.num_classes "
+                    "to the number of classes the shards hold (labels are 0-based)"
+                )
             self._check_first_sample(split, urls)
             if split != "train" and self.scan_eval_shards:
-                scan_eval_shards(split, urls, counts, self.check_counts, self.input_exts,
-                                 self._check_label_range)
-            self._streams[split] = ShardStream(self.stream_source(), urls, train=split == "train", counts=counts,
-                                               labels_optional=split == "predict")
+                scan_eval_shards(split, urls, counts, self.check_counts, self.input_exts, self._check_label_range)
+            self._streams[split] = ShardStream(
+                self.stream_source(), urls, train=split == "train", counts=counts, labels_optional=split == "predict"
+            )
 
     def _check_first_sample(self, split: str, urls: list[str]) -> None:
         """Fail before training if the first sample of the first local shard lacks the input or the label."""
@@ -368,11 +391,15 @@ class StreamingDataModule(L.LightningDataModule):
             return
         found = sorted(k for k in raw if not k.startswith("__"))
         if self.input_exts and not any(e in raw for e in self.input_exts):
-            raise DataError(f"{split} shard {urls[0]!r} key {raw['__key__']!r}: no input key among "
-                            f"{list(self.input_exts)} (found {found})")
+            raise DataError(
+                f"{split} shard {urls[0]!r} key {raw['__key__']!r}: no input key among "
+                f"{list(self.input_exts)} (found {found})"
+            )
         if self.needs_label and split != "predict" and not any(e in raw for e in self.label_exts):
-            raise DataError(f"{split} shard {urls[0]!r} key {raw['__key__']!r}: no label key among "
-                            f"{list(self.label_exts)} (found {found})")
+            raise DataError(
+                f"{split} shard {urls[0]!r} key {raw['__key__']!r}: no label key among "
+                f"{list(self.label_exts)} (found {found})"
+            )
         self._check_label_range(split, raw)
 
     def _check_label_range(self, split: str, raw: dict[str, Any]) -> None:
@@ -419,8 +446,13 @@ class StreamingDataModule(L.LightningDataModule):
         stream.source = self.stream_source()
         train = split == "train"
         return MixingLoader(
-            stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers, pin_memory=self.pin_memory,
-            persistent_workers=False, mix=self.mix_batches if train and self.num_workers > 1 else 1,
+            stream,
+            batch_size=None,
+            collate_fn=_as_is,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+            mix=self.mix_batches if train and self.num_workers > 1 else 1,
             mix_seed=self.seed + stream.rank,
             prefetch_factor=2 if self.num_workers > 0 else None,
             multiprocessing_context=_worker_context() if self.num_workers > 0 else None,

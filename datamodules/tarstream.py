@@ -20,13 +20,17 @@ import gzip
 import lzma
 import mmap
 import tarfile
-from typing import BinaryIO, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _REGULAR = (b"0", b"\x00", b"7")
-_COMPRESSED = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f)), (b"BZh", bz2.BZ2File),
-               (b"\xfd7zXZ\x00", lzma.LZMAFile))
+_COMPRESSED = (
+    (b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f)),
+    (b"BZh", bz2.BZ2File),
+    (b"\xfd7zXZ\x00", lzma.LZMAFile),
+)
 
 
 class NotATarError(tarfile.ReadError):
@@ -205,8 +209,9 @@ def first_header_problem(path: str) -> str | None:
     return None
 
 
-def iter_file_members(path: str, view_exts: Iterable[str] = (), view_min: int = 1 << 16
-                      ) -> Iterator[tuple[str, bytes | memoryview]]:
+def iter_file_members(
+    path: str, view_exts: Iterable[str] = (), view_min: int = 1 << 16
+) -> Iterator[tuple[str, bytes | memoryview]]:
     """iter_members for a local file: memory-mapped when it is an uncompressed tar (headers and members are
     sliced out of the map, no read calls), else read as a stream. Members with an extension in `view_exts` and
     at least `view_min` bytes are zero-copy `memoryview`s of the map; only pass extensions whose decoders take
@@ -230,8 +235,9 @@ def iter_file_members(path: str, view_exts: Iterable[str] = (), view_min: int = 
     return _closing(_members(_MappedSource(mapped, view_min, view_exts)), mapped)
 
 
-def _closing(members: Iterator[tuple[str, bytes | memoryview]], resource: BinaryIO | mmap.mmap
-             ) -> Iterator[tuple[str, bytes | memoryview]]:
+def _closing(
+    members: Iterator[tuple[str, bytes | memoryview]], resource: BinaryIO | mmap.mmap
+) -> Iterator[tuple[str, bytes | memoryview]]:
     try:
         yield from members
     finally:

@@ -17,8 +17,17 @@ class VideoFrames:
     """The video half shared by the video and audio+video data modules: decode, sample frames, resize/crop/normalise.
     Its settings are declared (types, defaults, meaning) once, in `VideoInputs`."""
 
-    def __init__(self, *, num_frames: int, frame_stride: int, crop_size: int, short_side: int | None,
-                 mean: tuple[float, ...], std: tuple[float, ...], backend: str):
+    def __init__(
+        self,
+        *,
+        num_frames: int,
+        frame_stride: int,
+        crop_size: int,
+        short_side: int | None,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        backend: str,
+    ):
         if num_frames < 1 or frame_stride < 1:
             raise ValueError(f"num_frames and frame_stride must be >= 1, got {num_frames}, {frame_stride}")
         if short_side is not None and short_side < crop_size:
@@ -77,8 +86,15 @@ class VideoInputs:
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.video = VideoFrames(num_frames=num_frames, frame_stride=frame_stride, crop_size=crop_size,
-                                 short_side=short_side, mean=mean, std=std, backend=backend)
+        self.video = VideoFrames(
+            num_frames=num_frames,
+            frame_stride=frame_stride,
+            crop_size=crop_size,
+            short_side=short_side,
+            mean=mean,
+            std=std,
+            backend=backend,
+        )
 
 
 class VideoDataModule(VideoInputs, StreamingDataModule):

@@ -49,22 +49,28 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False, map_location: A
     with open(path, "rb") as f:
         head = f.read(4)
     if size == 0:
-        raise CheckpointFileError(f"checkpoint {path} is empty (0 bytes): its write was cut off; resume from another "
-                                  "checkpoint of the run")
+        raise CheckpointFileError(
+            f"checkpoint {path} is empty (0 bytes): its write was cut off; resume from another checkpoint of the run"
+        )
     if head != _ZIP_MAGIC:
         raise CheckpointFileError(f"{path} is not a perceiver-lit or Lightning checkpoint (not a torch.save file)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:  # weights_only refused a Python object
-        raise CheckpointFileError(f"{path} is not a perceiver-lit or Lightning checkpoint: it holds Python objects "
-                                  "other than tensors and plain values, which perceiver-lit never unpickles") from None
+        raise CheckpointFileError(
+            f"{path} is not a perceiver-lit or Lightning checkpoint: it holds Python objects "
+            "other than tensors and plain values, which perceiver-lit never unpickles"
+        ) from None
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointFileError(f"checkpoint {path} is truncated or corrupt ({size} bytes; torch: {first}): its "
-                                  "write was cut off; resume from another checkpoint of the run") from None
+        raise CheckpointFileError(
+            f"checkpoint {path} is truncated or corrupt ({size} bytes; torch: {first}): its "
+            "write was cut off; resume from another checkpoint of the run"
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointFileError(f"{path} is not a perceiver-lit or Lightning checkpoint (a torch.save file with no "
-                                  "state_dict)")
+        raise CheckpointFileError(
+            f"{path} is not a perceiver-lit or Lightning checkpoint (a torch.save file with no state_dict)"
+        )
     return ckpt
 
 

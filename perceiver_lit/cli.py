@@ -48,24 +48,38 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities import rank_zero_warn
 
-from perceiver_lit.callbacks import (AttentionMaps, Checkpoint, GradNorm, NanGuard, PerClassTable, PreemptionCheckpoint,
-                                     RunConfig, Summary, Throughput)
+from datamodules.optional import one_line_missing
+from perceiver_lit.callbacks import (
+    AttentionMaps,
+    Checkpoint,
+    GradNorm,
+    NanGuard,
+    PerClassTable,
+    PreemptionCheckpoint,
+    RunConfig,
+    Summary,
+    Throughput,
+)
+from perceiver_lit.callbacks.corrupt_samples import LogCorruptSamples
 from perceiver_lit.callbacks.eval_failure import EvalFailureCheckpoint
 from perceiver_lit.callbacks.predictions import PredictionWriter, SaveDataConfig
-from perceiver_lit.callbacks.reconstructions import ReconstructionMedia
 from perceiver_lit.callbacks.preemption import resume_path
+from perceiver_lit.callbacks.reconstructions import ReconstructionMedia
 from perceiver_lit.checkpoint_io import AtomicCheckpointIO, CheckpointFileError, read_checkpoint
 from perceiver_lit.cli_checks import check_model_fits_data
-from perceiver_lit.cli_errors import (ConfigError, OneLineErrorParser, exit_on_config_error, one_line_config_errors,
-                                      size_error)
+from perceiver_lit.cli_errors import (
+    ConfigError,
+    OneLineErrorParser,
+    exit_on_config_error,
+    one_line_config_errors,
+    size_error,
+)
 from perceiver_lit.cli_links import NET, get_dotted, link_data_facts, prescan
 from perceiver_lit.cli_logger import WandbSettings, default_logger
 from perceiver_lit.cli_run_dir import RunStart, SaveRunConfig
 from perceiver_lit.hardware import warn_if_bf16_is_emulated
 from perceiver_lit.lightning_private import LightningCLIHooks
 from perceiver_lit.run_dir import RunDirError, RunLock, RunOutputs, check_resume, load_initial_weights
-from perceiver_lit.callbacks.corrupt_samples import LogCorruptSamples
-from datamodules.optional import one_line_missing
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 PRETRAINED = ("perceiver_lit.models.pretrained", "perceiver_lit.models.pretrained.pretrained")  # the net factory
@@ -86,8 +100,14 @@ class PerceiverCLI(LightningCLIHooks):
         self._outputs: RunOutputs | None = None
         kwargs.setdefault("parser_class", OneLineErrorParser)  # a union error: one line, not a dump (cli_errors.py)
         try:
-            super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                             args=args, **kwargs)
+            super().__init__(
+                LightningModule,
+                LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                args=args,
+                **kwargs,
+            )
         except BaseException:
             self._clean_failed_start()
             raise
@@ -106,17 +126,33 @@ class PerceiverCLI(LightningCLIHooks):
                 raise sized from None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--name", type=str | None, default=None,
-                            help="run name: runs/<name>/ and the W&B run name (default: the config file's stem)")
-        parser.add_argument("--init_weights", type=str | None, default=None,
-                            help="fit: start a new run from this checkpoint's model weights (no optimizer, schedule "
-                                 "or step: unlike --ckpt_path, which resumes its run exactly)")
-        parser.add_argument("--fast_check", type=bool, default=True,
-                            help="run the model on one zero sample of data.input_shape before training")
-        parser.add_argument("--float32_matmul_precision", type=Literal["highest", "high", "medium"], default="high",
-                            help="torch.set_float32_matmul_precision on a CUDA device: 'high' lets the matmuls "
-                                 "left in fp32 (under bf16-mixed: the loss, the metrics; all of them under 32-true) "
-                                 "use TF32 tensor cores; 'highest' keeps full fp32. CPU runs are left in fp32.")
+        parser.add_argument(
+            "--name",
+            type=str | None,
+            default=None,
+            help="run name: runs/<name>/ and the W&B run name (default: the config file's stem)",
+        )
+        parser.add_argument(
+            "--init_weights",
+            type=str | None,
+            default=None,
+            help="fit: start a new run from this checkpoint's model weights (no optimizer, schedule "
+            "or step: unlike --ckpt_path, which resumes its run exactly)",
+        )
+        parser.add_argument(
+            "--fast_check",
+            type=bool,
+            default=True,
+            help="run the model on one zero sample of data.input_shape before training",
+        )
+        parser.add_argument(
+            "--float32_matmul_precision",
+            type=Literal["highest", "high", "medium"],
+            default="high",
+            help="torch.set_float32_matmul_precision on a CUDA device: 'high' lets the matmuls "
+            "left in fp32 (under bf16-mixed: the loss, the metrics; all of them under 32-true) "
+            "use TF32 tensor cores; 'highest' keeps full fp32. CPU runs are left in fp32.",
+        )
         parser.add_class_arguments(WandbSettings, "wandb")
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.add_lightning_class_args(Throughput, "throughput")
@@ -157,11 +193,17 @@ class PerceiverCLI(LightningCLIHooks):
             cfg.trainer.default_root_dir = os.path.join("runs", cfg.name)
         self._start = RunStart.of(cfg.trainer.default_root_dir)
         pretrained_net = get_dotted(self._tree, f"{NET}.class_path") in PRETRAINED  # weights from its path
-        if self.subcommand in ("validate", "test", "predict") and not cfg.get("ckpt_path") and not pretrained_net \
-                and not cfg.get("init_weights"):
-            rank_zero_warn(f"perceiver-lit {self.subcommand} without --ckpt_path evaluates the model's initial "
-                           "(untrained) weights; pass --ckpt_path "
-                           f"{os.path.join(cfg.trainer.default_root_dir, 'checkpoints', 'best.ckpt')} (or last.ckpt)")
+        if (
+            self.subcommand in ("validate", "test", "predict")
+            and not cfg.get("ckpt_path")
+            and not pretrained_net
+            and not cfg.get("init_weights")
+        ):
+            rank_zero_warn(
+                f"perceiver-lit {self.subcommand} without --ckpt_path evaluates the model's initial "
+                "(untrained) weights; pass --ckpt_path "
+                f"{os.path.join(cfg.trainer.default_root_dir, 'checkpoints', 'best.ckpt')} (or last.ckpt)"
+            )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         cfg = self._config()
@@ -182,8 +224,12 @@ class PerceiverCLI(LightningCLIHooks):
         if trainer_cfg["logger"]:
             extra += [LearningRateMonitor(logging_interval="step"), GradNorm()]
         if type(trainer_cfg["logger"]).__name__ in ("WandbLogger", "RunLogger"):  # (which need wandb installed)
-            extra += [RunConfig(), AttentionMaps(), PerClassTable(),  # the W&B dashboard (docs/sweeps.md)
-                      ReconstructionMedia()]  # autoencoding: reconstructions beside the originals
+            extra += [
+                RunConfig(),
+                AttentionMaps(),
+                PerClassTable(),  # the W&B dashboard (docs/sweeps.md)
+                ReconstructionMedia(),
+            ]  # autoencoding: reconstructions beside the originals
         callbacks += [cb for cb in extra if not any(isinstance(c, type(cb)) for c in callbacks)]
         self._outputs = RunOutputs(self._start.run_dir, self._start.before, fit=self.subcommand == "fit")
         trainer_cfg["callbacks"] = callbacks + [self._outputs]
@@ -212,12 +258,19 @@ class PerceiverCLI(LightningCLIHooks):
         cfg = self.config[self.config.subcommand]
         ckpt_path, init_weights = cfg.get("ckpt_path"), cfg.get("init_weights")
         if ckpt_path and init_weights:
-            raise RunDirError(f"--ckpt_path {ckpt_path} (resume a run) and --init_weights {init_weights} (start a new "
-                              "run from weights) exclude each other: pass one")
+            raise RunDirError(
+                f"--ckpt_path {ckpt_path} (resume a run) and --init_weights {init_weights} (start a new "
+                "run from weights) exclude each other: pass one"
+            )
         for path in (ckpt_path, init_weights):
             # "last", "best", "hpc", "registry[:...]" are resolved by Lightning; a sharded FSDP checkpoint is a folder
-            if path and path not in ("last", "best", "hpc") and not str(path).startswith("registry") \
-                    and "://" not in str(path) and not os.path.isdir(path):
+            if (
+                path
+                and path not in ("last", "best", "hpc")
+                and not str(path).startswith("registry")
+                and "://" not in str(path)
+                and not os.path.isdir(path)
+            ):
                 read_checkpoint(path, mmap=True)
 
     def _set_up_checkpoint_io(self, trainer: Trainer) -> None:
@@ -227,8 +280,9 @@ class PerceiverCLI(LightningCLIHooks):
             return
         io = AtomicCheckpointIO()
         stage = self.subcommand
-        io.on_load = lambda path, ckpt: check_resume(ckpt.get("hyper_parameters"), self.model.hparams, path,
-                                                     stage, self._start.run_dir)
+        io.on_load = lambda path, ckpt: check_resume(
+            ckpt.get("hyper_parameters"), self.model.hparams, path, stage, self._start.run_dir
+        )
         trainer.strategy.checkpoint_io = io
 
     def _clean_failed_start(self) -> None:

@@ -30,11 +30,15 @@ def check_task_fits_data(model: LightningModule, data: LightningDataModule) -> N
 
     multilabel = getattr(data, "multilabel", None)
     if multilabel is True and isinstance(model, Classification):
-        raise ValueError(f"data ({type(data).__name__}) is multi-label (data.init_args.multilabel: true) but the task "
-                         "is Classification: use perceiver_lit.tasks.MultilabelClassification or set multilabel: false")
+        raise ValueError(
+            f"data ({type(data).__name__}) is multi-label (data.init_args.multilabel: true) but the task "
+            "is Classification: use perceiver_lit.tasks.MultilabelClassification or set multilabel: false"
+        )
     if multilabel is False and isinstance(model, MultilabelClassification):
-        raise ValueError(f"the task is MultilabelClassification but data ({type(data).__name__}) is single-label: "
-                         "set data.init_args.multilabel: true or use perceiver_lit.tasks.Classification")
+        raise ValueError(
+            f"the task is MultilabelClassification but data ({type(data).__name__}) is single-label: "
+            "set data.init_args.multilabel: true or use perceiver_lit.tasks.Classification"
+        )
 
 
 def check_model_fits_data(model: LightningModule, data: LightningDataModule) -> None:
@@ -47,8 +51,10 @@ def check_model_fits_data(model: LightningModule, data: LightningDataModule) -> 
     if getattr(model, "label_input", False) and isinstance(shape, dict):  # the task feeds the label in too
         shape = {**shape, "label": (int(model.num_classes),)}
     dtype = torch.long if _wants_tokens(net) else torch.float32
-    where = (f"model.init_args.net ({type(net).__name__}) vs data ({type(data).__name__}, "
-             f"input_shape={shape}, num_classes={getattr(data, 'num_classes', '?')})")
+    where = (
+        f"model.init_args.net ({type(net).__name__}) vs data ({type(data).__name__}, "
+        f"input_shape={shape}, num_classes={getattr(data, 'num_classes', '?')})"
+    )
     try:
         meta_net = copy.deepcopy(net).to("meta")
         with torch.no_grad():

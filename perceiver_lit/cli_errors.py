@@ -54,7 +54,7 @@ def _leaf(lines: list[str], path: list[str]) -> tuple[list[str], str]:
                 break
             items: list[list[str]] = []
             indent = None
-            for raw in lines[start + 1:]:
+            for raw in lines[start + 1 :]:
                 stripped = raw.lstrip()
                 depth = len(raw) - len(stripped)
                 if stripped.startswith("- ") and (indent is None or depth == indent):
@@ -154,8 +154,11 @@ def size_error(error: ValueError, config: Any) -> ConfigError | None:
     def find(node: Any, path: str) -> str | None:
         if isinstance(node, dict):
             args = node.get("init_args")
-            if str(node.get("class_path", "")).rpartition(".")[2] == cause.owner and isinstance(args, dict) \
-                    and cause.name in args:
+            if (
+                str(node.get("class_path", "")).rpartition(".")[2] == cause.owner
+                and isinstance(args, dict)
+                and cause.name in args
+            ):
                 return f"{path}.init_args.{cause.name}"
             for key, value in node.items():
                 found = find(value, f"{path}.{key}" if path else str(key))

@@ -148,7 +148,7 @@ def _fact(attr: str, target: str, user_value: Any) -> Callable[[Any], Any]:
             if value is None or attr == "class_names":
                 return user_value if value is None else value
         elif attr == LABELLED_SHAPE:  # the label is an input too (MultimodalAutoencoding): its one-hot width
-            value = {**dict(getattr(data, "input_shape")), "label": (int(getattr(data, "num_classes")),)}
+            value = {**dict(data.input_shape), "label": (int(data.num_classes),)}
         elif not hasattr(data, attr):
             raise ValueError(f"data ({type(data).__name__}) has no `{attr}` fact, needed for {target}")
         else:
@@ -195,5 +195,6 @@ def plan_links(tree: dict) -> list[tuple[str, str]]:
 def link_data_facts(parser: ArgumentParser, tree: dict) -> None:
     """Add the links `plan_links` chooses for the config `tree` (from `prescan`) to a subcommand's parser."""
     for attr, target in plan_links(tree):
-        parser.link_arguments("data", target, compute_fn=_fact(attr, target, get_dotted(tree, target)),
-                              apply_on="instantiate")
+        parser.link_arguments(
+            "data", target, compute_fn=_fact(attr, target, get_dotted(tree, target)), apply_on="instantiate"
+        )

@@ -54,8 +54,10 @@ def default_logger(cfg: Any, subcommand: str | None) -> Any:
     if not _WANDB_AVAILABLE:
         from lightning.pytorch.loggers import CSVLogger
 
-        rank_zero_warn(f"wandb is not installed ({_WANDB_AVAILABLE.message}); logging to CSV under {root}. "
-                       "`pip install wandb` for W&B logging.")
+        rank_zero_warn(
+            f"wandb is not installed ({_WANDB_AVAILABLE.message}); logging to CSV under {root}. "
+            "`pip install wandb` for W&B logging."
+        )
         return CSVLogger(save_dir=root, name="csv")
     from perceiver_lit.wandb_run import RunLogger, run_identity
 
@@ -68,5 +70,15 @@ def default_logger(cfg: Any, subcommand: str | None) -> Any:
     # W&B run is never continued by another run's steps.
     new_fit = subcommand == "fit" and not fit_resumes(root, cfg.get("ckpt_path"))
     run_id, group = run_identity(root, subcommand or "fit", w.group, new=new_fit)
-    return RunLogger(name=cfg.name, save_dir=root, project=w.project, group=group, tags=list(w.tags or []),
-                     entity=w.entity, offline=offline, job_type=subcommand, id=run_id, resume="allow")
+    return RunLogger(
+        name=cfg.name,
+        save_dir=root,
+        project=w.project,
+        group=group,
+        tags=list(w.tags or []),
+        entity=w.entity,
+        offline=offline,
+        job_type=subcommand,
+        id=run_id,
+        resume="allow",
+    )

@@ -24,8 +24,9 @@ class SaveRunConfig(SaveConfigCallback):
     An earlier run's file is set aside first (RunOutputs.set_aside): it moves to `<run dir>.previous/` with the rest
     of that run when training starts, or comes back if this run fails before its first step."""
 
-    def __init__(self, *args: Any, subcommand: str | None = None, outputs: RunOutputs | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, subcommand: str | None = None, outputs: RunOutputs | None = None, **kwargs: Any
+    ) -> None:
         kwargs["overwrite"] = True
         super().__init__(*args, **kwargs)
         self.subcommand, self.outputs = subcommand, outputs
@@ -38,8 +39,13 @@ class SaveRunConfig(SaveConfigCallback):
             os.makedirs(trainer.default_root_dir, exist_ok=True)
             if self.outputs is not None and self.subcommand == "fit":
                 self.outputs.set_aside(os.path.join(trainer.default_root_dir, name))
-            self.parser.save(self.config, os.path.join(trainer.default_root_dir, name), skip_none=False,
-                             overwrite=True, multifile=self.multifile)
+            self.parser.save(
+                self.config,
+                os.path.join(trainer.default_root_dir, name),
+                skip_none=False,
+                overwrite=True,
+                multifile=self.multifile,
+            )
         self.already_saved = True
 
 
@@ -87,8 +93,12 @@ class RunStart:
                 if name not in self.before and os.path.isfile(os.path.join(self.run_dir, name)):
                     os.remove(os.path.join(self.run_dir, name))
                     removed.append(name)
-            if wandb_dir and wandb_dir.startswith(self.run_dir + os.sep) and os.path.isdir(wandb_dir) and \
-                    not any(rel.startswith(os.path.relpath(wandb_dir, self.run_dir) + os.sep) for rel in self.before):
+            if (
+                wandb_dir
+                and wandb_dir.startswith(self.run_dir + os.sep)
+                and os.path.isdir(wandb_dir)
+                and not any(rel.startswith(os.path.relpath(wandb_dir, self.run_dir) + os.sep) for rel in self.before)
+            ):
                 shutil.rmtree(wandb_dir)
                 removed.append(os.path.relpath(wandb_dir, self.run_dir))
                 parent = os.path.dirname(wandb_dir)
@@ -99,8 +109,10 @@ class RunStart:
                 if not os.listdir(parent):
                     os.rmdir(parent)
         if removed:
-            rank_zero_info(f"[perceiver-lit] {subcommand} failed before its first step; removed what it wrote "
-                           f"in {self.run_dir}: {', '.join(removed)}")
+            rank_zero_info(
+                f"[perceiver-lit] {subcommand} failed before its first step; removed what it wrote "
+                f"in {self.run_dir}: {', '.join(removed)}"
+            )
         if self.first_new_dir is not None:  # directories this command made and left empty
             d = self.run_dir
             while len(d) >= len(self.first_new_dir):

@@ -27,8 +27,11 @@ from perceiver_lit import models
 from perceiver_lit.models.pretrained import CONVERTED_FORMAT
 
 FORMAT = CONVERTED_FORMAT
-IMAGE_CLASSES = ("PerceiverForImageClassificationFourier", "PerceiverForImageClassificationLearned",
-                 "PerceiverForImageClassificationConvProcessing")
+IMAGE_CLASSES = (
+    "PerceiverForImageClassificationFourier",
+    "PerceiverForImageClassificationLearned",
+    "PerceiverForImageClassificationConvProcessing",
+)
 TEXT_CLASSES = ("PerceiverForMaskedLM", "PerceiverForSequenceClassification")
 SUPPORTED = (*IMAGE_CLASSES, *TEXT_CLASSES)
 
@@ -70,13 +73,19 @@ def _hf_spec(hf_model: nn.Module, image_size: int | None) -> dict[str, Any]:
     cross_qk = cfg.qk_channels or (kv_dim if cfg.cross_attention_shape_for_attention == "kv" else cfg.d_latents)
     config = models.PerceiverIOConfig(
         num_classes=cfg.vocab_size if name == "PerceiverForMaskedLM" else cfg.num_labels,
-        num_latents=cfg.num_latents, latent_dim=cfg.d_latents, num_blocks=cfg.num_blocks,
+        num_latents=cfg.num_latents,
+        latent_dim=cfg.d_latents,
+        num_blocks=cfg.num_blocks,
         num_self_attends_per_block=cfg.num_self_attends_per_block,
-        num_cross_attention_heads=cfg.num_cross_attention_heads, num_self_attention_heads=cfg.num_self_attention_heads,
-        cross_attention_qk_channels=cross_qk, cross_attention_v_channels=cfg.v_channels,
-        self_attention_qk_channels=cfg.qk_channels, self_attention_v_channels=cfg.v_channels,
+        num_cross_attention_heads=cfg.num_cross_attention_heads,
+        num_self_attention_heads=cfg.num_self_attention_heads,
+        cross_attention_qk_channels=cross_qk,
+        cross_attention_v_channels=cfg.v_channels,
+        self_attention_qk_channels=cfg.qk_channels,
+        self_attention_v_channels=cfg.v_channels,
         cross_attention_widening_factor=cfg.cross_attention_widening_factor,
-        self_attention_widening_factor=cfg.self_attention_widening_factor)
+        self_attention_widening_factor=cfg.self_attention_widening_factor,
+    )
     if name == "PerceiverForMaskedLM":
         dec = hf_model.perceiver.decoder
         att = dec.decoding_cross_attention.attention.self
@@ -84,16 +93,26 @@ def _hf_spec(hf_model: nn.Module, image_size: int | None) -> dict[str, Any]:
         config.decoder_num_heads, config.decoder_qk_channels = att.num_heads, att.qk_channels
         config.decoder_v_channels, config.decoder_query_residual = att.v_channels, False
         config.output_head = "tied_embedding"
-        adapter = {"class": "TextAdapter", "kwargs": dict(input_shape=(n_pos,), vocab_size=cfg.vocab_size,
-                                                          num_channels=cfg.d_model, max_seq_len=n_pos)}
-        queries = {"class": "TrainableQueries",
-                   "kwargs": dict(num_queries=n_pos, num_channels=cfg.d_model, match_input_length=True)}
+        adapter = {
+            "class": "TextAdapter",
+            "kwargs": dict(
+                input_shape=(n_pos,), vocab_size=cfg.vocab_size, num_channels=cfg.d_model, max_seq_len=n_pos
+            ),
+        }
+        queries = {
+            "class": "TrainableQueries",
+            "kwargs": dict(num_queries=n_pos, num_channels=cfg.d_model, match_input_length=True),
+        }
         return {"model": "PerceiverIO", "config": asdict(config), "adapter": adapter, "queries": queries}
 
     if name == "PerceiverForSequenceClassification":
         n_pos = cfg.max_position_embeddings
-        adapter = {"class": "TextAdapter", "kwargs": dict(input_shape=(n_pos,), vocab_size=cfg.vocab_size,
-                                                          num_channels=cfg.d_model, max_seq_len=n_pos)}
+        adapter = {
+            "class": "TextAdapter",
+            "kwargs": dict(
+                input_shape=(n_pos,), vocab_size=cfg.vocab_size, num_channels=cfg.d_model, max_seq_len=n_pos
+            ),
+        }
         queries = {"class": "TrainableQueries", "kwargs": dict(num_queries=1, num_channels=cfg.d_latents)}
         return {"model": "PerceiverIO", "config": asdict(config), "adapter": adapter, "queries": queries}
 
@@ -109,14 +128,20 @@ def _hf_spec(hf_model: nn.Module, image_size: int | None) -> dict[str, Any]:
         pe = pre.position_embeddings
         if not pe.concat_pos or pe.sine_only:
             raise ValueError("from_huggingface: only concat_pos=True, sine_only=False Fourier features are mapped")
-        kw.update(position_encoding="fourier", num_frequency_bands=pe.num_bands, max_resolution=tuple(pe.max_resolution))
+        kw.update(
+            position_encoding="fourier", num_frequency_bands=pe.num_bands, max_resolution=tuple(pe.max_resolution)
+        )
     else:
         if pre.concat_or_add_pos != "concat":
             raise ValueError("from_huggingface: only concatenated learned positions are mapped")
         kw.update(position_encoding="learned", num_position_channels=pre.project_pos_dim)
     queries = {"class": "TrainableQueries", "kwargs": dict(num_queries=1, num_channels=cfg.d_latents)}
-    return {"model": "PerceiverIO", "config": asdict(config), "adapter": {"class": "ImageAdapter", "kwargs": kw},
-            "queries": queries}
+    return {
+        "model": "PerceiverIO",
+        "config": asdict(config),
+        "adapter": {"class": "ImageAdapter", "kwargs": kw},
+        "queries": queries,
+    }
 
 
 def _layer(sd: dict[str, Tensor], hf: str, ours: str, self_attention: bool) -> dict[str, Tensor]:
@@ -162,7 +187,10 @@ def _state_dict(hf_model: nn.Module, num_self_attends: int) -> dict[str, Tensor]
         out["head.weight"], out["head.bias"] = sd[f"{dec}.final_layer.weight"], sd[f"{dec}.final_layer.bias"]
         prep = hf_model.perceiver.input_preprocessor
         if prep.prep_type == "conv1x1":
-            out["adapter.prep.weight"], out["adapter.prep.bias"] = sd[f"{pre}.convnet_1x1.weight"], sd[f"{pre}.convnet_1x1.bias"]
+            out["adapter.prep.weight"], out["adapter.prep.bias"] = (
+                sd[f"{pre}.convnet_1x1.weight"],
+                sd[f"{pre}.convnet_1x1.bias"],
+            )
         elif prep.prep_type == "conv":
             out["adapter.prep.0.weight"] = sd[f"{pre}.convnet.conv.weight"]
             for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
@@ -170,8 +198,9 @@ def _state_dict(hf_model: nn.Module, num_self_attends: int) -> dict[str, Tensor]
         if prep.position_encoding_type == "trainable":
             # HF projects its learned table through a Linear every forward; fold it into the table once.
             with torch.no_grad():
-                out["adapter.pos.embeddings"] = prep.positions_projection(
-                    prep.position_embeddings.position_embeddings).detach().clone()
+                out["adapter.pos.embeddings"] = (
+                    prep.positions_projection(prep.position_embeddings.position_embeddings).detach().clone()
+                )
     out["queries.queries"] = sd[f"{dec}.output_position_encodings.position_embeddings"]
     out |= _layer(sd, f"{dec}.decoding_cross_attention", "decoder", self_attention=False)
     return out
@@ -196,6 +225,7 @@ def from_huggingface(hf_model: nn.Module, image_size: int | None = None, return_
 
 # ---- dense outputs (issue 17): PerceiverForOpticalFlow, PerceiverForMultimodalAutoencoding ----
 
+
 def _check_dense_config(name: str, cfg) -> None:
     """What the dense converters map: exact GELU, the encoder's query residual, the "kv" attention shapes."""
     if cfg.hidden_act != "gelu":
@@ -203,8 +233,10 @@ def _check_dense_config(name: str, cfg) -> None:
     if not cfg.use_query_residual:
         raise ValueError(f"from_huggingface: {name}: use_query_residual=False in the encoder is not mapped")
     if cfg.cross_attention_shape_for_attention != "kv" or cfg.qk_channels or cfg.v_channels:
-        raise ValueError(f"from_huggingface: {name}: only cross_attention_shape_for_attention='kv' with "
-                         "qk_channels=v_channels=None is mapped (the official configs)")
+        raise ValueError(
+            f"from_huggingface: {name}: only cross_attention_shape_for_attention='kv' with "
+            "qk_channels=v_channels=None is mapped (the official configs)"
+        )
 
 
 def _self_attends(sd: dict[str, Tensor], cfg, prefix: str = "processor") -> dict[str, Tensor]:
@@ -220,11 +252,15 @@ def _self_attends(sd: dict[str, Tensor], cfg, prefix: str = "processor") -> dict
 
 def _dense_encoder_kwargs(cfg: Any) -> dict[str, Any]:
     """The encoder and latent settings the flow and autoencoding configs share, from an HF PerceiverConfig."""
-    return dict(num_latents=cfg.num_latents, latent_dim=cfg.d_latents, num_self_attends=cfg.num_self_attends_per_block,
-                num_self_attention_heads=cfg.num_self_attention_heads,
-                num_cross_attention_heads=cfg.num_cross_attention_heads,
-                cross_attention_widening_factor=cfg.cross_attention_widening_factor,
-                self_attention_widening_factor=cfg.self_attention_widening_factor)
+    return dict(
+        num_latents=cfg.num_latents,
+        latent_dim=cfg.d_latents,
+        num_self_attends=cfg.num_self_attends_per_block,
+        num_self_attention_heads=cfg.num_self_attention_heads,
+        num_cross_attention_heads=cfg.num_cross_attention_heads,
+        cross_attention_widening_factor=cfg.cross_attention_widening_factor,
+        self_attention_widening_factor=cfg.self_attention_widening_factor,
+    )
 
 
 def _flow(hf_model: nn.Module, image_size: int | tuple[int, int] | None) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -234,33 +270,47 @@ def _flow(hf_model: nn.Module, image_size: int | tuple[int, int] | None) -> tupl
     _check_dense_config("PerceiverForOpticalFlow", cfg)
     pre = hf_model.perceiver.input_preprocessor
     train_size = tuple(int(s) for s in cfg.train_size)
-    size = train_size if image_size is None else (
-        (image_size, image_size) if isinstance(image_size, int) else tuple(image_size))
+    size = (
+        train_size
+        if image_size is None
+        else ((image_size, image_size) if isinstance(image_size, int) else tuple(image_size))
+    )
     pe = pre.position_embeddings
-    adapter = {"class": "FlowPatchAdapter",
-               "kwargs": dict(input_shape=(2, *size, 3), patch_size=3, num_channels=pre.out_channels,
-                              num_frequency_bands=pe.num_bands, max_resolution=tuple(pe.max_resolution))}
+    adapter = {
+        "class": "FlowPatchAdapter",
+        "kwargs": dict(
+            input_shape=(2, *size, 3),
+            patch_size=3,
+            num_channels=pre.out_channels,
+            num_frequency_bands=pe.num_bands,
+            max_resolution=tuple(pe.max_resolution),
+        ),
+    }
     dec = hf_model.perceiver.decoder
     config = models.PerceiverIOFlowConfig(
         **_dense_encoder_kwargs(cfg),
         decoder_num_heads=dec.decoder.decoding_cross_attention.attention.self.num_heads,
-        output_channels=dec.output_num_channels, rescale_factor=float(dec.rescale_factor))
+        output_channels=dec.output_num_channels,
+        rescale_factor=float(dec.rescale_factor),
+    )
     spec = {"model": "PerceiverIOFlow", "config": asdict(config), "adapter": adapter, "queries": None}
 
     sd = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
     P, D = "perceiver", "perceiver.decoder.decoder"
-    out = {"latents": sd[f"{P}.embeddings.latents"],
-           "adapter.patch_proj.weight": sd[f"{P}.input_preprocessor.conv_after_patches.weight"],
-           "adapter.patch_proj.bias": sd[f"{P}.input_preprocessor.conv_after_patches.bias"],
-           "decoder.head.weight": sd[f"{D}.final_layer.weight"], "decoder.head.bias": sd[f"{D}.final_layer.bias"]}
+    out = {
+        "latents": sd[f"{P}.embeddings.latents"],
+        "adapter.patch_proj.weight": sd[f"{P}.input_preprocessor.conv_after_patches.weight"],
+        "adapter.patch_proj.bias": sd[f"{P}.input_preprocessor.conv_after_patches.bias"],
+        "decoder.head.weight": sd[f"{D}.final_layer.weight"],
+        "decoder.head.bias": sd[f"{D}.final_layer.bias"],
+    }
     out |= _layer(sd, f"{P}.encoder.cross_attention", "encoder", self_attention=False)
     out |= _self_attends(sd, cfg)
     out |= _layer(sd, f"{D}.decoding_cross_attention", "decoder.cross", self_attention=False)
     return spec, out
 
 
-def _multimodal_autoencoding(hf_model: nn.Module, image_size: int | None
-                             ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def _multimodal_autoencoding(hf_model: nn.Module, image_size: int | None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """PerceiverForMultimodalAutoencoding -> our PerceiverIOMultimodalAutoencoder: spec and weights. HF's "image"
     modality is our "video" (channels-last frames). image_size is not used: the clip shape is the config's."""
     cfg = hf_model.config
@@ -270,39 +320,56 @@ def _multimodal_autoencoding(hf_model: nn.Module, image_size: int | None
     img, aud = pre.modalities["image"], pre.modalities["audio"]
     video_shape = (cfg.num_frames, cfg.image_size, cfg.image_size)
     if tuple(cfg.output_shape[1:4]) != video_shape:
-        raise ValueError(f"from_huggingface: {name}: output_shape {cfg.output_shape} is not the input clip "
-                         f"(1, *{video_shape}); only autoencoding of the input's shape is mapped")
+        raise ValueError(
+            f"from_huggingface: {name}: output_shape {cfg.output_shape} is not the input clip "
+            f"(1, *{video_shape}); only autoencoding of the input's shape is mapped"
+        )
     n_samples = cfg.num_frames * cfg.audio_samples_per_frame
     img_q = dec.modalities["image"].decoder.output_position_encodings
     aud_q = dec.modalities["audio"].output_position_encodings
-    if (tuple(img_q.max_resolution) != tuple(img.position_embeddings.max_resolution)
-            or tuple(aud_q.max_resolution) != tuple(aud.position_embeddings.max_resolution)):
+    if tuple(img_q.max_resolution) != tuple(img.position_embeddings.max_resolution) or tuple(
+        aud_q.max_resolution
+    ) != tuple(aud.position_embeddings.max_resolution):
         raise ValueError(f"from_huggingface: {name}: query and input Fourier max resolutions differ; not mapped")
     input_shape = {"audio": [n_samples], "label": [cfg.num_labels], "video": [*video_shape, img.in_channels]}
     adapters = {
-        "video": {"patch_size": [img.temporal_downsample, img.spatial_downsample, img.spatial_downsample],
-                  "num_frequency_bands": img.position_embeddings.num_bands,
-                  "max_resolution": list(img.position_embeddings.max_resolution)},
-        "audio": {"samples_per_patch": aud.samples_per_patch, "num_frequency_bands": aud.position_embeddings.num_bands,
-                  "max_resolution": list(aud.position_embeddings.max_resolution)},
-        "label": {"class_path": "perceiver_lit.models.autoencoding.OneHotAdapter"}}
-    adapter = {"class": "MultimodalAdapter", "kwargs": dict(input_shape=input_shape, adapters=adapters,
-                                                            min_padding_size=pre.min_padding_size)}
+        "video": {
+            "patch_size": [img.temporal_downsample, img.spatial_downsample, img.spatial_downsample],
+            "num_frequency_bands": img.position_embeddings.num_bands,
+            "max_resolution": list(img.position_embeddings.max_resolution),
+        },
+        "audio": {
+            "samples_per_patch": aud.samples_per_patch,
+            "num_frequency_bands": aud.position_embeddings.num_bands,
+            "max_resolution": list(aud.position_embeddings.max_resolution),
+        },
+        "label": {"class_path": "perceiver_lit.models.autoencoding.OneHotAdapter"},
+    }
+    adapter = {
+        "class": "MultimodalAdapter",
+        "kwargs": dict(input_shape=input_shape, adapters=adapters, min_padding_size=pre.min_padding_size),
+    }
     ours = {"image": "video", "audio": "audio", "label": "label"}
     config = models.MultimodalAutoencoderConfig(
         **_dense_encoder_kwargs(cfg),
         decoder_num_heads=dec.decoder.decoding_cross_attention.attention.self.num_heads,
-        decoder_output_channels=cfg.output_num_channels, video_query_bands=img_q.num_bands,
-        audio_query_bands=aud_q.num_bands, label_query_channels=dec.modalities["label"].num_query_channels,
-        query_padding_size=dec.min_padding_size, mask_probs={ours[k]: float(v) for k, v in pre.mask_probs.items()})
+        decoder_output_channels=cfg.output_num_channels,
+        video_query_bands=img_q.num_bands,
+        audio_query_bands=aud_q.num_bands,
+        label_query_channels=dec.modalities["label"].num_query_channels,
+        query_padding_size=dec.min_padding_size,
+        mask_probs={ours[k]: float(v) for k, v in pre.mask_probs.items()},
+    )
     spec = {"model": "PerceiverIOMultimodalAutoencoder", "config": asdict(config), "adapter": adapter, "queries": None}
 
     sd = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
     P, D, OUT = "perceiver", "perceiver.decoder", "perceiver.output_postprocessor.modalities"
-    out = {"latents": sd[f"{P}.embeddings.latents"],
-           "label_query": sd[f"{D}.modalities.label.decoder.output_position_encodings.position_embeddings"],
-           "decoder.head.weight": sd[f"{D}.decoder.final_layer.weight"],
-           "decoder.head.bias": sd[f"{D}.decoder.final_layer.bias"]}
+    out = {
+        "latents": sd[f"{P}.embeddings.latents"],
+        "label_query": sd[f"{D}.modalities.label.decoder.output_position_encodings.position_embeddings"],
+        "decoder.head.weight": sd[f"{D}.decoder.final_layer.weight"],
+        "decoder.head.bias": sd[f"{D}.decoder.final_layer.bias"],
+    }
     for hf_name, n in ours.items():
         out[f"adapter.padding.{n}"] = sd[f"{P}.input_preprocessor.padding.{hf_name}"].reshape(-1)
         out[f"mask_tokens.{n}"] = sd[f"{P}.input_preprocessor.mask.{hf_name}"].reshape(-1)
@@ -350,8 +417,9 @@ def main(argv: list[str] | None = None) -> None:
     config = transformers.AutoConfig.from_pretrained(args.hf, local_files_only=True)
     arch = (config.architectures or [None])[0]
     if arch not in SUPPORTED:
-        raise SystemExit(f"{args.hf}/config.json: architectures={config.architectures}; expected one of "
-                         f"{', '.join(SUPPORTED)}")
+        raise SystemExit(
+            f"{args.hf}/config.json: architectures={config.architectures}; expected one of {', '.join(SUPPORTED)}"
+        )
     hf_model = getattr(transformers, arch).from_pretrained(args.hf, local_files_only=True).eval()
     model, spec = from_huggingface(hf_model, args.image_size, return_spec=True)
     save_converted(model, spec, args.out)

@@ -82,8 +82,13 @@ def shard_targets(net: nn.Module, layer_classes: tuple[str, ...] = DEFAULT_LAYER
     # A DenseDecoder calls its cross-attention's project_kv (k, v of the latents, once for all query chunks) outside
     # that layer's forward, where FSDP2's hooks do not gather the layer's parameters: the decoder is the unit.
     dense = {id(m.cross) for m in net.modules() if type(m).__name__ == "DenseDecoder"}
-    modules = [m for _, m in net.named_modules() if m is not net and id(m) not in dense
-               and (type(m).__name__ in layer_classes or type(m).__name__ == "DenseDecoder")]
+    modules = [
+        m
+        for _, m in net.named_modules()
+        if m is not net
+        and id(m) not in dense
+        and (type(m).__name__ in layer_classes or type(m).__name__ == "DenseDecoder")
+    ]
     for module in reversed(modules):  # children before parents: fully_shard must see inner units first
         params = {id(p) for p in module.parameters()}
         inner = {id(p) for t in targets if _is_descendant(t, module) for p in t.parameters()}
@@ -111,8 +116,9 @@ def shard_model(net: nn.Module, device_mesh: Any, options: ShardOptions | None =
         return net
     opts = options or ShardOptions()
     mesh = _data_parallel_mesh(device_mesh)
-    mp = MixedPrecisionPolicy(param_dtype=_dtype(opts.param_dtype, "param_dtype"),
-                              reduce_dtype=_dtype(opts.reduce_dtype, "reduce_dtype"))
+    mp = MixedPrecisionPolicy(
+        param_dtype=_dtype(opts.param_dtype, "param_dtype"), reduce_dtype=_dtype(opts.reduce_dtype, "reduce_dtype")
+    )
     targets = shard_targets(net, tuple(opts.layer_classes))
     if not targets:
         raise ValueError(
@@ -128,8 +134,11 @@ def shard_model(net: nn.Module, device_mesh: Any, options: ShardOptions | None =
     for module in targets:
         fully_shard(module, mesh=mesh, mp_policy=mp, reshard_after_forward=opts.reshard_after_forward)
     # The root hands float32 logits to the loss even when it computes in bf16.
-    root_mp = MixedPrecisionPolicy(param_dtype=mp.param_dtype, reduce_dtype=mp.reduce_dtype,
-                                   output_dtype=torch.float32 if mp.param_dtype is not None else None)
+    root_mp = MixedPrecisionPolicy(
+        param_dtype=mp.param_dtype,
+        reduce_dtype=mp.reduce_dtype,
+        output_dtype=torch.float32 if mp.param_dtype is not None else None,
+    )
     fully_shard(net, mesh=mesh, mp_policy=root_mp, reshard_after_forward=opts.reshard_after_forward)
     return net
 
@@ -160,13 +169,20 @@ class FSDP2Strategy(ModelParallelStrategy):
         save_distributed_checkpoint: bool = True,
         process_group_backend: str | None = None,
     ) -> None:
-        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
-                         save_distributed_checkpoint=save_distributed_checkpoint,
-                         process_group_backend=process_group_backend)
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+        )
         _dtype(param_dtype, "param_dtype"), _dtype(reduce_dtype, "reduce_dtype")  # fail early on a typo
-        self.shard_options = ShardOptions(layer_classes=tuple(layer_classes), param_dtype=param_dtype,
-                                          reduce_dtype=reduce_dtype, activation_checkpointing=activation_checkpointing,
-                                          reshard_after_forward=reshard_after_forward)
+        self.shard_options = ShardOptions(
+            layer_classes=tuple(layer_classes),
+            param_dtype=param_dtype,
+            reduce_dtype=reduce_dtype,
+            activation_checkpointing=activation_checkpointing,
+            reshard_after_forward=reshard_after_forward,
+        )
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
         """A sharded folder is written beside its target (`.<name>.tmp`), then swapped in by rank 0: a kill during

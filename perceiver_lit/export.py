@@ -35,10 +35,11 @@ class ExportError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------- preparing the net
-def _baked_forward(module: nn.Module, index_dims: Sequence[int], device: torch.device,
-                   dtype: torch.dtype) -> torch.Tensor:
+def _baked_forward(
+    module: nn.Module, index_dims: Sequence[int], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """A FourierPositionEncoding's forward once baked: the features computed for the grid seen at export."""
-    return module.baked.to(dtype)                                                # (N, P)
+    return module.baked.to(dtype)  # (N, P)
 
 
 def bake_fourier_features(net: nn.Module, example: tuple[Any, ...]) -> nn.Module:
@@ -50,8 +51,7 @@ def bake_fourier_features(net: nn.Module, example: tuple[Any, ...]) -> nn.Module
     handles = []
     for name, module in net.named_modules():
         if isinstance(module, FourierPositionEncoding):
-            handles.append(module.register_forward_hook(
-                lambda m, a, out, name=name: seen.__setitem__(name, out)))
+            handles.append(module.register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, out)))
     with torch.no_grad():
         net(*example)
     for h in handles:
@@ -99,9 +99,13 @@ def _first_line(e: BaseException) -> str:
 def culprit(net: nn.Module, example: tuple[Any, ...]) -> tuple[str, nn.Module, BaseException] | None:
     """The innermost submodule that torch.export cannot trace on its own inputs (recorded in one eager run)."""
     calls: dict[str, tuple[tuple, dict]] = {}
-    handles = [m.register_forward_pre_hook(lambda m, a, k, name=name: calls.setdefault(name, (a, k)) and None,
-                                           with_kwargs=True)
-               for name, m in net.named_modules() if name]
+    handles = [
+        m.register_forward_pre_hook(
+            lambda m, a, k, name=name: calls.setdefault(name, (a, k)) and None, with_kwargs=True
+        )
+        for name, m in net.named_modules()
+        if name
+    ]
     try:
         with torch.no_grad():
             net(*example)
@@ -147,20 +151,27 @@ def _traced(net: nn.Module, example: tuple[Any, ...], what: str, run) -> Any:
         if where is None:
             raise ExportError(f"cannot export {type(net).__name__} to {what}: {_first_line(e)}") from None
         name, module, error = where
-        raise ExportError(f"cannot export {type(net).__name__} to {what}: module '{name}' ({type(module).__name__}) "
-                          f"does not trace: {_first_line(error)}") from None
+        raise ExportError(
+            f"cannot export {type(net).__name__} to {what}: module '{name}' ({type(module).__name__}) "
+            f"does not trace: {_first_line(error)}"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------------- exporters
 def export_program(net: nn.Module, example: tuple[Any, ...]) -> torch.export.ExportedProgram:
     """torch.export of `net` (Fourier features baked) with a dynamic batch dimension."""
     baked = bake_fourier_features(net, example)
-    return _traced(baked, example, "torch.export", lambda: torch.export.export(
-        baked, example, dynamic_shapes=_dynamic_shapes(example), strict=False))
+    return _traced(
+        baked,
+        example,
+        "torch.export",
+        lambda: torch.export.export(baked, example, dynamic_shapes=_dynamic_shapes(example), strict=False),
+    )
 
 
-def save_exported_program(net: nn.Module, example: tuple[Any, ...], path: str,
-                          class_names: Sequence[str] | None = None) -> str:
+def save_exported_program(
+    net: nn.Module, example: tuple[Any, ...], path: str, class_names: Sequence[str] | None = None
+) -> str:
     program = export_program(net, example)
     extra = {"class_names.json": json.dumps(list(class_names or []))}
     torch.export.save(program, path, extra_files=extra)
@@ -174,8 +185,14 @@ def save_onnx(net: nn.Module, example: tuple[Any, ...], path: str, class_names: 
 
     program = export_program(net, example)
     names = ["inputs", "pad_mask"][: len(example)] if not isinstance(example[0], dict) else None
-    onnx_program = _traced(net, example, "ONNX", lambda: torch.onnx.export(
-        program, example, input_names=names, output_names=["logits"], dynamo=True, verbose=False))
+    onnx_program = _traced(
+        net,
+        example,
+        "ONNX",
+        lambda: torch.onnx.export(
+            program, example, input_names=names, output_names=["logits"], dynamo=True, verbose=False
+        ),
+    )
     onnx_program.save(path)
     model = onnx.load(path)
     entry = model.metadata_props.add()
@@ -189,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perceiver-lit-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="a `perceiver-lit fit` checkpoint (.ckpt)")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="onnx, exported-program (torch.export) or hf")
-    parser.add_argument("--out", default=None,
-                        help="output file (default: the checkpoint's path with .onnx / .pt2) or folder (hf)")
+    parser.add_argument(
+        "--out", default=None, help="output file (default: the checkpoint's path with .onnx / .pt2) or folder (hf)"
+    )
     args = parser.parse_args(argv)
     try:
         out = export_checkpoint(args.ckpt, args.format, args.out)

@@ -24,14 +24,20 @@ def make_colorwheel() -> np.ndarray:
     """The 55 wheel colours, (55, 3) float in 0..255, as Middlebury's `makeColorwheel`."""
     wheel = np.zeros((RY + YG + GC + CB + BM + MR, 3))
     col = 0
-    for n, fixed, rising, falling in ((RY, 0, 1, None), (YG, 1, None, 0), (GC, 1, 2, None),
-                                      (CB, 2, None, 1), (BM, 2, 0, None), (MR, 0, None, 2)):
+    for n, fixed, rising, falling in (
+        (RY, 0, 1, None),
+        (YG, 1, None, 0),
+        (GC, 1, 2, None),
+        (CB, 2, None, 1),
+        (BM, 2, 0, None),
+        (MR, 0, None, 2),
+    ):
         ramp = np.floor(255 * np.arange(n) / n)
-        wheel[col:col + n, fixed] = 255
+        wheel[col : col + n, fixed] = 255
         if rising is not None:
-            wheel[col:col + n, rising] = ramp
+            wheel[col : col + n, rising] = ramp
         else:
-            wheel[col:col + n, falling] = 255 - ramp
+            wheel[col : col + n, falling] = 255 - ramp
         col += n
     return wheel
 
@@ -62,8 +68,8 @@ def flow_to_color(flow: np.ndarray, valid: np.ndarray | None = None, max_flow: f
     scale = max(float(max_flow), np.finfo(np.float64).eps)
     u, v, rad = u / scale, v / scale, rad / scale
     n = len(_WHEEL)
-    a = np.arctan2(-v, -u) / np.pi                      # -1..1
-    fk = (a + 1) / 2 * (n - 1)                          # 0..n-1: position on the wheel
+    a = np.arctan2(-v, -u) / np.pi  # -1..1
+    fk = (a + 1) / 2 * (n - 1)  # 0..n-1: position on the wheel
     k0 = np.floor(fk).astype(np.int64)
     k1 = (k0 + 1) % n
     f = fk - k0
@@ -89,7 +95,8 @@ def save_png(rgb: np.ndarray, path: str | os.PathLike) -> None:
     Image.fromarray(np.ascontiguousarray(rgb)).save(path)
 
 
-def save_flow_png(flow: np.ndarray, path: str | os.PathLike, valid: np.ndarray | None = None,
-                  max_flow: float | None = None) -> None:
+def save_flow_png(
+    flow: np.ndarray, path: str | os.PathLike, valid: np.ndarray | None = None, max_flow: float | None = None
+) -> None:
     """Write flow (H, W, 2) as a colour-wheel PNG (see flow_to_color)."""
     save_png(flow_to_color(flow, valid, max_flow), path)

@@ -44,7 +44,9 @@ def warn_if_bf16_is_emulated(precision: str, accelerator: str, cpuinfo: str | No
         return False
     if cpu_has_native_bf16(cpuinfo) is not False:
         return False
-    rank_zero_warn(f"trainer.precision={precision!r} on a CPU without native bf16 (no avx512_bf16 / amx_bf16 / bf16 "
-                   "in /proc/cpuinfo): bf16 is emulated there and trains slower than fp32. Use "
-                   "--trainer.precision 32-true (configs/trainer/cpu.yaml) on this machine.")
+    rank_zero_warn(
+        f"trainer.precision={precision!r} on a CPU without native bf16 (no avx512_bf16 / amx_bf16 / bf16 "
+        "in /proc/cpuinfo): bf16 is emulated there and trains slower than fp32. Use "
+        "--trainer.precision 32-true (configs/trainer/cpu.yaml) on this machine."
+    )
     return True

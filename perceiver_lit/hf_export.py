@@ -23,20 +23,28 @@ settings, unshared processor blocks); those are a one-line ValueError. Needs tra
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from perceiver_lit.models import (FourierPositionEncoding, ImageAdapter, LearnedPositionEncoding, PerceiverIO,
-                                  TextAdapter)
+from perceiver_lit.models import (
+    FourierPositionEncoding,
+    ImageAdapter,
+    LearnedPositionEncoding,
+    PerceiverIO,
+    TextAdapter,
+)
 from perceiver_lit.models.queries import TrainableQueries
 
-EXPORTABLE = ("PerceiverForImageClassificationFourier", "PerceiverForImageClassificationLearned",
-              "PerceiverForImageClassificationConvProcessing", "PerceiverForMaskedLM",
-              "PerceiverForSequenceClassification")
+EXPORTABLE = (
+    "PerceiverForImageClassificationFourier",
+    "PerceiverForImageClassificationLearned",
+    "PerceiverForImageClassificationConvProcessing",
+    "PerceiverForMaskedLM",
+    "PerceiverForSequenceClassification",
+)
 
 
 class NotExportable(ValueError):
@@ -44,16 +52,24 @@ class NotExportable(ValueError):
 
 
 def _refuse(net: nn.Module, why: str) -> NotExportable:
-    return NotExportable(f"save_huggingface: {type(net).__name__} {why}; HF transformers has no class for it "
-                         f"(exportable: {', '.join(EXPORTABLE)}); use perceiver-lit-export --format onnx or "
-                         "exported-program instead")
+    return NotExportable(
+        f"save_huggingface: {type(net).__name__} {why}; HF transformers has no class for it "
+        f"(exportable: {', '.join(EXPORTABLE)}); use perceiver-lit-export --format onnx or "
+        "exported-program instead"
+    )
 
 
 def _fourier_ok(adapter: ImageAdapter, max_resolution: tuple[int, int]) -> bool:
     pos = adapter.pos
     res = pos.max_resolution or adapter.grid
-    return (isinstance(pos, FourierPositionEncoding) and pos.num_bands == 64 and pos.concat_pos and not pos.sine_only
-            and tuple(res) == max_resolution and adapter.pos_proj is None)
+    return (
+        isinstance(pos, FourierPositionEncoding)
+        and pos.num_bands == 64
+        and pos.concat_pos
+        and not pos.sine_only
+        and tuple(res) == max_resolution
+        and adapter.pos_proj is None
+    )
 
 
 def hf_architecture(net: nn.Module) -> str:
@@ -81,19 +97,27 @@ def hf_architecture(net: nn.Module) -> str:
     if queries.num_queries != 1 or cfg.output_head != "linear" or not cfg.decoder_query_residual:
         raise _refuse(net, "with an image adapter and not a one-query classification decoder")
     if adapter.in_channels != 3 or adapter.concat_or_add != "concat":
-        raise _refuse(net, f"with {adapter.in_channels} input channels / '{adapter.concat_or_add}' positions "
-                           "(HF: 3, concat)")
+        raise _refuse(
+            net, f"with {adapter.in_channels} input channels / '{adapter.concat_or_add}' positions (HF: 3, concat)"
+        )
     if adapter.prep_type == "pixels" and _fourier_ok(adapter, (224, 224)):
         return "PerceiverForImageClassificationFourier"
     if adapter.prep_type == "conv" and adapter.prep[0].out_channels == 64 and _fourier_ok(adapter, (56, 56)):
         return "PerceiverForImageClassificationConvProcessing"
-    if (adapter.prep_type == "conv1x1" and adapter.prep.out_channels == 256
-            and isinstance(adapter.pos, LearnedPositionEncoding) and adapter.pos.num_channels == 256
-            and adapter.grid[0] == adapter.grid[1]):
+    if (
+        adapter.prep_type == "conv1x1"
+        and adapter.prep.out_channels == 256
+        and isinstance(adapter.pos, LearnedPositionEncoding)
+        and adapter.pos.num_channels == 256
+        and adapter.grid[0] == adapter.grid[1]
+    ):
         return "PerceiverForImageClassificationLearned"
-    raise _refuse(net, f"with an image adapter (prep {adapter.prep_type!r}, {type(adapter.pos).__name__}) other than "
-                       "HF's three (pixels + 64 Fourier bands at 224; conv1x1 256 + learned 256; conv 64 + 64 Fourier "
-                       "bands at 56)")
+    raise _refuse(
+        net,
+        f"with an image adapter (prep {adapter.prep_type!r}, {type(adapter.pos).__name__}) other than "
+        "HF's three (pixels + 64 Fourier bands at 224; conv1x1 256 + learned 256; conv 64 + 64 Fourier "
+        "bands at 56)",
+    )
 
 
 def _attention_channels(net: PerceiverIO) -> dict[str, Any]:
@@ -105,11 +129,18 @@ def _attention_channels(net: PerceiverIO) -> dict[str, Any]:
         for v in (None, layer.v_channels):
             for shape in ("kv", "q"):
                 qk_s, qk_c = qk or d, qk or (kv if shape == "kv" else d)
-                if (qk_s, v or qk_s, qk_c, v or qk_c) == (layer.qk_channels, layer.v_channels, enc.qk_channels,
-                                                        enc.v_channels):
+                if (qk_s, v or qk_s, qk_c, v or qk_c) == (
+                    layer.qk_channels,
+                    layer.v_channels,
+                    enc.qk_channels,
+                    enc.v_channels,
+                ):
                     return {"qk_channels": qk, "v_channels": v, "cross_attention_shape_for_attention": shape}
-    raise _refuse(net, f"with attention widths HF's one qk_channels / v_channels cannot express (encoder "
-                       f"{enc.qk_channels}/{enc.v_channels}, latents {layer.qk_channels}/{layer.v_channels})")
+    raise _refuse(
+        net,
+        f"with attention widths HF's one qk_channels / v_channels cannot express (encoder "
+        f"{enc.qk_channels}/{enc.v_channels}, latents {layer.qk_channels}/{layer.v_channels})",
+    )
 
 
 def hf_config(net: PerceiverIO, arch: str) -> Any:
@@ -117,13 +148,21 @@ def hf_config(net: PerceiverIO, arch: str) -> Any:
 
     cfg, adapter = net.config, net.adapter
     kw: dict[str, Any] = dict(
-        num_latents=cfg.num_latents, d_latents=cfg.latent_dim, d_model=adapter.num_output_channels,
-        num_blocks=cfg.num_blocks, num_self_attends_per_block=cfg.num_self_attends_per_block,
-        num_self_attention_heads=cfg.num_self_attention_heads, num_cross_attention_heads=cfg.num_cross_attention_heads,
+        num_latents=cfg.num_latents,
+        d_latents=cfg.latent_dim,
+        d_model=adapter.num_output_channels,
+        num_blocks=cfg.num_blocks,
+        num_self_attends_per_block=cfg.num_self_attends_per_block,
+        num_self_attention_heads=cfg.num_self_attention_heads,
+        num_cross_attention_heads=cfg.num_cross_attention_heads,
         self_attention_widening_factor=cfg.self_attention_widening_factor,
-        cross_attention_widening_factor=cfg.cross_attention_widening_factor, hidden_act="gelu",
-        attention_probs_dropout_prob=cfg.dropout, use_query_residual=True, architectures=[arch],
-        **_attention_channels(net))
+        cross_attention_widening_factor=cfg.cross_attention_widening_factor,
+        hidden_act="gelu",
+        attention_probs_dropout_prob=cfg.dropout,
+        use_query_residual=True,
+        architectures=[arch],
+        **_attention_channels(net),
+    )
     if isinstance(adapter, TextAdapter):
         kw.update(vocab_size=adapter.embedding.num_embeddings, max_position_embeddings=adapter.pos.embeddings.shape[0])
     else:

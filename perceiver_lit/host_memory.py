@@ -22,9 +22,9 @@ import platform
 
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-MMAP_THRESHOLD = 32 * 2**20   # glibc's maximum on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
-TRIM_THRESHOLD = 2**30        # return free heap to the kernel only above 1 GiB
-TOP_PAD = 64 * 2**20          # grow the heap in 64 MiB steps (address space; pages come when written)
+MMAP_THRESHOLD = 32 * 2**20  # glibc's maximum on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
+TRIM_THRESHOLD = 2**30  # return free heap to the kernel only above 1 GiB
+TOP_PAD = 64 * 2**20  # grow the heap in 64 MiB steps (address space; pages come when written)
 
 _applied: bool | None = None
 
@@ -46,6 +46,12 @@ def tune_host_allocator() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = all(mallopt(param, value) == 1 for param, value in
-                   ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))
+    _applied = all(
+        mallopt(param, value) == 1
+        for param, value in (
+            (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+            (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+            (M_TOP_PAD, TOP_PAD),
+        )
+    )
     return _applied

@@ -45,8 +45,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - not a torch file, or a pickled object we refuse to run
-        raise CheckpointError(f"{path}: not a loadable checkpoint (torch.load weights_only=True): "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise CheckpointError(
+            f"{path}: not a loadable checkpoint (torch.load weights_only=True): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     return ckpt
@@ -58,10 +60,15 @@ def build_task(ckpt: dict[str, Any], path: str) -> torch.nn.Module:
 
     hp = ckpt.get("hyper_parameters") or {}
     if "_class_path" not in hp or not isinstance(hp.get("net"), dict) or "class_path" not in hp["net"]:
-        missing = "hyper_parameters['_class_path']" if "_class_path" not in hp else "hyper_parameters['net'] (a " \
-            "{class_path, init_args} config)"
-        raise CheckpointError(f"{path}: the checkpoint has no {missing}: it was not saved by `perceiver-lit fit`, "
-                              "so the model cannot be rebuilt from it")
+        missing = (
+            "hyper_parameters['_class_path']"
+            if "_class_path" not in hp
+            else "hyper_parameters['net'] (a {class_path, init_args} config)"
+        )
+        raise CheckpointError(
+            f"{path}: the checkpoint has no {missing}: it was not saved by `perceiver-lit fit`, "
+            "so the model cannot be rebuilt from it"
+        )
     task_cls = _import(hp["_class_path"], "task", path)
     config = {k: v for k, v in hp.items() if k != "_instantiator"}
     task = instantiate_module(task_cls, config)
@@ -75,10 +82,12 @@ def saved_data_config(ckpt: dict[str, Any], path: str) -> dict[str, Any]:
     """The data module config ({"class_path", "init_args"}) saved in the checkpoint."""
     cfg = ckpt.get(DATA_KEY)
     if not isinstance(cfg, dict) or "class_path" not in cfg:
-        raise CheckpointError(f"{path}: the checkpoint has no '{DATA_KEY}' (the data module's class_path and "
-                              "init_args, which give the eval transforms): it was saved before perceiver-lit kept it "
-                              "or not by `perceiver-lit fit`; pass data_config={'class_path': ..., 'init_args': {...}} "
-                              "(the `data:` section of the run's config.yaml) to load()")
+        raise CheckpointError(
+            f"{path}: the checkpoint has no '{DATA_KEY}' (the data module's class_path and "
+            "init_args, which give the eval transforms): it was saved before perceiver-lit kept it "
+            "or not by `perceiver-lit fit`; pass data_config={'class_path': ..., 'init_args': {...}} "
+            "(the `data:` section of the run's config.yaml) to load()"
+        )
     return cfg
 
 
@@ -105,15 +114,15 @@ class Predictor:
         init = dict(self.data_config.get("init_args") or {})
         for key in ("train_urls", "val_urls", "test_urls", "predict_urls"):
             init[key] = None
-        init.update(predict_files=files, batch_size=batch_size, num_workers=0, pin_memory=False,
-                    samples_per_epoch=None)
+        init.update(predict_files=files, batch_size=batch_size, num_workers=0, pin_memory=False, samples_per_epoch=None)
         if "class_names" in init and self.class_names:
             init["class_names"] = self.class_names
         return cls(**init)
 
     @torch.inference_mode()
-    def predict(self, files: str | Sequence[str], top_k: int = 5, threshold: float = 0.5,
-                batch_size: int = 32) -> list[dict[str, Any]]:
+    def predict(
+        self, files: str | Sequence[str], top_k: int = 5, threshold: float = 0.5, batch_size: int = 32
+    ) -> list[dict[str, Any]]:
         """Predict on image/audio/video/point-cloud/text files: a glob, a folder, a list file, or a list of paths.
 
         Args:
@@ -132,9 +141,16 @@ class Predictor:
             inputs = _to(batch["inputs"], self.device)
             pad_mask = batch.get("pad_mask")
             logits = self.task(inputs, None if pad_mask is None else pad_mask.to(self.device))
-            rows += prediction_rows(logits, batch["key"], multilabel=self.multilabel, class_names=self.class_names,
-                                    top_k=top_k, threshold=threshold, target=batch.get("target"),
-                                    inputs=batch["inputs"])
+            rows += prediction_rows(
+                logits,
+                batch["key"],
+                multilabel=self.multilabel,
+                class_names=self.class_names,
+                top_k=top_k,
+                threshold=threshold,
+                target=batch.get("target"),
+                inputs=batch["inputs"],
+            )
         return rows
 
 
@@ -144,8 +160,9 @@ def _to(x: Any, device: torch.device) -> Any:
     return x.to(device)
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None,
-         data_config: dict[str, Any] | None = None) -> Predictor:
+def load(
+    path: str | os.PathLike, device: str | torch.device | None = None, data_config: dict[str, Any] | None = None
+) -> Predictor:
     """Load a `perceiver-lit fit` checkpoint for inference.
 
     Args:
@@ -160,4 +177,3 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None,
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return Predictor(task, cfg, device)
-

@@ -51,7 +51,7 @@ def metrics(rows: list[dict[str, Any]]) -> dict[str, float] | None:
     if isinstance(labelled[0]["label"], list):  # multi-label: mAP over classes with a positive, from `scores`
         if any("scores" not in r for r in labelled):
             raise ValueError("multi-label rows without `scores`: cannot compute mAP")
-        scores = np.array([r["scores"] for r in labelled], dtype=np.float64)      # (N, C)
+        scores = np.array([r["scores"] for r in labelled], dtype=np.float64)  # (N, C)
         truth = np.zeros_like(scores, dtype=bool)
         for i, r in enumerate(labelled):
             truth[i, r["label"]] = True
@@ -69,8 +69,10 @@ def merge(run: str, out: str | None = None) -> tuple[str, list[dict[str, Any]], 
     """Join RUN/predictions-rank*.jsonl into `out` (default RUN/predictions.jsonl), sorted by key."""
     paths = sorted(glob.glob(os.path.join(run, "predictions-rank*.jsonl")))
     if not paths:
-        raise FileNotFoundError(f"no predictions-rank*.jsonl in {run!r}: run `perceiver-lit predict` first "
-                                "(it writes them into the run directory)")
+        raise FileNotFoundError(
+            f"no predictions-rank*.jsonl in {run!r}: run `perceiver-lit predict` first "
+            "(it writes them into the run directory)"
+        )
     rows = read_rows(paths)
     rows.sort(key=lambda r: str(r.get("key")))
     out = out or os.path.join(run, "predictions.jsonl")

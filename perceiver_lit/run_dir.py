@@ -10,8 +10,8 @@
   stay) move to `<run dir>.previous/`
   (replacing an older one), so the directory then holds only this run. Until then nothing of the earlier run is
   lost: the one file rewritten before (config.yaml, which the W&B config reads at fit start) waits under a hidden
-  name and comes back if the run fails. `cleanup_failed_start` removes what a run created when it fails before its first step, so that no
-  half-made run is left for later commands to mistake for one.
+  name and comes back if the run fails. `cleanup_failed_start` removes what a run created when it fails before its
+  first step, so that no half-made run is left for later commands to mistake for one.
 - `check_resume`: a resume must continue the checkpoint's run exactly; settings that differ from the checkpoint's
   saved hyperparameters are refused, naming each key, except runtime-only ones (applied, and said so).
 """
@@ -79,9 +79,14 @@ class RunLock:
 
     def __init__(self, run_dir: str) -> None:
         self.path = os.path.join(run_dir, LOCK)
-        self.me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _proc_start(os.getpid()),
-                   "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                   "argv": sys.argv}
+        self.me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "start": _proc_start(os.getpid()),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "argv": sys.argv,
+        }
         os.makedirs(run_dir, exist_ok=True)
         for _ in range(3):
             try:
@@ -103,14 +108,17 @@ class RunLock:
         except (OSError, ValueError):  # half-written: its writer died, unless it is writing right now
             holder = {}
             if time.time() - os.path.getmtime(self.path) < 10:
-                raise RunDirError(f"{run_dir} is in use by another fit that is just starting ({self.path}); choose "
-                                  "another --name or --trainer.default_root_dir") from None
+                raise RunDirError(
+                    f"{run_dir} is in use by another fit that is just starting ({self.path}); choose "
+                    "another --name or --trainer.default_root_dir"
+                ) from None
         why = _stale(holder) if holder else "unreadable"
         if why is None:
             raise RunDirError(
                 f"{run_dir} is in use by another fit: pid {holder.get('pid')} on host {holder.get('host')} (started "
                 f"{holder.get('started')}); wait for it to end, or choose another --name or "
-                f"--trainer.default_root_dir. If that process is gone, delete {self.path}")
+                f"--trainer.default_root_dir. If that process is gone, delete {self.path}"
+            )
         rank_zero_info(f"[perceiver-lit] {self.path}: stale lock ({why}); taking it over")
         try:
             os.remove(self.path)
@@ -142,8 +150,18 @@ def snapshot(run_dir: str) -> dict[str, tuple[int, int]]:
 
 # What a run writes into its directory (paths relative to it; `*` crosses folders). Only these move aside when a new
 # run replaces an earlier one: other files there (a sweep's trial.json and log.txt, a user's notes) are not a run's.
-RUN_OUTPUTS = ("checkpoints/*", "hpc_ckpt_*.ckpt", "config.yaml", "config_*.yaml", "predictions-rank*.jsonl",
-               "predictions.jsonl", "wandb/*", "wandb_run.json", "csv/*", "lightning_logs/*")
+RUN_OUTPUTS = (
+    "checkpoints/*",
+    "hpc_ckpt_*.ckpt",
+    "config.yaml",
+    "config_*.yaml",
+    "predictions-rank*.jsonl",
+    "predictions.jsonl",
+    "wandb/*",
+    "wandb_run.json",
+    "csv/*",
+    "lightning_logs/*",
+)
 
 
 def is_run_output(rel: str) -> bool:
@@ -192,8 +210,9 @@ class RunOutputs(pl.Callback):
         beside it: when training starts it joins the earlier run's outputs (or, for a resume, is dropped); if this
         run fails before its first step, `restore_aside` puts it back."""
         rel = os.path.relpath(os.path.abspath(path), self.run_dir)
-        if rel in self.aside or rel not in _unchanged(self.run_dir, {rel: self.before[rel]} if rel in self.before
-                                                      else {}):
+        if rel in self.aside or rel not in _unchanged(
+            self.run_dir, {rel: self.before[rel]} if rel in self.before else {}
+        ):
             return
         hidden = os.path.join(os.path.dirname(rel), f".{os.path.basename(rel)}.earlier")
         os.replace(os.path.join(self.run_dir, rel), os.path.join(self.run_dir, hidden))
@@ -225,7 +244,8 @@ class RunOutputs(pl.Callback):
 
     def move_earlier_run(self) -> None:
         moves = [(rel, rel) for rel in _unchanged(self.run_dir, self.before) if is_run_output(rel)] + list(
-            (hidden, rel) for rel, hidden in self.aside.items())
+            (hidden, rel) for rel, hidden in self.aside.items()
+        )
         self.aside.clear()
         if not moves:
             return
@@ -238,8 +258,10 @@ class RunOutputs(pl.Callback):
         old = sorted(rel for _, rel in moves)
         _prune_empty_dirs(self.run_dir)
         shown = ", ".join(old[:6]) + (f" and {len(old) - 6} more" if len(old) > 6 else "")
-        rank_zero_warn(f"{self.run_dir} held an earlier run; this new run (no --ckpt_path) replaces it: moved its "
-                       f"outputs ({shown}) to {dest}. To continue a run, pass --ckpt_path last")
+        rank_zero_warn(
+            f"{self.run_dir} held an earlier run; this new run (no --ckpt_path) replaces it: moved its "
+            f"outputs ({shown}) to {dest}. To continue a run, pass --ckpt_path last"
+        )
 
 
 def cleanup_failed_start(run_dir: str, before: dict[str, tuple[int, int]], existed: bool) -> list[str]:
@@ -265,9 +287,25 @@ def cleanup_failed_start(run_dir: str, before: dict[str, tuple[int, int]], exist
 # Settings that change how a step is computed, not what it computes: a resume applies a change to them.
 RUNTIME_KEYS = ("compile", "activation_checkpointing")
 # Task settings that only training uses: an evaluation of a checkpoint ignores a difference in them.
-TRAIN_ONLY_KEYS = ("optimizer", "lr", "weight_decay", "betas", "eps", "decay_embeddings", "schedule", "warmup_epochs",
-                   "warmup_steps", "decay_epochs", "decay_factor", "flat_epochs", "reference_batch_size",
-                   "mixup_alpha", "cutmix_alpha", "mix_prob", "mix_mode")
+TRAIN_ONLY_KEYS = (
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "betas",
+    "eps",
+    "decay_embeddings",
+    "schedule",
+    "warmup_epochs",
+    "warmup_steps",
+    "decay_epochs",
+    "decay_factor",
+    "flat_epochs",
+    "reference_batch_size",
+    "mixup_alpha",
+    "cutmix_alpha",
+    "mix_prob",
+    "mix_mode",
+)
 # Labels for the outputs, not part of the computation: data without names keeps the checkpoint's (the task restores
 # them in on_load_checkpoint); names the data gives are used as given.
 NAME_KEYS = ("class_names",)
@@ -313,8 +351,9 @@ def check_resume(saved: Any, current: Any, ckpt_path: str, stage: str, run_dir: 
         return
     old, new = model_settings(saved), model_settings(current)
     applied, ignored, refused, unrecorded = [], [], [], []
-    same_classes = {k: v for k, v in old.items() if k.endswith("class_path")} == \
-        {k: v for k, v in new.items() if k.endswith("class_path")}
+    same_classes = {k: v for k, v in old.items() if k.endswith("class_path")} == {
+        k: v for k, v in new.items() if k.endswith("class_path")
+    }
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
         if a == b:
@@ -329,8 +368,9 @@ def check_resume(saved: Any, current: Any, ckpt_path: str, stage: str, run_dir: 
             if b is not None:
                 applied.append(change)
             else:
-                rank_zero_info(f"[perceiver-lit] {ckpt_path}: the data names no classes; the checkpoint's {leaf} "
-                               "are used")
+                rank_zero_info(
+                    f"[perceiver-lit] {ckpt_path}: the data names no classes; the checkpoint's {leaf} are used"
+                )
         elif stage != "fit" and key.count(".") == 2 and leaf in TRAIN_ONLY_KEYS:  # a task argument
             ignored.append(change)
         else:
@@ -342,18 +382,26 @@ def check_resume(saved: Any, current: Any, ckpt_path: str, stage: str, run_dir: 
                 f"{'; '.join(refused)}). A resume continues the checkpoint's run exactly (weights, optimizer and "
                 f"schedule state): resume with that run's own config ({os.path.join(run_dir, 'config.yaml')}); to "
                 "train with the new settings from its weights, start a new run instead: drop --ckpt_path, choose "
-                f"another --name, and pass --init_weights {ckpt_path} (only if the model's shapes are unchanged)")
-        raise RunDirError(f"--ckpt_path {ckpt_path} was trained with other settings than this command's ("
-                          f"{'; '.join(refused)}); {stage} it with the config it was trained with")
+                f"another --name, and pass --init_weights {ckpt_path} (only if the model's shapes are unchanged)"
+            )
+        raise RunDirError(
+            f"--ckpt_path {ckpt_path} was trained with other settings than this command's ("
+            f"{'; '.join(refused)}); {stage} it with the config it was trained with"
+        )
     if unrecorded:
-        rank_zero_info(f"[perceiver-lit] {ckpt_path}: arguments that the checkpoint's code or this code does not have "
-                       f"(a code update), taken as they are now: {', '.join(unrecorded)}")
+        rank_zero_info(
+            f"[perceiver-lit] {ckpt_path}: arguments that the checkpoint's code or this code does not have "
+            f"(a code update), taken as they are now: {', '.join(unrecorded)}"
+        )
     if applied:
-        rank_zero_info(f"[perceiver-lit] {stage} from {ckpt_path} with changed runtime settings, applied: "
-                       f"{'; '.join(applied)}")
+        rank_zero_info(
+            f"[perceiver-lit] {stage} from {ckpt_path} with changed runtime settings, applied: {'; '.join(applied)}"
+        )
     if ignored:
-        rank_zero_info(f"[perceiver-lit] {stage} of {ckpt_path}: training settings that differ from the "
-                       f"checkpoint's are not used by evaluation: {'; '.join(ignored)}")
+        rank_zero_info(
+            f"[perceiver-lit] {stage} of {ckpt_path}: training settings that differ from the "
+            f"checkpoint's are not used by evaluation: {'; '.join(ignored)}"
+        )
 
 
 def load_initial_weights(model: Any, path: str) -> None:
@@ -368,11 +416,16 @@ def load_initial_weights(model: Any, path: str) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
-    shapes = [f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})" for k in sorted(own)
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+        for k in sorted(own)
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     problems = shapes + [f"{k} missing" for k in missing] + [f"{k} not in the model" for k in extra]
     if problems:
-        raise RunDirError(f"--init_weights {path} does not fit the configured model: {'; '.join(problems[:4])}"
-                          + (f" and {len(problems) - 4} more" if len(problems) > 4 else ""))
+        raise RunDirError(
+            f"--init_weights {path} does not fit the configured model: {'; '.join(problems[:4])}"
+            + (f" and {len(problems) - 4} more" if len(problems) > 4 else "")
+        )
     model.load_state_dict(state, strict=True)
     rank_zero_info(f"[perceiver-lit] model weights initialised from {path} (a new run: no optimizer or schedule state)")

@@ -28,8 +28,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 RUN_IDS_FILE = "wandb_run.json"
 
 
-def run_identity(root: str | Path, job_type: str, group: str | None = None,
-                 new: bool = False) -> tuple[str | None, str | None]:
+def run_identity(
+    root: str | Path, job_type: str, group: str | None = None, new: bool = False
+) -> tuple[str | None, str | None]:
     """(run id, group) of the `job_type` run ("fit", "test", ...) of the run directory `root`.
 
     Global rank 0 creates the ids on first use and keeps them in `<root>/wandb_run.json`; other ranks (which log
@@ -44,8 +45,10 @@ def run_identity(root: str | Path, job_type: str, group: str | None = None,
         try:
             ids = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}); it holds this run directory's W&B run ids, "
-                             "delete it to start new W&B runs") from e
+            raise ValueError(
+                f"{path}: not valid JSON ({e}); it holds this run directory's W&B run ids, "
+                "delete it to start new W&B runs"
+            ) from e
         if not isinstance(ids, dict):
             raise ValueError(f"{path}: expected a JSON object of W&B run ids, got {type(ids).__name__}")
     if rank_zero_only.rank == 0 and (job_type not in ids or "group" not in ids):
@@ -119,8 +122,10 @@ class RunLogger(WandbLogger):
         try:
             _reopen_and_finish(run, self._wandb_init, exit_code)
         except Exception as e:  # noqa: BLE001 - the process is exiting on a signal: say so, do not crash there
-            rank_zero_warn(f"W&B run {run.id}: its service was stopped by the signal and reopening it failed "
-                           f"({type(e).__name__}: {e}); `wandb sync` still uploads what was written")
+            rank_zero_warn(
+                f"W&B run {run.id}: its service was stopped by the signal and reopening it failed "
+                f"({type(e).__name__}: {e}); `wandb sync` still uploads what was written"
+            )
 
 
 def finish_runs(loggers: list[Any], exit_code: int = 0) -> None:

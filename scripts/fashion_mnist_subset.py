@@ -18,9 +18,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default=DEFAULT_DIR, help="folder of the IDX files")
     p.add_argument("--out", required=True)
-    p.add_argument("--classes", type=int, nargs="+", default=[5, 6, 7, 8, 9],
-                   help="Fashion-MNIST classes to keep, in their new order (default: sandal, shirt, sneaker, bag, "
-                        "ankle boot)")
+    p.add_argument(
+        "--classes",
+        type=int,
+        nargs="+",
+        default=[5, 6, 7, 8, 9],
+        help="Fashion-MNIST classes to keep, in their new order (default: sandal, shirt, sneaker, bag, ankle boot)",
+    )
     p.add_argument("--maxcount", type=int, default=2500)
     args = p.parse_args(argv)
     new = {c: i for i, c in enumerate(args.classes)}

@@ -34,8 +34,9 @@ AUDIO_EXTS = (".flac", ".wav", ".ogg", ".mp3")
 
 
 # ----------------------------------------------------------------------------------------------------- CSV rows
-def read_audioset_csv(csv_path: str | os.PathLike, root: str | os.PathLike, label_map: dict[str, int],
-                      exts: Sequence[str] = AUDIO_EXTS) -> tuple[list[tuple[str, list[str | int]]], int]:
+def read_audioset_csv(
+    csv_path: str | os.PathLike, root: str | os.PathLike, label_map: dict[str, int], exts: Sequence[str] = AUDIO_EXTS
+) -> tuple[list[tuple[str, list[str | int]]], int]:
     """AudioSet segment rows -> ([(file, labels)], rows whose file is missing)."""
     by_stem: dict[str, str] = {}
     for dirpath, _, files in os.walk(root):
@@ -50,15 +51,21 @@ def read_audioset_csv(csv_path: str | os.PathLike, root: str | os.PathLike, labe
             if not row or row[0].startswith("#"):
                 continue
             if len(row) < 4:
-                raise ValueError(f"{csv_path}, line {reader.line_num}: expected 'YTID, start, end, \"labels\"', "
-                                 f"got {row}")
+                raise ValueError(
+                    f"{csv_path}, line {reader.line_num}: expected 'YTID, start, end, \"labels\"', got {row}"
+                )
             try:
                 ytid, start = row[0].strip(), float(row[1])
                 labels = parse_labels(row[3], label_map)
             except ValueError as e:
                 raise ValueError(f"{csv_path}, line {reader.line_num}: {e}") from None
-            candidates = (ytid, f"{ytid}_{int(start)}", f"{ytid}_{start:.3f}", f"{ytid}_{int(round(start * 1000))}",
-                          f"{ytid}_{start:.1f}")
+            candidates = (
+                ytid,
+                f"{ytid}_{int(start)}",
+                f"{ytid}_{start:.3f}",
+                f"{ytid}_{int(round(start * 1000))}",
+                f"{ytid}_{start:.1f}",
+            )
             path = next((by_stem[c] for c in candidates if c in by_stem), None)
             if path is None:
                 missing += 1
@@ -100,8 +107,9 @@ def encode_audio(item: tuple[str, list[int]], sample_rate: int | None = None) ->
     return sample
 
 
-def audio_items(root: str, labels_csv: str, csv_format: str = "auto",
-                label_map_path: str | None = None, out_dir: str = ".") -> list[tuple[str, list[int]]]:
+def audio_items(
+    root: str, labels_csv: str, csv_format: str = "auto", label_map_path: str | None = None, out_dir: str = "."
+) -> list[tuple[str, list[int]]]:
     """Resolve a label CSV into [(audio path, class indices)]."""
     label_map = read_label_map(label_map_path) if label_map_path else None
     fmt = detect_csv_format(labels_csv) if csv_format == "auto" else csv_format
@@ -122,13 +130,21 @@ def audio_items(root: str, labels_csv: str, csv_format: str = "auto",
 
 def run(args: argparse.Namespace) -> list[ShardSummary]:
     items = audio_items(args.root, args.labels, args.csv_format, args.label_map, args.out)
-    return write_split_shards(items, partial(encode_audio, sample_rate=args.sample_rate), args,
-                              nothing=f"audio: no samples found from {args.labels} under {args.root}")
+    return write_split_shards(
+        items,
+        partial(encode_audio, sample_rate=args.sample_rate),
+        args,
+        nothing=f"audio: no samples found from {args.labels} under {args.root}",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("audio", help="audio files + label CSV (simple or AudioSet) -> shards",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "audio",
+        help="audio files + label CSV (simple or AudioSet) -> shards",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("root", help="folder holding the audio files")
     p.add_argument("--labels", required=True, help="label CSV: 'path,labels' or AudioSet segments")
     p.add_argument("--csv-format", default="auto", choices=("auto", "simple", "audioset"))

@@ -38,8 +38,14 @@ def add_common_args(p: argparse.ArgumentParser, prefix: str | None = "train") ->
 
 def writer_kwargs(args: argparse.Namespace) -> dict:
     """The write_shards keyword arguments from the common options."""
-    return {"maxcount": args.maxcount, "maxsize": int(args.maxsize) if args.maxsize else None,
-            "workers": args.workers, "shuffle": args.shuffle, "seed": args.seed, "progress": args.progress}
+    return {
+        "maxcount": args.maxcount,
+        "maxsize": int(args.maxsize) if args.maxsize else None,
+        "workers": args.workers,
+        "shuffle": args.shuffle,
+        "seed": args.seed,
+        "progress": args.progress,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,10 +18,11 @@ from datamodules.shards.writer import ShardSummary, split_items, write_shards
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 # the label order of the dataset (github.com/zalandoresearch/fashion-mnist), written to <out>/classes.json
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot")
-FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -68,8 +69,9 @@ def encode_png(item: tuple[np.ndarray, int]) -> dict[str, bytes]:
     return {"png": buf.getvalue(), "cls": str(int(label)).encode()}
 
 
-def write(root: str, out: str, fmt: str = "npy", val_fraction: float = 0.0, limit: int | None = None,
-          **kwargs) -> list[ShardSummary]:
+def write(
+    root: str, out: str, fmt: str = "npy", val_fraction: float = 0.0, limit: int | None = None, **kwargs
+) -> list[ShardSummary]:
     """Write train-*, (val-*,) test-* shards of Fashion-MNIST from `root` into `out`."""
     from datamodules.class_names import write_class_names
 

@@ -57,10 +57,12 @@ def sintel_items(root: str, split: str = "training", passes: str = "clean") -> l
     """Consecutive frames of every scene of Sintel's `split`, for the pass(es); flow where the split has it."""
     base = Path(root) / split
     if not base.is_dir():
-        raise FileNotFoundError(f"Sintel {split!r} folder {str(base)!r} not found (expected "
-                                f"<ROOT>/{split}/clean|final/<scene>/frame_NNNN.png)")
+        raise FileNotFoundError(
+            f"Sintel {split!r} folder {str(base)!r} not found (expected "
+            f"<ROOT>/{split}/clean|final/<scene>/frame_NNNN.png)"
+        )
     items: list[Item] = []
-    for pass_name in (("clean", "final") if passes == "both" else (passes,)):
+    for pass_name in ("clean", "final") if passes == "both" else (passes,):
         folder = base / pass_name
         if not folder.is_dir():
             raise FileNotFoundError(f"Sintel pass folder {str(folder)!r} not found")
@@ -82,8 +84,9 @@ def kitti_items(root: str, which: str = "occ") -> list[Item]:
         base = base / "training"
     images = next((base / d for d in ("image_2", "colored_0") if (base / d).is_dir()), None)
     if images is None:
-        raise FileNotFoundError(f"KITTI: no image_2 (2015) or colored_0 (2012) folder under {root!r} "
-                                "(or its training/)")
+        raise FileNotFoundError(
+            f"KITTI: no image_2 (2015) or colored_0 (2012) folder under {root!r} (or its training/)"
+        )
     items: list[Item] = []
     for first in sorted(images.glob("*_10.png")):
         second = first.with_name(first.name.replace("_10.png", "_11.png"))
@@ -106,8 +109,10 @@ def chairs_items(root: str, keyed: bool = True) -> dict[str, list[Item]]:
     if split_file.is_file():
         marks = split_file.read_text().split()
         if len(marks) != len(firsts) or set(marks) - {"1", "2"}:
-            raise ValueError(f"{split_file}: {len(marks)} lines of 1 (train) / 2 (val) for {len(firsts)} pairs in "
-                             f"{str(data)!r}: expected one per pair, in file order")
+            raise ValueError(
+                f"{split_file}: {len(marks)} lines of 1 (train) / 2 (val) for {len(firsts)} pairs in "
+                f"{str(data)!r}: expected one per pair, in file order"
+            )
     else:
         marks = ["1"] * len(firsts)
     out: dict[str, list[Item]] = {"train": [], "val": []}
@@ -127,8 +132,14 @@ def middlebury_items(root: str) -> list[Item]:
     items: list[Item] = []
     for scene in sorted(p for p in data.iterdir() if (p / "frame10.png").is_file()):
         flow = Path(root) / "other-gt-flow" / scene.name / "flow10.flo"
-        items.append((_key(scene.name), str(scene / "frame10.png"), str(scene / "frame11.png"),
-                      str(flow) if flow.is_file() else None))
+        items.append(
+            (
+                _key(scene.name),
+                str(scene / "frame10.png"),
+                str(scene / "frame11.png"),
+                str(flow) if flow.is_file() else None,
+            )
+        )
     if not items:
         raise ValueError(f"Middlebury: no <scene>/frame10.png under {str(data)!r}")
     return items
@@ -195,8 +206,10 @@ class EncodePair:
         frame1, size1 = _png_frame(first)
         frame2, size2 = _png_frame(second)
         if size1 != size2:
-            raise ValueError(f"frames of different sizes in one pair: {first} is {size1[1]}x{size1[0]}, {second} "
-                             f"is {size2[1]}x{size2[0]} (W x H)")
+            raise ValueError(
+                f"frames of different sizes in one pair: {first} is {size1[1]}x{size1[0]}, {second} "
+                f"is {size2[1]}x{size2[0]} (W x H)"
+            )
         sample: dict[str, Any] = {"frame1.png": frame1, "frame2.png": frame2}
         if key is not None:
             sample["__key__"] = key
@@ -204,8 +217,10 @@ class EncodePair:
             return sample
         flow, valid = read_flow_file(flow_path)
         if flow.shape[:2] != size1:
-            raise ValueError(f"{flow_path}: flow of {flow.shape[1]}x{flow.shape[0]} disagrees with its frames "
-                             f"{first} ({size1[1]}x{size1[0]}, W x H)")
+            raise ValueError(
+                f"{flow_path}: flow of {flow.shape[1]}x{flow.shape[0]} disagrees with its frames "
+                f"{first} ({size1[1]}x{size1[0]}, W x H)"
+            )
         if not np.isfinite(flow).all():
             raise ValueError(f"{flow_path}: flow has NaN or inf at {int((~np.isfinite(flow)).any(-1).sum())} pixels")
         sample["flow.npy"] = npy_bytes(np.ascontiguousarray(flow, np.float32))
@@ -225,32 +240,62 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
         if not splits["val"] and args.val_fraction > 0:
             splits = dict(zip(("train", "val"), split_items(splits["train"], args.val_fraction, args.seed)))
     else:
-        items = {"sintel": lambda: sintel_items(args.root, args.split, args.pass_name),
-                 "kitti": lambda: kitti_items(args.root, args.kitti_flow),
-                 "middlebury": lambda: middlebury_items(args.root),
-                 "list": lambda: list_items(args.root)}[args.format]()
-        splits = dict(zip(("train", "val"), split_items(items, args.val_fraction, args.seed))) \
-            if args.val_fraction > 0 else {"train": items}
+        items = {
+            "sintel": lambda: sintel_items(args.root, args.split, args.pass_name),
+            "kitti": lambda: kitti_items(args.root, args.kitti_flow),
+            "middlebury": lambda: middlebury_items(args.root),
+            "list": lambda: list_items(args.root),
+        }[args.format]()
+        splits = (
+            dict(zip(("train", "val"), split_items(items, args.val_fraction, args.seed)))
+            if args.val_fraction > 0
+            else {"train": items}
+        )
     kwargs = writer_kwargs(args)
     os.makedirs(args.out, exist_ok=True)
-    return [write_shards(items, EncodePair(), args.out, args.prefix if split == "train" else split,
-                         **(kwargs if split == "train" else {**kwargs, "shuffle": False}))
-            for split, items in splits.items() if items]
+    return [
+        write_shards(
+            items,
+            EncodePair(),
+            args.out,
+            args.prefix if split == "train" else split,
+            **(kwargs if split == "train" else {**kwargs, "shuffle": False}),
+        )
+        for split, items in splits.items()
+        if items
+    ]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from datamodules.shards.cli import add_common_args
 
-    p = subparsers.add_parser("flow", help="optical flow (Sintel, KITTI, FlyingChairs, Middlebury, a list) -> shards",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "flow",
+        help="optical flow (Sintel, KITTI, FlyingChairs, Middlebury, a list) -> shards",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("format", choices=FORMATS)
     p.add_argument("root", help="the dataset's folder (a list file for `list`)")
     p.add_argument("--split", default="training", help="sintel: training or test (test has no flow)")
-    p.add_argument("--pass", dest="pass_name", default="clean", choices=("clean", "final", "both"),
-                   help="sintel: the rendering pass")
-    p.add_argument("--kitti-flow", default="occ", choices=("occ", "noc"),
-                   help="kitti: flow_occ (all pixels) or flow_noc (non-occluded pixels only)")
-    p.add_argument("--val-fraction", type=float, default=0.0,
-                   help="hold out this fraction as val-* shards (chairs: only without FlyingChairs_train_val.txt)")
+    p.add_argument(
+        "--pass",
+        dest="pass_name",
+        default="clean",
+        choices=("clean", "final", "both"),
+        help="sintel: the rendering pass",
+    )
+    p.add_argument(
+        "--kitti-flow",
+        default="occ",
+        choices=("occ", "noc"),
+        help="kitti: flow_occ (all pixels) or flow_noc (non-occluded pixels only)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="hold out this fraction as val-* shards (chairs: only without FlyingChairs_train_val.txt)",
+    )
     add_common_args(p)
     p.set_defaults(func=run)

@@ -51,8 +51,10 @@ class Texture:
     in [0, 255]."""
 
     def __init__(self, rng: np.random.Generator, scale: float):
-        self.grids = [(rng.random((16, 16)).astype(np.float32), cell * scale, weight)
-                      for cell, weight in ((12.0, 0.5), (5.0, 0.3), (2.5, 0.2))]
+        self.grids = [
+            (rng.random((16, 16)).astype(np.float32), cell * scale, weight)
+            for cell, weight in ((12.0, 0.5), (5.0, 0.3), (2.5, 0.2))
+        ]
         angle = rng.uniform(0, np.pi)
         freq = rng.uniform(0.15, 0.6) / scale
         self.grating = (np.cos(angle) * freq, np.sin(angle) * freq, rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.5))
@@ -80,8 +82,7 @@ def _bilinear_periodic(grid: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.nda
     fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
     x0, y0 = x0.astype(np.int64) % w, y0.astype(np.int64) % h
     x1, y1 = (x0 + 1) % w, (y0 + 1) % h
-    return ((grid[y0, x0] * (1 - fx) + grid[y0, x1] * fx) * (1 - fy)
-            + (grid[y1, x0] * (1 - fx) + grid[y1, x1] * fx) * fy)
+    return (grid[y0, x0] * (1 - fx) + grid[y0, x1] * fx) * (1 - fy) + (grid[y1, x0] * (1 - fx) + grid[y1, x1] * fx) * fy
 
 
 def _bilinear_zero(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -93,8 +94,9 @@ def _bilinear_zero(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarra
     x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
     fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
     x1, y1 = np.minimum(x0 + 1, w + 1), np.minimum(y0 + 1, h + 1)
-    return ((padded[y0, x0] * (1 - fx) + padded[y0, x1] * fx) * (1 - fy)
-            + (padded[y1, x0] * (1 - fx) + padded[y1, x1] * fx) * fy)
+    return (padded[y0, x0] * (1 - fx) + padded[y0, x1] * fx) * (1 - fy) + (
+        padded[y1, x0] * (1 - fx) + padded[y1, x1] * fx
+    ) * fy
 
 
 # ---------------------------------------------------------------------------------------------------- motion
@@ -109,8 +111,16 @@ class Motion:
         period: the shears' typical wavelength (px).
     """
 
-    def __init__(self, rng: np.random.Generator, centre: tuple[float, float], translation: float,
-                 rotation_deg: float, scale: float, deform: float, period: float):
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        centre: tuple[float, float],
+        translation: float,
+        rotation_deg: float,
+        scale: float,
+        deform: float,
+        period: float,
+    ):
         self.c = np.asarray(centre, np.float64)
         self.t = rng.uniform(-translation, translation, 2)
         angle = np.deg2rad(rng.uniform(-rotation_deg, rotation_deg))
@@ -120,10 +130,14 @@ class Motion:
         self.A = rot @ np.array([[sx, shear], [0.0, sy]])
         self.A_inv = np.linalg.inv(self.A)
         # f, g: two sines each, amplitude up to `deform` px
-        self.f = [(rng.uniform(0, deform / 2), 2 * np.pi / rng.uniform(period / 2, period * 2), rng.uniform(0, 7))
-                  for _ in range(2)]
-        self.g = [(rng.uniform(0, deform / 2), 2 * np.pi / rng.uniform(period / 2, period * 2), rng.uniform(0, 7))
-                  for _ in range(2)]
+        self.f = [
+            (rng.uniform(0, deform / 2), 2 * np.pi / rng.uniform(period / 2, period * 2), rng.uniform(0, 7))
+            for _ in range(2)
+        ]
+        self.g = [
+            (rng.uniform(0, deform / 2), 2 * np.pi / rng.uniform(period / 2, period * 2), rng.uniform(0, 7))
+            for _ in range(2)
+        ]
 
     @staticmethod
     def _wave(terms: list, s: np.ndarray) -> np.ndarray:
@@ -132,19 +146,18 @@ class Motion:
     def forward(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Frame-1 positions -> their frame-2 positions."""
         x, y = x - self.c[0], y - self.c[1]
-        x = x + self._wave(self.f, y)                                     # S1
-        y = y + self._wave(self.g, x)                                     # S2
+        x = x + self._wave(self.f, y)  # S1
+        y = y + self._wave(self.g, x)  # S2
         a = self.A
-        return (a[0, 0] * x + a[0, 1] * y + self.c[0] + self.t[0],
-                a[1, 0] * x + a[1, 1] * y + self.c[1] + self.t[1])
+        return (a[0, 0] * x + a[0, 1] * y + self.c[0] + self.t[0], a[1, 0] * x + a[1, 1] * y + self.c[1] + self.t[1])
 
     def inverse(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Frame-2 positions -> the frame-1 positions that move there (exact)."""
         x, y = x - self.c[0] - self.t[0], y - self.c[1] - self.t[1]
         b = self.A_inv
         x, y = b[0, 0] * x + b[0, 1] * y, b[1, 0] * x + b[1, 1] * y
-        y = y - self._wave(self.g, x)                                     # S2^-1
-        x = x - self._wave(self.f, y)                                     # S1^-1
+        y = y - self._wave(self.g, x)  # S2^-1
+        x = x - self._wave(self.f, y)  # S1^-1
         return x + self.c[0], y + self.c[1]
 
 
@@ -180,8 +193,11 @@ def _polygon(rng: np.random.Generator, cx: float, cy: float, radius: float):
     def mask(x, y):
         dx, dy = x - cx, y - cy
         theta = np.arctan2(dy, dx) % (2 * np.pi)
-        r = np.interp(theta, np.concatenate([angles - 2 * np.pi, angles, angles + 2 * np.pi]),
-                      np.concatenate([radii, radii, radii]))
+        r = np.interp(
+            theta,
+            np.concatenate([angles - 2 * np.pi, angles, angles + 2 * np.pi]),
+            np.concatenate([radii, radii, radii]),
+        )
         return dx * dx + dy * dy <= r * r
 
     return mask
@@ -220,15 +236,17 @@ class FlowGenerator:
         max_layers: the most foreground layers (1 to max_layers are drawn; 0: the background alone).
     """
 
-    def __init__(self, size: tuple[int, int] = DEFAULT_SIZE, max_motion: float = 4.0, textures: str = "auto",
-                 max_layers: int = 3):
+    def __init__(
+        self, size: tuple[int, int] = DEFAULT_SIZE, max_motion: float = 4.0, textures: str = "auto", max_layers: int = 3
+    ):
         if textures not in ("auto", "procedural", "fashion-mnist"):
             raise ValueError(f"textures must be 'auto', 'procedural' or 'fashion-mnist', got {textures!r}")
         self.size, self.max_motion, self.max_layers = tuple(size), float(max_motion), max(0, int(max_layers))
         self.fashion = None if textures == "procedural" else _fashion_images()
         if textures == "fashion-mnist" and self.fashion is None:
-            raise FileNotFoundError(f"textures='fashion-mnist' needs {FASHION_DIR} (apt-get install "
-                                    "dataset-fashion-mnist)")
+            raise FileNotFoundError(
+                f"textures='fashion-mnist' needs {FASHION_DIR} (apt-get install dataset-fashion-mnist)"
+            )
         self.textures = textures
         h, w = self.size
         self.ys, self.xs = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -277,8 +295,11 @@ class FlowGenerator:
                 idx = tuple(i[hit] for i in np.nonzero(todo2))
                 frame2[idx] = layer.texture(sx[hit], sy[hit])
                 todo2[idx] = False
-        return (np.clip(np.rint(frame1), 0, 255).astype(np.uint8), np.clip(np.rint(frame2), 0, 255).astype(np.uint8),
-                flow.astype(np.float32))
+        return (
+            np.clip(np.rint(frame1), 0, 255).astype(np.uint8),
+            np.clip(np.rint(frame2), 0, 255).astype(np.uint8),
+            flow.astype(np.float32),
+        )
 
 
 # --------------------------------------------------------------------------------------------------- files
@@ -301,9 +322,18 @@ def _write_pairs(job: tuple[Path, int, list[int], tuple[int, int], float, str, i
         write_flo(data / f"{stem}_flow.flo", flow)
 
 
-def make_flow(root: Path, n: int, seed: int, size: tuple[int, int] = DEFAULT_SIZE, max_motion: float = 4.0,
-              textures: str = "auto", val: set[int] | frozenset = frozenset(), workers: int = 1, max_layers: int = 3,
-              **_) -> Path:
+def make_flow(
+    root: Path,
+    n: int,
+    seed: int,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    max_motion: float = 4.0,
+    textures: str = "auto",
+    val: set[int] | frozenset = frozenset(),
+    workers: int = 1,
+    max_layers: int = 3,
+    **_,
+) -> Path:
     """`root/data/NNNNN_img1.ppm, _img2.ppm, _flow.flo` for N pairs and `root/FlyingChairs_train_val.txt` (2 for
     the indices in `val`, else 1), in `workers` processes. Sample i depends only on (seed, i). Returns root."""
     import multiprocessing as mp
@@ -311,8 +341,10 @@ def make_flow(root: Path, n: int, seed: int, size: tuple[int, int] = DEFAULT_SIZ
     FlowGenerator(size, max_motion, textures, max_layers)  # bad options fail here, once
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
-    jobs = [(data, seed, list(range(n))[k::max(workers, 1)], tuple(size), max_motion, textures, max_layers)
-            for k in range(max(workers, 1))]
+    jobs = [
+        (data, seed, list(range(n))[k :: max(workers, 1)], tuple(size), max_motion, textures, max_layers)
+        for k in range(max(workers, 1))
+    ]
     if workers > 1 and n > 1:
         with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(workers) as pool:
             pool.map(_write_pairs, jobs)
@@ -329,12 +361,24 @@ def synthetic_flow(args: argparse.Namespace, files: Path) -> list:
     from datamodules.shards.synthetic import _write
     from datamodules.shards.writer import split_items
 
-    _, val = split_items(range(args.num_samples), args.val_fraction, seed=args.seed) if args.val_fraction > 0 \
-        else (None, [])
-    make_flow(files, args.num_samples, args.seed, args.flow_size, args.max_motion, args.textures, set(val),
-              args.workers, args.max_layers)
-    print(f"synthetic flow: {args.num_samples} pairs of {args.flow_size[0]}x{args.flow_size[1]} (H x W) under "
-          f"{files} (FlyingChairs layout)")
+    _, val = (
+        split_items(range(args.num_samples), args.val_fraction, seed=args.seed) if args.val_fraction > 0 else (None, [])
+    )
+    make_flow(
+        files,
+        args.num_samples,
+        args.seed,
+        args.flow_size,
+        args.max_motion,
+        args.textures,
+        set(val),
+        args.workers,
+        args.max_layers,
+    )
+    print(
+        f"synthetic flow: {args.num_samples} pairs of {args.flow_size[0]}x{args.flow_size[1]} (H x W) under "
+        f"{files} (FlyingChairs layout)"
+    )
     if args.files_only:
         return []
     splits = chairs_items(str(files), keyed=False)
@@ -343,10 +387,28 @@ def synthetic_flow(args: argparse.Namespace, files: Path) -> list:
 
 def add_flow_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("flow")
-    g.add_argument("--flow-size", type=parse_size, default=DEFAULT_SIZE, metavar="N|HxW",
-                   help="frame size, e.g. 64 or 96x128 (default 64: the CPU demo's size)")
-    g.add_argument("--max-motion", type=float, default=4.0,
-                   help="the background's largest shift per axis in px (foreground layers: 1.5x)")
-    g.add_argument("--max-layers", type=int, default=3, help="the most foreground layers per pair (1 to N drawn; 0: background only)")
-    g.add_argument("--textures", default="auto", choices=("auto", "procedural", "fashion-mnist"),
-                   help="foreground shapes: procedural, Fashion-MNIST silhouettes, or both when installed (auto)")
+    g.add_argument(
+        "--flow-size",
+        type=parse_size,
+        default=DEFAULT_SIZE,
+        metavar="N|HxW",
+        help="frame size, e.g. 64 or 96x128 (default 64: the CPU demo's size)",
+    )
+    g.add_argument(
+        "--max-motion",
+        type=float,
+        default=4.0,
+        help="the background's largest shift per axis in px (foreground layers: 1.5x)",
+    )
+    g.add_argument(
+        "--max-layers",
+        type=int,
+        default=3,
+        help="the most foreground layers per pair (1 to N drawn; 0: background only)",
+    )
+    g.add_argument(
+        "--textures",
+        default="auto",
+        choices=("auto", "procedural", "fashion-mnist"),
+        help="foreground shapes: procedural, Fashion-MNIST silhouettes, or both when installed (auto)",
+    )

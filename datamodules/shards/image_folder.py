@@ -30,8 +30,12 @@ def list_images(root: str, unlabelled: bool = False) -> tuple[list[tuple[str, in
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     flat = not classes and any(os.path.splitext(f)[1].lower() in EXTS for f in os.listdir(root))
     if unlabelled or flat:
-        items = [(os.path.join(d, f), None) for d, _, files in sorted(os.walk(root)) for f in sorted(files)
-                 if os.path.splitext(f)[1].lower() in EXTS]
+        items = [
+            (os.path.join(d, f), None)
+            for d, _, files in sorted(os.walk(root))
+            for f in sorted(files)
+            if os.path.splitext(f)[1].lower() in EXTS
+        ]
         if not items:
             raise ValueError(f"{root!r}: no {sorted(EXTS)} files")
         return items, []
@@ -40,8 +44,9 @@ def list_images(root: str, unlabelled: bool = False) -> tuple[list[tuple[str, in
     items = []
     for label, name in enumerate(classes):
         for dirpath, _, files in os.walk(os.path.join(root, name)):
-            items += [(os.path.join(dirpath, f), label) for f in sorted(files)
-                      if os.path.splitext(f)[1].lower() in EXTS]
+            items += [
+                (os.path.join(dirpath, f), label) for f in sorted(files) if os.path.splitext(f)[1].lower() in EXTS
+            ]
     if not items:
         raise ValueError(f"{root!r}: no {sorted(EXTS)} files under the class folders")
     return items, classes
@@ -89,7 +94,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("root", help="directory with one subfolder per class")
     p.add_argument("--resize", type=int, default=None, help="re-encode as JPEG, shorter side at most this")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality with --resize")
-    p.add_argument("--unlabelled", action="store_true",
-                   help="every image under root, no labels (for predict); a flat folder is read this way anyway")
+    p.add_argument(
+        "--unlabelled",
+        action="store_true",
+        help="every image under root, no labels (for predict); a flat folder is read this way anyway",
+    )
     add_common_args(p)
     p.set_defaults(func=run)

@@ -37,7 +37,7 @@ def label_map_names(path: str | os.PathLike) -> list[str]:
 
 
 def parse_labels(text: str, label_map: dict[str, int] | None) -> list[str | int]:
-    """"3,7" -> [3, 7]; names through `label_map`; unknown names stay strings (a vocabulary maps them later)."""
+    """ "3,7" -> [3, 7]; names through `label_map`; unknown names stay strings (a vocabulary maps them later)."""
     out: list[str | int] = []
     for part in (p.strip() for p in text.replace(";", ",").split(",")):
         if not part:
@@ -63,8 +63,9 @@ def index_labels(rows: list[tuple[str, list[str | int]]], out_dir: str) -> list[
     return [(path, [vocab[str(x)] for x in labels]) for path, labels in rows]
 
 
-def read_simple_csv(csv_path: str | os.PathLike, root: str | os.PathLike,
-                    label_map: dict[str, int] | None) -> list[tuple[str, list[str | int]]]:
+def read_simple_csv(
+    csv_path: str | os.PathLike, root: str | os.PathLike, label_map: dict[str, int] | None
+) -> list[tuple[str, list[str | int]]]:
     """`path,labels` rows (header required) -> [(absolute path, labels)]."""
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f, skipinitialspace=True)

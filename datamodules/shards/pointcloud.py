@@ -105,7 +105,8 @@ def list_meshes(root: str) -> tuple[dict[str, list[tuple[str, int]]], list[str]]
                     f"{os.path.join(root, name, split)!r}: meshes in a folder {split!r} where the layout "
                     f"root/<class>/[train|test|val/]<mesh>.off has a split folder or none (classes found: "
                     f"{classes[:5]}{' ...' if len(classes) > 5 else ''}); is the root one level too high? "
-                    f"Try {os.path.join(root, name)!r}")
+                    f"Try {os.path.join(root, name)!r}"
+                )
             for f in sorted(files):
                 if f.lower().endswith(MESH_EXTS):
                     splits.setdefault(split, []).append((os.path.join(dirpath, f), label))
@@ -121,8 +122,10 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
     os.makedirs(args.out, exist_ok=True)
     write_class_names(args.out, classes)
     encode = Encode(args.num_points, args.seed)
-    return [write_shards(items, encode, args.out, split or args.prefix, **writer_kwargs(args))
-            for split, items in sorted(splits.items())]
+    return [
+        write_shards(items, encode, args.out, split or args.prefix, **writer_kwargs(args))
+        for split, items in sorted(splits.items())
+    ]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -23,6 +23,8 @@ def write_split_shards(items: list, encode, args: argparse.Namespace, nothing: s
     kwargs = writer_kwargs(args)
     if getattr(args, "val_fraction", 0) > 0:
         train, val = split_items(items, args.val_fraction, seed=args.seed)
-        return [write_shards(train, encode, args.out, args.prefix, **kwargs),
-                write_shards(val, encode, args.out, "val", **{**kwargs, "shuffle": False})]
+        return [
+            write_shards(train, encode, args.out, args.prefix, **kwargs),
+            write_shards(val, encode, args.out, "val", **{**kwargs, "shuffle": False}),
+        ]
     return [write_shards(items, encode, args.out, args.prefix, **kwargs)]

@@ -32,8 +32,15 @@ from typing import Any
 
 from datamodules.class_names import write_class_names
 from datamodules.shards.flow_synthetic import add_flow_args, synthetic_flow
-from datamodules.shards.synthetic_media import (LANGUAGES, SHAPES, make_audio, make_audiovisual, make_pointcloud,
-                                                make_text, make_video)
+from datamodules.shards.synthetic_media import (
+    LANGUAGES,
+    SHAPES,
+    make_audio,
+    make_audiovisual,
+    make_pointcloud,
+    make_text,
+    make_video,
+)
 
 
 # --------------------------------------------------------------------------------------------------- the CLI
@@ -52,9 +59,17 @@ def _write(args: argparse.Namespace, splits: dict[str, list], encode: Callable[[
     from datamodules.shards.cli import writer_kwargs
 
     kwargs = writer_kwargs(args)
-    return [writer.write_shards(items, encode, args.out, args.prefix if split == "train" else split,
-                                **(kwargs if split == "train" else {**kwargs, "shuffle": False}))
-            for split, items in splits.items() if items]
+    return [
+        writer.write_shards(
+            items,
+            encode,
+            args.out,
+            args.prefix if split == "train" else split,
+            **(kwargs if split == "train" else {**kwargs, "shuffle": False}),
+        )
+        for split, items in splits.items()
+        if items
+    ]
 
 
 def _held_out(args: argparse.Namespace, items: list) -> dict[str, list]:
@@ -67,8 +82,15 @@ def _held_out(args: argparse.Namespace, items: list) -> dict[str, list]:
 
 
 def _common(args: argparse.Namespace) -> dict[str, Any]:
-    return {"n": args.num_samples, "seed": args.seed, "engine": args.engine, "frames": args.frames,
-            "size": args.size, "fps": args.fps, "sample_rate": args.sample_rate}
+    return {
+        "n": args.num_samples,
+        "seed": args.seed,
+        "engine": args.engine,
+        "frames": args.frames,
+        "size": args.size,
+        "fps": args.fps,
+        "sample_rate": args.sample_rate,
+    }
 
 
 def _audio(args: argparse.Namespace, files: Path) -> list:
@@ -106,14 +128,18 @@ def _pointcloud(args: argparse.Namespace, files: Path) -> list:
     make_pointcloud(files, args.num_samples - n_test, args.seed, args.points_format, args.num_points, "train")
     if n_test:
         make_pointcloud(files, n_test, args.seed + 1, args.points_format, args.num_points, "test")
-    print(f"synthetic pointcloud: {args.num_samples} {args.points_format} files under {files} "
-          f"(ModelNet40 layout, classes {', '.join(SHAPES)})")
+    print(
+        f"synthetic pointcloud: {args.num_samples} {args.points_format} files under {files} "
+        f"(ModelNet40 layout, classes {', '.join(SHAPES)})"
+    )
     if args.files_only:
         return []
     Path(args.out).mkdir(parents=True, exist_ok=True)
     write_class_names(args.out, SHAPES)
-    splits = {split: [(str(p), SHAPES.index(p.parent.parent.name)) for p in sorted(files.glob(f"*/{split}/*"))]
-              for split in ("train", "test")}
+    splits = {
+        split: [(str(p), SHAPES.index(p.parent.parent.name)) for p in sorted(files.glob(f"*/{split}/*"))]
+        for split in ("train", "test")
+    }
     return _write(args, splits, Encode(args.num_points, args.seed) if args.points_format == "off" else _encode_file)
 
 
@@ -132,13 +158,21 @@ def _text(args: argparse.Namespace, files: Path) -> list:
 
 # modality -> (args, files dir) -> shard summaries. Every entry writes through `_write`.
 MODALITIES: dict[str, Callable[[argparse.Namespace, Path], list]] = {
-    "video": _video, "audio": _audio, "audiovisual": _video, "pointcloud": _pointcloud, "text": _text,
+    "video": _video,
+    "audio": _audio,
+    "audiovisual": _video,
+    "pointcloud": _pointcloud,
+    "text": _text,
     "flow": synthetic_flow,
 }
 # The optional package each modality's generator imports, and the extra that installs it.
 NEEDS: dict[str, tuple[str, ...]] = {
-    "video": ("av",), "audio": ("soundfile",), "audiovisual": ("av", "soundfile"), "pointcloud": ("trimesh",),
-    "text": (), "flow": (),
+    "video": ("av",),
+    "audio": ("soundfile",),
+    "audiovisual": ("av", "soundfile"),
+    "pointcloud": ("trimesh",),
+    "text": (),
+    "flow": (),
 }
 
 
@@ -156,8 +190,12 @@ def run(args: argparse.Namespace) -> list:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from datamodules.shards.cli import add_common_args
 
-    p = subparsers.add_parser("synthetic", help="seeded synthetic media (real files) -> shards, for tests/demos",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "synthetic",
+        help="seeded synthetic media (real files) -> shards, for tests/demos",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("modality", choices=sorted(MODALITIES))
     p.add_argument("--num-samples", type=int, default=64)
     p.add_argument("--val-fraction", type=float, default=0.25, help="held out as val-* shards (test/ for points)")

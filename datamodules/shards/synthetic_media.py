@@ -20,8 +20,26 @@ SHAPES = ("cube", "sphere", "cylinder", "cone", "torus")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 # language -> fortune files (relative to FORTUNES_DIR). English and Italian/Portuguese share the top level.
 LANGUAGES: dict[str, tuple[str, ...]] = {
-    "en": ("fortunes", "wisdom", "science", "literature", "people", "computers", "humorists", "work", "politics",
-           "love", "food", "education", "platitudes", "riddles", "miscellaneous", "law", "medicine", "pets"),
+    "en": (
+        "fortunes",
+        "wisdom",
+        "science",
+        "literature",
+        "people",
+        "computers",
+        "humorists",
+        "work",
+        "politics",
+        "love",
+        "food",
+        "education",
+        "platitudes",
+        "riddles",
+        "miscellaneous",
+        "law",
+        "medicine",
+        "pets",
+    ),
     "de": ("de",),
     "es": ("es",),
     "it": ("it", "italia", "definizioni", "formiche", "leggi", "luttazzi", "paolotedeschi"),
@@ -31,15 +49,29 @@ LANGUAGES: dict[str, tuple[str, ...]] = {
     "fr": ("fr",),
 }
 # DTMF row/column frequencies (Hz): the tone fallback when no speech engine is installed.
-DTMF = {1: (697, 1209), 2: (697, 1336), 3: (697, 1477), 4: (770, 1209), 5: (770, 1336), 6: (770, 1477),
-        7: (852, 1209), 8: (852, 1336), 9: (852, 1477), 0: (941, 1336)}
+DTMF = {
+    1: (697, 1209),
+    2: (697, 1336),
+    3: (697, 1477),
+    4: (770, 1209),
+    5: (770, 1336),
+    6: (770, 1477),
+    7: (852, 1209),
+    8: (852, 1336),
+    9: (852, 1477),
+    0: (941, 1336),
+}
 
 
 # ------------------------------------------------------------------------------------------------------- speech
 def speech_engine(preferred: str = "auto") -> str:
     """`espeak-ng` if installed, else `flite`, else `tones` (DTMF: always available)."""
-    order = {"auto": ("espeak-ng", "flite", "tones"), "espeak-ng": ("espeak-ng",), "flite": ("flite",),
-             "tones": ("tones",)}
+    order = {
+        "auto": ("espeak-ng", "flite", "tones"),
+        "espeak-ng": ("espeak-ng",),
+        "flite": ("flite",),
+        "tones": ("tones",),
+    }
     if preferred not in order:
         raise ValueError(f"speech engine must be one of {list(order)}, got {preferred!r}")
     for engine in order[preferred]:
@@ -63,8 +95,18 @@ def speak_digits(digits: list[int], sample_rate: int, rng: np.random.Generator, 
         path = os.path.join(tmp, "speech.wav")
         if engine == "espeak-ng":
             voice = str(rng.choice(["en", "en-us", "en-gb-scotland", "en-029", "en-gb-x-rp"]))
-            cmd = ["espeak-ng", "-v", voice, "-s", str(int(rng.integers(140, 200))),
-                   "-p", str(int(rng.integers(30, 70))), "-w", path, text]
+            cmd = [
+                "espeak-ng",
+                "-v",
+                voice,
+                "-s",
+                str(int(rng.integers(140, 200))),
+                "-p",
+                str(int(rng.integers(30, 70))),
+                "-w",
+                path,
+                text,
+            ]
         else:
             cmd = ["flite", "-voice", str(rng.choice(["kal", "slt", "rms", "awb"])), "-t", text, "-o", path]
         subprocess.run(cmd, check=True, capture_output=True, timeout=60)
@@ -95,8 +137,9 @@ def place(wave: np.ndarray, length: int, rng: np.random.Generator, noise: float 
 
 
 # -------------------------------------------------------------------------------------------------------- video
-def digit_frames(digit: int, num_frames: int, size: int, rng: np.random.Generator,
-                 brightness: np.ndarray | None = None) -> np.ndarray:
+def digit_frames(
+    digit: int, num_frames: int, size: int, rng: np.random.Generator, brightness: np.ndarray | None = None
+) -> np.ndarray:
     """A digit bouncing around a `size x size` frame: `uint8 (T, size, size, 3)`. `brightness (T,)` in [0, 1]
     scales the digit's colour per frame (the audio+video generator lights it while it is spoken)."""
     from PIL import Image, ImageDraw, ImageFont
@@ -124,8 +167,14 @@ def digit_frames(digit: int, num_frames: int, size: int, rng: np.random.Generato
     return frames
 
 
-def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int, audio: np.ndarray | None = None,
-              sample_rate: int = 16000, crf: int = 23) -> None:
+def write_mp4(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    fps: int,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
+    crf: int = 23,
+) -> None:
     """Encode `uint8 (T, H, W, 3)` frames as H.264 (yuv420p) and optionally mono `float32 (S,)` audio as AAC."""
     import av
 
@@ -168,8 +217,17 @@ def make_video(root: Path, n: int, seed: int, frames: int = 16, size: int = 32, 
     return root
 
 
-def make_audio(root: Path, n: int, seed: int, sample_rate: int = 16000, seconds: float = 1.5, fmt: str = "flac",
-               multilabel: bool = False, engine: str = "auto", **_) -> Path:
+def make_audio(
+    root: Path,
+    n: int,
+    seed: int,
+    sample_rate: int = 16000,
+    seconds: float = 1.5,
+    fmt: str = "flac",
+    multilabel: bool = False,
+    engine: str = "auto",
+    **_,
+) -> Path:
     """`root/<key>.<fmt>` plus `root/labels.csv` (`path,labels`; labels "3" or "3,7"). Returns the CSV path."""
     import soundfile as sf
 
@@ -191,8 +249,18 @@ def make_audio(root: Path, n: int, seed: int, sample_rate: int = 16000, seconds:
     return csv_path
 
 
-def make_audiovisual(root: Path, n: int, seed: int, frames: int = 16, size: int = 32, fps: int = 10,
-                     sample_rate: int = 16000, engine: str = "auto", separate: bool = False, **_) -> Path:
+def make_audiovisual(
+    root: Path,
+    n: int,
+    seed: int,
+    frames: int = 16,
+    size: int = 32,
+    fps: int = 10,
+    sample_rate: int = 16000,
+    engine: str = "auto",
+    separate: bool = False,
+    **_,
+) -> Path:
     """`root/<digit>/<key>.mp4` with H.264 video and AAC audio: the digit is spoken once, and drawn at full
     brightness exactly while it sounds (dim otherwise), so the streams are time-aligned. `separate`: the mp4
     holds only the video and the audio goes to `<key>.flac` beside it. Returns root."""
@@ -217,8 +285,9 @@ def make_audiovisual(root: Path, n: int, seed: int, frames: int = 16, size: int 
     return root
 
 
-def make_pointcloud(root: Path, n: int, seed: int, fmt: str = "off", num_points: int = 2048,
-                    split: str = "train", **_) -> Path:
+def make_pointcloud(
+    root: Path, n: int, seed: int, fmt: str = "off", num_points: int = 2048, split: str = "train", **_
+) -> Path:
     """ModelNet40's layout: `root/<shape>/<split>/<key>.off` meshes (or `.npy` float32 (num_points, 3) surface
     samples), random size, proportions and rotation. Returns root."""
     import trimesh
@@ -255,8 +324,9 @@ def _shape(name: str, rng: np.random.Generator):
         return tc.cylinder(radius=s[0] / 2, height=s[1], sections=24)
     if name == "cone":
         return tc.cone(radius=s[0] / 2, height=s[1], sections=24)
-    return tc.torus(major_radius=s[0] / 2 + 0.3, minor_radius=min(s[1], s[0]) / 6 + 0.05,
-                    major_sections=24, minor_sections=12)
+    return tc.torus(
+        major_radius=s[0] / 2 + 0.3, minor_radius=min(s[1], s[0]) / 6 + 0.05, major_sections=24, minor_sections=12
+    )
 
 
 def read_fortunes(language: str, fortunes_dir: Path = FORTUNES_DIR, max_chars: int = 2000) -> list[str]:
@@ -282,8 +352,9 @@ def available_languages(fortunes_dir: Path = FORTUNES_DIR, min_texts: int = 10) 
     return [lang for lang in LANGUAGES if len(read_fortunes(lang, fortunes_dir)) >= min_texts]
 
 
-def make_text(root: Path, n: int, seed: int, languages: list[str] | None = None,
-              fortunes_dir: Path = FORTUNES_DIR, **_) -> Path:
+def make_text(
+    root: Path, n: int, seed: int, languages: list[str] | None = None, fortunes_dir: Path = FORTUNES_DIR, **_
+) -> Path:
     """`root/<lang>/<key>.txt`, `n` fortunes drawn evenly over the languages; class = index in `languages`.
     Writes `root/languages.txt` (one code a line, in class order). Returns root."""
     languages = languages or available_languages(fortunes_dir)
@@ -304,6 +375,9 @@ def make_text(root: Path, n: int, seed: int, languages: list[str] | None = None,
 
 
 GENERATORS: dict[str, Callable[..., Path]] = {
-    "video": make_video, "audio": make_audio, "audiovisual": make_audiovisual,
-    "pointcloud": make_pointcloud, "text": make_text,
+    "video": make_video,
+    "audio": make_audio,
+    "audiovisual": make_audiovisual,
+    "pointcloud": make_pointcloud,
+    "text": make_text,
 }

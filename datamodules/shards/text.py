@@ -43,8 +43,13 @@ def split_text(text: str, unit: str) -> list[str]:
     raise ValueError(f"unknown --unit {unit!r}")
 
 
-def collect(paths: list[str], unit: str, label_from: str, suffixes: tuple[str, ...] = (".dat", ".u8", ".gz"),
-            skipped: list[str] | None = None) -> tuple[list[tuple[str, int | None]], list[str]]:
+def collect(
+    paths: list[str],
+    unit: str,
+    label_from: str,
+    suffixes: tuple[str, ...] = (".dat", ".u8", ".gz"),
+    skipped: list[str] | None = None,
+) -> tuple[list[tuple[str, int | None]], list[str]]:
     """[(text, label or None)], class names. Files ending in `suffixes` (fortune indexes etc.) are ignored.
 
     Args:
@@ -56,14 +61,18 @@ def collect(paths: list[str], unit: str, label_from: str, suffixes: tuple[str, .
     for path in list_files(paths):
         if path.endswith(suffixes):
             continue
-        name = {"dir": os.path.basename(os.path.dirname(path)), "file": os.path.basename(path),
-                "none": None}[label_from]
+        name = {"dir": os.path.basename(os.path.dirname(path)), "file": os.path.basename(path), "none": None}[
+            label_from
+        ]
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
         except (UnicodeDecodeError, OSError) as e:  # binary/other-encoding files are not text samples: say so
-            why = (f"not valid UTF-8 (byte {e.start}: {e.reason})" if isinstance(e, UnicodeDecodeError)
-                   else f"cannot be read ({type(e).__name__}: {e.strerror or e})")
+            why = (
+                f"not valid UTF-8 (byte {e.start}: {e.reason})"
+                if isinstance(e, UnicodeDecodeError)
+                else f"cannot be read ({type(e).__name__}: {e.strerror or e})"
+            )
             log.warning("skipping %s: %s", path, why)
             bad[path] = why
             if name is not None:
@@ -73,16 +82,20 @@ def collect(paths: list[str], unit: str, label_from: str, suffixes: tuple[str, .
     if skipped is not None:
         skipped.extend(bad)
     if not texts:
-        raise ValueError(f"no UTF-8 text samples found in {paths}"
-                         + (f" ({len(bad)} files skipped, the first {next(iter(bad))}: {next(iter(bad.values()))})"
-                            if bad else ""))
+        raise ValueError(
+            f"no UTF-8 text samples found in {paths}"
+            + (f" ({len(bad)} files skipped, the first {next(iter(bad))}: {next(iter(bad.values()))})" if bad else "")
+        )
     classes = sorted({n for _, n in texts if n is not None})
     vanished = sorted(set(lost) - set(classes))
     if vanished:  # its index would go to the next class, and every later class would shift
         path = lost[vanished[0]]
-        raise ValueError(f"class {vanished[0]!r} (--label-from {label_from}) has no readable text: {path} is "
-                         f"{bad[path]}" + (f" (and {len(vanished) - 1} more classes)" if len(vanished) > 1 else "")
-                         + "; convert it to UTF-8 or remove it, so that the class list is what you meant")
+        raise ValueError(
+            f"class {vanished[0]!r} (--label-from {label_from}) has no readable text: {path} is "
+            f"{bad[path]}"
+            + (f" (and {len(vanished) - 1} more classes)" if len(vanished) > 1 else "")
+            + "; convert it to UTF-8 or remove it, so that the class list is what you meant"
+        )
     index = {c: i for i, c in enumerate(classes)}
     return [(t, index[n] if n is not None else None) for t, n in texts], classes
 

@@ -30,8 +30,12 @@ def folder_items(root: str, out_dir: str | None = None) -> list[tuple[str, list[
     classes = sorted(d.name for d in Path(root).iterdir() if d.is_dir())
     if not classes:
         raise ValueError(f"{root}: no class folders (expected ROOT/<class>/<video>)")
-    items = [(str(p), [i]) for i, name in enumerate(classes) for p in sorted(Path(root, name).rglob("*"))
-             if p.suffix.lower() in VIDEO_EXTS]
+    items = [
+        (str(p), [i])
+        for i, name in enumerate(classes)
+        for p in sorted(Path(root, name).rglob("*"))
+        if p.suffix.lower() in VIDEO_EXTS
+    ]
     if out_dir is not None:
         write_class_names(out_dir, classes)
     return items
@@ -55,8 +59,9 @@ def encode_video(item: tuple[str, list[int]], audio_ext: str | None = None) -> d
     return sample
 
 
-def video_items(root: str, labels_csv: str | None = None, label_map_path: str | None = None,
-                out_dir: str = ".") -> list[tuple[str, list[int]]]:
+def video_items(
+    root: str, labels_csv: str | None = None, label_map_path: str | None = None, out_dir: str = "."
+) -> list[tuple[str, list[int]]]:
     if labels_csv is None:
         return folder_items(root, out_dir)
     label_map = read_label_map(label_map_path) if label_map_path else None
@@ -67,13 +72,21 @@ def video_items(root: str, labels_csv: str | None = None, label_map_path: str | 
 
 def run(args: argparse.Namespace) -> list[ShardSummary]:
     items = video_items(args.root, args.labels, args.label_map, args.out)
-    return write_split_shards(items, partial(encode_video, audio_ext=args.with_audio), args,
-                              nothing=f"video: no {'/'.join(VIDEO_EXTS)} files found under {args.root}")
+    return write_split_shards(
+        items,
+        partial(encode_video, audio_ext=args.with_audio),
+        args,
+        nothing=f"video: no {'/'.join(VIDEO_EXTS)} files found under {args.root}",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("video", help="video files (class-per-folder or label CSV) -> shards",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "video",
+        help="video files (class-per-folder or label CSV) -> shards",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("root", help="folder holding the videos (ROOT/<class>/*.mp4 without --labels)")
     p.add_argument("--labels", default=None, help="'path,labels' CSV instead of class folders")
     p.add_argument("--label-map", default=None, help="index,name CSV for name labels")

@@ -66,8 +66,10 @@ class ShardSummary:
 
     def describe(self) -> str:
         rate = self.samples / self.seconds if self.seconds > 0 else 0.0
-        return (f"{self.prefix}: {self.samples} samples in {len(self.shards)} shards, {self.nbytes / 1e6:.1f} MB, "
-                f"{self.skipped} skipped, {self.seconds:.1f}s ({rate:.0f} samples/s) -> {self.pattern}")
+        return (
+            f"{self.prefix}: {self.samples} samples in {len(self.shards)} shards, {self.nbytes / 1e6:.1f} MB, "
+            f"{self.skipped} skipped, {self.seconds:.1f}s ({rate:.0f} samples/s) -> {self.pattern}"
+        )
 
 
 class _TarOut:
@@ -118,12 +120,15 @@ def check_key(key: str, what: str = "sample key") -> None:
     and skip basenames starting with '__': a key must have neither, or its samples come back merged or lost."""
     base = key.rpartition("/")[2]
     if not base or "." in base or base.startswith("__"):
-        raise ValueError(f"{what} {key!r}: must be non-empty, without '.' and not start with '__' (readers split "
-                         "'<key>.<ext>' at the first dot); rename it, e.g. with '_' for '.'")
+        raise ValueError(
+            f"{what} {key!r}: must be non-empty, without '.' and not start with '__' (readers split "
+            "'<key>.<ext>' at the first dot); rename it, e.g. with '_' for '.'"
+        )
 
 
-def _write_job(args: tuple[str, str, int, list[tuple[int, Any]], Encoder, str, int | None]
-               ) -> tuple[list, int, int, str]:
+def _write_job(
+    args: tuple[str, str, int, list[tuple[int, Any]], Encoder, str, int | None],
+) -> tuple[list, int, int, str]:
     """Encode one chunk of items into one or more temp shards (more when --maxsize binds)."""
     out_dir, prefix, job, items, encode, key_prefix, maxsize = args
     outs: list[_TarOut] = []
@@ -153,9 +158,19 @@ def _write_job(args: tuple[str, str, int, list[tuple[int, Any]], Encoder, str, i
     return [(o.path, o.count, os.path.getsize(o.path), o.max_label) for o in outs], skipped, len(items), first_error
 
 
-def write_shards(items: Sequence[Any], encode: Encoder, out_dir: str, prefix: str, *, maxcount: int = 1000,
-                 maxsize: int | None = None, workers: int = 1, shuffle: bool = True, seed: int = 0,
-                 progress: bool = True) -> ShardSummary:
+def write_shards(
+    items: Sequence[Any],
+    encode: Encoder,
+    out_dir: str,
+    prefix: str,
+    *,
+    maxcount: int = 1000,
+    maxsize: int | None = None,
+    workers: int = 1,
+    shuffle: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> ShardSummary:
     """Shuffle `items`, encode each with `encode` (in `workers` processes), write `<prefix>-NNNNNN.tar` shards of
     at most `maxcount` samples and `maxsize` bytes into `out_dir`, and record the counts in index.json."""
     from tqdm import tqdm
@@ -170,8 +185,10 @@ def write_shards(items: Sequence[Any], encode: Encoder, out_dir: str, prefix: st
     order = list(range(len(items)))
     if shuffle:
         random.Random(seed).shuffle(order)  # shuffle before writing: each shard is a random sample of the split
-    jobs = [(out_dir, prefix, j, [(i, items[i]) for i in order[s : s + maxcount]], encode, prefix, maxsize)
-            for j, s in enumerate(range(0, len(order), maxcount))]
+    jobs = [
+        (out_dir, prefix, j, [(i, items[i]) for i in order[s : s + maxcount]], encode, prefix, maxsize)
+        for j, s in enumerate(range(0, len(order), maxcount))
+    ]
     results: list[tuple[list, int, int, str]] = []
     bar = tqdm(total=len(items), desc=f"{prefix} -> {out_dir}", unit="sample", disable=not progress)
     if workers > 1 and len(jobs) > 1:
@@ -188,8 +205,10 @@ def write_shards(items: Sequence[Any], encode: Encoder, out_dir: str, prefix: st
     temps = sorted(t for res in results for t in res[0])  # job order, then sub-shard order
     if items and not temps:  # nothing encoded: fail, and leave the shards of an earlier run as they were
         first = next((res[3] for res in results if res[3]), "")
-        raise ValueError(f"{prefix}: none of the {len(items)} inputs could be written (the first failure: "
-                         f"{first or 'the encoder returned no sample'}); nothing was written to {out_dir}")
+        raise ValueError(
+            f"{prefix}: none of the {len(items)} inputs could be written (the first failure: "
+            f"{first or 'the encoder returned no sample'}); nothing was written to {out_dir}"
+        )
     # Only now, with the new shards ready: stale shards of an earlier, larger run would join the brace pattern.
     for old in glob.glob(os.path.join(out_dir, f"{prefix}-[0-9][0-9][0-9][0-9][0-9][0-9].tar")):
         os.remove(old)
@@ -214,6 +233,7 @@ def update_index(out_dir: str, prefix: str, shards: dict[str, int], max_labels: 
     if os.path.isfile(path):
         with open(path) as f:
             index = json.load(f)
+
     def ours(name: str) -> bool:
         return name.startswith(prefix + "-") and name[len(prefix) + 1 : -4].isdigit()
 

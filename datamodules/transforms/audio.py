@@ -41,7 +41,10 @@ def crop_start(total: int, length: int, train: bool, rng: random.Random | None =
 
 
 def decode_audio_window(
-    data: bytes, length: Callable[[int], int], train: bool, rng: random.Random | None = None,
+    data: bytes,
+    length: Callable[[int], int],
+    train: bool,
+    rng: random.Random | None = None,
     out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Decode only the crop window: `length(sample_rate)` samples at a random (train) or centered (eval) start.
@@ -118,9 +121,7 @@ def to_mono(wave: np.ndarray, channels_first: bool = False) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _resample_kernel(
-    orig: int, new: int, zero_crossings: int, rolloff: float, beta: float
-) -> tuple[torch.Tensor, int]:
+def _resample_kernel(orig: int, new: int, zero_crossings: int, rolloff: float, beta: float) -> tuple[torch.Tensor, int]:
     """Polyphase filter bank `(new, 1, taps)` for resampling by `new/orig` (both reduced by their gcd).
 
     Output sample m sits at input time t = m * orig / new. Writing m = k * new + j, t = k * orig + j * orig / new,
@@ -242,8 +243,10 @@ def mel_filterbank(
     """
     f_max = sample_rate / 2 if f_max is None else f_max
     if not 0 <= f_min < f_max <= sample_rate / 2:
-        raise ValueError(f"mel_filterbank: need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, "
-                         f"f_max={f_max}, sample_rate={sample_rate}")
+        raise ValueError(
+            f"mel_filterbank: need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, "
+            f"f_max={f_max}, sample_rate={sample_rate}"
+        )
     fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)  # (n_freqs,)
     edges = mel_to_hz(np.linspace(hz_to_mel(f_min, scale), hz_to_mel(f_max, scale), n_mels + 2), scale)
     lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # (n_mels, 1)
@@ -251,7 +254,7 @@ def mel_filterbank(
     falling = (upper - fft_freqs[None]) / (upper - center)
     fb = np.maximum(0.0, np.minimum(rising, falling))  # (n_mels, n_freqs)
     if norm == "slaney":
-        fb *= (2.0 / (upper - lower))
+        fb *= 2.0 / (upper - lower)
     elif norm is not None:
         raise ValueError(f"mel_filterbank: norm must be 'slaney' or None, got {norm!r}")
     return torch.from_numpy(fb.T.astype(np.float32))

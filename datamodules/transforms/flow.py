@@ -29,14 +29,17 @@ def decode_flo(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise ValueError(f"{name}: not a .flo file: {len(data)} bytes, shorter than its 12-byte header")
     magic = struct.unpack("<f", data[:4])[0]
     if magic != np.float32(FLO_MAGIC):
-        raise ValueError(f"{name}: not a .flo file: magic number {magic!r} (bytes {bytes(data[:4])!r}), "
-                         f"expected {FLO_MAGIC} ('PIEH')")
+        raise ValueError(
+            f"{name}: not a .flo file: magic number {magic!r} (bytes {bytes(data[:4])!r}), "
+            f"expected {FLO_MAGIC} ('PIEH')"
+        )
     w, h = struct.unpack("<ii", data[4:12])
     if not (0 < w < 1 << 16 and 0 < h < 1 << 16):
         raise ValueError(f"{name}: .flo header says {w}x{h}: not a plausible image size")
     if len(data) - 12 != w * h * 8:
-        raise ValueError(f"{name}: .flo header says {w}x{h} (expects {w * h * 8} bytes of flow), the file holds "
-                         f"{len(data) - 12}")
+        raise ValueError(
+            f"{name}: .flo header says {w}x{h} (expects {w * h * 8} bytes of flow), the file holds {len(data) - 12}"
+        )
     return np.frombuffer(data, "<f4", w * h * 2, 12).reshape(h, w, 2).astype(np.float32)
 
 
@@ -109,8 +112,10 @@ def read_png16(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise ValueError(f"{name}: PNG without an IHDR chunk")
     w, h, depth, color, _, _, interlace = header
     if depth != 16 or color != 2:
-        raise ValueError(f"{name}: a KITTI flow PNG is 16-bit RGB (bit depth 16, colour type 2), this one has bit "
-                         f"depth {depth}, colour type {color}")
+        raise ValueError(
+            f"{name}: a KITTI flow PNG is 16-bit RGB (bit depth 16, colour type 2), this one has bit "
+            f"depth {depth}, colour type {color}"
+        )
     if interlace:
         raise ValueError(f"{name}: interlaced PNG: KITTI flow PNGs are not interlaced")
     try:
@@ -180,8 +185,12 @@ def write_png16(array: np.ndarray, filters: tuple[int, ...] = (0,)) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
     pixels = np.ascontiguousarray(array, ">u2").view(np.uint8).reshape(h, w * 6)
-    return (_PNG_SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(_filter_rows(pixels, list(filters), 6), 6)) + chunk(b"IEND", b""))
+    return (
+        _PNG_SIGNATURE
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(_filter_rows(pixels, list(filters), 6), 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def decode_kitti_flow(data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, np.ndarray]:
@@ -213,17 +222,21 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
         return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
 
 
-def check_pair(frame1: np.ndarray, frame2: np.ndarray, flow: np.ndarray | None,
-               valid: np.ndarray | None = None) -> None:
+def check_pair(
+    frame1: np.ndarray, frame2: np.ndarray, flow: np.ndarray | None, valid: np.ndarray | None = None
+) -> None:
     """ValueError when the two frames, the flow and the mask disagree in size, or the flow is not finite."""
     if frame1.shape != frame2.shape:
-        raise ValueError(f"frames of different sizes in one pair: frame1 {frame1.shape[1]}x{frame1.shape[0]}, "
-                         f"frame2 {frame2.shape[1]}x{frame2.shape[0]} (W x H)")
+        raise ValueError(
+            f"frames of different sizes in one pair: frame1 {frame1.shape[1]}x{frame1.shape[0]}, "
+            f"frame2 {frame2.shape[1]}x{frame2.shape[0]} (W x H)"
+        )
     if flow is None:
         return
     if flow.ndim != 3 or flow.shape[2] != 2 or flow.shape[:2] != frame1.shape[:2]:
-        raise ValueError(f"flow of shape {flow.shape} disagrees with its frames: expected "
-                         f"({frame1.shape[0]}, {frame1.shape[1]}, 2)")
+        raise ValueError(
+            f"flow of shape {flow.shape} disagrees with its frames: expected ({frame1.shape[0]}, {frame1.shape[1]}, 2)"
+        )
     if valid is not None and valid.shape != frame1.shape[:2]:
         raise ValueError(f"valid mask of shape {valid.shape} disagrees with its frames {frame1.shape[:2]}")
     if not np.isfinite(flow).all():
@@ -231,8 +244,7 @@ def check_pair(frame1: np.ndarray, frame2: np.ndarray, flow: np.ndarray | None,
         raise ValueError(f"flow has NaN or inf at {bad} pixels")
 
 
-def crop_box(height: int, width: int, size: tuple[int, int], train: bool,
-             rng: random.Random | None) -> tuple[int, int]:
+def crop_box(height: int, width: int, size: tuple[int, int], train: bool, rng: random.Random | None) -> tuple[int, int]:
     """Top-left (y, x) of a `size` (h, w) crop: random in training, centred in eval."""
     ch, cw = size
     if height < ch or width < cw:
@@ -242,8 +254,9 @@ def crop_box(height: int, width: int, size: tuple[int, int], train: bool,
     return (height - ch) // 2, (width - cw) // 2
 
 
-def flip_pair(frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, horizontal: bool, vertical: bool
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def flip_pair(
+    frames: np.ndarray, flow: np.ndarray, valid: np.ndarray, horizontal: bool, vertical: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mirror frames (2, H, W, 3), flow (H, W, 2) and valid (H, W) together. A horizontal flip maps x to W-1-x, so
     a displacement u becomes -u (v stays); a vertical flip negates v. Returns new arrays."""
     if horizontal:
@@ -266,6 +279,10 @@ def backward_warp(image: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.n
     x0, y0 = np.minimum(np.floor(x).astype(int), w - 2), np.minimum(np.floor(y).astype(int), h - 2)
     fx, fy = (x - x0)[..., None], (y - y0)[..., None]
     img = image.astype(np.float32)
-    out = (img[y0, x0] * (1 - fx) * (1 - fy) + img[y0, x0 + 1] * fx * (1 - fy)
-           + img[y0 + 1, x0] * (1 - fx) * fy + img[y0 + 1, x0 + 1] * fx * fy)
+    out = (
+        img[y0, x0] * (1 - fx) * (1 - fy)
+        + img[y0, x0 + 1] * fx * (1 - fy)
+        + img[y0 + 1, x0] * (1 - fx) * fy
+        + img[y0 + 1, x0 + 1] * fx * fy
+    )
     return out, inside

@@ -47,8 +47,13 @@ def decode_image(data: bytes, ext: str, mode: str) -> Image.Image:
 _PIL_FORMATS = {e: ["JPEG", "PNG", "WEBP"] for e in ("jpg", "jpeg", "png", "webp")}  # no exotic PIL plugins
 
 
-def inception_crop(img: Image.Image, size: int, rng: random.Random, scale: tuple[float, float] = (0.08, 1.0),
-                   ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Image.Image:
+def inception_crop(
+    img: Image.Image,
+    size: int,
+    rng: random.Random,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Image.Image:
     """Random-area, random-aspect crop resized to size x size (Szegedy et al.); falls back to a center crop."""
     w, h = img.size
     area = w * h
@@ -141,14 +146,18 @@ _OPS = {
     "Contrast": lambda img, m, r: ImageEnhance.Contrast(img).enhance(1 + _signed(_level(m, 0.9), r)),
     "Brightness": lambda img, m, r: ImageEnhance.Brightness(img).enhance(1 + _signed(_level(m, 0.9), r)),
     "Sharpness": lambda img, m, r: ImageEnhance.Sharpness(img).enhance(1 + _signed(_level(m, 0.9), r)),
-    "ShearX": lambda img, m, r: img.transform(img.size, Image.AFFINE, (1, _signed(_level(m, 0.3), r), 0, 0, 1, 0),
-                                              fillcolor=_fill(img)),
-    "ShearY": lambda img, m, r: img.transform(img.size, Image.AFFINE, (1, 0, 0, _signed(_level(m, 0.3), r), 1, 0),
-                                              fillcolor=_fill(img)),
+    "ShearX": lambda img, m, r: img.transform(
+        img.size, Image.AFFINE, (1, _signed(_level(m, 0.3), r), 0, 0, 1, 0), fillcolor=_fill(img)
+    ),
+    "ShearY": lambda img, m, r: img.transform(
+        img.size, Image.AFFINE, (1, 0, 0, _signed(_level(m, 0.3), r), 1, 0), fillcolor=_fill(img)
+    ),
     "TranslateX": lambda img, m, r: img.transform(
-        img.size, Image.AFFINE, (1, 0, _signed(_level(m, 0.45) * img.size[0], r), 0, 1, 0), fillcolor=_fill(img)),
+        img.size, Image.AFFINE, (1, 0, _signed(_level(m, 0.45) * img.size[0], r), 0, 1, 0), fillcolor=_fill(img)
+    ),
     "TranslateY": lambda img, m, r: img.transform(
-        img.size, Image.AFFINE, (1, 0, 0, 0, 1, _signed(_level(m, 0.45) * img.size[1], r)), fillcolor=_fill(img)),
+        img.size, Image.AFFINE, (1, 0, 0, 0, 1, _signed(_level(m, 0.45) * img.size[1], r)), fillcolor=_fill(img)
+    ),
 }
 
 

@@ -50,8 +50,9 @@ def decode_npy(data: bytes) -> np.ndarray:
     dtype, shape, fortran = parsed
     count = math.prod(shape)
     if len(data) - offset != count * dtype.itemsize:
-        raise ValueError(f"npy data has {len(data) - offset} bytes, its header says {shape} {dtype} "
-                         f"({count * dtype.itemsize} bytes)")
+        raise ValueError(
+            f"npy data has {len(data) - offset} bytes, its header says {shape} {dtype} ({count * dtype.itemsize} bytes)"
+        )
     arr = np.frombuffer(data, dtype, count, offset)
     arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
     return arr.copy(order="K")

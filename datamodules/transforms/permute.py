@@ -25,8 +25,9 @@ def permutation(n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
-def permute_elements(x: Any, seed: int | None, *, element_dims: int | None = None,
-                     block: int | tuple[int, ...] = 1) -> Any:
+def permute_elements(
+    x: Any, seed: int | None, *, element_dims: int | None = None, block: int | tuple[int, ...] = 1
+) -> Any:
     """Permute the elements (or blocks of elements) of one sample; dicts are permuted per value.
 
     x: a Tensor (*grid, *channels) or numpy array. element_dims: how many leading dims form the grid (default:

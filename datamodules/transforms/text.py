@@ -12,8 +12,9 @@ BYTE_OFFSET = 6
 VOCAB_SIZE = 262
 
 
-def encode_bytes(data: bytes, max_length: int, add_special: bool = True,
-                 rng: random.Random | None = None) -> torch.Tensor:
+def encode_bytes(
+    data: bytes, max_length: int, add_special: bool = True, rng: random.Random | None = None
+) -> torch.Tensor:
     """int64 (max_length,): [CLS] bytes+6 [SEP], PAD after, exactly as HF's PerceiverTokenizer frames a text;
     cropped to fit (a random window if rng, else the start)."""
     room = max_length - 2 if add_special else max_length

@@ -34,8 +34,7 @@ def video_backend(preferred: str = "auto") -> str:
     if _AV:
         return "pyav"
     raise ModuleNotFoundError(
-        "Decoding mp4 needs decord or PyAV: `pip install 'perceiver-lit[media]'` "
-        f"(decord: {_DECORD}; av: {_AV})"
+        f"Decoding mp4 needs decord or PyAV: `pip install 'perceiver-lit[media]'` (decord: {_DECORD}; av: {_AV})"
     )
 
 
@@ -190,8 +189,12 @@ def resize_crop(
     return x[..., top : top + crop_h, left : left + crop_w].permute(0, 2, 3, 1).contiguous()  # (T, h, w, C)
 
 
-def normalize(x: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
-              std: tuple[float, ...] = IMAGENET_STD, out: torch.Tensor | None = None) -> torch.Tensor:
+def normalize(
+    x: torch.Tensor,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """`uint8 (..., W, C)` pixels -> `float32 (..., W, C)`: (x / 255 - mean) / std, into `out` when given.
 
     `out` (float32, x's shape, contiguous) lets a collate write each clip straight into its row of the batch:
@@ -203,8 +206,9 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
     if out is None:
         out = torch.empty(x.shape, dtype=torch.float32)
     elif out.shape != x.shape or out.dtype != torch.float32 or not out.is_contiguous():
-        raise ValueError(f"normalize: out must be contiguous float32 of shape {tuple(x.shape)}, got "
-                         f"{out.dtype} {tuple(out.shape)}")
+        raise ValueError(
+            f"normalize: out must be contiguous float32 of shape {tuple(x.shape)}, got {out.dtype} {tuple(out.shape)}"
+        )
     if x.numel() == 0:
         return out
     row = x.shape[-2] * x.shape[-1]

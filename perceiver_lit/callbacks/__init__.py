@@ -13,6 +13,19 @@ from perceiver_lit.callbacks.summary import Summary
 from perceiver_lit.callbacks.tables import PerClassTable, RunConfig
 from perceiver_lit.callbacks.throughput import Throughput
 
-__all__ = ["AttentionMaps", "Checkpoint", "EvalFailureCheckpoint", "GradNorm", "InputKeepSchedule",
-           "LogCorruptSamples", "NanGuard", "NonFiniteLossError", "PerClassTable", "PreemptionCheckpoint", "RunConfig",
-           "Summary", "Throughput", "UnmaskedTuning"]
+__all__ = [
+    "AttentionMaps",
+    "Checkpoint",
+    "EvalFailureCheckpoint",
+    "GradNorm",
+    "InputKeepSchedule",
+    "LogCorruptSamples",
+    "NanGuard",
+    "NonFiniteLossError",
+    "PerClassTable",
+    "PreemptionCheckpoint",
+    "RunConfig",
+    "Summary",
+    "Throughput",
+    "UnmaskedTuning",
+]

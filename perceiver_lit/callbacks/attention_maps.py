@@ -35,8 +35,9 @@ def first_cross_attention(net: nn.Module) -> CrossAttentionLayer | None:
 
 
 @torch.no_grad()
-def cross_attention_weights(layer: CrossAttentionLayer, latents: Tensor, inputs: Tensor,
-                            pad_mask: Tensor | None = None) -> Tensor:
+def cross_attention_weights(
+    layer: CrossAttentionLayer, latents: Tensor, inputs: Tensor, pad_mask: Tensor | None = None
+) -> Tensor:
     """softmax(q k^T / sqrt(d)) of `layer` for latents (B, K, D) over inputs (B, M, C): (B, K, M), mean over heads."""
     B, K, _ = latents.shape
     M, h = inputs.shape[1], layer.num_heads
@@ -44,14 +45,14 @@ def cross_attention_weights(layer: CrossAttentionLayer, latents: Tensor, inputs:
     # All of it outside autocast: under bf16-mixed the scores would come out in bf16 (coarse maps that
     # matplotlib cannot draw).
     with torch.autocast(latents.device.type, enabled=False):
-        q = layer.to_q(layer.norm_q(latents.to(dtype))).float()                      # (B, K, Cqk)
-        k = layer.project_kv(inputs.to(dtype))[..., : layer.qk_channels].float()     # (B, M, Cqk)
-        q = q.view(B, K, h, -1).transpose(1, 2)                                      # (B, h, K, d)
-        k = k.view(B, M, h, -1).transpose(1, 2)                                      # (B, h, M, d)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])                    # (B, h, K, M)
+        q = layer.to_q(layer.norm_q(latents.to(dtype))).float()  # (B, K, Cqk)
+        k = layer.project_kv(inputs.to(dtype))[..., : layer.qk_channels].float()  # (B, M, Cqk)
+        q = q.view(B, K, h, -1).transpose(1, 2)  # (B, h, K, d)
+        k = k.view(B, M, h, -1).transpose(1, 2)  # (B, h, M, d)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, h, K, M)
         if pad_mask is not None:
             scores = scores.masked_fill(pad_mask[:, None, None, :], float("-inf"))
-        return scores.softmax(-1).mean(1)                                            # (B, K, M) fp32
+        return scores.softmax(-1).mean(1)  # (B, K, M) fp32
 
 
 def element_permutation(net: nn.Module, num_elements: int) -> Tensor | None:
@@ -76,8 +77,7 @@ def _figure_to_pil(fig):
     return Image.open(buf).convert("RGB")
 
 
-def draw_sample(weights: Tensor, grid: tuple[int, ...] | None, image: Tensor | None, latent_ids: list[int],
-                title: str):
+def draw_sample(weights: Tensor, grid: tuple[int, ...] | None, image: Tensor | None, latent_ids: list[int], title: str):
     """One PIL image: weights (K, M) of one sample on its grid (2-D/3-D -> heat maps, else curves)."""
     import matplotlib
 
@@ -96,8 +96,9 @@ def draw_sample(weights: Tensor, grid: tuple[int, ...] | None, image: Tensor | N
             if is_input:
                 p = p.float()
                 p = (p - p.min()) / (p.max() - p.min() + 1e-8)
-                ax.imshow(p.squeeze(-1).numpy() if p.shape[-1] == 1 else p.numpy(),
-                          cmap="gray" if p.shape[-1] == 1 else None)
+                ax.imshow(
+                    p.squeeze(-1).numpy() if p.shape[-1] == 1 else p.numpy(), cmap="gray" if p.shape[-1] == 1 else None
+                )
                 ax.set_title("input", fontsize=8)
             else:
                 ax.imshow(p.numpy(), cmap="viridis")
@@ -139,8 +140,10 @@ class AttentionMaps(pl.Callback):
         if self._logger is None:
             rank_zero_info("AttentionMaps: no WandbLogger attached; attention maps are not logged")
         elif first_cross_attention(pl_module) is None:
-            rank_zero_info(f"AttentionMaps: {type(getattr(pl_module, 'net', pl_module)).__name__} has no "
-                           "cross-attention; attention maps are not logged")
+            rank_zero_info(
+                f"AttentionMaps: {type(getattr(pl_module, 'net', pl_module)).__name__} has no "
+                "cross-attention; attention maps are not logged"
+            )
             self._logger = None
 
     def attach(self, layer: CrossAttentionLayer) -> None:
@@ -168,8 +171,14 @@ class AttentionMaps(pl.Callback):
             self._maps = (ids, w.float().cpu())  # computed under bf16 autocast: numpy/matplotlib need fp32
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        if (self._logger is None or batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking
-                or not trainer.is_global_zero or trainer.current_epoch % self.every_n_epochs):
+        if (
+            self._logger is None
+            or batch_idx != 0
+            or dataloader_idx != 0
+            or trainer.sanity_checking
+            or not trainer.is_global_zero
+            or trainer.current_epoch % self.every_n_epochs
+        ):
             return
         self.attach(first_cross_attention(pl_module))
 
@@ -179,7 +188,7 @@ class AttentionMaps(pl.Callback):
         maps = self.detach()
         if maps is None:
             return
-        ids, w = maps                                                                  # (S, K, M)
+        ids, w = maps  # (S, K, M)
         M = w.shape[-1]
         net = getattr(pl_module, "net", pl_module)
         grid = getattr(getattr(net, "adapter", None), "grid", None)
@@ -192,13 +201,20 @@ class AttentionMaps(pl.Callback):
         for s in range(w.shape[0]):
             image = None
             # Show the input beside the maps when it is an image on the same grid as the elements.
-            if raw is not None and grid is not None and len(grid) == 2 and raw.ndim == 4 and tuple(raw.shape[1:3]) == grid:
+            if (
+                raw is not None
+                and grid is not None
+                and len(grid) == 2
+                and raw.ndim == 4
+                and tuple(raw.shape[1:3]) == grid
+            ):
                 image = raw[s].detach().cpu()
                 if perm is not None:
                     flat = image.reshape(M, -1)
                     image = torch.empty_like(flat).index_copy_(0, perm, flat).reshape(image.shape)
-            title = f"epoch {trainer.current_epoch}, sample {s}" + (f", target {int(batch['target'][s])}"
-                                                                    if batch["target"].ndim == 1 else "")
+            title = f"epoch {trainer.current_epoch}, sample {s}" + (
+                f", target {int(batch['target'][s])}" if batch["target"].ndim == 1 else ""
+            )
             images.append(draw_sample(w[s], grid, image, ids, title))
             captions.append(title)
         self._logger.log_image("val/attention_maps", images, step=trainer.global_step, caption=captions)

@@ -16,7 +16,7 @@ _HIGHER_IS_BETTER = ("acc", "map", "auc", "f1", "precision", "recall", "top")
 
 
 def _mode_for(monitor: str | None) -> str:
-    """"min" or "max" for a metric named `monitor`, from its name; a name that says neither is an error."""
+    """ "min" or "max" for a metric named `monitor`, from its name; a name that says neither is an error."""
     if monitor is None:
         return "min"
     leaf = monitor.rsplit("/", 1)[-1].lower()
@@ -24,8 +24,10 @@ def _mode_for(monitor: str | None) -> str:
         return "min"
     if any(w in leaf for w in _HIGHER_IS_BETTER):
         return "max"
-    raise ValueError(f"checkpoint.monitor {monitor!r}: cannot tell from its name whether higher or lower is better; "
-                     "set --checkpoint.mode min or max")
+    raise ValueError(
+        f"checkpoint.monitor {monitor!r}: cannot tell from its name whether higher or lower is better; "
+        "set --checkpoint.mode min or max"
+    )
 
 
 class Checkpoint(ModelCheckpointHooks):
@@ -47,15 +49,31 @@ class Checkpoint(ModelCheckpointHooks):
             ModelCheckpoint's True.
     """
 
-    def __init__(self, dirpath: str | None = None, filename: str = "best", monitor: str | None = "auto",
-                 mode: Literal["min", "max"] | None = None, save_last: bool = True, save_top_k: int = 1,
-                 enable_version_counter: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        filename: str = "best",
+        monitor: str | None = "auto",
+        mode: Literal["min", "max"] | None = None,
+        save_last: bool = True,
+        save_top_k: int = 1,
+        enable_version_counter: bool = False,
+        **kwargs,
+    ) -> None:
         self._auto = monitor == "auto"
         if mode is None:
             mode = "max" if self._auto else _mode_for(monitor)
-        super().__init__(dirpath=dirpath, filename=filename, monitor=None if self._auto else monitor, mode=mode,
-                         save_last=save_last, save_top_k=save_top_k, auto_insert_metric_name=False,
-                         enable_version_counter=enable_version_counter, **kwargs)
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            monitor=None if self._auto else monitor,
+            mode=mode,
+            save_last=save_last,
+            save_top_k=save_top_k,
+            auto_insert_metric_name=False,
+            enable_version_counter=enable_version_counter,
+            **kwargs,
+        )
 
     def _default_dirpath(self, trainer: pl.Trainer) -> None:
         if self.dirpath is None:
@@ -78,9 +96,11 @@ class Checkpoint(ModelCheckpointHooks):
         if trainer.ckpt_path is None and os.path.isdir(self.dirpath):
             old = sorted(f for f in os.listdir(self.dirpath) if f.endswith(".ckpt"))
             if old:
-                rank_zero_warn(f"{self.dirpath} holds {', '.join(old)} from an earlier run; this new run (no "
-                               "--ckpt_path) overwrites them. To continue that run instead pass --ckpt_path last; "
-                               "to keep both, choose another --name or --trainer.default_root_dir")
+                rank_zero_warn(
+                    f"{self.dirpath} holds {', '.join(old)} from an earlier run; this new run (no "
+                    "--ckpt_path) overwrites them. To continue that run instead pass --ckpt_path last; "
+                    "to keep both, choose another --name or --trainer.default_root_dir"
+                )
         super().on_train_start(trainer, pl_module)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

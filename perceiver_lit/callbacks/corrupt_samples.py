@@ -67,7 +67,9 @@ class LogCorruptSamples(L.Callback):
             pl_module.log(f"{stage}/corrupt_samples", float(skipped), sync_dist=False)
         fraction = skipped / read if read else 0.0
         if skipped or trainer.state.fn != "fit":
-            rank_zero_info(f"[perceiver-lit] {stage}: {skipped} of {read} samples skipped as corrupt ({fraction:.2%})"
-                           + (": see the warnings above" if skipped else ""))
+            rank_zero_info(
+                f"[perceiver-lit] {stage}: {skipped} of {read} samples skipped as corrupt ({fraction:.2%})"
+                + (": see the warnings above" if skipped else "")
+            )
         if hasattr(dm, "check_eval_corrupt"):
             dm.check_eval_corrupt(stage, skipped, read)  # the data module's limit: a DataError above it

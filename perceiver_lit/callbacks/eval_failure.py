@@ -38,18 +38,24 @@ class EvalFailureCheckpoint(Callback):
         if trainer.state.fn != "fit" or not trainer.validating or trainer.sanity_checking or trainer.global_step == 0:
             return  # nothing trained yet, or a failure inside a training step (its state may be half-updated)
         if trainer.world_size > 1:
-            rank_zero_warn(f"validation failed at global step {trainer.global_step}; with {trainer.world_size} "
-                           "ranks no checkpoint can be saved safely here (the last regular one is kept)")
+            rank_zero_warn(
+                f"validation failed at global step {trainer.global_step}; with {trainer.world_size} "
+                "ranks no checkpoint can be saved safely here (the last regular one is kept)"
+            )
             return
         if not all(bool(torch.isfinite(p).all()) for p in pl_module.parameters()):
             return  # weights gone non-finite: the last regular checkpoint is worth more
-        paths = [os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
-                 for cb in trainer.checkpoint_callbacks
-                 if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath]
+        paths = [
+            os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
+            for cb in trainer.checkpoint_callbacks
+            if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath
+        ]
         for path in paths or [os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")]:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             _save_atomic(trainer, path)
             self.saved_path = path
-            rank_zero_info(f"[perceiver-lit] validation failed ({type(exception).__name__}) at global step "
-                           f"{trainer.global_step}: saved the trained weights to {path}; fix the data, then "
-                           f"`fit --ckpt_path {path}` goes on from there")
+            rank_zero_info(
+                f"[perceiver-lit] validation failed ({type(exception).__name__}) at global step "
+                f"{trainer.global_step}: saved the trained weights to {path}; fix the data, then "
+                f"`fit --ckpt_path {path}` goes on from there"
+            )

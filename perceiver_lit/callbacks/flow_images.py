@@ -18,8 +18,9 @@ from perceiver_lit.flow_viz import flow_to_color, frame_to_uint8
 MIN_HEIGHT = 128  # small frames are enlarged (nearest neighbour) so the panels can be read on the dashboard
 
 
-def flow_panel(frames: np.ndarray, target: np.ndarray | None, pred: np.ndarray, valid: np.ndarray | None = None,
-               gap: int = 2) -> np.ndarray:
+def flow_panel(
+    frames: np.ndarray, target: np.ndarray | None, pred: np.ndarray, valid: np.ndarray | None = None, gap: int = 2
+) -> np.ndarray:
     """One sample as an RGB strip (h, 4w + 3 gap, 3) uint8: the two frames (2, H, W, 3) in [-1, 1], the true flow
     and the prediction (H, W, 2) in colour (without a target: the frames and the prediction)."""
     scale = None
@@ -53,9 +54,16 @@ class FlowImages(pl.Callback):
             rank_zero_info("FlowImages: no WandbLogger attached; flow images are not logged")
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if (self._logger is None or batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking
-                or not trainer.is_global_zero or trainer.current_epoch % self.every_n_epochs
-                or not isinstance(outputs, dict) or not isinstance(outputs.get("flow"), Tensor)):
+        if (
+            self._logger is None
+            or batch_idx != 0
+            or dataloader_idx != 0
+            or trainer.sanity_checking
+            or not trainer.is_global_zero
+            or trainer.current_epoch % self.every_n_epochs
+            or not isinstance(outputs, dict)
+            or not isinstance(outputs.get("flow"), Tensor)
+        ):
             return
         n = min(self.num_samples, len(outputs["flow"]))
         pred = outputs["flow"][:n].float().cpu().numpy()

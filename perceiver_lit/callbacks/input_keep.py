@@ -34,8 +34,9 @@ class InputKeepSchedule(pl.Callback):
 
     def _start_epochs(self, trainer: pl.Trainer) -> list[tuple[int, float]]:
         if any(e < 0 for e in self.milestones) and (trainer.max_epochs is None or trainer.max_epochs < 0):
-            raise ValueError(f"{type(self).__name__}: a milestone counted from the end ({self.milestones}) "
-                             "needs trainer.max_epochs")
+            raise ValueError(
+                f"{type(self).__name__}: a milestone counted from the end ({self.milestones}) needs trainer.max_epochs"
+            )
         return sorted((e if e >= 0 else trainer.max_epochs + e, k) for e, k in self.milestones.items())
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -51,8 +52,10 @@ class InputKeepSchedule(pl.Callback):
         for m in _subsampling_modules(pl_module):
             keep = scheduled[-1] if scheduled else self._keep.get(id(m), m.config.input_keep)
             if m.config.input_keep != keep:
-                rank_zero_info(f"[perceiver-lit] epoch {trainer.current_epoch + 1}: input_keep "
-                               f"{m.config.input_keep} -> {keep} ({type(m).__name__})")
+                rank_zero_info(
+                    f"[perceiver-lit] epoch {trainer.current_epoch + 1}: input_keep "
+                    f"{m.config.input_keep} -> {keep} ({type(m).__name__})"
+                )
                 m.config.input_keep = keep
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

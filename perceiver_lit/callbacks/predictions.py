@@ -43,7 +43,7 @@ def _round(values: Sequence[float]) -> list[float]:
 
 
 def _text_rows(logits: torch.Tensor, keys: Sequence[Any], inputs: torch.Tensor | None) -> list[dict[str, Any]]:
-    pred = logits.argmax(-1)                                       # (B, L)
+    pred = logits.argmax(-1)  # (B, L)
     rows = []
     for b, key in enumerate(keys):
         ids = pred[b]
@@ -61,9 +61,17 @@ def _text_rows(logits: torch.Tensor, keys: Sequence[Any], inputs: torch.Tensor |
     return rows
 
 
-def prediction_rows(logits: torch.Tensor, keys: Sequence[Any] | None = None, *, multilabel: bool = False,
-                    class_names: Sequence[str] | None = None, top_k: int = 5, threshold: float = 0.5,
-                    target: torch.Tensor | None = None, inputs: Any = None) -> list[dict[str, Any]]:
+def prediction_rows(
+    logits: torch.Tensor,
+    keys: Sequence[Any] | None = None,
+    *,
+    multilabel: bool = False,
+    class_names: Sequence[str] | None = None,
+    top_k: int = 5,
+    threshold: float = 0.5,
+    target: torch.Tensor | None = None,
+    inputs: Any = None,
+) -> list[dict[str, Any]]:
     """One JSON-ready dict per sample (the fields are in the module docstring).
 
     Args:
@@ -82,7 +90,7 @@ def prediction_rows(logits: torch.Tensor, keys: Sequence[Any] | None = None, *, 
     target = target.detach().cpu() if isinstance(target, torch.Tensor) else None
     rows = []
     if multilabel:
-        probs = torch.sigmoid(logits)                              # (B, C)
+        probs = torch.sigmoid(logits)  # (B, C)
         for b, key in enumerate(keys):
             p, i = probs[b].sort(descending=True)
             keep = p >= threshold
@@ -95,8 +103,8 @@ def prediction_rows(logits: torch.Tensor, keys: Sequence[Any] | None = None, *, 
                 row["scores"] = _round(probs[b].tolist())
             rows.append(row)
         return rows
-    probs = logits.softmax(-1)                                     # (B, C)
-    p, i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)        # (B, k)
+    probs = logits.softmax(-1)  # (B, C)
+    p, i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)  # (B, k)
     for b, key in enumerate(keys):
         row = {"key": key, "classes": i[b].tolist()}
         if names:
@@ -142,22 +150,38 @@ class PredictionWriter(BasePredictionWriter):
             self._file.close()
             self._file = None
 
-    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
-                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
         batch = batch if isinstance(batch, dict) else {}
         dense = getattr(pl_module, "write_predictions", None)
         if dense is not None:  # dense outputs (flow): the task writes its files under <run dir>/predictions/
             for row in dense(prediction, batch, os.path.join(trainer.default_root_dir, "predictions")):
                 self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
             return
-        rows = prediction_rows(prediction["logits"], prediction.get("key"), multilabel=self._multilabel,
-                               class_names=self._names, top_k=self.top_k, threshold=self.threshold,
-                               target=batch.get("target"), inputs=batch.get("inputs"))
+        rows = prediction_rows(
+            prediction["logits"],
+            prediction.get("key"),
+            multilabel=self._multilabel,
+            class_names=self._names,
+            top_k=self.top_k,
+            threshold=self.threshold,
+            target=batch.get("target"),
+            inputs=batch.get("inputs"),
+        )
         if "video" in prediction and "audio" in prediction:  # multimodal autoencoding: reconstructions as media
             from perceiver_lit.callbacks.reconstructions import media_rates, write_reconstructions
 
-            write_reconstructions(os.path.join(trainer.default_root_dir, "predictions"), prediction, rows,
-                                  *media_rates(trainer))
+            write_reconstructions(
+                os.path.join(trainer.default_root_dir, "predictions"), prediction, rows, *media_rates(trainer)
+            )
         for row in rows:
             self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -171,7 +195,8 @@ class SaveDataConfig(pl.Callback):
     def __init__(self, config: dict[str, Any] | None) -> None:
         self.config = config
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         if self.config:
             checkpoint[self.KEY] = self.config

@@ -145,8 +145,9 @@ class PreemptionCheckpoint(Callback):
                 launcher.kill(signum)
         self._sigterm_requested = True
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         may_requeue = self._requeue_signal is not None and not self._requeued
         if not (may_requeue or self._handles_sigterm):
             return
@@ -285,8 +286,9 @@ def resume_path(trainer: Trainer, ckpt_path: Any) -> Any:
     newest = newest_checkpoint(paths)
     if newest is None:
         return ckpt_path  # None: a fresh start; "last": Lightning warns that there is none
-    rank_zero_info(f"Resuming from {newest[0]} (global step {newest[1]}): the newest of "
-                   f"{', '.join(Path(p).name for p in paths)}")
+    rank_zero_info(
+        f"Resuming from {newest[0]} (global step {newest[1]}): the newest of {', '.join(Path(p).name for p in paths)}"
+    )
     return newest[0]
 
 
@@ -302,8 +304,11 @@ def _cluster_environment(trainer: Trainer) -> Any:
 
 def _next_hpc_path(folder: str) -> str:
     """`<folder>/hpc_ckpt_<n+1>.ckpt`, the name Lightning looks for when a requeued job starts."""
-    numbers = [int(m.group(1)) for p in Path(folder).glob("hpc_ckpt_*.ckpt")
-               if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))]
+    numbers = [
+        int(m.group(1))
+        for p in Path(folder).glob("hpc_ckpt_*.ckpt")
+        if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))
+    ]
     return os.path.join(folder, f"hpc_ckpt_{max(numbers, default=0) + 1}.ckpt")
 
 
@@ -312,8 +317,10 @@ def _scontrol_requeue() -> None:
     job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
     result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     if result.returncode != 0:
-        rank_zero_warn(f"`scontrol requeue {job}` failed ({result.returncode}): {result.stderr.strip()}; "
-                       "the job will not restart by itself (is it submitted with --requeue?)")
+        rank_zero_warn(
+            f"`scontrol requeue {job}` failed ({result.returncode}): {result.stderr.strip()}; "
+            "the job will not restart by itself (is it submitted with --requeue?)"
+        )
     else:
         rank_zero_info(f"Requeued Slurm job {job}")
 

@@ -68,7 +68,7 @@ def write_wav(path: str, audio: Tensor, sample_rate: int) -> None:
 
 def frame_strip(original: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
     """Two uint8 (T, H, W, 3) clips -> one (2H, T*W, 3) image: the original's frames above the reconstruction's."""
-    row = lambda v: np.concatenate(list(v), axis=1)                                        # noqa: E731
+    row = lambda v: np.concatenate(list(v), axis=1)  # noqa: E731
     return np.concatenate([row(original), row(reconstruction)], axis=0)
 
 
@@ -100,11 +100,24 @@ class ReconstructionMedia(pl.Callback):
     def __init__(self, every_n_epochs: int = 1) -> None:
         self.every_n_epochs = every_n_epochs
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        if (batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero
-                or not isinstance(outputs, dict) or "original_video" not in outputs
-                or trainer.current_epoch % self.every_n_epochs):
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if (
+            batch_idx != 0
+            or dataloader_idx != 0
+            or trainer.sanity_checking
+            or not trainer.is_global_zero
+            or not isinstance(outputs, dict)
+            or "original_video" not in outputs
+            or trainer.current_epoch % self.every_n_epochs
+        ):
             return
         logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
         if logger is None:
@@ -113,23 +126,30 @@ class ReconstructionMedia(pl.Callback):
 
         fps, rate = media_rates(trainer)
         names = getattr(pl_module, "class_names", None)
-        label = lambda c: names[c] if names and 0 <= c < len(names) else str(c)          # noqa: E731
+        label = lambda c: names[c] if names and 0 <= c < len(names) else str(c)  # noqa: E731
         frames, videos, audio, audio_original = [], [], [], []
         with tempfile.TemporaryDirectory() as tmp:
             for s in range(outputs["video"].shape[0]):
                 orig, rec = to_uint8(outputs["original_video"][s]), to_uint8(outputs["video"][s])
-                caption = (f"epoch {trainer.current_epoch}, sample {s}: label {label(int(outputs['target'][s]))}, "
-                           f"predicted {label(int(outputs['label'][s]))}")
+                caption = (
+                    f"epoch {trainer.current_epoch}, sample {s}: label {label(int(outputs['target'][s]))}, "
+                    f"predicted {label(int(outputs['label'][s]))}"
+                )
                 frames.append(wandb.Image(frame_strip(orig, rec), caption=caption + " (top: original)"))
                 path = os.path.join(tmp, f"sample{s}.mp4")
-                write_mp4(path, np.concatenate([orig, rec], axis=2), fps)                  # side by side
+                write_mp4(path, np.concatenate([orig, rec], axis=2), fps)  # side by side
                 videos.append(wandb.Video(path, caption=caption + " (left: original)", format="mp4"))
-                audio.append(wandb.Audio(outputs["audio"][s].float().cpu().numpy(), sample_rate=rate,
-                                         caption=caption))
-                audio_original.append(wandb.Audio(outputs["original_audio"][s].float().cpu().numpy(),
-                                                  sample_rate=rate, caption=caption))
+                audio.append(wandb.Audio(outputs["audio"][s].float().cpu().numpy(), sample_rate=rate, caption=caption))
+                audio_original.append(
+                    wandb.Audio(outputs["original_audio"][s].float().cpu().numpy(), sample_rate=rate, caption=caption)
+                )
             # logged while the mp4s exist: wandb copies them into the run's media folder now
-            logger.experiment.log({"val/reconstruction/frames": frames, "val/reconstruction/video": videos,
-                                   "val/reconstruction/audio": audio,
-                                   "val/reconstruction/audio_original": audio_original,
-                                   "trainer/global_step": trainer.global_step})
+            logger.experiment.log(
+                {
+                    "val/reconstruction/frames": frames,
+                    "val/reconstruction/video": videos,
+                    "val/reconstruction/audio": audio,
+                    "val/reconstruction/audio_original": audio_original,
+                    "trainer/global_step": trainer.global_step,
+                }
+            )

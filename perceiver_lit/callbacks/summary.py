@@ -28,16 +28,23 @@ class Summary(pl.Callback):
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = {k.removesuffix("_epoch"): v for k, v in trainer.callback_metrics.items()
-                   if (k.startswith("train/") and not k.endswith("_step")) or k.startswith("val/")}
+        metrics = {
+            k.removesuffix("_epoch"): v
+            for k, v in trainer.callback_metrics.items()
+            if (k.startswith("train/") and not k.endswith("_step")) or k.startswith("val/")
+        }
         total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        rank_zero_info(f"[perceiver-lit] epoch {trainer.current_epoch + 1}{total} step {trainer.global_step} "
-                       f"({time.perf_counter() - self._epoch_start:.0f} s): {_fmt(metrics)}")
+        rank_zero_info(
+            f"[perceiver-lit] epoch {trainer.current_epoch + 1}{total} step {trainer.global_step} "
+            f"({time.perf_counter() - self._epoch_start:.0f} s): {_fmt(metrics)}"
+        )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = getattr(pl_module, "net", pl_module)
         params = sum(p.numel() for p in net.parameters())
-        rank_zero_info(f"[perceiver-lit] {type(net).__name__}: {params:,} parameters; run dir {trainer.default_root_dir}")
+        rank_zero_info(
+            f"[perceiver-lit] {type(net).__name__}: {params:,} parameters; run dir {trainer.default_root_dir}"
+        )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         ckpt = trainer.checkpoint_callback
@@ -45,8 +52,9 @@ class Summary(pl.Callback):
             score = ckpt.best_model_score
             rank_zero_info(
                 f"[perceiver-lit] fit done at step {trainer.global_step}: best {ckpt.monitor}="
-                f"{float(score):.4f} -> {ckpt.best_model_path}" if score is not None else
-                f"[perceiver-lit] fit done at step {trainer.global_step}: {ckpt.best_model_path}"
+                f"{float(score):.4f} -> {ckpt.best_model_path}"
+                if score is not None
+                else f"[perceiver-lit] fit done at step {trainer.global_step}: {ckpt.best_model_path}"
             )
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -22,8 +22,12 @@ import yaml
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from torchmetrics.classification import (MulticlassConfusionMatrix, MulticlassStatScores, MultilabelAveragePrecision,
-                                         MultilabelStatScores)
+from torchmetrics.classification import (
+    MulticlassConfusionMatrix,
+    MulticlassStatScores,
+    MultilabelAveragePrecision,
+    MultilabelStatScores,
+)
 
 
 class RunConfig(pl.Callback):
@@ -40,8 +44,10 @@ class RunConfig(pl.Callback):
         names = ["config.yaml"] if stage == "fit" else [f"config_{stage}.yaml", "config.yaml"]
         path = next((p for n in names if os.path.isfile(p := os.path.join(trainer.default_root_dir, n))), None)
         if path is None:
-            rank_zero_info(f"RunConfig: no {names[0]} in {trainer.default_root_dir} (not run by perceiver-lit?); "
-                           "only the task's hyperparameters are in the W&B config")
+            rank_zero_info(
+                f"RunConfig: no {names[0]} in {trainer.default_root_dir} (not run by perceiver-lit?); "
+                "only the task's hyperparameters are in the W&B config"
+            )
             return
         with open(path) as f:
             cfg = yaml.safe_load(f) or {}
@@ -115,7 +121,7 @@ class PerClassTable(pl.Callback):
             return
         self._handle.remove()
         self._handle = None
-        stats = self._stats.compute().cpu()            # (C, 5): tp, fp, tn, fn, support
+        stats = self._stats.compute().cpu()  # (C, 5): tp, fp, tn, fn, support
         if stats.ndim != 2 or stats[:, 4].sum() == 0:
             return
         support = stats[:, 4]
@@ -123,15 +129,19 @@ class PerClassTable(pl.Callback):
             score, name, key = self._ap.compute().cpu(), "ap", "test/per_class_ap"
         else:
             score, name, key = stats[:, 0] / support.clamp(min=1), "accuracy", "test/per_class_accuracy"
-        names = (getattr(pl_module, "class_names", None) or getattr(trainer.datamodule, "class_names", None)
-                 or [str(i) for i in range(len(support))])
+        names = (
+            getattr(pl_module, "class_names", None)
+            or getattr(trainer.datamodule, "class_names", None)
+            or [str(i) for i in range(len(support))]
+        )
         confusion = self._confusion.compute().cpu() if self._confusion is not None else None  # (C, C) true x pred
         self._confusion = None
-        rows = [[i, str(names[i]), None if s == 0 else round(float(a), 6), int(s)]
-                for i, (a, s) in enumerate(zip(score.tolist(), support.tolist()))]
+        rows = [
+            [i, str(names[i]), None if s == 0 else round(float(a), 6), int(s)]
+            for i, (a, s) in enumerate(zip(score.tolist(), support.tolist()))
+        ]
         if trainer.is_global_zero:
-            self._logger.log_table(key, columns=["class", "name", name, "support"], data=rows,
-                                   step=trainer.global_step)
+            self._logger.log_table(key, columns=["class", "name", name, "support"], data=rows, step=trainer.global_step)
             if confusion is not None:
                 self._log_confusion(confusion, [str(n) for n in names], trainer.global_step)
 
@@ -141,7 +151,10 @@ class PerClassTable(pl.Callback):
 
         rows = [[names[t], names[p], int(confusion[t, p])] for t in range(len(names)) for p in range(len(names))]
         table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=rows)
-        chart = wandb.plot_table("wandb/confusion_matrix/v1", table,
-                                 {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
-                                 {"title": "Confusion matrix"})
+        chart = wandb.plot_table(
+            "wandb/confusion_matrix/v1",
+            table,
+            {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
+            {"title": "Confusion matrix"},
+        )
         self._logger.experiment.log({"test/confusion_matrix": chart, "trainer/global_step": step})

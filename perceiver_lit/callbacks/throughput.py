@@ -54,7 +54,9 @@ class Throughput(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = getattr(pl_module, "net", pl_module)
-        fn = getattr(net, "flops_per_sample", None) or getattr(getattr(net, "_orig_mod", None), "flops_per_sample", None)
+        fn = getattr(net, "flops_per_sample", None) or getattr(
+            getattr(net, "_orig_mod", None), "flops_per_sample", None
+        )
         self._flops_per_sample = float(fn()) if callable(fn) else None
         if self.peak_flops is None and self._flops_per_sample is not None:
             device = pl_module.device
@@ -73,7 +75,9 @@ class Throughput(pl.Callback):
             torch.cuda.synchronize(device)
         return time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if self._t0 is None:  # the clock starts after the first step (warm-up, loader start)
             self._t0, self._samples, self._steps = self._clock(pl_module.device), 0, 0
             return

@@ -40,9 +40,17 @@ class InputAdapter(nn.Module):
 class _GridAdapter(InputAdapter):
     """Shared part of grid modalities: position features (Fourier or learned) concatenated or added."""
 
-    def _init_positions(self, grid: Sequence[int], feature_channels: int, position_encoding: str,
-                        num_frequency_bands: int, max_resolution: Sequence[int] | None,
-                        num_position_channels: int | None, concat_or_add: str, permute_seed: int | None) -> None:
+    def _init_positions(
+        self,
+        grid: Sequence[int],
+        feature_channels: int,
+        position_encoding: str,
+        num_frequency_bands: int,
+        max_resolution: Sequence[int] | None,
+        num_position_channels: int | None,
+        concat_or_add: str,
+        permute_seed: int | None,
+    ) -> None:
         check_sizes(type(self).__name__, max_resolution=max_resolution, num_position_channels=num_position_channels)
         check_sizes(type(self).__name__, minimum=0, num_frequency_bands=num_frequency_bands)
         if concat_or_add not in ("concat", "add"):
@@ -51,8 +59,13 @@ class _GridAdapter(InputAdapter):
         self.num_elements = math.prod(self.grid)
         self.pos_proj = None
         if position_encoding == "fourier":
-            self.pos = FourierPositionEncoding(len(self.grid), num_frequency_bands, max_resolution,
-                                               permute_seed=permute_seed, num_positions=self.num_elements)
+            self.pos = FourierPositionEncoding(
+                len(self.grid),
+                num_frequency_bands,
+                max_resolution,
+                permute_seed=permute_seed,
+                num_positions=self.num_elements,
+            )
             pos_channels = self.pos.num_channels
             if concat_or_add == "add":  # Fourier features have their own width: project them onto the features
                 self.pos_proj = nn.Linear(pos_channels, feature_channels)
@@ -61,20 +74,23 @@ class _GridAdapter(InputAdapter):
             pos_channels = feature_channels if concat_or_add == "add" else (num_position_channels or feature_channels)
             self.pos = LearnedPositionEncoding(self.num_elements, pos_channels, permute_seed)
         else:
-            raise ValueError(f"{type(self).__name__}: position_encoding must be 'fourier' or 'learned', "
-                             f"got {position_encoding!r}")
+            raise ValueError(
+                f"{type(self).__name__}: position_encoding must be 'fourier' or 'learned', got {position_encoding!r}"
+            )
         self.num_output_channels = feature_channels + (pos_channels if concat_or_add == "concat" else 0)
 
     def _add_positions(self, x: Tensor, grid: Sequence[int]) -> Tensor:
         """x (B, N, C) features in grid order -> (B, N, C + P) or (B, N, C)."""
         if isinstance(self.pos, FourierPositionEncoding):
-            pos = self.pos(grid, x.device, x.dtype)                     # (N, P), cached
+            pos = self.pos(grid, x.device, x.dtype)  # (N, P), cached
             if self.pos_proj is not None:
                 pos = self.pos_proj(pos)
         else:
             if math.prod(grid) != self.num_elements:
-                raise ValueError(f"{type(self).__name__}: learned positions are for grid {self.grid}, got {tuple(grid)}")
-            pos = self.pos().to(x.dtype)                                 # (N, P)
+                raise ValueError(
+                    f"{type(self).__name__}: learned positions are for grid {self.grid}, got {tuple(grid)}"
+                )
+            pos = self.pos().to(x.dtype)  # (N, P)
         if self.concat_or_add == "add":
             return x + pos
         return torch.cat([x, pos.expand(x.shape[0], -1, -1)], dim=-1)
@@ -100,10 +116,18 @@ class ImageAdapter(_GridAdapter):
             features are reordered by the same fixed permutation; null: unpermuted.
     """
 
-    def __init__(self, input_shape: Sequence[int], num_frequency_bands: int = 64,
-                 max_resolution: Sequence[int] | None = None, position_encoding: str = "fourier",
-                 num_position_channels: int | None = None, concat_or_add: str = "concat", prep: str = "pixels",
-                 prep_channels: int = 64, permute_seed: int | None = None):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_frequency_bands: int = 64,
+        max_resolution: Sequence[int] | None = None,
+        position_encoding: str = "fourier",
+        num_position_channels: int | None = None,
+        concat_or_add: str = "concat",
+        prep: str = "pixels",
+        prep_channels: int = 64,
+        permute_seed: int | None = None,
+    ):
         super().__init__()
         if len(input_shape) != 3:
             raise ValueError(f"ImageAdapter: input_shape must be (H, W, C), got {tuple(input_shape)}")
@@ -114,19 +138,31 @@ class ImageAdapter(_GridAdapter):
         elif prep == "conv1x1":
             self.prep, feat = nn.Conv2d(c, prep_channels, kernel_size=1), prep_channels
         elif prep == "conv":
-            self.prep = nn.Sequential(nn.Conv2d(c, prep_channels, 7, stride=2, padding=3, bias=False),
-                                      nn.BatchNorm2d(prep_channels), nn.ReLU(), nn.MaxPool2d(3, stride=2))
+            self.prep = nn.Sequential(
+                nn.Conv2d(c, prep_channels, 7, stride=2, padding=3, bias=False),
+                nn.BatchNorm2d(prep_channels),
+                nn.ReLU(),
+                nn.MaxPool2d(3, stride=2),
+            )
             feat = prep_channels
             h, w = (math.ceil(h / 2) - 3) // 2 + 1, (math.ceil(w / 2) - 3) // 2 + 1
         else:
             raise ValueError(f"ImageAdapter: prep must be 'pixels', 'conv1x1' or 'conv', got {prep!r}")
         self.input_shape, self.prep_type, self.in_channels = tuple(input_shape), prep, c
-        self._init_positions((h, w), feat, position_encoding, num_frequency_bands, max_resolution,
-                             num_position_channels, concat_or_add, permute_seed)
+        self._init_positions(
+            (h, w),
+            feat,
+            position_encoding,
+            num_frequency_bands,
+            max_resolution,
+            num_position_channels,
+            concat_or_add,
+            permute_seed,
+        )
 
     def forward(self, x: Tensor, pad_mask: PadMask = None) -> tuple[Tensor, PadMask]:
         if self.prep is not None:
-            x = self.prep(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)   # (B, H', W', C')
+            x = self.prep(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (B, H', W', C')
         B, H, W, C = x.shape
         return self._add_positions(x.reshape(B, H * W, C), (H, W)), pad_mask
 
@@ -152,21 +188,39 @@ class VideoAdapter(_GridAdapter):
             features are reordered by the same fixed permutation; null: unpermuted.
     """
 
-    def __init__(self, input_shape: Sequence[int], patch_size: Sequence[int] = (2, 8, 8),
-                 num_frequency_bands: int = 64, max_resolution: Sequence[int] | None = None,
-                 position_encoding: str = "fourier", concat_or_add: str = "concat", permute_seed: int | None = None):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        patch_size: Sequence[int] = (2, 8, 8),
+        num_frequency_bands: int = 64,
+        max_resolution: Sequence[int] | None = None,
+        position_encoding: str = "fourier",
+        concat_or_add: str = "concat",
+        permute_seed: int | None = None,
+    ):
         super().__init__()
         if len(input_shape) != 4 or len(patch_size) != 3:
-            raise ValueError(f"VideoAdapter: input_shape must be (T, H, W, C) and patch_size (pt, ph, pw), "
-                             f"got {tuple(input_shape)} and {tuple(patch_size)}")
+            raise ValueError(
+                f"VideoAdapter: input_shape must be (T, H, W, C) and patch_size (pt, ph, pw), "
+                f"got {tuple(input_shape)} and {tuple(patch_size)}"
+            )
         check_sizes("VideoAdapter", input_shape=tuple(input_shape), patch_size=tuple(patch_size))
         if any(s % p for s, p in zip(input_shape[:3], patch_size)):
-            raise ValueError(f"VideoAdapter: input_shape {tuple(input_shape)} not divisible by patch_size "
-                             f"{tuple(patch_size)}")
+            raise ValueError(
+                f"VideoAdapter: input_shape {tuple(input_shape)} not divisible by patch_size {tuple(patch_size)}"
+            )
         self.patch_size = tuple(patch_size)
         grid = [s // p for s, p in zip(input_shape[:3], patch_size)]
-        self._init_positions(grid, math.prod(patch_size) * input_shape[3], position_encoding, num_frequency_bands,
-                             max_resolution, None, concat_or_add, permute_seed)
+        self._init_positions(
+            grid,
+            math.prod(patch_size) * input_shape[3],
+            position_encoding,
+            num_frequency_bands,
+            max_resolution,
+            None,
+            concat_or_add,
+            permute_seed,
+        )
 
     def forward(self, x: Tensor, pad_mask: PadMask = None) -> tuple[Tensor, PadMask]:
         B, T, H, W, C = x.shape
@@ -191,31 +245,40 @@ class AudioAdapter(_GridAdapter):
             features are reordered by the same fixed permutation; null: unpermuted.
     """
 
-    def __init__(self, input_shape: Sequence[int], samples_per_patch: int = 128, num_frequency_bands: int = 64,
-                 max_resolution: Sequence[int] | None = None, position_encoding: str = "fourier",
-                 concat_or_add: str = "concat", permute_seed: int | None = None):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        samples_per_patch: int = 128,
+        num_frequency_bands: int = 64,
+        max_resolution: Sequence[int] | None = None,
+        position_encoding: str = "fourier",
+        concat_or_add: str = "concat",
+        permute_seed: int | None = None,
+    ):
         super().__init__()
         check_sizes("AudioAdapter", input_shape=tuple(input_shape), samples_per_patch=samples_per_patch)
         if len(input_shape) == 1:
             if input_shape[0] % samples_per_patch:
-                raise ValueError(f"AudioAdapter: {input_shape[0]} samples not divisible by samples_per_patch "
-                                 f"{samples_per_patch}")
+                raise ValueError(
+                    f"AudioAdapter: {input_shape[0]} samples not divisible by samples_per_patch {samples_per_patch}"
+                )
             self.mel, grid, feat = False, (input_shape[0] // samples_per_patch,), samples_per_patch
         elif len(input_shape) == 2:
             self.mel, grid, feat = True, tuple(input_shape), 1
         else:
             raise ValueError(f"AudioAdapter: input_shape must be (S,) raw or (F, M) mel, got {tuple(input_shape)}")
         self.samples_per_patch = samples_per_patch
-        self._init_positions(grid, feat, position_encoding, num_frequency_bands, max_resolution, None,
-                             concat_or_add, permute_seed)
+        self._init_positions(
+            grid, feat, position_encoding, num_frequency_bands, max_resolution, None, concat_or_add, permute_seed
+        )
 
     def forward(self, x: Tensor, pad_mask: PadMask = None) -> tuple[Tensor, PadMask]:
         B = x.shape[0]
         if self.mel:
             grid = tuple(x.shape[1:])
-            x = x.reshape(B, -1, 1)                                     # (B, F*M, 1)
+            x = x.reshape(B, -1, 1)  # (B, F*M, 1)
         else:
-            x = x.reshape(B, -1, self.samples_per_patch)                # (B, S/p, p)
+            x = x.reshape(B, -1, self.samples_per_patch)  # (B, S/p, p)
             grid = (x.shape[1],)
         return self._add_positions(x, grid), pad_mask
 
@@ -233,8 +296,13 @@ class PointCloudAdapter(InputAdapter):
         permute_seed: accepted for a uniform interface and not used: the points carry their own positions.
     """
 
-    def __init__(self, input_shape: Sequence[int], num_frequency_bands: int = 64, max_frequency: float = 1120.0,
-                 permute_seed: int | None = None):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_frequency_bands: int = 64,
+        max_frequency: float = 1120.0,
+        permute_seed: int | None = None,
+    ):
         super().__init__()
         if len(input_shape) != 2:
             raise ValueError(f"PointCloudAdapter: input_shape must be (N, D), got {tuple(input_shape)}")
@@ -260,13 +328,24 @@ class TextAdapter(InputAdapter):
             L); null: unpermuted.
     """
 
-    def __init__(self, input_shape: Sequence[int], vocab_size: int = 262, num_channels: int = 768,
-                 max_seq_len: int | None = None, permute_seed: int | None = None):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        vocab_size: int = 262,
+        num_channels: int = 768,
+        max_seq_len: int | None = None,
+        permute_seed: int | None = None,
+    ):
         super().__init__()
         if len(input_shape) != 1:
             raise ValueError(f"TextAdapter: input_shape must be (L,), got {tuple(input_shape)}")
-        check_sizes("TextAdapter", input_shape=tuple(input_shape), vocab_size=vocab_size, num_channels=num_channels,
-                    max_seq_len=max_seq_len)
+        check_sizes(
+            "TextAdapter",
+            input_shape=tuple(input_shape),
+            vocab_size=vocab_size,
+            num_channels=num_channels,
+            max_seq_len=max_seq_len,
+        )
         self.num_elements, self.num_output_channels = input_shape[0], num_channels
         max_seq_len = max_seq_len or input_shape[0]
         if max_seq_len < input_shape[0]:
@@ -280,11 +359,16 @@ class TextAdapter(InputAdapter):
             raise ValueError("TextAdapter: permute_seed needs max_seq_len == input length")
 
     def forward(self, x: Tensor, pad_mask: PadMask = None) -> tuple[Tensor, PadMask]:
-        return self.embedding(x) + self.pos(x.shape[1]), pad_mask      # (B, L, C)
+        return self.embedding(x) + self.pos(x.shape[1]), pad_mask  # (B, L, C)
 
 
-ADAPTERS_BY_MODALITY = {"image": ImageAdapter, "video": VideoAdapter, "audio": AudioAdapter,
-                        "points": PointCloudAdapter, "text": TextAdapter}
+ADAPTERS_BY_MODALITY = {
+    "image": ImageAdapter,
+    "video": VideoAdapter,
+    "audio": AudioAdapter,
+    "points": PointCloudAdapter,
+    "text": TextAdapter,
+}
 
 
 def _build_adapter(name: str, spec: Mapping[str, Any] | InputAdapter, input_shape) -> InputAdapter:
@@ -299,8 +383,9 @@ def _build_adapter(name: str, spec: Mapping[str, Any] | InputAdapter, input_shap
     elif name in ADAPTERS_BY_MODALITY:
         cls, kwargs = ADAPTERS_BY_MODALITY[name], spec
     else:
-        raise ValueError(f"MultimodalAdapter: modality {name!r} needs a class_path (known by name: "
-                         f"{sorted(ADAPTERS_BY_MODALITY)})")
+        raise ValueError(
+            f"MultimodalAdapter: modality {name!r} needs a class_path (known by name: {sorted(ADAPTERS_BY_MODALITY)})"
+        )
     return cls(input_shape=input_shape, **kwargs)
 
 
@@ -322,17 +407,23 @@ class MultimodalAdapter(InputAdapter):
         permute_seed: passed to every modality's adapter given by keyword arguments (see ImageAdapter).
     """
 
-    def __init__(self, input_shape: Mapping[str, Sequence[int]],
-                 adapters: Mapping[str, Mapping[str, Any] | InputAdapter] | None = None,
-                 min_padding_size: int = 4, modality_dropout: Mapping[str, float] | None = None,
-                 permute_seed: int | None = None):
+    def __init__(
+        self,
+        input_shape: Mapping[str, Sequence[int]],
+        adapters: Mapping[str, Mapping[str, Any] | InputAdapter] | None = None,
+        min_padding_size: int = 4,
+        modality_dropout: Mapping[str, float] | None = None,
+        permute_seed: int | None = None,
+    ):
         super().__init__()
         check_sizes("MultimodalAdapter", minimum=0, min_padding_size=min_padding_size)
         adapters = dict(adapters or {})
         unknown = set(adapters) - set(input_shape)
         if unknown:
-            raise ValueError(f"MultimodalAdapter: adapters {sorted(unknown)} have no input_shape "
-                             f"(data modalities: {sorted(input_shape)})")
+            raise ValueError(
+                f"MultimodalAdapter: adapters {sorted(unknown)} have no input_shape "
+                f"(data modalities: {sorted(input_shape)})"
+            )
         self.names = sorted(input_shape)
         built = {}
         for n in self.names:
@@ -344,32 +435,36 @@ class MultimodalAdapter(InputAdapter):
         self.num_output_channels = max(a.num_output_channels for a in built.values()) + min_padding_size
         self.num_elements = sum(a.num_elements for a in built.values())
         # Learned per-modality padding, truncated normal std 0.02 (DeepMind: TrainablePositionEncoding).
-        self.padding = nn.ParameterDict({
-            n: nn.Parameter(trunc_normal_(torch.empty(self.num_output_channels - a.num_output_channels), 0.02))
-            for n, a in built.items()})
+        self.padding = nn.ParameterDict(
+            {
+                n: nn.Parameter(trunc_normal_(torch.empty(self.num_output_channels - a.num_output_channels), 0.02))
+                for n, a in built.items()
+            }
+        )
         self.modality_dropout = dict(modality_dropout or {})
         bad = set(self.modality_dropout) - set(self.names)
         if bad:
             raise ValueError(f"MultimodalAdapter: modality_dropout names unknown modalities {sorted(bad)}")
 
-    def forward(self, x: Mapping[str, Tensor], pad_mask: Mapping[str, Tensor] | None = None
-                ) -> tuple[Tensor, PadMask]:
+    def forward(self, x: Mapping[str, Tensor], pad_mask: Mapping[str, Tensor] | None = None) -> tuple[Tensor, PadMask]:
         parts, masks = [], []
         B = next(iter(x.values())).shape[0]
         drops = self._sample_drops(B, next(iter(x.values())).device)
         for n in self.names:
             e, m = self.adapters[n](x[n], None if pad_mask is None else pad_mask.get(n))  # (B, M_n, C_n)
             pad = self.padding[n].to(e.dtype).expand(B, e.shape[1], -1)
-            parts.append(torch.cat([e, pad], dim=-1))                                   # (B, M_n, C)
+            parts.append(torch.cat([e, pad], dim=-1))  # (B, M_n, C)
             if n in drops:
                 d = drops[n][:, None].expand(B, e.shape[1])
                 m = d if m is None else (m | d)
             masks.append(m)
-        out = torch.cat(parts, dim=1)                                                   # (B, M, C)
+        out = torch.cat(parts, dim=1)  # (B, M, C)
         if all(m is None for m in masks):
             return out, None
-        full = [torch.zeros(B, p.shape[1], dtype=torch.bool, device=out.device) if m is None else m
-                for m, p in zip(masks, parts)]
+        full = [
+            torch.zeros(B, p.shape[1], dtype=torch.bool, device=out.device) if m is None else m
+            for m, p in zip(masks, parts)
+        ]
         return out, torch.cat(full, dim=1)
 
     def _sample_drops(self, batch_size: int, device) -> dict[str, Tensor]:

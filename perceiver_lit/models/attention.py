@@ -28,15 +28,17 @@ from .checks import check_sizes
 from .sdpa import attend_unprojected, attention
 
 
-def head_channels(owner: str, default: int, num_heads: int, qk_channels: int | None, v_channels: int | None
-                  ) -> tuple[int, int]:
+def head_channels(
+    owner: str, default: int, num_heads: int, qk_channels: int | None, v_channels: int | None
+) -> tuple[int, int]:
     """(qk_channels, v_channels) of an attention layer: qk_channels defaults to `default` (the "kv" shape: the
     inputs' width), v_channels to qk_channels; each must split evenly into num_heads heads."""
     qk_channels = qk_channels or default
     v_channels = v_channels or qk_channels
     if qk_channels % num_heads or v_channels % num_heads:
-        raise ValueError(f"{owner}: qk_channels {qk_channels} / v_channels {v_channels} "
-                         f"not divisible by num_heads {num_heads}")
+        raise ValueError(
+            f"{owner}: qk_channels {qk_channels} / v_channels {v_channels} not divisible by num_heads {num_heads}"
+        )
     return qk_channels, v_channels
 
 
@@ -44,8 +46,9 @@ class MLP(nn.Sequential):
     """Linear(dim -> widening * dim) -> GELU -> Linear(-> dim)."""
 
     def __init__(self, dim: int, widening_factor: int = 1, dropout: float = 0.0):
-        super().__init__(nn.Linear(dim, widening_factor * dim), nn.GELU(), nn.Linear(widening_factor * dim, dim),
-                         nn.Dropout(dropout))
+        super().__init__(
+            nn.Linear(dim, widening_factor * dim), nn.GELU(), nn.Linear(widening_factor * dim, dim), nn.Dropout(dropout)
+        )
 
 
 class _Layer(nn.Module):
@@ -78,12 +81,28 @@ class CrossAttentionLayer(_Layer):
         checkpoint: recompute the layer's activations in backward (activation checkpointing).
     """
 
-    def __init__(self, q_dim: int, kv_dim: int, num_heads: int = 1, qk_channels: int | None = None,
-                 v_channels: int | None = None, widening_factor: int = 1, dropout: float = 0.0,
-                 use_query_residual: bool = True, checkpoint: bool = False):
+    def __init__(
+        self,
+        q_dim: int,
+        kv_dim: int,
+        num_heads: int = 1,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        widening_factor: int = 1,
+        dropout: float = 0.0,
+        use_query_residual: bool = True,
+        checkpoint: bool = False,
+    ):
         super().__init__()
-        check_sizes("CrossAttentionLayer", q_dim=q_dim, kv_dim=kv_dim, num_heads=num_heads, qk_channels=qk_channels,
-                    v_channels=v_channels, widening_factor=widening_factor)
+        check_sizes(
+            "CrossAttentionLayer",
+            q_dim=q_dim,
+            kv_dim=kv_dim,
+            num_heads=num_heads,
+            qk_channels=qk_channels,
+            v_channels=v_channels,
+            widening_factor=widening_factor,
+        )
         qk_channels, v_channels = head_channels("CrossAttentionLayer", kv_dim, num_heads, qk_channels, v_channels)
         self.num_heads, self.qk_channels, self.v_channels = num_heads, qk_channels, v_channels
         self.use_query_residual, self.dropout, self.checkpoint = use_query_residual, dropout, checkpoint
@@ -97,8 +116,14 @@ class CrossAttentionLayer(_Layer):
         self.norm_mlp = nn.LayerNorm(q_dim)
         self.mlp = MLP(q_dim, widening_factor, dropout)
 
-    def _forward(self, x: Tensor, inputs: Tensor | None, pad_mask: Tensor | None = None, kv: Tensor | None = None,
-                 return_kv: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def _forward(
+        self,
+        x: Tensor,
+        inputs: Tensor | None,
+        pad_mask: Tensor | None = None,
+        kv: Tensor | None = None,
+        return_kv: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """x (B, N, q_dim), inputs (B, M, kv_dim) -> (B, N, q_dim).
 
         kv / return_kv: a layer applied again to the same inputs (the Perceiver's shared cross-attends) can
@@ -108,15 +133,15 @@ class CrossAttentionLayer(_Layer):
         num_inputs = (inputs if kv is None else kv).shape[1]
         if self.absorbs(x.shape[1], num_inputs):
             if kv is None:
-                kv = self.normalize_inputs(inputs)                                  # (B, M, kv_dim)
-            a = self._absorbed_attention(x, kv, pad_mask)                           # (B, N, Cv)
+                kv = self.normalize_inputs(inputs)  # (B, M, kv_dim)
+            a = self._absorbed_attention(x, kv, pad_mask)  # (B, N, Cv)
         else:
             if kv is None:
-                kv = self.project_kv(inputs)                                        # (B, M, Cqk + Cv)
+                kv = self.project_kv(inputs)  # (B, M, Cqk + Cv)
             k, v = kv.split([self.qk_channels, self.v_channels], dim=-1)
-            q = self.to_q(self.norm_q(x))                                            # (B, N, Cqk)
+            q = self.to_q(self.norm_q(x))  # (B, N, Cqk)
             a = attention(q, k, v, self.num_heads, pad_mask, self.dropout if self.training else 0.0)  # (B, N, Cv)
-        a = self.proj_drop(self.proj(a))                                            # (B, N, q_dim)
+        a = self.proj_drop(self.proj(a))  # (B, N, q_dim)
         x = x + a if self.use_query_residual else a
         x = self._mlp_residual(x)
         return (x, kv) if return_kv else x
@@ -164,7 +189,7 @@ class CrossAttentionLayer(_Layer):
     def _folded_kv_weights(self) -> tuple[Tensor, Tensor | None]:
         """to_kv's weight and bias with norm_kv's affine folded in (see project_kv)."""
         ln, lin = self.norm_kv, self.to_kv
-        weight = lin.weight if ln.weight is None else lin.weight * ln.weight      # (Cqk + Cv, kv_dim)
+        weight = lin.weight if ln.weight is None else lin.weight * ln.weight  # (Cqk + Cv, kv_dim)
         bias = lin.bias
         if ln.bias is not None:
             bias = lin.weight @ ln.bias if bias is None else torch.addmv(bias, lin.weight, ln.bias)
@@ -177,16 +202,16 @@ class CrossAttentionLayer(_Layer):
         h, C = self.num_heads, self.to_kv.in_features
         dqk, dv = self.qk_channels // h, self.v_channels // h
         weight, bias = self._folded_kv_weights()
-        w_k, w_v = weight.split([self.qk_channels, self.v_channels])               # (Cqk, C), (Cv, C)
-        w_k = F.pad(w_k.view(h, dqk, C), (0, x_hat.shape[-1] - C))                 # (h, dqk, C [+ CUDA padding])
+        w_k, w_v = weight.split([self.qk_channels, self.v_channels])  # (Cqk, C), (Cv, C)
+        w_k = F.pad(w_k.view(h, dqk, C), (0, x_hat.shape[-1] - C))  # (h, dqk, C [+ CUDA padding])
         # The latents expanded over the batch (the first cross-attend) are the same queries for every sample:
         # project them once. einsum, not a broadcast matmul: the weights' gradients then come from one matmul per
         # head, not from a (B x ...) batch of outer products summed afterwards.
-        rows = x[:1] if B > 1 and x.stride(0) == 0 else x                           # (1 or B, N, q_dim)
-        q = self.to_q(self.norm_q(rows)).view(rows.shape[0], N, h, dqk)             # (1 or B, N, h, dqk)
-        q = torch.einsum("bnhd,hdc->bhnc", q, w_k).expand(B, -1, -1, -1)            # (B, h, N, C)
-        o = attend_unprojected(q, x_hat, dqk ** -0.5, pad_mask)[..., :C]            # (B, h, N, C)
-        b_v = None if bias is None else bias[self.qk_channels:]                     # b_k drops out (softmax)
+        rows = x[:1] if B > 1 and x.stride(0) == 0 else x  # (1 or B, N, q_dim)
+        q = self.to_q(self.norm_q(rows)).view(rows.shape[0], N, h, dqk)  # (1 or B, N, h, dqk)
+        q = torch.einsum("bnhd,hdc->bhnc", q, w_k).expand(B, -1, -1, -1)  # (B, h, N, C)
+        o = attend_unprojected(q, x_hat, dqk**-0.5, pad_mask)[..., :C]  # (B, h, N, C)
+        b_v = None if bias is None else bias[self.qk_channels :]  # b_k drops out (softmax)
         v = torch.einsum("bhnc,hdc->bnhd", o, w_v.view(h, dv, C)).reshape(B, N, -1)  # (B, N, Cv)
         return v if b_v is None else v + b_v
 
@@ -202,8 +227,7 @@ class CrossAttentionLayer(_Layer):
         x_hat = F.layer_norm(inputs, self.norm_kv.normalized_shape, None, None, self.norm_kv.eps)  # (B, M, kv_dim)
         return F.linear(x_hat, *self._folded_kv_weights())
 
-    def flops(self, num_queries: int, num_inputs: int, project_kv: bool = True, expanded_queries: bool = False
-              ) -> int:
+    def flops(self, num_queries: int, num_inputs: int, project_kv: bool = True, expanded_queries: bool = False) -> int:
         """Forward FLOPs per sample of the path that runs (`absorbs`); project_kv=False: the inputs' k, v come
         from a cache (a shared cross-attend after its first use); expanded_queries: the queries are one array
         expanded over the batch (the latents), which the absorbed path projects once per batch: that work is
@@ -211,11 +235,11 @@ class CrossAttentionLayer(_Layer):
         n, m, q_dim = num_queries, num_inputs, self.to_q.in_features
         absorbed = self.absorbs(n, m)
         macs = n * q_dim * self.qk_channels * (not (absorbed and expanded_queries))  # q
-        macs += n * self.v_channels * q_dim                                    # output projection
-        macs += n * 2 * q_dim * self.mlp[0].out_features                       # MLP
-        if absorbed:            # q W_k (once per batch for expanded queries), Q'X^T, PX, W_v
+        macs += n * self.v_channels * q_dim  # output projection
+        macs += n * 2 * q_dim * self.mlp[0].out_features  # MLP
+        if absorbed:  # q W_k (once per batch for expanded queries), Q'X^T, PX, W_v
             macs += self._absorbed_macs(n, m) - n * self.qk_channels * self.to_kv.in_features * expanded_queries
-        else:                   # k, v (unless cached), QK^T, AV
+        else:  # k, v (unless cached), QK^T, AV
             macs += self._projected_macs(n, m, project_kv)
         return 2 * macs
 
@@ -248,11 +272,25 @@ class SelfAttentionLayer(_Layer):
         checkpoint: recompute the layer's activations in backward (activation checkpointing).
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, qk_channels: int | None = None, v_channels: int | None = None,
-                 widening_factor: int = 1, dropout: float = 0.0, checkpoint: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        widening_factor: int = 1,
+        dropout: float = 0.0,
+        checkpoint: bool = False,
+    ):
         super().__init__()
-        check_sizes("SelfAttentionLayer", dim=dim, num_heads=num_heads, qk_channels=qk_channels,
-                    v_channels=v_channels, widening_factor=widening_factor)
+        check_sizes(
+            "SelfAttentionLayer",
+            dim=dim,
+            num_heads=num_heads,
+            qk_channels=qk_channels,
+            v_channels=v_channels,
+            widening_factor=widening_factor,
+        )
         qk_channels, v_channels = head_channels("SelfAttentionLayer", dim, num_heads, qk_channels, v_channels)
         self.num_heads, self.qk_channels, self.v_channels = num_heads, qk_channels, v_channels
         self.dropout, self.checkpoint = dropout, checkpoint

@@ -56,9 +56,10 @@ class OneHotAdapter(InputAdapter):
         if x.ndim == 1:
             x = F.one_hot(x.long(), self.num_classes).float()
         if x.ndim != 2 or x.shape[1] != self.num_classes:
-            raise ValueError(f"OneHotAdapter: labels must be (B,) class ids or (B, {self.num_classes}), "
-                             f"got {tuple(x.shape)}")
-        return x[:, None, :], pad_mask                                            # (B, 1, K)
+            raise ValueError(
+                f"OneHotAdapter: labels must be (B,) class ids or (B, {self.num_classes}), got {tuple(x.shape)}"
+            )
+        return x[:, None, :], pad_mask  # (B, 1, K)
 
 
 class GridQueries(nn.Module):
@@ -84,7 +85,7 @@ class GridQueries(nn.Module):
         """indices (Q,) or (B, Q) -> features (Q, C) or (B, Q, C)."""
         dims = torch.tensor(self.index_dims, device=indices.device)
         coords = torch.stack(torch.unravel_index(indices, self.index_dims), dim=-1)  # (..., Q, d)
-        pos = -1 + 2 * coords / dims                                                # float32
+        pos = -1 + 2 * coords / dims  # float32
         return fourier_features(pos, [r / 2 for r in self.max_resolution], self.num_bands).to(dtype)
 
 
@@ -117,19 +118,35 @@ class PerceiverIOMultimodalAutoencoder(LatentEncoderModel):
 
     MODALITIES = ("audio", "label", "video")
 
-    def __init__(self, adapter: MultimodalAdapter, num_latents: int = 784, latent_dim: int = 512,
-                 num_self_attends: int = 8, num_self_attention_heads: int = 8, num_cross_attention_heads: int = 1,
-                 cross_attention_widening_factor: int = 1, self_attention_widening_factor: int = 1,
-                 decoder_num_heads: int = 1, decoder_output_channels: int = 512, video_query_bands: int = 32,
-                 audio_query_bands: int = 192, label_query_channels: int = 1024, query_padding_size: int = 2,
-                 mask_probs: Mapping[str, float] | None = None, decode_chunk_size: int | None = 8192,
-                 dropout: float = 0.0, activation_checkpointing: bool = False):
+    def __init__(
+        self,
+        adapter: MultimodalAdapter,
+        num_latents: int = 784,
+        latent_dim: int = 512,
+        num_self_attends: int = 8,
+        num_self_attention_heads: int = 8,
+        num_cross_attention_heads: int = 1,
+        cross_attention_widening_factor: int = 1,
+        self_attention_widening_factor: int = 1,
+        decoder_num_heads: int = 1,
+        decoder_output_channels: int = 512,
+        video_query_bands: int = 32,
+        audio_query_bands: int = 192,
+        label_query_channels: int = 1024,
+        query_padding_size: int = 2,
+        mask_probs: Mapping[str, float] | None = None,
+        decode_chunk_size: int | None = 8192,
+        dropout: float = 0.0,
+        activation_checkpointing: bool = False,
+    ):
         super().__init__()
         mask_probs = {"label": 1.0} if mask_probs is None else dict(mask_probs)
         self.config = record(MultimodalAutoencoderConfig, locals())
         if tuple(adapter.names) != self.MODALITIES:
-            raise ValueError(f"PerceiverIOMultimodalAutoencoder: the adapter's modalities must be "
-                             f"{list(self.MODALITIES)}, got {adapter.names}")
+            raise ValueError(
+                f"PerceiverIOMultimodalAutoencoder: the adapter's modalities must be "
+                f"{list(self.MODALITIES)}, got {adapter.names}"
+            )
         bad = set(mask_probs) - set(self.MODALITIES)
         if bad:
             raise ValueError(f"PerceiverIOMultimodalAutoencoder: mask_probs names unknown modalities {sorted(bad)}")
@@ -140,34 +157,57 @@ class PerceiverIOMultimodalAutoencoder(LatentEncoderModel):
         self.adapter = adapter
         self.num_classes = label.num_output_channels
         self.samples_per_patch = audio.samples_per_patch
-        self.video_shape = tuple(g * p for g, p in zip(video.grid, video.patch_size))         # (T, H, W)
+        self.video_shape = tuple(g * p for g, p in zip(video.grid, video.patch_size))  # (T, H, W)
         patch = video.patch_size[0] * video.patch_size[1] * video.patch_size[2]
-        self.video_channels = (video.num_output_channels - video.pos.num_channels) // patch   # 3
-        self.queries = nn.ModuleDict({
-            "video": GridQueries(self.video_shape, video_query_bands, video.pos.max_resolution or self.video_shape),
-            "audio": GridQueries(audio.grid, audio_query_bands,
-                                 audio.pos.max_resolution or (audio.grid[0] * audio.samples_per_patch,))})
+        self.video_channels = (video.num_output_channels - video.pos.num_channels) // patch  # 3
+        self.queries = nn.ModuleDict(
+            {
+                "video": GridQueries(self.video_shape, video_query_bands, video.pos.max_resolution or self.video_shape),
+                "audio": GridQueries(
+                    audio.grid,
+                    audio_query_bands,
+                    audio.pos.max_resolution or (audio.grid[0] * audio.samples_per_patch,),
+                ),
+            }
+        )
         self.label_query = nn.Parameter(trunc_normal_(torch.empty(1, label_query_channels), 0.02))
-        widths = {"video": self.queries["video"].num_channels, "audio": self.queries["audio"].num_channels,
-                  "label": label_query_channels}
+        widths = {
+            "video": self.queries["video"].num_channels,
+            "audio": self.queries["audio"].num_channels,
+            "label": label_query_channels,
+        }
         self.query_channels = max(widths.values()) + query_padding_size
-        self.query_padding = nn.ParameterDict({
-            n: nn.Parameter(trunc_normal_(torch.empty(self.query_channels - w), 0.02)) for n, w in widths.items()})
+        self.query_padding = nn.ParameterDict(
+            {n: nn.Parameter(trunc_normal_(torch.empty(self.query_channels - w), 0.02)) for n, w in widths.items()}
+        )
         # A learned mask token per modality (HF has one for each modality it lists in mask_probs: all three).
-        self.mask_tokens = nn.ParameterDict({n: nn.Parameter(trunc_normal_(torch.empty(c), 0.02))
-                                             for n in self.MODALITIES})
-        self._init_encoder(c, self.config)                                           # latents, encoder, processor
-        self.decoder = DenseDecoder(self.query_channels, latent_dim, decoder_output_channels, decoder_num_heads,
-                                    use_query_residual=False, chunk_size=decode_chunk_size, dropout=dropout,
-                                    checkpoint=ckpt)
-        self.heads = nn.ModuleDict({"audio": nn.Linear(decoder_output_channels, self.samples_per_patch),
-                                    "label": nn.Linear(decoder_output_channels, self.num_classes),
-                                    "video": nn.Linear(decoder_output_channels, self.video_channels)})
+        self.mask_tokens = nn.ParameterDict(
+            {n: nn.Parameter(trunc_normal_(torch.empty(c), 0.02)) for n in self.MODALITIES}
+        )
+        self._init_encoder(c, self.config)  # latents, encoder, processor
+        self.decoder = DenseDecoder(
+            self.query_channels,
+            latent_dim,
+            decoder_output_channels,
+            decoder_num_heads,
+            use_query_residual=False,
+            chunk_size=decode_chunk_size,
+            dropout=dropout,
+            checkpoint=ckpt,
+        )
+        self.heads = nn.ModuleDict(
+            {
+                "audio": nn.Linear(decoder_output_channels, self.samples_per_patch),
+                "label": nn.Linear(decoder_output_channels, self.num_classes),
+                "video": nn.Linear(decoder_output_channels, self.video_channels),
+            }
+        )
         self.apply(init_linear_)
 
     @classmethod
-    def from_config(cls, adapter: MultimodalAdapter, config: MultimodalAutoencoderConfig
-                    ) -> PerceiverIOMultimodalAutoencoder:
+    def from_config(
+        cls, adapter: MultimodalAdapter, config: MultimodalAutoencoderConfig
+    ) -> PerceiverIOMultimodalAutoencoder:
         return cls(adapter=adapter, **asdict(config))
 
     def num_queries(self, modality: str) -> int:
@@ -180,55 +220,63 @@ class PerceiverIOMultimodalAutoencoder(LatentEncoderModel):
         start, parts = 0, []
         for n in self.adapter.names:
             m = self.adapter.adapters[n].num_elements
-            part, p = x[:, start:start + m], self.config.mask_probs.get(n, 0.0)
+            part, p = x[:, start : start + m], self.config.mask_probs.get(n, 0.0)
             token = self.mask_tokens[n].to(x.dtype)
             if p >= 1 or n in masked:
                 part = token.expand_as(part)
             elif p > 0 and self.training:
-                drop = torch.rand(part.shape[:2], device=x.device) < p                       # (B, m)
+                drop = torch.rand(part.shape[:2], device=x.device) < p  # (B, m)
                 part = torch.where(drop[..., None], token, part)
             parts.append(part)
             start += m
-        return torch.cat(parts, dim=1)                                                       # (B, M, C)
+        return torch.cat(parts, dim=1)  # (B, M, C)
 
     def _make_queries(self, modality: str, batch_size: int, dtype: torch.dtype):
         pad = self.query_padding[modality].to(dtype)
 
-        def make(indices: Tensor) -> Tensor:                                                 # -> (B, Q, C)
+        def make(indices: Tensor) -> Tensor:  # -> (B, Q, C)
             if modality == "label":
-                q = self.label_query.to(dtype)[indices.clamp(max=0)]                         # (..., Q, 1024)
+                q = self.label_query.to(dtype)[indices.clamp(max=0)]  # (..., Q, 1024)
             else:
-                q = self.queries[modality](indices, dtype)                                   # (..., Q, C_m)
+                q = self.queries[modality](indices, dtype)  # (..., Q, C_m)
             q = q.expand(batch_size, -1, -1) if q.ndim == 2 else q
             return torch.cat([q, pad.expand(*q.shape[:2], -1)], dim=-1)
+
         return make
 
-    def forward(self, inputs: Mapping[str, Tensor], query_indices: Mapping[str, Tensor] | None = None,
-                masked: Sequence[str] = ()) -> dict[str, Tensor]:
+    def forward(
+        self,
+        inputs: Mapping[str, Tensor],
+        query_indices: Mapping[str, Tensor] | None = None,
+        masked: Sequence[str] = (),
+    ) -> dict[str, Tensor]:
         bad = set(masked) - set(self.MODALITIES)
         if bad:
             raise ValueError(f"PerceiverIOMultimodalAutoencoder: masked names unknown modalities {sorted(bad)}")
-        x, mask = self.adapter(inputs)                                                       # (B, M, C)
+        x, mask = self.adapter(inputs)  # (B, M, C)
         x = self._mask(x, masked)
         B = x.shape[0]
-        z = self.processor(self.encoder(self.latents.expand(B, -1, -1), x, mask))           # (B, N, D)
+        z = self.processor(self.encoder(self.latents.expand(B, -1, -1), x, mask))  # (B, N, D)
         query_indices = dict(query_indices or {})
         bad = set(query_indices) - {"video", "audio"}
         if bad:
-            raise ValueError(f"PerceiverIOMultimodalAutoencoder: query_indices for {sorted(bad)}; only 'video' and "
-                             "'audio' are subsampled")
+            raise ValueError(
+                f"PerceiverIOMultimodalAutoencoder: query_indices for {sorted(bad)}; only 'video' and "
+                "'audio' are subsampled"
+            )
         out = {}
         for n in self.MODALITIES:
             idx = query_indices.get(n)
             # the modality's head per decode chunk: (B, Q, 512) is never held for all queries
-            y = self.decoder(z, self._make_queries(n, B, x.dtype), self.num_queries(n), idx,
-                             postprocess=self.heads[n])                                      # (B, Q, K_n)
+            y = self.decoder(
+                z, self._make_queries(n, B, x.dtype), self.num_queries(n), idx, postprocess=self.heads[n]
+            )  # (B, Q, K_n)
             if n == "label":
-                out[n] = y[:, 0]                                                             # (B, K)
+                out[n] = y[:, 0]  # (B, K)
             elif n == "audio":
-                out[n] = y.reshape(B, -1)                                                    # (B, Q * 16)
+                out[n] = y.reshape(B, -1)  # (B, Q * 16)
             else:
-                out[n] = y if idx is not None else y.view(B, *self.video_shape, -1)          # (B, T, H, W, 3)
+                out[n] = y if idx is not None else y.view(B, *self.video_shape, -1)  # (B, T, H, W, 3)
         return out
 
     def decode_flops(self) -> int:
@@ -246,7 +294,7 @@ class PerceiverIOMultimodalAutoencoder(LatentEncoderModel):
         return self.encoder.flops(n, m, expanded_queries=True) + self.processor.flops(n) + self.decode_flops()
 
     def no_weight_decay(self) -> set[str]:
-        return no_weight_decay_names(self) | {"label_query"}                                 # a learned query
+        return no_weight_decay_names(self) | {"label_query"}  # a learned query
 
 
 MultimodalAutoencoderConfig = config_class(PerceiverIOMultimodalAutoencoder, "MultimodalAutoencoderConfig")

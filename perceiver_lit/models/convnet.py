@@ -33,8 +33,13 @@ class ConvNet(nn.Module):
         dropout: before the classifier.
     """
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int = 10,
-                 channels: Sequence[int] = (32, 64, 128), dropout: float = 0.0):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int = 10,
+        channels: Sequence[int] = (32, 64, 128),
+        dropout: float = 0.0,
+    ):
         super().__init__()
         check_sizes("ConvNet", input_shape=tuple(input_shape), num_classes=num_classes, channels=tuple(channels))
         shape = tuple(int(s) for s in input_shape)
@@ -46,17 +51,21 @@ class ConvNet(nn.Module):
         layers: list[nn.Module] = []
         for c in channels:
             # bias=False: the BatchNorm that follows has its own shift.
-            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2, ceil_mode=True)]
+            layers += [
+                nn.Conv2d(c_in, c, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2, ceil_mode=True),
+            ]
             c_in = c
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_in, num_classes))
 
     def forward(self, inputs: Tensor, pad_mask: Tensor | None = None) -> Tensor:
-        x = inputs if inputs.ndim == 4 else inputs.unsqueeze(-1)   # (B, H, W, C)
-        x = x.permute(0, 3, 1, 2)                                  # (B, C, H, W)
-        x = self.features(x)                                       # (B, C', H', W')
-        return self.head(x.mean(dim=(2, 3)))                       # (B, num_classes)
+        x = inputs if inputs.ndim == 4 else inputs.unsqueeze(-1)  # (B, H, W, C)
+        x = x.permute(0, 3, 1, 2)  # (B, C, H, W)
+        x = self.features(x)  # (B, C', H', W')
+        return self.head(x.mean(dim=(2, 3)))  # (B, num_classes)
 
     def no_weight_decay(self) -> set[str]:
         return {n for n, p in self.named_parameters() if p.ndim < 2}

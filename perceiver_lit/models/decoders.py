@@ -44,8 +44,9 @@ def take_rows(x: Tensor, indices: Tensor) -> Tensor:
     return x.gather(1, indices.to(x.device)[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def random_query_indices(num_queries: int, num_samples: int, batch_size: int, device=None,
-                         generator: torch.Generator | None = None) -> Tensor:
+def random_query_indices(
+    num_queries: int, num_samples: int, batch_size: int, device=None, generator: torch.Generator | None = None
+) -> Tensor:
     """A random subset of num_samples of the num_queries outputs per sample, without repeats: (B, Q) int64, sorted.
 
     For training on a subset of the outputs (the paper's autoencoder): pass it as `query_indices` and gather the
@@ -60,7 +61,7 @@ def random_query_indices(num_queries: int, num_samples: int, batch_size: int, de
     if not 0 < num_samples <= num_queries:
         raise ValueError(f"random_query_indices: num_samples must be in 1..{num_queries}, got {num_samples}")
     scores = torch.rand(batch_size, num_queries, generator=generator, device=device)
-    return scores.topk(num_samples, dim=1, sorted=False).indices.sort(dim=1).values      # (B, Q)
+    return scores.topk(num_samples, dim=1, sorted=False).indices.sort(dim=1).values  # (B, Q)
 
 
 class DenseDecoder(nn.Module):
@@ -82,21 +83,45 @@ class DenseDecoder(nn.Module):
 
     latent_side_absorb: bool | None = None  # see absorbs_latent_side(); None: by cost
 
-    def __init__(self, query_channels: int, latent_dim: int, output_channels: int | None, num_heads: int = 1,
-                 qk_channels: int | None = None, v_channels: int | None = None, widening_factor: int = 1,
-                 use_query_residual: bool = False, chunk_size: int | None = 8192, dropout: float = 0.0,
-                 checkpoint: bool = False):
+    def __init__(
+        self,
+        query_channels: int,
+        latent_dim: int,
+        output_channels: int | None,
+        num_heads: int = 1,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        widening_factor: int = 1,
+        use_query_residual: bool = False,
+        chunk_size: int | None = 8192,
+        dropout: float = 0.0,
+        checkpoint: bool = False,
+    ):
         super().__init__()
-        self.cross = CrossAttentionLayer(query_channels, latent_dim, num_heads, qk_channels, v_channels,
-                                         widening_factor, dropout, use_query_residual=use_query_residual,
-                                         checkpoint=checkpoint)
+        self.cross = CrossAttentionLayer(
+            query_channels,
+            latent_dim,
+            num_heads,
+            qk_channels,
+            v_channels,
+            widening_factor,
+            dropout,
+            use_query_residual=use_query_residual,
+            checkpoint=checkpoint,
+        )
         # Many queries against few latents: project the latents' k, v once, reused by every chunk.
         self.cross.absorb = False
         self.head = nn.Linear(query_channels, output_channels) if output_channels else nn.Identity()
         self.chunk_size = chunk_size
 
-    def forward(self, z: Tensor, make_queries: QueryFn, num_queries: int, query_indices: Tensor | None = None,
-                postprocess: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    def forward(
+        self,
+        z: Tensor,
+        make_queries: QueryFn,
+        num_queries: int,
+        query_indices: Tensor | None = None,
+        postprocess: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
         """z (B, N, latent_dim) -> (B, Q, output_channels).
 
         Args:
@@ -108,18 +133,18 @@ class DenseDecoder(nn.Module):
                 for all queries, not the decoder's width (the autoencoder's 512 channels x 802,816 pixels: 1.5 GiB).
         """
         idx = query_indices if query_indices is not None else torch.arange(num_queries, device=z.device)
-        kv = self.cross.project_kv(z)                                            # (B, N, Cqk + Cv), once
+        kv = self.cross.project_kv(z)  # (B, N, Cqk + Cv), once
         n = idx.shape[-1]
         chunk = self.chunk_size if (self.chunk_size and (not self.training or not torch.is_grad_enabled())) else n
         latent_side = LatentSideWeights(self.cross, kv) if self.absorbs_latent_side(n, z.shape[1]) else None
         outs = []
         for start in range(0, n, chunk):
             # in the latents' dtype: under FSDP2 the unit's inputs come cast to bf16, queries built here do not
-            q = make_queries(idx[..., start:start + chunk]).to(z.dtype)          # (B, q, query_channels)
+            q = make_queries(idx[..., start : start + chunk]).to(z.dtype)  # (B, q, query_channels)
             x = self.cross(q, None, kv=kv) if latent_side is None else latent_side(q)
-            x = self.head(x)                                                     # (B, q, output_channels)
+            x = self.head(x)  # (B, q, output_channels)
             outs.append(x if postprocess is None else postprocess(x))
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)             # (B, Q, output_channels)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # (B, Q, output_channels)
 
     def absorbs_latent_side(self, num_queries: int, num_latents: int) -> bool:
         """Whether `LatentSideWeights` decodes: when its multiply-adds (latent-side folding, then attention at the
@@ -147,9 +172,9 @@ class DenseDecoder(nn.Module):
             return self.cross.flops(num_queries, num_latents) + head
         cross, q, n = self.cross, num_queries, num_latents
         c = cross.to_q.in_features
-        kv = n * cross.to_kv.in_features * (cross.qk_channels + cross.v_channels)       # k, v of the latents
-        fold = n * c * (cross.qk_channels + cross.v_channels) + n * cross.qk_channels   # K, V, c
-        attend = q * cross.num_heads * 2 * n * c                                          # x_hat K^T, P V
+        kv = n * cross.to_kv.in_features * (cross.qk_channels + cross.v_channels)  # k, v of the latents
+        fold = n * c * (cross.qk_channels + cross.v_channels) + n * cross.qk_channels  # K, V, c
+        attend = q * cross.num_heads * 2 * n * c  # x_hat K^T, P V
         mlp = q * 2 * c * cross.mlp[0].out_features
         return 2 * (kv + fold + attend + mlp) + head
 
@@ -180,19 +205,19 @@ class LatentSideWeights:
         h = cross.num_heads
         C = cross.to_q.in_features
         dqk, dv = cross.qk_channels // h, cross.v_channels // h
-        self.cross, self.scale = cross, dqk ** -0.5
+        self.cross, self.scale = cross, dqk**-0.5
         k, v = kv.split([cross.qk_channels, cross.v_channels], dim=-1)
         k, v = k.view(B, N, h, dqk), v.view(B, N, h, dv)
         ln, lin = cross.norm_q, cross.to_q
-        w_q = lin.weight if ln.weight is None else lin.weight * ln.weight                 # (Cqk, C)
+        w_q = lin.weight if ln.weight is None else lin.weight * ln.weight  # (Cqk, C)
         b_q = lin.bias
         if ln.bias is not None:
             b_q = lin.weight @ ln.bias if b_q is None else torch.addmv(b_q, lin.weight, ln.bias)
-        self.keys = torch.einsum("bnhd,hdc->bhnc", k, w_q.view(h, dqk, C))              # (B, h, N, C)
+        self.keys = torch.einsum("bnhd,hdc->bhnc", k, w_q.view(h, dqk, C))  # (B, h, N, C)
         # SDPA adds the mask to the scaled scores: the bias is scaled here
         self.bias = None if b_q is None else torch.einsum("bnhd,hd->bhn", k, b_q.view(h, dqk) * self.scale)[:, :, None]
-        w_o = cross.proj.weight.view(C, h, dv)                                            # (C, h, dv)
-        self.values = torch.einsum("bnhd,chd->bhnc", v, w_o)                             # (B, h, N, C)
+        w_o = cross.proj.weight.view(C, h, dv)  # (C, h, dv)
+        self.values = torch.einsum("bnhd,chd->bhnc", v, w_o)  # (B, h, N, C)
 
     def __call__(self, x: Tensor) -> Tensor:
         """Queries x (B, Q, C) -> the layer's output (B, Q, C)."""
@@ -204,11 +229,12 @@ class LatentSideWeights:
     def _forward(self, x: Tensor) -> Tensor:
         cross = self.cross
         x_hat = F.layer_norm(x, cross.norm_q.normalized_shape, None, None, cross.norm_q.eps)[:, None]  # (B, 1, Q, C)
-        q = x_hat.expand(-1, self.keys.shape[1], -1, -1)                                   # (B, h, Q, C)
+        q = x_hat.expand(-1, self.keys.shape[1], -1, -1)  # (B, h, Q, C)
         dropout = cross.dropout if cross.training else 0.0
-        a = F.scaled_dot_product_attention(q, self.keys, self.values, attn_mask=self.bias, dropout_p=dropout,
-                                           scale=self.scale)                              # (B, h, Q, C)
-        a = a.sum(1) if a.shape[1] > 1 else a[:, 0]                                        # (B, Q, C)
+        a = F.scaled_dot_product_attention(
+            q, self.keys, self.values, attn_mask=self.bias, dropout_p=dropout, scale=self.scale
+        )  # (B, h, Q, C)
+        a = a.sum(1) if a.shape[1] > 1 else a[:, 0]  # (B, Q, C)
         if cross.proj.bias is not None:
             a = a + cross.proj.bias
         a = cross.proj_drop(a)

@@ -39,8 +39,8 @@ def extract_patches(frames: Tensor, patch_size: int = 3) -> Tensor:
     """
     B, T, H, W, C = frames.shape
     p, r = patch_size, patch_size // 2
-    x = F.pad(frames.permute(0, 1, 4, 2, 3).reshape(B * T, C, H, W), (r, r, r, r))   # (BT, C, H+2r, W+2r)
-    patches = x.unfold(2, p, 1).unfold(3, p, 1)                                       # (BT, C, H, W, p, p)
+    x = F.pad(frames.permute(0, 1, 4, 2, 3).reshape(B * T, C, H, W), (r, r, r, r))  # (BT, C, H+2r, W+2r)
+    patches = x.unfold(2, p, 1).unfold(3, p, 1)  # (BT, C, H, W, p, p)
     return patches.permute(0, 4, 5, 1, 2, 3).reshape(B, T, p * p * C, H, W)
 
 
@@ -56,8 +56,14 @@ class FlowPatchAdapter(InputAdapter):
         max_resolution: (H, W) that sets the top frequency: the training size (368, 496); defaults to (H, W).
     """
 
-    def __init__(self, input_shape: Sequence[int], patch_size: int = 3, num_channels: int = 64,
-                 num_frequency_bands: int = 64, max_resolution: Sequence[int] | None = None):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        patch_size: int = 3,
+        num_channels: int = 64,
+        num_frequency_bands: int = 64,
+        max_resolution: Sequence[int] | None = None,
+    ):
         super().__init__()
         if len(input_shape) != 4 or input_shape[0] != 2:
             raise ValueError(f"FlowPatchAdapter: input_shape must be (2, H, W, C), got {tuple(input_shape)}")
@@ -75,23 +81,23 @@ class FlowPatchAdapter(InputAdapter):
     def conv_weight(self) -> Tensor:
         """patch_proj's weight as a 3-D conv kernel over the stacked frames: (out, 2 * C, p, p)."""
         p, c = self.patch_size, self.in_channels
-        w = self.patch_proj.weight.view(-1, 2, p, p, c)                                # (out, t, row, col, colour)
+        w = self.patch_proj.weight.view(-1, 2, p, p, c)  # (out, t, row, col, colour)
         return w.permute(0, 1, 4, 2, 3).reshape(w.shape[0], 2 * c, p, p)
 
     def features(self, frames: Tensor) -> Tensor:
         """(B, 2, H, W, C) -> (B, HW, num_channels): patching + Linear, as one convolution."""
         B, T, H, W, C = frames.shape
-        x = frames.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W)                      # (B, 2C, H, W)
+        x = frames.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W)  # (B, 2C, H, W)
         x = F.conv2d(x, self.conv_weight(), self.patch_proj.bias, padding=self.patch_size // 2)  # (B, out, H, W)
-        return x.flatten(2).transpose(1, 2)                                            # (B, HW, out)
+        return x.flatten(2).transpose(1, 2)  # (B, HW, out)
 
     def forward(self, frames: Tensor, pad_mask: PadMask = None) -> tuple[Tensor, PadMask]:
         if frames.ndim != 5 or frames.shape[1] != 2:
             raise ValueError(f"FlowPatchAdapter: frames must be (B, 2, H, W, C), got {tuple(frames.shape)}")
         H, W = frames.shape[2:4]
-        x = self.features(frames)                                                      # (B, HW, 64)
-        pos = self.pos((H, W), x.device, x.dtype).expand(x.shape[0], -1, -1)           # (B, HW, P)
-        return torch.cat([x, pos], dim=-1), pad_mask                                   # (B, HW, 64 + P)
+        x = self.features(frames)  # (B, HW, 64)
+        pos = self.pos((H, W), x.device, x.dtype).expand(x.shape[0], -1, -1)  # (B, HW, P)
+        return torch.cat([x, pos], dim=-1), pad_mask  # (B, HW, 64 + P)
 
     def flops(self) -> int:
         return 2 * self.num_elements * self.patch_proj.in_features * self.patch_proj.out_features
@@ -114,21 +120,41 @@ class PerceiverIOFlow(LatentEncoderModel):
     flat pixel indices, row-major) only those pixels are decoded: (B, Q, 2).
     """
 
-    def __init__(self, adapter: FlowPatchAdapter, num_latents: int = 2048, latent_dim: int = 512,
-                 num_self_attends: int = 24, num_self_attention_heads: int = 16, num_cross_attention_heads: int = 1,
-                 cross_attention_widening_factor: int = 1, self_attention_widening_factor: int = 1,
-                 decoder_num_heads: int = 1, decoder_widening_factor: int = 1, output_channels: int = 2,
-                 rescale_factor: float = 100.0, decode_chunk_size: int | None = 8192, dropout: float = 0.0,
-                 activation_checkpointing: bool = False):
+    def __init__(
+        self,
+        adapter: FlowPatchAdapter,
+        num_latents: int = 2048,
+        latent_dim: int = 512,
+        num_self_attends: int = 24,
+        num_self_attention_heads: int = 16,
+        num_cross_attention_heads: int = 1,
+        cross_attention_widening_factor: int = 1,
+        self_attention_widening_factor: int = 1,
+        decoder_num_heads: int = 1,
+        decoder_widening_factor: int = 1,
+        output_channels: int = 2,
+        rescale_factor: float = 100.0,
+        decode_chunk_size: int | None = 8192,
+        dropout: float = 0.0,
+        activation_checkpointing: bool = False,
+    ):
         super().__init__()
         self.config = record(PerceiverIOFlowConfig, locals())
         ckpt = activation_checkpointing
         c = adapter.num_output_channels
         self.adapter = adapter
-        self._init_encoder(c, self.config)                                         # latents, encoder, processor
-        self.decoder = DenseDecoder(c, latent_dim, output_channels, decoder_num_heads,
-                                    widening_factor=decoder_widening_factor, use_query_residual=False,
-                                    chunk_size=decode_chunk_size, dropout=dropout, checkpoint=ckpt)
+        self._init_encoder(c, self.config)  # latents, encoder, processor
+        self.decoder = DenseDecoder(
+            c,
+            latent_dim,
+            output_channels,
+            decoder_num_heads,
+            widening_factor=decoder_widening_factor,
+            use_query_residual=False,
+            chunk_size=decode_chunk_size,
+            dropout=dropout,
+            checkpoint=ckpt,
+        )
         self.apply(init_linear_)
 
     @classmethod
@@ -136,10 +162,10 @@ class PerceiverIOFlow(LatentEncoderModel):
         return cls(adapter=adapter, **asdict(config))
 
     def forward(self, frames: Tensor, query_indices: Tensor | None = None) -> Tensor:
-        x, _ = self.adapter(frames)                                                # (B, HW, C); checks the shape
+        x, _ = self.adapter(frames)  # (B, HW, C); checks the shape
         B, _, H, W, _ = frames.shape
-        z = self.encoder(self.latents.expand(B, -1, -1), x)                        # (B, N, D)
-        z = self.processor(z)                                                      # (B, N, D)
+        z = self.encoder(self.latents.expand(B, -1, -1), x)  # (B, N, D)
+        z = self.processor(z)  # (B, N, D)
         # The queries are the encoder inputs at the output pixels (features + Fourier positions).
         out = self.decoder(z, lambda idx: take_rows(x, idx), H * W, query_indices)  # (B, Q, 2)
         out = out / self.config.rescale_factor
@@ -151,8 +177,12 @@ class PerceiverIOFlow(LatentEncoderModel):
     def flops_per_sample(self) -> int:
         """Analytic forward FLOPs (2 x multiply-adds of the matmuls) for one sample at the adapter's shape."""
         n, m = self.config.num_latents, self.adapter.num_elements
-        return (self.adapter.flops() + self.encoder.flops(n, m, expanded_queries=True) + self.processor.flops(n)
-                + self.decoder.flops(m, n))
+        return (
+            self.adapter.flops()
+            + self.encoder.flops(n, m, expanded_queries=True)
+            + self.processor.flops(n)
+            + self.decoder.flops(m, n)
+        )
 
 
 PerceiverIOFlowConfig = config_class(PerceiverIOFlow)

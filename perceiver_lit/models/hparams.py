@@ -28,7 +28,7 @@ def config_class(model: type, name: str | None = None, exclude: tuple[str, ...] 
     """A dataclass with one field per keyword argument of `model.__init__` (less `exclude`), with the same
     annotation and default (a list / dict default is copied per instance). Named `<Model>Config` by default."""
     fields = []
-    for p in list(inspect.signature(model.__init__).parameters.values())[1:]:   # less self
+    for p in list(inspect.signature(model.__init__).parameters.values())[1:]:  # less self
         if p.name in exclude or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         if p.default is p.empty:
@@ -40,8 +40,10 @@ def config_class(model: type, name: str | None = None, exclude: tuple[str, ...] 
             fields.append((p.name, p.annotation, dataclasses.field(default=p.default)))
     cls = dataclasses.make_dataclass(name or f"{model.__name__}Config", fields)
     cls.__module__, cls.__qualname__ = model.__module__, cls.__name__
-    cls.__doc__ = (f"The hyperparameters of {model.__name__}: its keyword arguments, derived from its signature "
-                   f"(see {model.__name__}'s Args).")
+    cls.__doc__ = (
+        f"The hyperparameters of {model.__name__}: its keyword arguments, derived from its signature "
+        f"(see {model.__name__}'s Args)."
+    )
     return cls
 
 

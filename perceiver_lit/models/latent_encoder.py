@@ -31,9 +31,22 @@ class LatentEncoderModel(nn.Module):
     def _init_encoder(self, input_channels: int, config: Any) -> None:
         """latents, encoder (latents x inputs of input_channels) and processor from the model's config."""
         c, ckpt = config, config.activation_checkpointing
-        self.latents = init_latents(c.num_latents, c.latent_dim)                   # (N, D)
-        self.encoder = CrossAttentionLayer(c.latent_dim, input_channels, c.num_cross_attention_heads, None, None,
-                                           c.cross_attention_widening_factor, c.dropout, checkpoint=ckpt)
-        self.processor = SelfAttentionBlock(c.num_self_attends, c.latent_dim, num_heads=c.num_self_attention_heads,
-                                            widening_factor=c.self_attention_widening_factor, dropout=c.dropout,
-                                            checkpoint=ckpt)
+        self.latents = init_latents(c.num_latents, c.latent_dim)  # (N, D)
+        self.encoder = CrossAttentionLayer(
+            c.latent_dim,
+            input_channels,
+            c.num_cross_attention_heads,
+            None,
+            None,
+            c.cross_attention_widening_factor,
+            c.dropout,
+            checkpoint=ckpt,
+        )
+        self.processor = SelfAttentionBlock(
+            c.num_self_attends,
+            c.latent_dim,
+            num_heads=c.num_self_attention_heads,
+            widening_factor=c.self_attention_widening_factor,
+            dropout=c.dropout,
+            checkpoint=ckpt,
+        )

@@ -33,11 +33,11 @@ def subsample_inputs(x: Tensor, pad_mask: Tensor | None, keep: float) -> tuple[T
     k = max(1, round(keep * M))
     if k >= M:
         return x, pad_mask
-    score = torch.rand(B, M, device=x.device)                                # (B, M)
+    score = torch.rand(B, M, device=x.device)  # (B, M)
     if pad_mask is not None:
-        score = score.masked_fill(pad_mask, 2.0)                             # real elements first
-    idx = score.topk(k, dim=1, largest=False, sorted=False).indices          # (B, K)
-    x = x.gather(1, idx.unsqueeze(-1).expand(B, k, C))                       # (B, K, C)
+        score = score.masked_fill(pad_mask, 2.0)  # real elements first
+    idx = score.topk(k, dim=1, largest=False, sorted=False).indices  # (B, K)
+    x = x.gather(1, idx.unsqueeze(-1).expand(B, k, C))  # (B, K, C)
     return x, None if pad_mask is None else pad_mask.gather(1, idx)
 
 
@@ -68,13 +68,26 @@ class Perceiver(nn.Module):
             evaluation sees every element.
     """
 
-    def __init__(self, adapter: InputAdapter, num_classes: int = 1000, num_latents: int = 512,
-                 latent_dim: int = 1024, num_cross_attends: int = 8, num_blocks: int | None = None,
-                 num_self_attends_per_block: int = 6, num_cross_attention_heads: int = 1,
-                 num_self_attention_heads: int = 8, cross_attention_qk_channels: int | None = None,
-                 cross_attention_widening_factor: int = 1, self_attention_widening_factor: int = 1,
-                 share_cross_attends: bool = True, share_latent_blocks: bool = True, dropout: float = 0.0,
-                 activation_checkpointing: bool = False, input_keep: float = 1.0):
+    def __init__(
+        self,
+        adapter: InputAdapter,
+        num_classes: int = 1000,
+        num_latents: int = 512,
+        latent_dim: int = 1024,
+        num_cross_attends: int = 8,
+        num_blocks: int | None = None,
+        num_self_attends_per_block: int = 6,
+        num_cross_attention_heads: int = 1,
+        num_self_attention_heads: int = 8,
+        cross_attention_qk_channels: int | None = None,
+        cross_attention_widening_factor: int = 1,
+        self_attention_widening_factor: int = 1,
+        share_cross_attends: bool = True,
+        share_latent_blocks: bool = True,
+        dropout: float = 0.0,
+        activation_checkpointing: bool = False,
+        input_keep: float = 1.0,
+    ):
         super().__init__()
         cfg = record(PerceiverConfig, locals())
         check_sizes("Perceiver", **sizes(cfg))
@@ -84,17 +97,29 @@ class Perceiver(nn.Module):
         if cfg.num_cross_attends > cfg.num_blocks:
             raise ValueError(f"Perceiver: num_cross_attends {num_cross_attends} > num_blocks {cfg.num_blocks}")
         self.config, self.adapter = cfg, adapter
-        self.latents = init_latents(num_latents, latent_dim)                   # (N, D)
+        self.latents = init_latents(num_latents, latent_dim)  # (N, D)
 
         def cross() -> CrossAttentionLayer:
-            return CrossAttentionLayer(latent_dim, adapter.num_output_channels, num_cross_attention_heads,
-                                       cross_attention_qk_channels, None, cross_attention_widening_factor,
-                                       dropout, checkpoint=activation_checkpointing)
+            return CrossAttentionLayer(
+                latent_dim,
+                adapter.num_output_channels,
+                num_cross_attention_heads,
+                cross_attention_qk_channels,
+                None,
+                cross_attention_widening_factor,
+                dropout,
+                checkpoint=activation_checkpointing,
+            )
 
         def block() -> SelfAttentionBlock:
-            return SelfAttentionBlock(num_self_attends_per_block, latent_dim, num_heads=num_self_attention_heads,
-                                      widening_factor=self_attention_widening_factor, dropout=dropout,
-                                      checkpoint=activation_checkpointing)
+            return SelfAttentionBlock(
+                num_self_attends_per_block,
+                latent_dim,
+                num_heads=num_self_attention_heads,
+                widening_factor=self_attention_widening_factor,
+                dropout=dropout,
+                checkpoint=activation_checkpointing,
+            )
 
         n_cross = min(cfg.num_cross_attends, 2) if share_cross_attends else cfg.num_cross_attends
         self.cross_attends = nn.ModuleList([cross() for _ in range(n_cross)])
@@ -111,10 +136,10 @@ class Perceiver(nn.Module):
         return cls(adapter=adapter, **asdict(config))
 
     def forward(self, inputs: Tensor | dict[str, Tensor], pad_mask: Tensor | None = None) -> Tensor:
-        x, mask = self.adapter(inputs, pad_mask)                               # (B, M, C), (B, M) or None
+        x, mask = self.adapter(inputs, pad_mask)  # (B, M, C), (B, M) or None
         if self.training and self.config.input_keep < 1.0:
-            x, mask = subsample_inputs(x, mask, self.config.input_keep)        # (B, K, C), K = keep * M
-        z = self.latents.expand(x.shape[0], -1, -1)                            # (B, N, D)
+            x, mask = subsample_inputs(x, mask, self.config.input_keep)  # (B, K, C), K = keep * M
+        z = self.latents.expand(x.shape[0], -1, -1)  # (B, N, D)
         # What a cross-attend computes from the inputs alone is computed once: a shared cross-attend's k, v (not
         # n - 1 times), and the normalised inputs that every cross-attend which absorbs its projections reads.
         cache: dict[object, Tensor] = {}
@@ -124,8 +149,8 @@ class Perceiver(nn.Module):
                 layer = self.cross_attends[c]
                 key = ("x_hat", layer.norm_kv.eps) if layer.absorbs(z.shape[1], x.shape[1]) else c
                 z, cache[key] = layer(z, x, mask, kv=cache.get(key), return_kv=True)  # (B, N, D)
-            z = self.blocks[b](z)                                              # (B, N, D)
-        return self.head(self.norm(z.mean(dim=1)))                             # (B, num_classes)
+            z = self.blocks[b](z)  # (B, N, D)
+        return self.head(self.norm(z.mean(dim=1)))  # (B, num_classes)
 
     def no_weight_decay(self) -> set[str]:
         return no_weight_decay_names(self)
@@ -140,9 +165,12 @@ class Perceiver(nn.Module):
         if self.training and self.config.input_keep < 1.0:
             m = max(1, round(self.config.input_keep * m))
         flops = self.adapter.flops()
-        flops += sum(self.cross_attends[c].flops(n, m, project_kv=c not in self._cross_index[:i],
-                                                 expanded_queries=i == 0)  # the first reads the latents
-                     for i, c in enumerate(self._cross_index))
+        flops += sum(
+            self.cross_attends[c].flops(
+                n, m, project_kv=c not in self._cross_index[:i], expanded_queries=i == 0
+            )  # the first reads the latents
+            for i, c in enumerate(self._cross_index)
+        )
         flops += sum(self.blocks[b].flops(n) for b in self._block_index)
         return flops + 2 * self.head.in_features * self.head.out_features
 

@@ -59,42 +59,86 @@ class PerceiverIO(nn.Module):
         activation_checkpointing: recompute each attention layer's activations in backward (less memory).
     """
 
-    def __init__(self, adapter: InputAdapter, num_classes: int = 1000, queries: QueryProvider | None = None,
-                 num_latents: int = 512, latent_dim: int = 1024, num_blocks: int = 8,
-                 num_self_attends_per_block: int = 6, share_blocks: bool = True, num_cross_attention_heads: int = 1,
-                 num_self_attention_heads: int = 8, cross_attention_qk_channels: int | None = None,
-                 cross_attention_v_channels: int | None = None, self_attention_qk_channels: int | None = None,
-                 self_attention_v_channels: int | None = None, cross_attention_widening_factor: int = 1,
-                 self_attention_widening_factor: int = 1, decoder_num_heads: int = 1,
-                 decoder_qk_channels: int | None = None, decoder_v_channels: int | None = None,
-                 decoder_widening_factor: int = 1, decoder_query_residual: bool = True, output_head: str = "linear",
-                 dropout: float = 0.0, activation_checkpointing: bool = False):
+    def __init__(
+        self,
+        adapter: InputAdapter,
+        num_classes: int = 1000,
+        queries: QueryProvider | None = None,
+        num_latents: int = 512,
+        latent_dim: int = 1024,
+        num_blocks: int = 8,
+        num_self_attends_per_block: int = 6,
+        share_blocks: bool = True,
+        num_cross_attention_heads: int = 1,
+        num_self_attention_heads: int = 8,
+        cross_attention_qk_channels: int | None = None,
+        cross_attention_v_channels: int | None = None,
+        self_attention_qk_channels: int | None = None,
+        self_attention_v_channels: int | None = None,
+        cross_attention_widening_factor: int = 1,
+        self_attention_widening_factor: int = 1,
+        decoder_num_heads: int = 1,
+        decoder_qk_channels: int | None = None,
+        decoder_v_channels: int | None = None,
+        decoder_widening_factor: int = 1,
+        decoder_query_residual: bool = True,
+        output_head: str = "linear",
+        dropout: float = 0.0,
+        activation_checkpointing: bool = False,
+    ):
         super().__init__()
         self.config = record(PerceiverIOConfig, locals())
         check_sizes("PerceiverIO", **sizes(self.config))
         self.adapter = adapter
         self.queries = queries if queries is not None else TrainableQueries(1, latent_dim)
         ckpt = activation_checkpointing
-        self.latents = init_latents(num_latents, latent_dim)                   # (N, D)
-        self.encoder = CrossAttentionLayer(latent_dim, adapter.num_output_channels, num_cross_attention_heads,
-                                           cross_attention_qk_channels, cross_attention_v_channels,
-                                           cross_attention_widening_factor, dropout, checkpoint=ckpt)
-        self.processor = nn.ModuleList([
-            SelfAttentionBlock(num_self_attends_per_block, latent_dim, num_heads=num_self_attention_heads,
-                               qk_channels=self_attention_qk_channels, v_channels=self_attention_v_channels,
-                               widening_factor=self_attention_widening_factor, dropout=dropout, checkpoint=ckpt)
-            for _ in range(1 if share_blocks else num_blocks)])
+        self.latents = init_latents(num_latents, latent_dim)  # (N, D)
+        self.encoder = CrossAttentionLayer(
+            latent_dim,
+            adapter.num_output_channels,
+            num_cross_attention_heads,
+            cross_attention_qk_channels,
+            cross_attention_v_channels,
+            cross_attention_widening_factor,
+            dropout,
+            checkpoint=ckpt,
+        )
+        self.processor = nn.ModuleList(
+            [
+                SelfAttentionBlock(
+                    num_self_attends_per_block,
+                    latent_dim,
+                    num_heads=num_self_attention_heads,
+                    qk_channels=self_attention_qk_channels,
+                    v_channels=self_attention_v_channels,
+                    widening_factor=self_attention_widening_factor,
+                    dropout=dropout,
+                    checkpoint=ckpt,
+                )
+                for _ in range(1 if share_blocks else num_blocks)
+            ]
+        )
         self._block_index = [min(i, len(self.processor) - 1) for i in range(num_blocks)]
-        self.decoder = CrossAttentionLayer(self.queries.num_channels, latent_dim, decoder_num_heads,
-                                           decoder_qk_channels, decoder_v_channels, decoder_widening_factor, dropout,
-                                           use_query_residual=decoder_query_residual, checkpoint=ckpt)
+        self.decoder = CrossAttentionLayer(
+            self.queries.num_channels,
+            latent_dim,
+            decoder_num_heads,
+            decoder_qk_channels,
+            decoder_v_channels,
+            decoder_widening_factor,
+            dropout,
+            use_query_residual=decoder_query_residual,
+            checkpoint=ckpt,
+        )
         if output_head == "linear":
             self.head = nn.Linear(self.queries.num_channels, num_classes)
         elif output_head == "tied_embedding":
             emb = getattr(adapter, "embedding", None)
             if not isinstance(emb, nn.Embedding) or emb.weight.shape != (num_classes, self.queries.num_channels):
-                raise ValueError("PerceiverIO: output_head='tied_embedding' needs an adapter with an `embedding` of "
-                                 f"shape (num_classes={num_classes}, query channels={self.queries.num_channels})")
+                raise ValueError(
+                    "PerceiverIO: output_head='tied_embedding' needs an adapter with an `embedding` of "
+                    f"shape (num_classes={num_classes}, query channels={self.queries.num_channels})"
+                )
             self.head_bias = nn.Parameter(torch.zeros(num_classes))
         else:
             raise ValueError(f"PerceiverIO: output_head must be 'linear' or 'tied_embedding', got {output_head!r}")
@@ -103,18 +147,19 @@ class PerceiverIO(nn.Module):
         self._single_output = self.queries.num_queries == 1 and not getattr(self.queries, "match_input_length", False)
 
     @classmethod
-    def from_config(cls, adapter: InputAdapter, config: PerceiverIOConfig,
-                    queries: QueryProvider | None = None) -> PerceiverIO:
+    def from_config(
+        cls, adapter: InputAdapter, config: PerceiverIOConfig, queries: QueryProvider | None = None
+    ) -> PerceiverIO:
         return cls(adapter=adapter, queries=queries, **asdict(config))
 
     def forward(self, inputs: Tensor | dict[str, Tensor], pad_mask: Tensor | None = None) -> Tensor:
-        x, mask = self.adapter(inputs, pad_mask)                               # (B, M, C)
-        z = self.encoder(self.latents.expand(x.shape[0], -1, -1), x, mask)     # (B, N, D)
+        x, mask = self.adapter(inputs, pad_mask)  # (B, M, C)
+        z = self.encoder(self.latents.expand(x.shape[0], -1, -1), x, mask)  # (B, N, D)
         for b in self._block_index:
-            z = self.processor[b](z)                                           # (B, N, D)
-        out = self.decoder(self.queries(x), z)                                 # (B, Q, Cq)
+            z = self.processor[b](z)  # (B, N, D)
+        out = self.decoder(self.queries(x), z)  # (B, Q, Cq)
         if self.config.output_head == "linear":
-            logits = self.head(out)                                            # (B, Q, K)
+            logits = self.head(out)  # (B, Q, K)
         else:
             logits = out @ self.adapter.embedding.weight.t() + self.head_bias  # (B, Q, vocab)
         return logits[:, 0] if self._single_output else logits

@@ -32,8 +32,9 @@ def grid_positions(index_dims: Sequence[int], device=None) -> Tensor:
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
 
 
-def fourier_features(pos: Tensor, max_frequencies: Sequence[float], num_bands: int,
-                     concat_pos: bool = True, sine_only: bool = False) -> Tensor:
+def fourier_features(
+    pos: Tensor, max_frequencies: Sequence[float], num_bands: int, concat_pos: bool = True, sine_only: bool = False
+) -> Tensor:
     """Fourier features of positions.
 
     pos: (..., d) positions (in [-1, 1] for grids); max_frequencies: d top frequencies (res / 2 for grids).
@@ -42,9 +43,10 @@ def fourier_features(pos: Tensor, max_frequencies: Sequence[float], num_bands: i
     d = pos.shape[-1]
     if len(max_frequencies) != d:
         raise ValueError(f"fourier_features: {len(max_frequencies)} max frequencies for {d}-D positions")
-    freqs = torch.stack([torch.linspace(1.0, float(f), num_bands, device=pos.device, dtype=pos.dtype)
-                         for f in max_frequencies])                     # (d, K)
-    x = (pos[..., :, None] * freqs).flatten(-2)                          # (..., d*K), axis-major
+    freqs = torch.stack(
+        [torch.linspace(1.0, float(f), num_bands, device=pos.device, dtype=pos.dtype) for f in max_frequencies]
+    )  # (d, K)
+    x = (pos[..., :, None] * freqs).flatten(-2)  # (..., d*K), axis-major
     feats = [torch.sin(math.pi * x)] if sine_only else [torch.sin(math.pi * x), torch.cos(math.pi * x)]
     if concat_pos:
         feats.insert(0, pos)
@@ -69,12 +71,20 @@ class FourierPositionEncoding(nn.Module):
         num_positions: the grid's element count; needed with permute_seed.
     """
 
-    def __init__(self, num_dims: int, num_bands: int = 64, max_resolution: Sequence[int] | None = None,
-                 concat_pos: bool = True, sine_only: bool = False, permute_seed: int | None = None,
-                 num_positions: int | None = None):
+    def __init__(
+        self,
+        num_dims: int,
+        num_bands: int = 64,
+        max_resolution: Sequence[int] | None = None,
+        concat_pos: bool = True,
+        sine_only: bool = False,
+        permute_seed: int | None = None,
+        num_positions: int | None = None,
+    ):
         super().__init__()
-        check_sizes("FourierPositionEncoding", num_dims=num_dims, max_resolution=max_resolution,
-                    num_positions=num_positions)
+        check_sizes(
+            "FourierPositionEncoding", num_dims=num_dims, max_resolution=max_resolution, num_positions=num_positions
+        )
         check_sizes("FourierPositionEncoding", minimum=0, num_bands=num_bands)
         if max_resolution is not None and len(max_resolution) != num_dims:
             raise ValueError(f"FourierPositionEncoding: max_resolution {tuple(max_resolution)} has not {num_dims} axes")
@@ -110,8 +120,10 @@ class FourierPositionEncoding(nn.Module):
         feats = fourier_features(pos, [r / 2 for r in res], self.num_bands, self.concat_pos, self.sine_only)
         if self.perm is not None:
             if self.perm.shape[0] != feats.shape[0]:
-                raise ValueError(f"FourierPositionEncoding: permutation of {self.perm.shape[0]} positions, "
-                                 f"grid {tuple(index_dims)} has {feats.shape[0]}")
+                raise ValueError(
+                    f"FourierPositionEncoding: permutation of {self.perm.shape[0]} positions, "
+                    f"grid {tuple(index_dims)} has {feats.shape[0]}"
+                )
             feats = feats[self.perm.to(device)]
         return feats.to(dtype)
 

@@ -22,21 +22,54 @@ from .perceiver import Perceiver
 from .perceiver_io import PerceiverIO
 from .queries import TrainableQueries
 
-PERCEIVER_IMAGENET_ARGS = dict(num_classes=1000, num_latents=512, latent_dim=1024, num_cross_attends=8,
-                               num_self_attends_per_block=6, num_cross_attention_heads=1, num_self_attention_heads=8)
-PERCEIVER_IO_IMAGENET_ARGS = dict(num_classes=1000, num_latents=512, latent_dim=1024, num_blocks=8,
-                                  num_self_attends_per_block=6, num_cross_attention_heads=1,
-                                  num_self_attention_heads=8)
-PERCEIVER_AUDIOSET_ARGS = dict(num_classes=527, num_latents=512, latent_dim=1024, num_cross_attends=2,
-                               num_self_attends_per_block=8, share_cross_attends=False, share_latent_blocks=False)
-PERCEIVER_MODELNET40_ARGS = dict(num_classes=40, num_latents=512, latent_dim=1024, num_cross_attends=2,
-                                 num_self_attends_per_block=6)
+PERCEIVER_IMAGENET_ARGS = dict(
+    num_classes=1000,
+    num_latents=512,
+    latent_dim=1024,
+    num_cross_attends=8,
+    num_self_attends_per_block=6,
+    num_cross_attention_heads=1,
+    num_self_attention_heads=8,
+)
+PERCEIVER_IO_IMAGENET_ARGS = dict(
+    num_classes=1000,
+    num_latents=512,
+    latent_dim=1024,
+    num_blocks=8,
+    num_self_attends_per_block=6,
+    num_cross_attention_heads=1,
+    num_self_attention_heads=8,
+)
+PERCEIVER_AUDIOSET_ARGS = dict(
+    num_classes=527,
+    num_latents=512,
+    latent_dim=1024,
+    num_cross_attends=2,
+    num_self_attends_per_block=8,
+    share_cross_attends=False,
+    share_latent_blocks=False,
+)
+PERCEIVER_MODELNET40_ARGS = dict(
+    num_classes=40, num_latents=512, latent_dim=1024, num_cross_attends=2, num_self_attends_per_block=6
+)
 PERCEIVER_IO_LANGUAGE_ARGS = dict(
-    num_classes=262, num_latents=256, latent_dim=1280, num_blocks=1, num_self_attends_per_block=26,
-    num_cross_attention_heads=8, num_self_attention_heads=8, cross_attention_qk_channels=256,
-    cross_attention_v_channels=1280, self_attention_qk_channels=256, self_attention_v_channels=1280,
-    decoder_num_heads=8, decoder_qk_channels=256, decoder_v_channels=768, decoder_query_residual=False,
-    output_head="tied_embedding")
+    num_classes=262,
+    num_latents=256,
+    latent_dim=1280,
+    num_blocks=1,
+    num_self_attends_per_block=26,
+    num_cross_attention_heads=8,
+    num_self_attention_heads=8,
+    cross_attention_qk_channels=256,
+    cross_attention_v_channels=1280,
+    self_attention_qk_channels=256,
+    self_attention_v_channels=1280,
+    decoder_num_heads=8,
+    decoder_qk_channels=256,
+    decoder_v_channels=768,
+    decoder_query_residual=False,
+    output_head="tied_embedding",
+)
 
 
 def perceiver_imagenet(input_shape: Sequence[int] = (224, 224, 3), **overrides) -> Perceiver:
@@ -51,15 +84,23 @@ def perceiver_io_imagenet(input_shape: Sequence[int] = (224, 224, 3), **override
     return PerceiverIO(adapter, **{**PERCEIVER_IO_IMAGENET_ARGS, **overrides})
 
 
-def perceiver_audioset(input_shape: Mapping[str, Sequence[int]] | Sequence[int] = None, video_patch=(2, 8, 8),
-                       samples_per_patch: int = 128, video_dropout: float = 0.3, **overrides) -> Perceiver:
+def perceiver_audioset(
+    input_shape: Mapping[str, Sequence[int]] | Sequence[int] = None,
+    video_patch=(2, 8, 8),
+    samples_per_patch: int = 128,
+    video_dropout: float = 0.3,
+    **overrides,
+) -> Perceiver:
     """Perceiver, AudioSet (527 labels). input_shape: {"video": (T, H, W, C), "audio": (S,) or (F, M)} for
     audio+video (paper: 32 x 224 x 224 x 3 and 61,440 samples), or one shape: 4-D video, 1-/2-D audio."""
     input_shape = input_shape or {"video": (32, 224, 224, 3), "audio": (61440,)}
     if isinstance(input_shape, Mapping):
-        adapter = MultimodalAdapter(input_shape, {"video": {"patch_size": video_patch},
-                                                  "audio": {"samples_per_patch": samples_per_patch}},
-                                    min_padding_size=4, modality_dropout={"video": video_dropout})
+        adapter = MultimodalAdapter(
+            input_shape,
+            {"video": {"patch_size": video_patch}, "audio": {"samples_per_patch": samples_per_patch}},
+            min_padding_size=4,
+            modality_dropout={"video": video_dropout},
+        )
     elif len(input_shape) == 4:
         adapter = VideoAdapter(input_shape, patch_size=video_patch)
     else:
@@ -81,8 +122,16 @@ def perceiver_io_language(input_shape: Sequence[int] = (2048,), **overrides) -> 
     return PerceiverIO(adapter, queries=queries, **{**PERCEIVER_IO_LANGUAGE_ARGS, **overrides})
 
 
-PRESETS = {f.__name__: f for f in (perceiver_imagenet, perceiver_io_imagenet, perceiver_audioset,
-                                   perceiver_modelnet40, perceiver_io_language)}
+PRESETS = {
+    f.__name__: f
+    for f in (
+        perceiver_imagenet,
+        perceiver_io_imagenet,
+        perceiver_audioset,
+        perceiver_modelnet40,
+        perceiver_io_language,
+    )
+}
 
 
 # Dense outputs (issue 17): optical flow and multimodal autoencoding, HF's / DeepMind's official shapes.
@@ -91,12 +140,14 @@ from .flow import FlowPatchAdapter, PerceiverIOFlow  # noqa: E402
 PERCEIVER_IO_OPTICAL_FLOW_ARGS: dict = {}  # PerceiverIOFlow's defaults are HF's / DeepMind's model
 
 
-def perceiver_io_optical_flow(input_shape: Sequence[int] = (2, 368, 496, 3), train_size: Sequence[int] = (368, 496),
-                              **overrides) -> PerceiverIOFlow:
+def perceiver_io_optical_flow(
+    input_shape: Sequence[int] = (2, 368, 496, 3), train_size: Sequence[int] = (368, 496), **overrides
+) -> PerceiverIOFlow:
     """Perceiver IO optical flow: exactly HF's PerceiverForOpticalFlow (41,057,134 params). input_shape (2, H, W, 3);
     train_size sets the Fourier features' top frequency (the official model was trained at 368 x 496)."""
-    adapter = FlowPatchAdapter(input_shape, patch_size=3, num_channels=64, num_frequency_bands=64,
-                               max_resolution=train_size)
+    adapter = FlowPatchAdapter(
+        input_shape, patch_size=3, num_channels=64, num_frequency_bands=64, max_resolution=train_size
+    )
     return PerceiverIOFlow(adapter, **{**PERCEIVER_IO_OPTICAL_FLOW_ARGS, **overrides})
 
 
@@ -107,22 +158,31 @@ from .autoencoding import PerceiverIOMultimodalAutoencoder  # noqa: E402
 PERCEIVER_IO_MULTIMODAL_AUTOENCODING_ARGS: dict = {}  # the model's defaults are HF's / DeepMind's model
 
 
-def perceiver_io_multimodal_autoencoding(input_shape: Mapping[str, Sequence[int]] | None = None,
-                                         video_patch: Sequence[int] = (1, 4, 4), samples_per_patch: int = 16,
-                                         **overrides) -> PerceiverIOMultimodalAutoencoder:
+def perceiver_io_multimodal_autoencoding(
+    input_shape: Mapping[str, Sequence[int]] | None = None,
+    video_patch: Sequence[int] = (1, 4, 4),
+    samples_per_patch: int = 16,
+    **overrides,
+) -> PerceiverIOMultimodalAutoencoder:
     """Perceiver IO multimodal autoencoding (Kinetics-700): exactly HF's PerceiverForMultimodalAutoencoding
     (19,858,855 params). input_shape: {"video": (T, H, W, 3), "audio": (S,), "label": (K,)}; official: 16 frames
     of 224 x 224, 30,720 samples (16 x 1920), 700 classes. The Fourier features' top frequencies follow the clip."""
     input_shape = dict(input_shape or {"video": (16, 224, 224, 3), "audio": (30720,), "label": (700,)})
     video, audio = tuple(input_shape["video"]), tuple(input_shape["audio"])
-    adapter = MultimodalAdapter(input_shape, {
-        "video": {"patch_size": tuple(video_patch), "num_frequency_bands": 32, "max_resolution": video[:3]},
-        "audio": {"samples_per_patch": samples_per_patch, "num_frequency_bands": 192, "max_resolution": audio},
-        "label": {"class_path": "perceiver_lit.models.autoencoding.OneHotAdapter"}}, min_padding_size=4)
+    adapter = MultimodalAdapter(
+        input_shape,
+        {
+            "video": {"patch_size": tuple(video_patch), "num_frequency_bands": 32, "max_resolution": video[:3]},
+            "audio": {"samples_per_patch": samples_per_patch, "num_frequency_bands": 192, "max_resolution": audio},
+            "label": {"class_path": "perceiver_lit.models.autoencoding.OneHotAdapter"},
+        },
+        min_padding_size=4,
+    )
     return PerceiverIOMultimodalAutoencoder(adapter, **{**PERCEIVER_IO_MULTIMODAL_AUTOENCODING_ARGS, **overrides})
 
 
 PRESETS[perceiver_io_multimodal_autoencoding.__name__] = perceiver_io_multimodal_autoencoding
+
 
 def build_preset(name: str, **kwargs):
     """A preset by name, e.g. build_preset("perceiver_io_imagenet", num_classes=10)."""

@@ -36,8 +36,10 @@ from torch import Tensor, nn
 from .position import LearnedPositionEncoding
 
 CONVERTED_FORMAT = "perceiver-lit/converted-v1"
-KINDS = ("a file written by perceiver-lit-convert, an HF model folder (config.json + model.safetensors or "
-         "pytorch_model.bin) or a perceiver-lit Lightning checkpoint")
+KINDS = (
+    "a file written by perceiver-lit-convert, an HF model folder (config.json + model.safetensors or "
+    "pytorch_model.bin) or a perceiver-lit Lightning checkpoint"
+)
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 SELF = ("perceiver_lit.models.pretrained", "perceiver_lit.models.pretrained.pretrained")
 
@@ -62,14 +64,24 @@ class pretrained(nn.Module):  # noqa: N801 - a factory with a class's face, name
             initialised by HF, and one line names them.
     """
 
-    def __new__(cls, path: str, num_classes: int | None = None, input_shape: Sequence[int] | None = None,
-                hf_class: str | None = None):
+    def __new__(
+        cls,
+        path: str,
+        num_classes: int | None = None,
+        input_shape: Sequence[int] | None = None,
+        hf_class: str | None = None,
+    ):
         path = os.fspath(path)
         tree, state = read_pretrained(path, hf_class)
         return build_pretrained(tree, state, path, num_classes, input_shape)
 
-    def __init__(self, path: str, num_classes: int | None = None, input_shape: Sequence[int] | None = None,
-                 hf_class: str | None = None) -> None:  # pragma: no cover - __new__ returns the net
+    def __init__(
+        self,
+        path: str,
+        num_classes: int | None = None,
+        input_shape: Sequence[int] | None = None,
+        hf_class: str | None = None,
+    ) -> None:  # pragma: no cover - __new__ returns the net
         super().__init__()
 
 
@@ -81,21 +93,30 @@ def read_pretrained(path: str, hf_class: str | None = None) -> tuple[dict[str, A
     if hf_class is not None:
         raise ValueError(f"pretrained: hf_class={hf_class!r} applies to HF model folders only, and {path} is not one")
     if not os.path.isfile(path):
-        hint = (" (nothing is downloaded: fetch the HF folder first, e.g. `huggingface-cli download "
-                f"{path} --local-dir DIR`, and pass DIR)" if path.count("/") == 1 and not path.startswith(".") else "")
+        hint = (
+            " (nothing is downloaded: fetch the HF folder first, e.g. `huggingface-cli download "
+            f"{path} --local-dir DIR`, and pass DIR)"
+            if path.count("/") == 1 and not path.startswith(".")
+            else ""
+        )
         raise FileNotFoundError(f"pretrained: {path} does not exist; expected {KINDS}{hint}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated zip, not a torch file, or objects weights_only refuses
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"pretrained: {path} cannot be read as a torch checkpoint (truncated or corrupt?): "
-                         f"{type(e).__name__}: {first}; expected {KINDS}") from e
+        raise ValueError(
+            f"pretrained: {path} cannot be read as a torch checkpoint (truncated or corrupt?): "
+            f"{type(e).__name__}: {first}; expected {KINDS}"
+        ) from e
     if isinstance(ckpt, dict) and ckpt.get("format") == CONVERTED_FORMAT:
         if not isinstance(ckpt.get("spec"), dict) or not isinstance(ckpt.get("state_dict"), dict):
             raise ValueError(f"pretrained: {path} is a converted file without its 'spec' and 'state_dict'")
         return tree_from_spec(ckpt["spec"]), ckpt["state_dict"]
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and (
-            "pytorch-lightning_version" in ckpt or "hyper_parameters" in ckpt):
+    if (
+        isinstance(ckpt, dict)
+        and isinstance(ckpt.get("state_dict"), dict)
+        and ("pytorch-lightning_version" in ckpt or "hyper_parameters" in ckpt)
+    ):
         return _read_lightning(path, ckpt)
     keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
     raise ValueError(f"pretrained: {path} is none of the known kinds (it holds {keys}); expected {KINDS}")
@@ -104,11 +125,15 @@ def read_pretrained(path: str, hf_class: str | None = None) -> tuple[dict[str, A
 def tree_from_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """perceiver-lit-convert's {"model", "config", "adapter", "queries"} -> a {"class_path", "init_args"} tree."""
     init = dict(spec["config"])
-    init["adapter"] = {"class_path": f"perceiver_lit.models.{spec['adapter']['class']}",
-                       "init_args": dict(spec["adapter"]["kwargs"])}
+    init["adapter"] = {
+        "class_path": f"perceiver_lit.models.{spec['adapter']['class']}",
+        "init_args": dict(spec["adapter"]["kwargs"]),
+    }
     if spec.get("queries"):
-        init["queries"] = {"class_path": f"perceiver_lit.models.{spec['queries']['class']}",
-                           "init_args": dict(spec["queries"]["kwargs"])}
+        init["queries"] = {
+            "class_path": f"perceiver_lit.models.{spec['queries']['class']}",
+            "init_args": dict(spec["queries"]["kwargs"]),
+        }
     return {"class_path": f"perceiver_lit.models.{spec['model']}", "init_args": init}
 
 
@@ -118,20 +143,26 @@ def _read_lightning(path: str, ckpt: dict[str, Any]) -> tuple[dict[str, Any], di
         if k.startswith("net."):
             state[k[4:].replace("_orig_mod.", "", 1) if k.startswith("net._orig_mod.") else k[4:]] = v
     if not state:
-        raise ValueError(f"pretrained: {path} is a Lightning checkpoint without net.* weights; expected the "
-                         "checkpoint of a perceiver-lit task (its net under `net`)")
+        raise ValueError(
+            f"pretrained: {path} is a Lightning checkpoint without net.* weights; expected the "
+            "checkpoint of a perceiver-lit task (its net under `net`)"
+        )
     tree = ckpt.get("net_spec")
     if tree is None:
         tree = (ckpt.get("hyper_parameters") or {}).get("net")
         if not (isinstance(tree, dict) and "class_path" in tree):
-            raise ValueError(f"pretrained: {path} does not record its net's architecture (hyper_parameters.net "
-                             "with a class_path, as `perceiver-lit fit` saves); expected a checkpoint written by the "
-                             "perceiver-lit CLI")
+            raise ValueError(
+                f"pretrained: {path} does not record its net's architecture (hyper_parameters.net "
+                "with a class_path, as `perceiver-lit fit` saves); expected a checkpoint written by the "
+                "perceiver-lit CLI"
+            )
         if tree["class_path"] in SELF:  # a net itself made by this factory: rebuild what that file records
             inner = (tree.get("init_args") or {}).get("path")
             if not inner or not os.path.exists(inner):
-                raise ValueError(f"pretrained: {path} records a net built from {inner!r} by "
-                                 "perceiver_lit.models.pretrained, which is needed for the architecture and is gone")
+                raise ValueError(
+                    f"pretrained: {path} records a net built from {inner!r} by "
+                    "perceiver_lit.models.pretrained, which is needed for the architecture and is gone"
+                )
             inner_tree, _ = read_pretrained(inner)
             init = tree.get("init_args") or {}
             tree = retarget(inner_tree, init.get("num_classes"), init.get("input_shape"))
@@ -151,8 +182,9 @@ def _read_hf_folder(path: str, hf_class: str | None = None) -> tuple[dict[str, A
         raise ValueError(f"pretrained: {cfg_path} is not valid JSON ({e}); expected an HF config.json") from e
     archs = config.get("architectures") or []
     if not archs or archs[0] not in SUPPORTED:
-        raise ValueError(f"pretrained: {cfg_path}: architectures={archs} is not supported; supported: "
-                         f"{', '.join(SUPPORTED)}")
+        raise ValueError(
+            f"pretrained: {cfg_path}: architectures={archs} is not supported; supported: {', '.join(SUPPORTED)}"
+        )
     if hf_class is not None and hf_class not in SUPPORTED:
         raise ValueError(f"pretrained: hf_class={hf_class!r} is not supported; supported: {', '.join(SUPPORTED)}")
     arch = hf_class or archs[0]
@@ -162,23 +194,28 @@ def _read_hf_folder(path: str, hf_class: str | None = None) -> tuple[dict[str, A
     try:
         import transformers
     except ImportError as e:
-        raise ImportError(f"pretrained: {path} is an HF folder, and converting it needs transformers: "
-                          "pip install 'perceiver-lit[hf]' (or convert it with perceiver-lit-convert where "
-                          "transformers is installed, and pass the .pt file)") from e
+        raise ImportError(
+            f"pretrained: {path} is an HF folder, and converting it needs transformers: "
+            "pip install 'perceiver-lit[hf]' (or convert it with perceiver-lit-convert where "
+            "transformers is installed, and pass the .pt file)"
+        ) from e
     from perceiver_lit.convert import from_huggingface
 
     where = os.path.join(path, weights[0])
     hf_logging = transformers.utils.logging
     bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()  # a "Loading weights" bar and load report per rank: noise in a run's log;
-    hf_logging.set_verbosity_error()   # what matters is checked below and said in one line
+    hf_logging.set_verbosity_error()  # what matters is checked below and said in one line
     try:
-        hf_model, info = getattr(transformers, arch).from_pretrained(path, local_files_only=True,
-                                                                     output_loading_info=True)
+        hf_model, info = getattr(transformers, arch).from_pretrained(
+            path, local_files_only=True, output_loading_info=True
+        )
     except Exception as e:  # noqa: BLE001 - corrupt weights, shapes that contradict config.json
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"pretrained: {where} could not be loaded as {arch} ({type(e).__name__}: {first}); "
-                         f"expected weights that fit {cfg_path}") from e
+        raise ValueError(
+            f"pretrained: {where} could not be loaded as {arch} ({type(e).__name__}: {first}); "
+            f"expected weights that fit {cfg_path}"
+        ) from e
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
@@ -190,9 +227,11 @@ def _read_hf_folder(path: str, hf_class: str | None = None) -> tuple[dict[str, A
     if bad:
         raise ValueError(f"pretrained: {where}: tensors missing or not fitting {cfg_path}: {sorted(bad)[:5]}")
     if missing and _is_rank_zero():
-        print(f"[perceiver-lit] pretrained {path}: loaded as {arch} (the folder holds {archs[0]}): newly initialised "
-              f"{len(missing)} tensors under {', '.join(sorted({'.'.join(k.split('.')[:3]) for k in missing}))}",
-              flush=True)
+        print(
+            f"[perceiver-lit] pretrained {path}: loaded as {arch} (the folder holds {archs[0]}): newly initialised "
+            f"{len(missing)} tensors under {', '.join(sorted({'.'.join(k.split('.')[:3]) for k in missing}))}",
+            flush=True,
+        )
     model, spec = from_huggingface(hf_model.eval(), return_spec=True)
     return tree_from_spec(spec), model.state_dict()
 
@@ -251,8 +290,11 @@ def _shape_of(tree: dict[str, Any]) -> Any:
 def _misfits(expected: dict[str, Tensor], given: dict[str, Tensor]) -> list[str]:
     out = [f"{k} missing" for k in expected if k not in given]
     out += [f"{k} unexpected" for k in given if k not in expected]
-    out += [f"{k} {tuple(given[k].shape)}, expected {tuple(t.shape)}" for k, t in expected.items()
-            if k in given and given[k].shape != t.shape]
+    out += [
+        f"{k} {tuple(given[k].shape)}, expected {tuple(t.shape)}"
+        for k, t in expected.items()
+        if k in given and given[k].shape != t.shape
+    ]
     return out
 
 
@@ -265,9 +307,9 @@ def _resample_grid(table: Tensor, old_grid: Sequence[int], new_grid: Sequence[in
     interpolate_pos_encoding (align_corners=False, no antialias); linear in 1-D, trilinear in 3-D."""
     mode = {1: "linear", 2: "bicubic", 3: "trilinear"}[len(old_grid)]
     c = table.shape[-1]
-    x = table.float().reshape(1, *old_grid, c).movedim(-1, 1)               # (1, C, *old_grid)
+    x = table.float().reshape(1, *old_grid, c).movedim(-1, 1)  # (1, C, *old_grid)
     x = F.interpolate(x, size=tuple(new_grid), mode=mode, align_corners=False)
-    return x.movedim(1, -1).reshape(-1, c).to(table.dtype)                  # (prod(new_grid), C)
+    return x.movedim(1, -1).reshape(-1, c).to(table.dtype)  # (prod(new_grid), C)
 
 
 def _adapt_in_channels(weight: Tensor, channels: int) -> Tensor:
@@ -280,8 +322,9 @@ def _adapt_in_channels(weight: Tensor, channels: int) -> Tensor:
     return weight.repeat(1, reps, *[1] * (weight.ndim - 2))[:, :channels] * (old / channels)
 
 
-def build_pretrained(tree: dict[str, Any], state: dict[str, Tensor], path: str, num_classes: int | None = None,
-                     input_shape: Any = None) -> nn.Module:
+def build_pretrained(
+    tree: dict[str, Any], state: dict[str, Tensor], path: str, num_classes: int | None = None, input_shape: Any = None
+) -> nn.Module:
     """Rebuild `tree` with `state`, retargeted to num_classes / input_shape (see `pretrained`)."""
     with torch.device("meta"):  # the recorded architecture, for shapes only: no memory, no init
         try:
@@ -290,14 +333,17 @@ def build_pretrained(tree: dict[str, Any], state: dict[str, Tensor], path: str, 
             raise ValueError(f"pretrained: {path}: the recorded architecture cannot be built: {e}") from e
     misfit = _misfits(old.state_dict(), state)
     if misfit:
-        raise ValueError(f"pretrained: {path}: tensors that do not fit the recorded architecture "
-                         f"({tree['class_path']}): {misfit[:5]}{' ...' if len(misfit) > 5 else ''}")
+        raise ValueError(
+            f"pretrained: {path}: tensors that do not fit the recorded architecture "
+            f"({tree['class_path']}): {misfit[:5]}{' ...' if len(misfit) > 5 else ''}"
+        )
     new_tree = retarget(tree, num_classes, input_shape)
     try:
         net = build_net(new_tree)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"pretrained: {path} cannot take num_classes={num_classes}, input_shape={input_shape}: "
-                         f"{e}") from e
+        raise ValueError(
+            f"pretrained: {path} cannot take num_classes={num_classes}, input_shape={input_shape}: {e}"
+        ) from e
     target = net.state_dict()
     old_shape, new_shape = _shape_of(tree), _shape_of(new_tree)
     old_classes = getattr(getattr(old, "config", None), "num_classes", getattr(old, "num_classes", None))
@@ -318,34 +364,52 @@ def build_pretrained(tree: dict[str, Any], state: dict[str, Tensor], path: str, 
                 misfit.append(f"{name} {tuple(given.shape)} is not a table over the grid {old_parent.grid}")
             else:
                 loaded[name] = _resample_grid(given, old_parent.grid, parent.grid)
-        elif isinstance(mod, LearnedPositionEncoding) and given.shape[1:] == t.shape[1:] and \
-                given.shape[0] > t.shape[0]:
-            loaded[name] = given[: t.shape[0]].clone()                      # a shorter text: its first positions
-        elif isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and leaf == "weight" and \
-                mod.in_channels != old_mod.in_channels and given.shape[0] == t.shape[0]:
+        elif (
+            isinstance(mod, LearnedPositionEncoding) and given.shape[1:] == t.shape[1:] and given.shape[0] > t.shape[0]
+        ):
+            loaded[name] = given[: t.shape[0]].clone()  # a shorter text: its first positions
+        elif (
+            isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+            and leaf == "weight"
+            and mod.in_channels != old_mod.in_channels
+            and given.shape[0] == t.shape[0]
+        ):
             loaded[name] = _adapt_in_channels(given, t.shape[1])
             adapted.append(f"{name} ({given.shape[1]} -> {t.shape[1]} input channels)")
-        elif new_classes != old_classes and old_classes in given.shape and \
-                [s for s in given.shape if s != old_classes] == [s for s in t.shape if s != new_classes]:
+        elif (
+            new_classes != old_classes
+            and old_classes in given.shape
+            and [s for s in given.shape if s != old_classes] == [s for s in t.shape if s != new_classes]
+        ):
             fresh.append(name)
         else:
             misfit.append(f"{name} {tuple(given.shape)}, the new shape needs {tuple(t.shape)}")
     if misfit:
         channels = ""
         if isinstance(old_shape, tuple) and isinstance(new_shape, tuple) and old_shape[-1:] != new_shape[-1:]:
-            channels = (f"; the data has {new_shape[-1]} channels (data.input_shape {new_shape}), {path} was trained "
-                        f"on {old_shape[-1]}, and its first layer reads the pixels directly (no convolution to "
-                        f"adapt): give the data {old_shape[-1]} channels")
-        raise ValueError(f"pretrained: {path} does not fit num_classes={num_classes}, input_shape={input_shape}: "
-                         f"{misfit[:5]}{channels}")
+            channels = (
+                f"; the data has {new_shape[-1]} channels (data.input_shape {new_shape}), {path} was trained "
+                f"on {old_shape[-1]}, and its first layer reads the pixels directly (no convolution to "
+                f"adapt): give the data {old_shape[-1]} channels"
+            )
+        raise ValueError(
+            f"pretrained: {path} does not fit num_classes={num_classes}, input_shape={input_shape}: "
+            f"{misfit[:5]}{channels}"
+        )
     for name in fresh:
         loaded[name] = target[name]
     net.load_state_dict(loaded, strict=True)
     if fresh and _is_rank_zero():
-        print(f"[perceiver-lit] pretrained {path}: num_classes {old_classes} -> {new_classes}: newly initialised "
-              f"{', '.join(fresh)}", flush=True)
+        print(
+            f"[perceiver-lit] pretrained {path}: num_classes {old_classes} -> {new_classes}: newly initialised "
+            f"{', '.join(fresh)}",
+            flush=True,
+        )
     if adapted and _is_rank_zero():
-        print(f"[perceiver-lit] pretrained {path}: input channels adapted (timm's adapt_input_conv): "
-              f"{', '.join(adapted)}", flush=True)
+        print(
+            f"[perceiver-lit] pretrained {path}: input channels adapted (timm's adapt_input_conv): "
+            f"{', '.join(adapted)}",
+            flush=True,
+        )
     net.pretrained_spec = new_tree  # the architecture, for checkpoints (Task.on_save_checkpoint) and exporters
     return net

@@ -49,8 +49,8 @@ class TrainableQueries(QueryProvider):
         if self.match_input_length:
             if inputs.shape[1] > q.shape[0]:
                 raise ValueError(f"TrainableQueries: input has {inputs.shape[1]} elements, only {q.shape[0]} queries")
-            q = q[:inputs.shape[1]]
-        return q.expand(inputs.shape[0], -1, -1)                                 # (B, Q, C)
+            q = q[: inputs.shape[1]]
+        return q.expand(inputs.shape[0], -1, -1)  # (B, Q, C)
 
 
 class FourierQueries(QueryProvider):
@@ -62,8 +62,9 @@ class FourierQueries(QueryProvider):
         max_resolution: per-axis resolution that sets the top frequency (res / 2); null: output_shape.
     """
 
-    def __init__(self, output_shape: Sequence[int], num_frequency_bands: int = 64,
-                 max_resolution: Sequence[int] | None = None):
+    def __init__(
+        self, output_shape: Sequence[int], num_frequency_bands: int = 64, max_resolution: Sequence[int] | None = None
+    ):
         super().__init__()
         check_sizes("FourierQueries", output_shape=tuple(output_shape), max_resolution=max_resolution)
         check_sizes("FourierQueries", minimum=0, num_frequency_bands=num_frequency_bands)
@@ -95,19 +96,22 @@ class MultimodalQueries(QueryProvider):
         self.names = sorted(queries)
         self.providers = nn.ModuleDict({n: queries[n] for n in self.names})
         self.num_channels = max(q.num_channels for q in queries.values()) + min_padding_size
-        self.padding = nn.ParameterDict({  # truncated normal std 0.02, as DeepMind's TrainablePositionEncoding
-            n: nn.Parameter(trunc_normal_(torch.empty(self.num_channels - q.num_channels), 0.02))
-            for n, q in queries.items()})
+        self.padding = nn.ParameterDict(
+            {  # truncated normal std 0.02, as DeepMind's TrainablePositionEncoding
+                n: nn.Parameter(trunc_normal_(torch.empty(self.num_channels - q.num_channels), 0.02))
+                for n, q in queries.items()
+            }
+        )
         self.sizes = {n: self.providers[n].num_queries for n in self.names}
         self.num_queries = sum(self.sizes.values())
 
     def forward(self, inputs: Tensor) -> Tensor:
         parts = []
         for n in self.names:
-            q = self.providers[n](inputs)                                     # (B, Q_n, C_n)
+            q = self.providers[n](inputs)  # (B, Q_n, C_n)
             pad = self.padding[n].to(q.dtype).expand(inputs.shape[0], q.shape[1], -1)
-            parts.append(torch.cat([q, pad], dim=-1))                         # (B, Q_n, C)
-        return torch.cat(parts, dim=1)                                        # (B, Q, C)
+            parts.append(torch.cat([q, pad], dim=-1))  # (B, Q_n, C)
+        return torch.cat(parts, dim=1)  # (B, Q, C)
 
     def split(self, outputs: Tensor) -> dict[str, Tensor]:
         """(B, Q, K) decoder outputs -> {modality: (B, Q_n, K)}."""

@@ -40,8 +40,12 @@ def _reduced_precision(q: Tensor) -> bool:
     check runs there)."""
     if q.dtype in _REDUCED_DTYPES:
         return True
-    return (q.dtype == torch.float32 and q.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") in _REDUCED_DTYPES)
+    return (
+        q.dtype == torch.float32
+        and q.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") in _REDUCED_DTYPES
+    )
 
 
 def _math_matrix_fits(q: Tensor, matrix_elements: int) -> bool:
@@ -88,8 +92,15 @@ def _math_sdpa(q: Tensor) -> Iterator[None]:
             switch(False)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, pad_mask: Tensor | None = None,
-              dropout_p: float = 0.0, pad_head_dims: bool | None = None) -> Tensor:
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    num_heads: int,
+    pad_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    pad_head_dims: bool | None = None,
+) -> Tensor:
     """Multi-head attention on projected q (B, N, Cqk), k (B, M, Cqk), v (B, M, Cv) -> (B, N, Cv).
 
     pad_mask: bool (B, M), True at padded keys (they get no attention). Scale 1/sqrt(Cqk / num_heads).
@@ -104,7 +115,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, pad_mask: Tensor 
     dqk, dv = q.shape[-1], v.shape[-1]
     scale = None
     if (q.is_cuda if pad_head_dims is None else pad_head_dims) and (dqk % 8 or dv % 8):
-        scale = dqk ** -0.5
+        scale = dqk**-0.5
         q, k = F.pad(q, (0, -dqk % 8)), F.pad(k, (0, -dqk % 8))
         v = F.pad(v, (0, -dv % 8))
     mask = None if pad_mask is None else ~pad_mask[:, None, None, :]  # (B, 1, 1, M), True = attend
@@ -131,8 +142,8 @@ def attend_unprojected(q: Tensor, x_hat: Tensor, scale: float, pad_mask: Tensor 
     """
     B, h = q.shape[:2]
     M = x_hat.shape[1]
-    kv = x_hat.unsqueeze(1).expand(B, h, M, -1)                                    # (B, h, M, C), no copy
-    mask = None if pad_mask is None else ~pad_mask[:, None, None, :]               # (B, 1, 1, M), True = attend
+    kv = x_hat.unsqueeze(1).expand(B, h, M, -1)  # (B, h, M, C), no copy
+    mask = None if pad_mask is None else ~pad_mask[:, None, None, :]  # (B, 1, 1, M), True = attend
     matrix = B * h * q.shape[2] * M
     no_kv_grad = not x_hat.requires_grad and _eager_cpu_training(q) and _math_matrix_fits(q, matrix)
     if no_kv_grad or _cpu_math_backward(q, B * h, matrix):

@@ -20,7 +20,7 @@ def init_linear_(module: nn.Module) -> None:
     """DeepMind's Haiku init for every Linear (VarianceScaling(1.0)): truncated normal cut at 2 std with
     variance 1/fan_in (0.8796 corrects the truncation's loss of variance); zero bias. Apply with model.apply."""
     if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, module.in_features ** -0.5 / 0.87962566103423978)
+        trunc_normal_(module.weight, module.in_features**-0.5 / 0.87962566103423978)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
 

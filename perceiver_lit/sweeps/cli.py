@@ -32,8 +32,9 @@ def _default_dir(spec_path: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="perceiver-lit-sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="perceiver-lit-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="expand a sweep spec and run (or submit) its unfinished trials")
     r.add_argument("spec")
@@ -45,8 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--max-parallel", type=int, help="Slurm: at most this many array tasks at once (%%K)")
     r.add_argument("--sbatch-arg", action="append", default=[], help="extra sbatch option, repeatable")
     r.add_argument("--echo", action="store_true", help="stream trial output here instead of trial-<i>/log.txt")
-    r.add_argument("--no-check", dest="check", action="store_false",
-                   help="do not parse trial 0's command with --print_config first")
+    r.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="do not parse trial 0's command with --print_config first",
+    )
     t = sub.add_parser("trial", help="run trial I of a prepared sweep directory")
     t.add_argument("dir")
     t.add_argument("index", type=int)
@@ -56,24 +61,35 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("dir")
     rep.add_argument("--out", help="output directory (default: DIR)")
     rep.add_argument("--metric", help="metric to plot (default: the spec's metric.name)")
-    rep.add_argument("--goal", choices=("minimize", "maximize"),
-                     help="best trial by (default: the spec's goal for its metric; else minimize for a loss)")
+    rep.add_argument(
+        "--goal",
+        choices=("minimize", "maximize"),
+        help="best trial by (default: the spec's goal for its metric; else minimize for a loss)",
+    )
     s = sub.add_parser("show", help="print each trial's command")
     s.add_argument("spec")
     s.add_argument("--trials", type=int)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--check", action="store_true", help="also parse trial 0's command with --print_config")
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # every trial's extra arguments
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []  # every trial's extra arguments
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     args, unknown = p.parse_known_args(argv)
     if unknown:
-        p.error(f"unrecognized arguments: {' '.join(unknown)}" + (
-            f"; arguments for every trial's command go after `--`: perceiver-lit-sweep {args.cmd} ... -- "
-            f"{' '.join(unknown)}" if args.cmd in ("run", "show") else ""))
+        p.error(
+            f"unrecognized arguments: {' '.join(unknown)}"
+            + (
+                f"; arguments for every trial's command go after `--`: perceiver-lit-sweep {args.cmd} ... -- "
+                f"{' '.join(unknown)}"
+                if args.cmd in ("run", "show")
+                else ""
+            )
+        )
     if extra and args.cmd not in ("run", "show"):
-        p.error(f"`-- {' '.join(extra)}`: trial arguments are taken by `run` and `show` only (a prepared trial "
-                "runs the command in its trial.json)")
+        p.error(
+            f"`-- {' '.join(extra)}`: trial arguments are taken by `run` and `show` only (a prepared trial "
+            "runs the command in its trial.json)"
+        )
     warnings.simplefilter("always", UserWarning)
     try:
         return _run(args, extra)
@@ -104,8 +120,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         with one_line_missing("perceiver-lit-sweep report"):  # matplotlib for the plots
             rep = write_report(args.dir, args.out, args.metric, args.goal)
         print(rep["table"])
-        print(f"[sweep] wrote {rep['csv']}, {rep['markdown']}" +
-              "".join(f", {p}" for p in rep["plots"]))
+        print(f"[sweep] wrote {rep['csv']}, {rep['markdown']}" + "".join(f", {p}" for p in rep["plots"]))
         return 0
     if args.cmd == "show":
         spec = load_spec(args.spec)

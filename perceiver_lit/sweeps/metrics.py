@@ -38,8 +38,12 @@ class TrialMetrics(L.Callback):
         for k, v in trainer.callback_metrics.items():
             x = float(v.detach().float().mean()) if hasattr(v, "detach") else float(v)
             metrics[k] = x if math.isfinite(x) else None  # JSON has no NaN
-        out: dict[str, Any] = {"stage": stage, "epoch": trainer.current_epoch, "global_step": trainer.global_step,
-                               "metrics": metrics}
+        out: dict[str, Any] = {
+            "stage": stage,
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "metrics": metrics,
+        }
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp = file.with_suffix(".tmp")
         tmp.write_text(json.dumps(out, indent=1, sort_keys=True))

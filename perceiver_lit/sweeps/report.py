@@ -49,8 +49,9 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write_report(sweep_dir: str | Path, out: str | Path | None = None, metric: str | None = None,
-                 goal: str | None = None) -> dict[str, Any]:
+def write_report(
+    sweep_dir: str | Path, out: str | Path | None = None, metric: str | None = None, goal: str | None = None
+) -> dict[str, Any]:
     """Write report.csv, report.md and plots into `out` (default: the sweep dir). The plotted metric is `metric`,
     else the spec's `metric.name`, else the first val/ metric. The best trial is by `goal` (minimize/maximize),
     else the spec's goal for the spec's metric, else minimize for a loss and maximize otherwise."""
@@ -61,37 +62,61 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, metric: s
     plan_file = sweep_dir / PLAN_FILE
     plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
     spec_metric = plan.get("metric", {})
-    metric = metric or spec_metric.get("name") or next(
-        (m for m in metric_names if m.startswith("val")), metric_names[0] if metric_names else None)
+    metric = (
+        metric
+        or spec_metric.get("name")
+        or next((m for m in metric_names if m.startswith("val")), metric_names[0] if metric_names else None)
+    )
     if goal is None:  # the spec's goal belongs to the spec's metric, not to one picked with --metric
-        goal = spec_metric.get("goal", "maximize") if metric == spec_metric.get("name") else (
-            "minimize" if metric and "loss" in metric else "maximize")
+        goal = (
+            spec_metric.get("goal", "maximize")
+            if metric == spec_metric.get("name")
+            else ("minimize" if metric and "loss" in metric else "maximize")
+        )
     if goal not in ("minimize", "maximize"):
         raise SweepError(f"goal must be 'minimize' or 'maximize', got {goal!r}")
     if metric and metric_names and metric not in metric_names:
-        raise SweepError(f"metric {metric!r} was logged by no trial of {sweep_dir} (a typo in --metric or the spec's "
-                         f"metric.name?); logged: {', '.join(metric_names)}")
+        raise SweepError(
+            f"metric {metric!r} was logged by no trial of {sweep_dir} (a typo in --metric or the spec's "
+            f"metric.name?); logged: {', '.join(metric_names)}"
+        )
 
     with open(out / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["trial", "status", *params, *metric_names])
         for r in rows:
-            w.writerow([r["trial"], r["status"], *[r["params"].get(p) for p in params],
-                        *[r["metrics"].get(m) for m in metric_names]])
+            w.writerow(
+                [
+                    r["trial"],
+                    r["status"],
+                    *[r["params"].get(p) for p in params],
+                    *[r["metrics"].get(m) for m in metric_names],
+                ]
+            )
 
     # The sweep's metric first, then a few other evaluation metrics and the training loss.
     others = [m for m in metric_names if m != metric and m.startswith(("val/", "test/"))]
     shown = [m for m in metric_names if m == metric] + others[:5] + [m for m in metric_names if m == "train/loss"]
-    lines = ["| trial | status | " + " | ".join(short(p) for p in params) + " | " + " | ".join(shown) + " |",
-             "|" + "---|" * (2 + len(params) + len(shown))]
+    lines = [
+        "| trial | status | " + " | ".join(short(p) for p in params) + " | " + " | ".join(shown) + " |",
+        "|" + "---|" * (2 + len(params) + len(shown)),
+    ]
     for r in rows:
-        lines.append(f"| {r['trial']} | {r['status']} | " + " | ".join(_fmt(r["params"].get(p)) for p in params)
-                     + " | " + " | ".join(_fmt(r["metrics"].get(m)) for m in shown) + " |")
+        lines.append(
+            f"| {r['trial']} | {r['status']} | "
+            + " | ".join(_fmt(r["params"].get(p)) for p in params)
+            + " | "
+            + " | ".join(_fmt(r["metrics"].get(m)) for m in shown)
+            + " |"
+        )
     scored = [r for r in rows if r["status"] == "done" and metric and _num(r["metrics"].get(metric)) is not None]
     if scored:
         best = (max if goal == "maximize" else min)(scored, key=lambda r: r["metrics"][metric])
-        lines += ["", f"Best ({goal} `{metric}`): trial {best['trial']}, {metric} = {_fmt(best['metrics'][metric])}, "
-                  + ", ".join(f"`{p}` = {_fmt(best['params'][p])}" for p in params)]
+        lines += [
+            "",
+            f"Best ({goal} `{metric}`): trial {best['trial']}, {metric} = {_fmt(best['metrics'][metric])}, "
+            + ", ".join(f"`{p}` = {_fmt(best['params'][p])}" for p in params),
+        ]
     table = "\n".join(lines) + "\n"
     (out / "report.md").write_text(table)
 
@@ -103,8 +128,14 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, metric: s
         swept = [p for p in params if len({json.dumps(r["params"].get(p), sort_keys=True) for r in rows}) > 1]
         for p in swept:
             plots.append(plot_metric(scored, p, metric, out))
-    return {"csv": out / "report.csv", "markdown": out / "report.md", "plots": plots, "table": table,
-            "metric": metric, "rows": rows}
+    return {
+        "csv": out / "report.csv",
+        "markdown": out / "report.md",
+        "plots": plots,
+        "table": table,
+        "metric": metric,
+        "rows": rows,
+    }
 
 
 def _num(v: Any) -> float | None:

@@ -63,8 +63,13 @@ def sweep_name(spec: SweepSpec) -> str:
     return spec.name or Path(spec.source).stem
 
 
-def trial_command(spec: SweepSpec, params: dict[str, Any], tdir: Path | None = None, index: int | None = None,
-                  extra_args: list[str] | tuple[str, ...] = ()) -> list[str]:
+def trial_command(
+    spec: SweepSpec,
+    params: dict[str, Any],
+    tdir: Path | None = None,
+    index: int | None = None,
+    extra_args: list[str] | tuple[str, ...] = (),
+) -> list[str]:
     """The spec's command for these values, then `extra_args` (what the user gave after `--`). For `perceiver-lit`
     also: the run name `<sweep>-trial-<index>` and, unless the spec sets one, the W&B group `<sweep>` (before
     `extra_args`, so the user can still override them), and the trial's own root dir and the metrics callback
@@ -82,8 +87,13 @@ def trial_command(spec: SweepSpec, params: dict[str, Any], tdir: Path | None = N
     return cmd
 
 
-def prepare(spec: SweepSpec, sweep_dir: str | Path, trials: int | None = None, seed: int = 0,
-            extra_args: list[str] | None = None) -> list[Path]:
+def prepare(
+    spec: SweepSpec,
+    sweep_dir: str | Path,
+    trials: int | None = None,
+    seed: int = 0,
+    extra_args: list[str] | None = None,
+) -> list[Path]:
     """Write the plan and each trial's trial.json. If DIR already holds a plan of the same spec, keep its trials
     (that is how a sweep resumes); a different spec in the same DIR is an error. `extra_args` (the arguments after
     `--`) are appended to every trial's command and kept in the plan: a resumed sweep reuses them when given none,
@@ -96,9 +106,11 @@ def prepare(spec: SweepSpec, sweep_dir: str | Path, trials: int | None = None, s
             raise SweepError(f"{sweep_dir} holds another sweep ({plan['source']}); pick a new --dir for {spec.source}")
         planned = plan.get("extra_args", [])
         if extra_args and list(extra_args) != planned:
-            raise SweepError(f"{sweep_dir} was planned with the trial arguments {shlex.join(planned) or '(none)'} "
-                             f"after `--`, not {shlex.join(extra_args)}; resume with the same ones (or none), or pick "
-                             "a new --dir")
+            raise SweepError(
+                f"{sweep_dir} was planned with the trial arguments {shlex.join(planned) or '(none)'} "
+                f"after `--`, not {shlex.join(extra_args)}; resume with the same ones (or none), or pick "
+                "a new --dir"
+            )
         extra_args = planned
         if trials and trials > len(plan["trials"]) and spec.method != "grid":
             # Asking a random sweep for more trials extends it with further draws from the same stream.
@@ -110,8 +122,15 @@ def prepare(spec: SweepSpec, sweep_dir: str | Path, trials: int | None = None, s
         all_params = expand(spec, trials=trials, seed=seed)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.raw, sort_keys=False))
-        plan = {"source": spec.source, "method": spec.method, "seed": seed, "metric": spec.metric,
-                "spec": spec.raw, "extra_args": extra_args, "trials": all_params}
+        plan = {
+            "source": spec.source,
+            "method": spec.method,
+            "seed": seed,
+            "metric": spec.metric,
+            "spec": spec.raw,
+            "extra_args": extra_args,
+            "trials": all_params,
+        }
         plan_file.write_text(json.dumps(plan, indent=1))
     dirs = []
     cwd = os.getcwd()
@@ -119,8 +138,12 @@ def prepare(spec: SweepSpec, sweep_dir: str | Path, trials: int | None = None, s
         tdir = trial_dir(sweep_dir, i)
         tdir.mkdir(exist_ok=True)
         if not (tdir / TRIAL_FILE).exists():
-            info = {"index": i, "params": params, "command": trial_command(spec, params, tdir, i, extra_args),
-                    "cwd": cwd}
+            info = {
+                "index": i,
+                "params": params,
+                "command": trial_command(spec, params, tdir, i, extra_args),
+                "cwd": cwd,
+            }
             (tdir / TRIAL_FILE).write_text(json.dumps(info, indent=1))
         dirs.append(tdir)
     return dirs
@@ -149,9 +172,11 @@ def check_first_trial(spec: SweepSpec, extra_args: list[str] | tuple[str, ...] =
     proc = subprocess.run([*_resolve_executable(cmd), "--print_config"], capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-6:])
-        raise SweepError(f"{spec.source}: trial 0's command does not parse ({shlex.join(cmd)}):\n{tail}\n"
-                         "(check the parameter names against `perceiver-lit fit --config ... --print_config`; "
-                         "--no-check skips this)")
+        raise SweepError(
+            f"{spec.source}: trial 0's command does not parse ({shlex.join(cmd)}):\n{tail}\n"
+            "(check the parameter names against `perceiver-lit fit --config ... --print_config`; "
+            "--no-check skips this)"
+        )
 
 
 def run_trial(sweep_dir: str | Path, index: int, force: bool = False, echo: bool = False) -> int:
@@ -160,8 +185,10 @@ def run_trial(sweep_dir: str | Path, index: int, force: bool = False, echo: bool
     info_file = tdir / TRIAL_FILE
     if not info_file.exists():
         n = len(list(Path(sweep_dir).glob("trial-*")))
-        raise SweepError(f"{info_file} does not exist: {sweep_dir} has {n} trials (0..{n - 1}); "
-                         "prepare it with `perceiver-lit-sweep run SPEC --dir DIR`")
+        raise SweepError(
+            f"{info_file} does not exist: {sweep_dir} has {n} trials (0..{n - 1}); "
+            "prepare it with `perceiver-lit-sweep run SPEC --dir DIR`"
+        )
     if is_done(sweep_dir, index) and not force:
         print(f"[sweep] trial {index}: done already, skipped")
         return 0
@@ -175,14 +202,19 @@ def run_trial(sweep_dir: str | Path, index: int, force: bool = False, echo: bool
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
         try:
-            proc = subprocess.run(cmd, cwd=info["cwd"], env=env, stdout=None if echo else log,
-                                  stderr=None if echo else subprocess.STDOUT)
+            proc = subprocess.run(
+                cmd, cwd=info["cwd"], env=env, stdout=None if echo else log, stderr=None if echo else subprocess.STDOUT
+            )
             rc = proc.returncode
         except FileNotFoundError as e:
             log.write(f"{e}\n")
             rc = 127
-    status = {"returncode": rc, "seconds": round(time.time() - start, 2),
-              "slurm_job": os.environ.get("SLURM_JOB_ID"), "slurm_array_task": os.environ.get("SLURM_ARRAY_TASK_ID")}
+    status = {
+        "returncode": rc,
+        "seconds": round(time.time() - start, 2),
+        "slurm_job": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_task": os.environ.get("SLURM_ARRAY_TASK_ID"),
+    }
     if watch.signalled:
         # Slurm warned of the time limit / preemption: the trial saved a checkpoint and requeued itself, so it is
         # neither done nor failed; the requeued array task resumes it.
@@ -224,8 +256,10 @@ def run_local(sweep_dir: str | Path, n_trials: int, echo: bool = False) -> dict[
             continue
         rc = run_trial(sweep_dir, i, echo=echo)
         result["done" if rc == 0 else "failed"].append(i)
-    print(f"[sweep] {len(result['done'])} done, {len(result['failed'])} failed, "
-          f"{len(result['skipped'])} skipped (finished before)")
+    print(
+        f"[sweep] {len(result['done'])} done, {len(result['failed'])} failed, "
+        f"{len(result['skipped'])} skipped (finished before)"
+    )
     return result
 
 
@@ -244,8 +278,13 @@ def array_spec(indices: list[int], max_parallel: int | None = None) -> str:
     return ",".join(parts) + (f"%{max_parallel}" if max_parallel else "")
 
 
-def submit_slurm(sweep_dir: str | Path, n_trials: int, sbatch_script: str | Path = "sbatch/sweep.sbatch",
-                 max_parallel: int | None = None, extra: list[str] | None = None) -> str | None:
+def submit_slurm(
+    sweep_dir: str | Path,
+    n_trials: int,
+    sbatch_script: str | Path = "sbatch/sweep.sbatch",
+    max_parallel: int | None = None,
+    extra: list[str] | None = None,
+) -> str | None:
     """Submit the unfinished trials as one job array; task id i runs `perceiver-lit-sweep trial DIR i`.
     Returns the job id (None when nothing was left)."""
     sweep_dir = Path(sweep_dir).resolve()
@@ -259,9 +298,16 @@ def submit_slurm(sweep_dir: str | Path, n_trials: int, sbatch_script: str | Path
     if shutil.which("sbatch") is None:
         raise SweepError("`sbatch` is not on PATH: --slurm needs a Slurm cluster")
     (sweep_dir / "slurm").mkdir(exist_ok=True)
-    cmd = ["sbatch", "--parsable", f"--array={array_spec(todo, max_parallel)}",
-           f"--output={sweep_dir / 'slurm' / '%A_%a.out'}", f"--export=ALL,SWEEP_DIR={sweep_dir}",
-           *(extra or []), str(script), str(sweep_dir)]
+    cmd = [
+        "sbatch",
+        "--parsable",
+        f"--array={array_spec(todo, max_parallel)}",
+        f"--output={sweep_dir / 'slurm' / '%A_%a.out'}",
+        f"--export=ALL,SWEEP_DIR={sweep_dir}",
+        *(extra or []),
+        str(script),
+        str(sweep_dir),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SweepError(f"sbatch failed ({' '.join(cmd)}):\n{out.stderr.strip()}")

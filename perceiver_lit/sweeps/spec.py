@@ -31,9 +31,23 @@ METHODS = ("grid", "random", "bayes")
 # W&B's default when a spec has no `command`.
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 DISTRIBUTIONS = (
-    "constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_values",
-    "q_log_uniform", "q_log_uniform_values", "inv_log_uniform", "inv_log_uniform_values",
-    "normal", "q_normal", "log_normal", "q_log_normal", "beta", "q_beta",
+    "constant",
+    "categorical",
+    "int_uniform",
+    "uniform",
+    "q_uniform",
+    "log_uniform",
+    "log_uniform_values",
+    "q_log_uniform",
+    "q_log_uniform_values",
+    "inv_log_uniform",
+    "inv_log_uniform_values",
+    "normal",
+    "q_normal",
+    "log_normal",
+    "q_log_normal",
+    "beta",
+    "q_beta",
 )
 
 
@@ -89,8 +103,16 @@ def parse_spec(raw: Any, source: str = "<dict>") -> SweepSpec:
         raise SweepError(f"{source}: `command` must be a list of strings, got {command!r}")
     if "${program}" in command and not raw.get("program"):
         raise SweepError(f"{source}: `command` uses ${{program}} but the spec has no `program`")
-    return SweepSpec(method=method, parameters=dict(params), command=list(command), metric=dict(metric),
-                     program=raw.get("program"), name=raw.get("name"), source=source, raw=raw)
+    return SweepSpec(
+        method=method,
+        parameters=dict(params),
+        command=list(command),
+        metric=dict(metric),
+        program=raw.get("program"),
+        name=raw.get("name"),
+        source=source,
+        raw=raw,
+    )
 
 
 def _check_param(source: str, key: str, p: Any, method: str) -> None:
@@ -98,8 +120,10 @@ def _check_param(source: str, key: str, p: Any, method: str) -> None:
     if not isinstance(p, dict):
         raise SweepError(f"{where}: expected a mapping such as {{values: [...]}}, got {p!r}")
     if "parameters" in p:
-        raise SweepError(f"{where}: nested `parameters` are not supported; name each leaf by its dotted "
-                         f"LightningCLI key instead (e.g. {key}.init_args.x)")
+        raise SweepError(
+            f"{where}: nested `parameters` are not supported; name each leaf by its dotted "
+            f"LightningCLI key instead (e.g. {key}.init_args.x)"
+        )
     if "value" in p or "values" in p:
         if "values" in p and (not isinstance(p["values"], list) or not p["values"]):
             raise SweepError(f"{where}: `values` must be a non-empty list")
@@ -126,8 +150,11 @@ def expand(spec: SweepSpec, trials: int | None = None, seed: int = 0) -> list[di
         grid = [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
         return grid[:trials] if trials else grid
     if spec.method == "bayes":
-        warnings.warn(f"{spec.source}: method `bayes` needs a W&B sweep server (`wandb sweep` + `wandb agent`); "
-                      "running it locally as random search over the same space", stacklevel=2)
+        warnings.warn(
+            f"{spec.source}: method `bayes` needs a W&B sweep server (`wandb sweep` + `wandb agent`); "
+            "running it locally as random search over the same space",
+            stacklevel=2,
+        )
     if not trials:
         raise SweepError(f"{spec.source}: method `{spec.method}` draws trials at random; say how many with --trials N")
     rng = random.Random(seed)
@@ -215,6 +242,7 @@ def build_command(spec: SweepSpec, params: dict[str, Any]) -> list[str]:
                 out += [f"--{k}", str(v)]
         elif tok == "${args_json}":
             import json
+
             out.append(json.dumps(params))
         else:
             out.append(tok)

@@ -65,24 +65,35 @@ class MultimodalAutoencoding(Task):
     #: the CLI adds `"label": (num_classes,)` to the adapter's input_shape (the label is an input modality).
     label_input = True
 
-    def __init__(self, net: nn.Module, loss_weights: Mapping[str, float] | None = None,
-                 train_video_queries: int = 512, train_audio_queries: int = 32, eval_mask_label: bool = True,
-                 video_mean: Sequence[float] | None = None, video_std: Sequence[float] | None = None,
-                 media_samples: int = 2, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        loss_weights: Mapping[str, float] | None = None,
+        train_video_queries: int = 512,
+        train_audio_queries: int = 32,
+        eval_mask_label: bool = True,
+        video_mean: Sequence[float] | None = None,
+        video_std: Sequence[float] | None = None,
+        media_samples: int = 2,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(net, **kwargs)
         weights = dict(PAPER_LOSS_WEIGHTS if loss_weights is None else loss_weights)
         if set(weights) != set(PAPER_LOSS_WEIGHTS) or any(w < 0 for w in weights.values()):
-            raise ValueError(f"model.init_args.loss_weights must give video, audio and label weights >= 0, "
-                             f"got {weights}")
+            raise ValueError(
+                f"model.init_args.loss_weights must give video, audio and label weights >= 0, got {weights}"
+            )
         self.loss_weights = {k: float(v) for k, v in weights.items()}
         if train_video_queries < 1 or train_audio_queries < 1:
-            raise ValueError("model.init_args.train_video_queries / train_audio_queries must be >= 1, got "
-                             f"{train_video_queries} / {train_audio_queries}")
+            raise ValueError(
+                "model.init_args.train_video_queries / train_audio_queries must be >= 1, got "
+                f"{train_video_queries} / {train_audio_queries}"
+            )
         self.train_video_queries, self.train_audio_queries = train_video_queries, train_audio_queries
         self.eval_mask_label, self.media_samples = eval_mask_label, media_samples
         model = self._model()
-        self.video_shape = tuple(model.video_shape) + (model.video_channels,)               # (T, H, W, C)
-        self.audio_samples = model.num_queries("audio") * model.samples_per_patch            # S
+        self.video_shape = tuple(model.video_shape) + (model.video_channels,)  # (T, H, W, C)
+        self.audio_samples = model.num_queries("audio") * model.samples_per_patch  # S
         C = self.video_shape[-1]
         mean = (0.0,) * C if video_mean is None else tuple(float(m) for m in video_mean)
         std = (1.0,) * C if video_std is None else tuple(float(s) for s in video_std)
@@ -92,8 +103,9 @@ class MultimodalAutoencoding(Task):
         self.register_buffer("video_std", torch.tensor(std), persistent=False)
         self.metrics = nn.ModuleDict({f"{s}_metrics": self._make_metrics(s) for s in ("val", "test")})
         # the training clips seen, for the baselines; in the checkpoint, so `validate` / `test --ckpt_path` have them
-        self.train_means = nn.ModuleDict({"video": RunningMean(self.video_shape),
-                                          "audio": RunningMean((self.audio_samples,))})
+        self.train_means = nn.ModuleDict(
+            {"video": RunningMean(self.video_shape), "audio": RunningMean((self.audio_samples,))}
+        )
         for m in self.train_means.values():
             m.persistent(True)
         self._baselines: dict[str, dict[str, Tensor]] | None = None
@@ -107,8 +119,9 @@ class MultimodalAutoencoding(Task):
             psnr[f"psnr_video_{b}"] = PSNR(1.0, VIDEO_RANGE)
             psnr[f"psnr_audio_{b}"] = PSNR(2.0, AUDIO_RANGE)
         # a plain ModuleDict, not a MetricCollection: its compute groups would merge look-alike PSNR states
-        return nn.ModuleDict({"psnr": nn.ModuleDict(psnr),
-                              "acc1": MulticlassAccuracy(self.num_classes, top_k=1, average="micro")})
+        return nn.ModuleDict(
+            {"psnr": nn.ModuleDict(psnr), "acc1": MulticlassAccuracy(self.num_classes, top_k=1, average="micro")}
+        )
 
     # ---- inputs and targets ---------------------------------------------------------------------------------
 
@@ -120,8 +133,10 @@ class MultimodalAutoencoding(Task):
         inputs = batch["inputs"]
         if not isinstance(inputs, Mapping) or set(inputs) != {"video", "audio"}:
             got = sorted(inputs) if isinstance(inputs, Mapping) else type(inputs).__name__
-            raise ValueError(f"MultimodalAutoencoding: batch inputs must be {{'video', 'audio'}} (an audio+video "
-                             f"data module with features: raw), got {got}")
+            raise ValueError(
+                f"MultimodalAutoencoding: batch inputs must be {{'video', 'audio'}} (an audio+video "
+                f"data module with features: raw), got {got}"
+            )
         # unlabelled samples (target -1, raw predict files) give class 0 to the label input, which eval masks
         return {**inputs, "label": batch["target"].long().clamp(min=0)}
 
@@ -134,8 +149,10 @@ class MultimodalAutoencoding(Task):
     # ---- steps ----------------------------------------------------------------------------------------------
 
     def _losses(self, out: dict[str, Tensor], video: Tensor, audio: Tensor, target: Tensor) -> dict[str, Tensor]:
-        losses = {"video": F.mse_loss(out["video"].float(), video.float()),
-                  "audio": F.mse_loss(out["audio"].float(), audio.float())}
+        losses = {
+            "video": F.mse_loss(out["video"].float(), video.float()),
+            "audio": F.mse_loss(out["audio"].float(), audio.float()),
+        }
         labelled = target >= 0
         # no labelled sample: a zero that keeps the graph (no branch on the count: no host-device wait)
         ce = F.cross_entropy(out["label"].float(), target.clamp(min=0), reduction="none")
@@ -144,14 +161,14 @@ class MultimodalAutoencoding(Task):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         model, inputs, target = self._model(), self._inputs(batch), batch["target"]
-        video, audio = inputs["video"], inputs["audio"]                                     # (B, T, H, W, C), (B, S)
+        video, audio = inputs["video"], inputs["audio"]  # (B, T, H, W, C), (B, S)
         B, device = video.shape[0], video.device
         nv, na = model.num_queries("video"), model.num_queries("audio")
-        v_idx = random_query_indices(nv, min(self.train_video_queries, nv), B, device)      # (B, Qv)
-        a_idx = random_query_indices(na, min(self.train_audio_queries, na), B, device)      # (B, Qa)
+        v_idx = random_query_indices(nv, min(self.train_video_queries, nv), B, device)  # (B, Qv)
+        a_idx = random_query_indices(na, min(self.train_audio_queries, na), B, device)  # (B, Qa)
         out = self.net(inputs, query_indices={"video": v_idx, "audio": a_idx})
-        v_target = take_rows(video.reshape(B, nv, -1), v_idx)                               # (B, Qv, C)
-        a_target = take_rows(audio.reshape(B, na, -1), a_idx).reshape(B, -1)                # (B, Qa * 16)
+        v_target = take_rows(video.reshape(B, nv, -1), v_idx)  # (B, Qv, C)
+        a_target = take_rows(audio.reshape(B, na, -1), a_idx).reshape(B, -1)  # (B, Qa * 16)
         losses = self._losses(out, v_target, a_target, target)
         loss = sum(self.loss_weights[k] * losses[k] for k in losses)
         self.train_means["video"].update(self.pixels(video))
@@ -167,9 +184,11 @@ class MultimodalAutoencoding(Task):
             return None
         clip = {"video": self.train_means["video"].compute(), "audio": self.train_means["audio"].compute()}
         T = self.video_shape[0]
-        frame_video = clip["video"].mean(0, keepdim=True).expand_as(clip["video"])          # (T, H, W, C)
-        preds = {"video": {"mean_clip": clip["video"], "mean_frame": frame_video},
-                 "audio": {"mean_clip": clip["audio"]}}
+        frame_video = clip["video"].mean(0, keepdim=True).expand_as(clip["video"])  # (T, H, W, C)
+        preds = {
+            "video": {"mean_clip": clip["video"], "mean_frame": frame_video},
+            "audio": {"mean_clip": clip["audio"]},
+        }
         if self.audio_samples % T == 0:  # each frame's span of audio, averaged over the clip's frames
             span = clip["audio"].view(T, -1)
             preds["audio"]["mean_frame"] = span.mean(0, keepdim=True).expand_as(span).reshape(-1)
@@ -203,16 +222,26 @@ class MultimodalAutoencoding(Task):
                     psnr[f"psnr_{m}_{b}"].update(pred.to(target_m.device).expand_as(target_m), target_m)
                     names.append(f"psnr_{m}_{b}")
         for name in names:
-            self.log(f"{stage}/{name}", psnr[name], on_epoch=True, prog_bar=name in ("psnr_video", "psnr_audio"),
-                     batch_size=B)
+            self.log(
+                f"{stage}/{name}",
+                psnr[name],
+                on_epoch=True,
+                prog_bar=name in ("psnr_video", "psnr_audio"),
+                batch_size=B,
+            )
         labelled = target >= 0
         metrics["acc1"].update(out["label"].detach()[labelled], target[labelled])
         self.log(f"{stage}/acc1", metrics["acc1"], on_epoch=True, prog_bar=True, batch_size=B)
         if stage == "val" and batch_idx == 0 and self.media_samples > 0:  # for the W&B media callback
             n = self.media_samples
-            return {"video": v_rec[:n].detach().clamp(*VIDEO_RANGE), "original_video": v_pix[:n],
-                    "audio": out["audio"][:n].detach().clamp(*AUDIO_RANGE), "original_audio": audio[:n],
-                    "label": out["label"][:n].detach().argmax(-1), "target": target[:n]}
+            return {
+                "video": v_rec[:n].detach().clamp(*VIDEO_RANGE),
+                "original_video": v_pix[:n],
+                "audio": out["audio"][:n].detach().clamp(*AUDIO_RANGE),
+                "original_audio": audio[:n],
+                "label": out["label"][:n].detach().argmax(-1),
+                "target": target[:n],
+            }
         return None
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor] | None:
@@ -220,5 +249,9 @@ class MultimodalAutoencoding(Task):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         out = self.reconstruct(batch)
-        return {"key": batch.get("key"), "logits": out["label"],
-                "video": self.pixels(out["video"]).clamp(*VIDEO_RANGE), "audio": out["audio"].clamp(*AUDIO_RANGE)}
+        return {
+            "key": batch.get("key"),
+            "logits": out["label"],
+            "video": self.pixels(out["video"]).clamp(*VIDEO_RANGE),
+            "audio": out["audio"].clamp(*AUDIO_RANGE),
+        }

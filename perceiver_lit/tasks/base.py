@@ -80,7 +80,9 @@ class Task(pl.LightningModule):
         self.save_hyperparameters(ignore=[] if hparams_given_by_cli() else ["net"])
         self.net = net
         if num_classes is None:
-            num_classes = getattr(net, "num_classes", None) or getattr(getattr(net, "config", None), "num_classes", None)
+            num_classes = getattr(net, "num_classes", None) or getattr(
+                getattr(net, "config", None), "num_classes", None
+            )
         if num_classes is None:
             raise ValueError(
                 f"{type(self).__name__}: num_classes is unknown: pass model.init_args.num_classes or give the net a "
@@ -92,8 +94,10 @@ class Task(pl.LightningModule):
         self.decay_embeddings = decay_embeddings
         self.schedule = schedule
         if warmup_epochs > 0 and warmup_steps > 0:
-            raise ValueError(f"model.init_args.warmup_epochs ({warmup_epochs}) and warmup_steps ({warmup_steps}): "
-                             "give one of the two")
+            raise ValueError(
+                f"model.init_args.warmup_epochs ({warmup_epochs}) and warmup_steps ({warmup_steps}): "
+                "give one of the two"
+            )
         if warmup_steps < 0 or warmup_epochs < 0:
             raise ValueError("model.init_args.warmup_epochs / warmup_steps must be >= 0")
         self.warmup_epochs, self.warmup_steps, self.flat_epochs = warmup_epochs, int(warmup_steps), flat_epochs
@@ -126,10 +130,15 @@ class Task(pl.LightningModule):
         names = [n for n, _ in self._net_parameters()]
         for pattern in patterns:
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-                examples = [n for i, n in enumerate(names)  # the first name under each top-level module
-                            if n.split(".")[0] not in {m.split(".")[0] for m in names[:i]}][:8]
-                raise ValueError(f"model.init_args.{field}: {pattern!r} matches no parameter of the net "
-                                 f"({type(self.net).__name__}); its names look like {', '.join(examples)}")
+                examples = [
+                    n
+                    for i, n in enumerate(names)  # the first name under each top-level module
+                    if n.split(".")[0] not in {m.split(".")[0] for m in names[:i]}
+                ][:8]
+                raise ValueError(
+                    f"model.init_args.{field}: {pattern!r} matches no parameter of the net "
+                    f"({type(self.net).__name__}); its names look like {', '.join(examples)}"
+                )
         return {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
 
     def _freeze_parameters(self) -> None:
@@ -141,8 +150,10 @@ class Task(pl.LightningModule):
                 frozen += p.numel()
             elif p.requires_grad:
                 trainable += p.numel()
-        rank_zero_info(f"[perceiver-lit] freeze {self.freeze_patterns}: {frozen:,} parameters frozen "
-                       f"({len(frozen_names)} tensors), {trainable:,} trainable")
+        rank_zero_info(
+            f"[perceiver-lit] freeze {self.freeze_patterns}: {frozen:,} parameters frozen "
+            f"({len(frozen_names)} tensors), {trainable:,} trainable"
+        )
 
     def _keep_frozen_norms(self) -> None:
         """A BatchNorm whose parameters are all frozen keeps its running statistics too: eval mode in training.
@@ -154,7 +165,7 @@ class Task(pl.LightningModule):
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
                 m.eval()
 
-    def train(self, mode: bool = True) -> "Task":
+    def train(self, mode: bool = True) -> Task:
         super().train(mode)
         if mode:
             self._keep_frozen_norms()
@@ -170,8 +181,9 @@ class Task(pl.LightningModule):
             for in_head, scale in ((True, 1.0), (False, self.body_lr_scale)):
                 params = [p for p in g["params"] if (id(p) in head) == in_head]
                 if params:
-                    groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": params,
-                                   "lr": g["lr"] * scale})
+                    groups.append(
+                        {**{k: v for k, v in g.items() if k != "params"}, "params": params, "lr": g["lr"] * scale}
+                    )
         optimizer.param_groups = []  # no state yet: regroup in place (keeps the optimizer's own settings)
         for g in groups:
             optimizer.add_param_group(g)
@@ -243,8 +255,10 @@ class Task(pl.LightningModule):
         trainer = self.trainer
         accumulate = max(1, int(trainer.accumulate_grad_batches))
         total = per_device * trainer.world_size * accumulate
-        return total, (f"{per_device} per device (data.init_args.batch_size) x {trainer.num_devices} devices x "
-                       f"{trainer.num_nodes} nodes x {accumulate} accumulated (trainer.accumulate_grad_batches)")
+        return total, (
+            f"{per_device} per device (data.init_args.batch_size) x {trainer.num_devices} devices x "
+            f"{trainer.num_nodes} nodes x {accumulate} accumulated (trainer.accumulate_grad_batches)"
+        )
 
     def on_fit_start(self) -> None:
         found = self.global_batch_size()
@@ -323,8 +337,12 @@ class Task(pl.LightningModule):
             return by_steps
         return by_epochs if by_steps is None else min(by_steps, by_epochs)
 
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-                                    gradient_clip_algorithm: str | None = None) -> None:
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
         # Lightning's classic FSDP (configs/trainer/fsdp_classic.yaml) refuses norm clipping in its precision plugin
         # ("gradient_clip_algorithm='norm' is currently not supported"), and every recipe clips: clip with the root
         # FSDP unit's clip_grad_norm_, the norm over all shards. GPU-only (Lightning refuses FSDP1 on CPU), so
@@ -332,20 +350,30 @@ class Task(pl.LightningModule):
         from lightning.pytorch.strategies import FSDPStrategy
 
         strategy = self.trainer.strategy
-        if (gradient_clip_val and isinstance(strategy, FSDPStrategy)
-                and getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm) in (None, "norm")):
+        if (
+            gradient_clip_val
+            and isinstance(strategy, FSDPStrategy)
+            and getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm) in (None, "norm")
+        ):
             strategy.model.clip_grad_norm_(gradient_clip_val)
             return
-        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
-                            gradient_clip_algorithm=gradient_clip_algorithm)
+        self.clip_gradients(
+            optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+        )
 
     def configure_optimizers(self) -> dict:
         # Fused AdamW only where the precision plugin and clipping allow it (bf16-mixed + clipping: issue 19).
         trainer = self._trainer
         fused = trainer is None or fused_adamw_allowed(trainer.precision_plugin, trainer.gradient_clip_val)
         optimizer = build_optimizer(
-            self.optimizer_name, self.net, self.lr, self.weight_decay, self.betas, self.eps,
-            fused=fused, decay_embeddings=self.decay_embeddings,
+            self.optimizer_name,
+            self.net,
+            self.lr,
+            self.weight_decay,
+            self.betas,
+            self.eps,
+            fused=fused,
+            decay_embeddings=self.decay_embeddings,
         )
         optimizer = self._scale_body_lr(optimizer)
         # Steps per epoch are needed only for what is stated in epochs (the loader may have no length otherwise).

@@ -60,8 +60,15 @@ class OpticalFlow(Task):
     #: no class count: the CLI links neither data.num_classes into this task nor into its net
     links_num_classes = False
 
-    def __init__(self, net: nn.Module, loss: Literal["l1", "epe"] = "l1", flow_scale: float = FLOW_SCALE_FACTOR,
-                 train_queries: int | float | None = None, num_images: int = 4, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: Literal["l1", "epe"] = "l1",
+        flow_scale: float = FLOW_SCALE_FACTOR,
+        train_queries: int | float | None = None,
+        num_images: int = 4,
+        **kwargs: Any,
+    ) -> None:
         kwargs["num_classes"] = kwargs.get("num_classes") or 2  # the output channels (u, v)
         super().__init__(net, **kwargs)
         if loss not in ("l1", "epe"):
@@ -69,18 +76,29 @@ class OpticalFlow(Task):
         if flow_scale <= 0:
             raise ValueError(f"model.init_args.flow_scale must be > 0, got {flow_scale}")
         if train_queries is not None and not (
-                (isinstance(train_queries, int) and train_queries >= 1)
-                or (isinstance(train_queries, float) and 0.0 < train_queries <= 1.0)):
-            raise ValueError("model.init_args.train_queries must be an int >= 1 (pixels) or a float in (0, 1] "
-                             f"(a fraction of the pixels), or null; got {train_queries!r}")
+            (isinstance(train_queries, int) and train_queries >= 1)
+            or (isinstance(train_queries, float) and 0.0 < train_queries <= 1.0)
+        ):
+            raise ValueError(
+                "model.init_args.train_queries must be an int >= 1 (pixels) or a float in (0, 1] "
+                f"(a fraction of the pixels), or null; got {train_queries!r}"
+            )
         self.loss_name, self.flow_scale, self.train_queries = loss, float(flow_scale), train_queries
         self.num_images = num_images
         self._subsamples = "query_indices" in inspect.signature(net.forward).parameters
         if train_queries is not None and not self._subsamples:
-            raise ValueError(f"model.init_args.train_queries: {type(net).__name__}.forward takes no query_indices, "
-                             "so it cannot decode a subset of pixels; set train_queries: null")
-        self.metrics = nn.ModuleDict({f"{s}_metrics": nn.ModuleDict({
-            "epe": EndPointError(), "fl_all": FlOutliers(), "epe_zero_flow": EndPointError()}) for s in ("val", "test")})
+            raise ValueError(
+                f"model.init_args.train_queries: {type(net).__name__}.forward takes no query_indices, "
+                "so it cannot decode a subset of pixels; set train_queries: null"
+            )
+        self.metrics = nn.ModuleDict(
+            {
+                f"{s}_metrics": nn.ModuleDict(
+                    {"epe": EndPointError(), "fl_all": FlOutliers(), "epe_zero_flow": EndPointError()}
+                )
+                for s in ("val", "test")
+            }
+        )
 
     # ---- steps
     def predict_flow(self, frames: Tensor) -> Tensor:
@@ -105,24 +123,33 @@ class OpticalFlow(Task):
         frames, target = batch["inputs"], batch["target"].float()
         B, _, H, W, _ = frames.shape
         if tuple(target.shape) != (B, H, W, 2):
-            raise ValueError(f"OpticalFlow: batch['target'] must be (B, H, W, 2) = {(B, H, W, 2)} for inputs "
-                             f"{tuple(frames.shape)}, got {tuple(target.shape)}")
+            raise ValueError(
+                f"OpticalFlow: batch['target'] must be (B, H, W, 2) = {(B, H, W, 2)} for inputs "
+                f"{tuple(frames.shape)}, got {tuple(target.shape)}"
+            )
         valid = batch.get("valid")
         valid = torch.ones(B, H, W, dtype=torch.bool, device=frames.device) if valid is None else valid.bool()
         valid = valid & torch.isfinite(target).all(-1)
         n = self._num_train_queries(H * W) if stage == "train" else None
         if n is not None:
-            idx = random_query_indices(H * W, n, B, device=frames.device)           # (B, Q)
-            pred = self.net(frames, query_indices=idx).float() * self.flow_scale     # (B, Q, 2) pixels
-            target_q = take_rows(target.flatten(1, 2), idx)                          # (B, Q, 2)
-            valid_q = take_rows(valid.flatten(1, 2)[..., None], idx)[..., 0]         # (B, Q)
+            idx = random_query_indices(H * W, n, B, device=frames.device)  # (B, Q)
+            pred = self.net(frames, query_indices=idx).float() * self.flow_scale  # (B, Q, 2) pixels
+            target_q = take_rows(target.flatten(1, 2), idx)  # (B, Q, 2)
+            valid_q = take_rows(valid.flatten(1, 2)[..., None], idx)[..., 0]  # (B, Q)
         else:
-            pred = self.predict_flow(frames)                                         # (B, H, W, 2)
+            pred = self.predict_flow(frames)  # (B, H, W, 2)
             target_q, valid_q = target, valid
         loss = self._loss(pred.flatten(1, -2), target_q.flatten(1, -2), valid_q.flatten(1))
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=B,
-                 sync_dist=stage != "train")
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=B,
+            sync_dist=stage != "train",
+        )
         if stage == "train":
             with torch.no_grad():
                 epe, ok = end_point_error(pred.detach(), target_q, valid_q)
@@ -134,8 +161,7 @@ class OpticalFlow(Task):
             metrics["fl_all"].update(p, target, valid)
             metrics["epe_zero_flow"].update(torch.zeros_like(p), target, valid)
             for name, metric in metrics.items():
-                self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "epe",
-                         batch_size=B)
+                self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "epe", batch_size=B)
         return loss, pred
 
     def shared_step(self, batch: dict, stage: str, batch_idx: int) -> Tensor:
@@ -158,11 +184,11 @@ class OpticalFlow(Task):
         """Write each sample's flow as `<out_dir>/flow/<key>.npy` (float32 (H, W, 2), pixels) and `<key>.png` (the
         colour wheel); one row per sample: key, the two paths (relative to out_dir's parent, the run directory),
         and, when the batch has the true flow, that sample's `epe`."""
-        from perceiver_lit.flow_viz import save_flow_png
-
         import numpy as np
 
-        flow = prediction["flow"].detach().float().cpu()                   # (B, H, W, 2)
+        from perceiver_lit.flow_viz import save_flow_png
+
+        flow = prediction["flow"].detach().float().cpu()  # (B, H, W, 2)
         keys = prediction.get("key") or [f"sample{i}" for i in range(len(flow))]
         target, valid = batch.get("target"), batch.get("valid")
         folder = os.path.join(out_dir, "flow")
@@ -174,8 +200,11 @@ class OpticalFlow(Task):
             f = flow[b].numpy().astype(np.float32)
             np.save(base + ".npy", f)
             save_flow_png(f, base + ".png")
-            row: dict[str, Any] = {"key": key, "flow": os.path.relpath(base + ".npy", run_dir),
-                                   "image": os.path.relpath(base + ".png", run_dir)}
+            row: dict[str, Any] = {
+                "key": key,
+                "flow": os.path.relpath(base + ".npy", run_dir),
+                "image": os.path.relpath(base + ".png", run_dir),
+            }
             if isinstance(target, Tensor) and target.shape[1:3] == flow.shape[1:3]:
                 v = valid[b].cpu() if isinstance(valid, Tensor) else None
                 epe, ok = end_point_error(flow[b], target[b].detach().float().cpu(), v)

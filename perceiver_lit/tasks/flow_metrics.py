@@ -76,8 +76,9 @@ class FlOutliers(Metric):
 
     def update(self, pred: Tensor, target: Tensor, valid: Tensor | None = None) -> None:
         epe, ok = end_point_error(pred, target, valid)
-        mag = torch.linalg.vector_norm(torch.where(ok[..., None], target.float(), torch.zeros((), device=epe.device)),
-                                       dim=-1)
+        mag = torch.linalg.vector_norm(
+            torch.where(ok[..., None], target.float(), torch.zeros((), device=epe.device)), dim=-1
+        )
         # KITTI: err > 3 && err / mag > 0.05, written without the division (mag 0 makes any err > 0 relative)
         out = ok & (epe > self.abs_thresh) & (epe > self.rel_thresh * mag)
         self.outliers += out.sum()

@@ -42,18 +42,20 @@ def _mix_tensors(x: Any, perm: torch.Tensor, lam: torch.Tensor) -> Any:
     return x * w + x[perm] * (1 - w)
 
 
-def _cutmix_boxes(b: int, h: int, w: int, lam: torch.Tensor, gen: torch.Generator | None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def _cutmix_boxes(
+    b: int, h: int, w: int, lam: torch.Tensor, gen: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each of b images (h, w), a box of area (1 - lam) of the image, centred uniformly and clipped at the
     borders: the mask of where the partner is pasted (B, H, W), and lam corrected to the area kept (B,)."""
-    cut = (1.0 - lam).clamp(0, 1).sqrt()                                   # (B,) box side / image side
+    cut = (1.0 - lam).clamp(0, 1).sqrt()  # (B,) box side / image side
     ch, cw = (h * cut).long(), (w * cut).long()
     cy, cx = torch.randint(h, (b,), generator=gen), torch.randint(w, (b,), generator=gen)
     y0, y1 = (cy - ch // 2).clamp(0, h), (cy + ch // 2).clamp(0, h)
     x0, x1 = (cx - cw // 2).clamp(0, w), (cx + cw // 2).clamp(0, w)
     rows, cols = torch.arange(h), torch.arange(w)
-    inside = (((rows >= y0[:, None]) & (rows < y1[:, None]))[:, :, None]
-              & ((cols >= x0[:, None]) & (cols < x1[:, None]))[:, None, :])  # (B, H, W)
+    inside = ((rows >= y0[:, None]) & (rows < y1[:, None]))[:, :, None] & (
+        (cols >= x0[:, None]) & (cols < x1[:, None])
+    )[:, None, :]  # (B, H, W)
     return inside, 1.0 - ((y1 - y0) * (x1 - x0)).float() / (h * w)
 
 
@@ -61,8 +63,14 @@ class MixUpCutMix:
     """MixUp (`mixup_alpha`) and / or CutMix (`cutmix_alpha`; 0 turns either off) on a training batch, applied
     with probability `prob`; `mode` "split" or "switch" combines the two (module docstring)."""
 
-    def __init__(self, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0,
-                 switch_prob: float = 0.5, mode: Literal["split", "switch"] = "switch") -> None:
+    def __init__(
+        self,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
+        mode: Literal["split", "switch"] = "switch",
+    ) -> None:
         if mixup_alpha < 0 or cutmix_alpha < 0:
             raise ValueError(f"mixup_alpha / cutmix_alpha must be >= 0, got {mixup_alpha} / {cutmix_alpha}")
         if mode not in ("split", "switch"):
@@ -74,8 +82,9 @@ class MixUpCutMix:
     def enabled(self) -> bool:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
-    def __call__(self, inputs: Any, target: torch.Tensor, num_classes: int,
-                 gen: torch.Generator | None = None) -> tuple[Any, torch.Tensor]:
+    def __call__(
+        self, inputs: Any, target: torch.Tensor, num_classes: int, gen: torch.Generator | None = None
+    ) -> tuple[Any, torch.Tensor]:
         """inputs, int64 target (B,) (or soft (B, K)) -> mixed inputs, float soft target (B, num_classes)."""
         soft = F.one_hot(target, num_classes).float() if target.ndim == 1 else target.float()
         if not self.enabled or float(torch.rand((), generator=gen)) >= self.prob:
@@ -101,7 +110,7 @@ class MixUpCutMix:
                 inside, kept = _cutmix_boxes(b, inputs.shape[1], inputs.shape[2], lam_cut, gen)
                 lam = torch.where(cut, kept, lam)
                 weight = torch.where(cut[:, None, None], ~inside, lam[:, None, None]).to(inputs.device, inputs.dtype)
-                weight = weight[..., None]                                  # (B, H, W, 1): 1 own, 0 partner
+                weight = weight[..., None]  # (B, H, W, 1): 1 own, 0 partner
                 return inputs * weight + inputs[perm] * (1 - weight), _mix_tensors(soft, perm, lam)
             lam = torch.where(cut, lam_cut, lam)  # CutMix falls back to MixUp on inputs that are not images
         return _mix_tensors(inputs, perm, lam), _mix_tensors(soft, perm, lam)

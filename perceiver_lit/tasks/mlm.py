@@ -31,6 +31,7 @@ def mask_tokens(
     80% become MASK, 10% a random byte, 10% stay as they are.
     """
     gen_device = generator.device if generator is not None else tokens.device
+
     def rand(shape: torch.Size) -> torch.Tensor:
         return torch.rand(shape, generator=generator, device=gen_device).to(tokens.device)
 
@@ -42,8 +43,9 @@ def mask_tokens(
     roll = rand(tokens.shape)
     to_mask = chosen & (roll < 0.8)
     to_random = chosen & (roll >= 0.8) & (roll < 0.9)
-    random_bytes = torch.randint(NUM_SPECIAL, vocab_size, tokens.shape, generator=generator,
-                                 device=gen_device).to(tokens.device)
+    random_bytes = torch.randint(NUM_SPECIAL, vocab_size, tokens.shape, generator=generator, device=gen_device).to(
+        tokens.device
+    )
     inputs = torch.where(to_mask, torch.full_like(tokens, MASK_ID), tokens)
     inputs = torch.where(to_random, random_bytes, inputs)
     return inputs, labels
@@ -64,7 +66,10 @@ class MaskedByteModelling(Task):
         super().__init__(net, **kwargs)
         self.mask_prob, self.eval_seed = mask_prob, eval_seed
         self.metrics = nn.ModuleDict(
-            {f"{s}_metrics": MulticlassAccuracy(self.num_classes, average="micro", ignore_index=IGNORE) for s in ("val", "test")}
+            {
+                f"{s}_metrics": MulticlassAccuracy(self.num_classes, average="micro", ignore_index=IGNORE)
+                for s in ("val", "test")
+            }
         )
 
     def shared_step(self, batch: dict, stage: str, batch_idx: int) -> torch.Tensor:
@@ -77,11 +82,20 @@ class MaskedByteModelling(Task):
         # Mean over the masked positions, written without a branch on their count (a branch would make the host
         # wait for the device every step); nothing masked (a tiny batch) gives a zero loss that keeps the graph.
         num_masked = (labels != IGNORE).sum().clamp(min=1)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE,
-                               reduction="sum") / num_masked
+        loss = (
+            F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+            / num_masked
+        )
         batch_size = tokens.shape[0]
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
-                 batch_size=batch_size, sync_dist=stage != "train")
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=stage != "train",
+        )
         if f"{stage}_metrics" in self.metrics:
             metric = self.metrics[f"{stage}_metrics"]
             metric.update(logits.detach().flatten(0, 1), labels.flatten())

@@ -25,7 +25,10 @@ class MultilabelClassification(Task):
     def __init__(self, net: nn.Module, **kwargs: Any) -> None:
         super().__init__(net, **kwargs)
         self.metrics = nn.ModuleDict(
-            {f"{stage}_metrics": MultilabelAveragePrecision(self.num_classes, average="macro") for stage in ("val", "test")}
+            {
+                f"{stage}_metrics": MultilabelAveragePrecision(self.num_classes, average="macro")
+                for stage in ("val", "test")
+            }
         )
 
     def shared_step(self, batch: dict, stage: str, batch_idx: int) -> torch.Tensor:
@@ -33,8 +36,15 @@ class MultilabelClassification(Task):
         logits = self(batch["inputs"], batch.get("pad_mask"))
         loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
         batch_size = target.shape[0]
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
-                 batch_size=batch_size, sync_dist=stage != "train")
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=stage != "train",
+        )
         if f"{stage}_metrics" in self.metrics:
             metric = self.metrics[f"{stage}_metrics"]
             metric.update(logits.detach().float(), target.long())

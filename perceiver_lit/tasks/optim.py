@@ -144,8 +144,12 @@ def can_fuse(params: Sequence[torch.Tensor]) -> bool:
     from torch.distributed.tensor import DTensor
 
     devices = {p.device.type for p in params}
-    return (len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
-            and not any(isinstance(p, DTensor) for p in params))
+    return (
+        len(devices) == 1
+        and devices <= {"cpu", "cuda"}
+        and all(p.is_floating_point() for p in params)
+        and not any(isinstance(p, DTensor) for p in params)
+    )
 
 
 def fused_adamw_allowed(precision_plugin: object, gradient_clip_val: float | None) -> bool:
@@ -188,8 +192,9 @@ def build_optimizer(
     groups = param_groups(model, weight_decay, decay_embeddings)
     if name == "adamw":
         fused = fused and can_fuse([p for g in groups for p in g["params"]])
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                 fused=fused or None)
+        return torch.optim.AdamW(
+            groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=fused or None
+        )
     if name == "lamb":
         return Lamb(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
     raise ValueError(f"model.init_args.optimizer: expected 'adamw' or 'lamb', got {name!r}")

@@ -47,7 +47,7 @@ class PSNR(Metric):
 
     def compute(self) -> Tensor:
         mse = self.sse / self.count.clamp(min=1)
-        return (10 * torch.log10(self.data_range**2 / mse)).float()                      # inf when exact
+        return (10 * torch.log10(self.data_range**2 / mse)).float()  # inf when exact
 
 
 class RunningMean(Metric):

@@ -12,8 +12,14 @@ import torch
 import yaml
 
 from perceiver_lit.callbacks import Summary
-from tests.fixtures.training import (fashion_data, read_wandb_records, read_wandb_run, run_cli, tiny_perceiver,
-                                    write_config)
+from tests.fixtures.training import (
+    fashion_data,
+    read_wandb_records,
+    read_wandb_run,
+    run_cli,
+    tiny_perceiver,
+    write_config,
+)
 from tests.integration.test_configs import CONFIGS, shards, smoke_overrides  # noqa: F401 (shards: a fixture)
 
 pytestmark = pytest.mark.integration
@@ -62,8 +68,14 @@ def test_fit_then_test_with_wandb_offline(fashion_shards, tmp_path, monkeypatch,
     config = {
         "name": "tiny",
         "wandb": {"project": "perceiver-lit-tests", "group": "ci", "tags": ["test"]},
-        "trainer": {"accelerator": "cpu", "max_epochs": 2, "limit_val_batches": 2, "log_every_n_steps": 1,
-                    "num_sanity_val_steps": 0, "enable_progress_bar": False},
+        "trainer": {
+            "accelerator": "cpu",
+            "max_epochs": 2,
+            "limit_val_batches": 2,
+            "log_every_n_steps": 1,
+            "num_sanity_val_steps": 0,
+            "enable_progress_bar": False,
+        },
         "throughput": {"window": 1},  # 2 steps an epoch: the default window of 20 would log no perf/* here
         "model": tiny_perceiver(),
         "data": fashion_data(fashion_shards, batch_size=50, samples_per_epoch=100),
@@ -84,7 +96,9 @@ def test_fit_then_test_with_wandb_offline(fashion_shards, tmp_path, monkeypatch,
     run = wandb_run_of(root, 1, "val/acc1")
     assert run["name"] == "tiny" and run["project"] == "perceiver-lit-tests" and run["group"] == "ci"
     logged = {k for row in run["history"] for k in row}
-    assert {"val/acc1", "val/acc5", "val/loss", "train/loss_step", "model/params", "data/corrupt_samples"} <= logged, logged
+    assert {"val/acc1", "val/acc5", "val/loss", "train/loss_step", "model/params", "data/corrupt_samples"} <= logged, (
+        logged
+    )
     assert any(k.startswith("lr-AdamW") for k in logged), logged  # LearningRateMonitor, one key per param group
     assert_documented_fit_keys(run)
     val_rows = [row for row in run["history"] if "val/acc1" in row]
@@ -142,12 +156,23 @@ def test_quickstart_script_is_valid_bash_and_uses_the_config():
 # ------------------------------------------------------------------ shipped local configs, shrunk (test_configs)
 
 
-@pytest.mark.parametrize("config, task, message", [
-    ("local/audio.yaml", "Classification",
-     r"data \(AudioDataModule\) is multi-label \(data.init_args.multilabel: true\) but the task is Classification"),
-    ("local/image.yaml", "MultilabelClassification",
-     r"the task is MultilabelClassification but data \(FashionMNISTDataModule\) is single-label"),
-], ids=["single-label task on multi-label data", "multi-label task on single-label data"])
+@pytest.mark.parametrize(
+    "config, task, message",
+    [
+        (
+            "local/audio.yaml",
+            "Classification",
+            r"data \(AudioDataModule\) is multi-label \(data.init_args.multilabel: true\) "
+            r"but the task is Classification",
+        ),
+        (
+            "local/image.yaml",
+            "MultilabelClassification",
+            r"the task is MultilabelClassification but data \(FashionMNISTDataModule\) is single-label",
+        ),
+    ],
+    ids=["single-label task on multi-label data", "multi-label task on single-label data"],
+)
 def test_task_that_does_not_fit_the_labels_fails_before_training(config, task, message, shards, tmp_path):
     """check_task_fits_data, through `perceiver-lit fit`: a single-label task on multi-label data and the
     reverse stop before any step (no checkpoint), with a message naming the task, the data and the fix."""
@@ -159,8 +184,9 @@ def test_task_that_does_not_fit_the_labels_fails_before_training(config, task, m
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("config, table", [("local/audio.yaml", "test/per_class_ap"),
-                                           ("local/text.yaml", "test/per_class_accuracy")])
+@pytest.mark.parametrize(
+    "config, table", [("local/audio.yaml", "test/per_class_ap"), ("local/text.yaml", "test/per_class_accuracy")]
+)
 def test_wandb_run_has_the_documented_keys_beyond_images(config, table, shards, tmp_path):
     """docs/training.md's dashboard on the runs the CLI made for audio (multi-label: AP table, attention curves
     over time) and text (bytes: attention curves), read back from the offline run files."""

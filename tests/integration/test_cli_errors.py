@@ -32,21 +32,38 @@ def error_lines(stderr: str) -> list[str]:
 
 def test_a_constructor_error_inside_a_union_is_one_line(tmp_path):
     # The settings docs/media.md used to give: a 28-pixel crop cannot tile into 8-pixel patches.
-    proc = perceiver_lit("fit", "--config", AV, "--data.init_args.num_frames=8", "--data.init_args.frame_stride=2",
-                         "--data.init_args.crop_size=28", "--data.init_args.short_side=32", cwd=tmp_path)
+    proc = perceiver_lit(
+        "fit",
+        "--config",
+        AV,
+        "--data.init_args.num_frames=8",
+        "--data.init_args.frame_stride=2",
+        "--data.init_args.crop_size=28",
+        "--data.init_args.short_side=32",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert error_lines(proc.stderr) == [
         "perceiver-lit: error: model.init_args.net.init_args.adapter: VideoAdapter: input_shape (8, 28, 28, 3) not "
-        "divisible by patch_size (2, 8, 8)"], proc.stderr
+        "divisible by patch_size (2, 8, 8)"
+    ], proc.stderr
     assert "Union" not in proc.stderr and len(proc.stderr.splitlines()) <= 3  # Lightning's "Seed set to 0" may come
 
 
 def test_a_bad_value_inside_a_union_at_parse_is_one_line(tmp_path):
-    proc = perceiver_lit("fit", "--config", AV, "--model.init_args.net.init_args.adapter.init_args.min_padding_size=x",
-                         "--print_config", cwd=tmp_path)
+    proc = perceiver_lit(
+        "fit",
+        "--config",
+        AV,
+        "--model.init_args.net.init_args.adapter.init_args.min_padding_size=x",
+        "--print_config",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("perceiver-lit fit: error: model.init_args.net.init_args.adapter.init_args."
-                                   "min_padding_size: Expected a <class 'int'>. Got value: x")
+    assert proc.stderr.strip() == (
+        "perceiver-lit fit: error: model.init_args.net.init_args.adapter.init_args."
+        "min_padding_size: Expected a <class 'int'>. Got value: x"
+    )
 
 
 def test_docs_audio_video_example_runs(tmp_path):
@@ -62,10 +79,18 @@ def test_docs_audio_video_example_runs(tmp_path):
     assert data["fps"] == int(args[args.index("--fps") + 1])  # the rate the clips were written at
     overrides = [f"--data.init_args.{k}={v}" for k, v in data.items()]
     shards = tmp_path / "synth-av"
-    proc = perceiver_lit("fit", "--config", AV, *overrides, f"--data.init_args.train_urls={shards}/train-000000.tar",
-                         f"--data.init_args.val_urls={shards}/val-000000.tar",
-                         "--data.init_args.batch_size=2", "--trainer.max_steps=1", "--trainer.limit_val_batches=1",
-                         cwd=tmp_path)
+    proc = perceiver_lit(
+        "fit",
+        "--config",
+        AV,
+        *overrides,
+        f"--data.init_args.train_urls={shards}/train-000000.tar",
+        f"--data.init_args.val_urls={shards}/val-000000.tar",
+        "--data.init_args.batch_size=2",
+        "--trainer.max_steps=1",
+        "--trainer.limit_val_batches=1",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = yaml.safe_load((tmp_path / "runs" / "local-audio-video" / "config.yaml").read_text())
     assert {k: saved["data"]["init_args"][k] for k in data} == data  # the docs' settings, as given

@@ -52,9 +52,16 @@ BASE_FOR_PRESETS = CONFIGS / "local" / "image.yaml"
 CPU_BF16 = CONFIGS / "trainer" / "cpu_bf16.yaml"
 # Only the run's length is changed: precision, logger, accelerator and the callbacks stay as shipped.
 TRAINER = {
-    "max_steps": 2, "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1, "limit_test_batches": 1,
-    "num_sanity_val_steps": 0, "val_check_interval": 1.0, "log_every_n_steps": 1,
-    "enable_progress_bar": False, "enable_model_summary": False,
+    "max_steps": 2,
+    "max_epochs": 1,
+    "limit_train_batches": 2,
+    "limit_val_batches": 1,
+    "limit_test_batches": 1,
+    "num_sanity_val_steps": 0,
+    "val_check_interval": 1.0,
+    "log_every_n_steps": 1,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
 }
 DATA_COMMON = {"batch_size": 2, "samples_per_epoch": 4, "shuffle_buffer": 4, "mix_batches": 1}
 MAX_WORKERS_HERE = 2  # this machine's cores
@@ -64,13 +71,28 @@ MAX_WORKERS_HERE = 2  # this machine's cores
 DATA_OVERRIDES: dict[str, tuple[str, dict[str, Any]]] = {
     "FashionMNISTDataModule": ("fashion", {}),
     "ImageDataModule": ("jpeg", {"image_size": 32}),
-    "AudioDataModule": ("audio", {"sample_rate": 16000, "clip_samples": 1280, "num_classes": 10,
-                                  "multilabel": True, "features": "raw"}),
-    "VideoDataModule": ("video", {"num_frames": 4, "frame_stride": 1, "crop_size": 16, "short_side": None,
-                                  "num_classes": 10}),
-    "AudioVisualDataModule": ("audiovisual", {"num_frames": 4, "frame_stride": 1, "fps": 10.0, "crop_size": 16,
-                                              "short_side": None, "sample_rate": 16000, "clip_samples": None,
-                                              "num_classes": 10, "features": "raw"}),
+    "AudioDataModule": (
+        "audio",
+        {"sample_rate": 16000, "clip_samples": 1280, "num_classes": 10, "multilabel": True, "features": "raw"},
+    ),
+    "VideoDataModule": (
+        "video",
+        {"num_frames": 4, "frame_stride": 1, "crop_size": 16, "short_side": None, "num_classes": 10},
+    ),
+    "AudioVisualDataModule": (
+        "audiovisual",
+        {
+            "num_frames": 4,
+            "frame_stride": 1,
+            "fps": 10.0,
+            "crop_size": 16,
+            "short_side": None,
+            "sample_rate": 16000,
+            "clip_samples": None,
+            "num_classes": 10,
+            "features": "raw",
+        },
+    ),
     "PointCloudDataModule": ("pointcloud", {"num_points": 64, "num_classes": 5}),
     "TextDataModule": ("text", {"max_length": 64}),
     "FlowDataModule": ("flow", {"crop_size": 16}),
@@ -133,7 +155,9 @@ def smoke_overrides(config_path: Path, shards: dict[str, tuple[str, str]], tmp_p
     if shipped_workers > cap:  # the paper recipes' 8 (see the module docstring)
         data_args["num_workers"] = cap
     if data_class == "TextDataModule" and cfg["data"].get("init_args", {}).get("num_classes") is not None:
-        data_args["num_classes"] = len(json.loads((Path(train_urls.split("::")[0]).parent / "classes.json").read_text()))
+        data_args["num_classes"] = len(
+            json.loads((Path(train_urls.split("::")[0]).parent / "classes.json").read_text())
+        )
     out = {
         "trainer": {**TRAINER, "default_root_dir": str(tmp_path / "run")},
         "model": {"init_args": {"net": shrink(cfg["model"]["init_args"]["net"])}},
@@ -172,8 +196,9 @@ def test_smoke_runs_cover_workers_and_bf16(shards, tmp_path):
     workers = {}
     for p in RUNNABLE:
         shipped = yaml.safe_load(p.read_text())["data"]
-        run = smoke_overrides(p, shards, tmp_path)["data"]["init_args"].get("num_workers", shipped["init_args"].get(
-            "num_workers", 0))
+        run = smoke_overrides(p, shards, tmp_path)["data"]["init_args"].get(
+            "num_workers", shipped["init_args"].get("num_workers", 0)
+        )
         assert run == shipped["init_args"].get("num_workers", 0) or run == 2 or run == 1, (p, run)
         workers.setdefault(shipped["class_path"].rsplit(".", 1)[-1], []).append(run)
     assert set(workers) == set(DATA_OVERRIDES)
@@ -196,7 +221,8 @@ def test_config_trains_two_steps(config: Path, shards, tmp_path: Path):
     shipped = yaml.safe_load(config.read_text())
     assert cli.trainer.precision == (shipped.get("trainer") or {}).get("precision", "32-true")
     assert cli.datamodule.num_workers == smoke["data"]["init_args"].get(
-        "num_workers", shipped["data"]["init_args"].get("num_workers"))
+        "num_workers", shipped["data"]["init_args"].get("num_workers")
+    )
     assert isinstance(cli.trainer.logger, WandbLogger) and cli.trainer.logger._offline
     for callback in (RunConfig, AttentionMaps, PerClassTable, GradNorm):
         assert any(isinstance(cb, callback) for cb in cli.trainer.callbacks), callback.__name__
@@ -240,8 +266,11 @@ def test_paper_config_matches_preset(name: str):
     cfg = yaml.safe_load((CONFIGS / name).read_text())
     net = _build_net_on_meta(cfg["model"]["init_args"]["net"], shape, classes)
     with torch.device("meta"):
-        reference = build_preset(preset, input_shape=shape) if classes == 262 else build_preset(
-            preset, input_shape=shape, num_classes=classes)
+        reference = (
+            build_preset(preset, input_shape=shape)
+            if classes == 262
+            else build_preset(preset, input_shape=shape, num_classes=classes)
+        )
     count = sum(p.numel() for p in net.parameters())
     assert count == sum(p.numel() for p in reference.parameters())
     if paper_params is not None:
@@ -258,8 +287,11 @@ def _import_path(path: str) -> Any:
 @pytest.mark.parametrize("preset", TRAINER_PRESETS, ids=lambda p: p.name)
 def test_trainer_preset(preset: Path, shards, tmp_path: Path, capsys):
     trainer_cfg = (yaml.safe_load(preset.read_text()) or {}).get("trainer", {})
-    runnable_here = trainer_cfg.get("accelerator", "cpu") == "cpu" and trainer_cfg.get("devices", 1) in (1, "1") \
+    runnable_here = (
+        trainer_cfg.get("accelerator", "cpu") == "cpu"
+        and trainer_cfg.get("devices", 1) in (1, "1")
         and trainer_cfg.get("num_nodes", 1) == 1
+    )
     if not runnable_here:
         # Needs GPUs or several processes: parse only, and check the preset's values survive into the config.
         with pytest.raises(SystemExit) as exit_info:

@@ -16,22 +16,43 @@ from perceiver_lit.models import perceiver_io_imagenet, perceiver_io_language  #
 
 pytestmark = pytest.mark.integration
 
-VISION = dict(num_latents=512, d_latents=1024, num_blocks=8, num_self_attends_per_block=6,
-              num_self_attention_heads=8, num_cross_attention_heads=1, num_labels=1000, image_size=224)
-LANGUAGE = dict(num_latents=256, d_latents=1280, d_model=768, num_blocks=1, num_self_attends_per_block=26,
-                num_self_attention_heads=8, num_cross_attention_heads=8, qk_channels=256, v_channels=1280,
-                max_position_embeddings=2048, vocab_size=262)
+VISION = dict(
+    num_latents=512,
+    d_latents=1024,
+    num_blocks=8,
+    num_self_attends_per_block=6,
+    num_self_attention_heads=8,
+    num_cross_attention_heads=1,
+    num_labels=1000,
+    image_size=224,
+)
+LANGUAGE = dict(
+    num_latents=256,
+    d_latents=1280,
+    d_model=768,
+    num_blocks=1,
+    num_self_attends_per_block=26,
+    num_self_attention_heads=8,
+    num_cross_attention_heads=8,
+    qk_channels=256,
+    v_channels=1280,
+    max_position_embeddings=2048,
+    vocab_size=262,
+)
 
 
 def shapes(model):
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("cls_name,d_model,num_blocks,params", [
-    ("PerceiverForImageClassificationFourier", 261, 1, 48_440_627),
-    ("PerceiverForImageClassificationLearned", 512, 1, None),
-    ("PerceiverForImageClassificationConvProcessing", 322, 1, None),
-])
+@pytest.mark.parametrize(
+    "cls_name,d_model,num_blocks,params",
+    [
+        ("PerceiverForImageClassificationFourier", 261, 1, 48_440_627),
+        ("PerceiverForImageClassificationLearned", 512, 1, None),
+        ("PerceiverForImageClassificationConvProcessing", 322, 1, None),
+    ],
+)
 def test_vision_perceiver_real_shapes(cls_name, d_model, num_blocks, params):
     torch.manual_seed(0)
     cfg = transformers.PerceiverConfig(d_model=d_model, **{**VISION, "num_blocks": num_blocks})
@@ -41,7 +62,7 @@ def test_vision_perceiver_real_shapes(cls_name, d_model, num_blocks, params):
     if params is not None:
         assert n == params == sum(p.numel() for p in hf.parameters())
         with torch.device("meta"):
-            assert shapes(perceiver_io_imagenet()) == shapes(ours)          # the preset loads these weights
+            assert shapes(perceiver_io_imagenet()) == shapes(ours)  # the preset loads these weights
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         ref, out = hf(inputs=x).logits, ours(x.permute(0, 2, 3, 1).contiguous())

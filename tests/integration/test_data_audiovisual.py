@@ -24,17 +24,39 @@ CLIP = dict(num_frames=8, frame_stride=2, fps=10, sample_rate=16000, crop_size=2
 def av_shards(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp(request.param)
     extra = ["--separate-audio"] if request.param == "separate-keys" else []
-    assert main(["synthetic", "audiovisual", "--out", str(out), "--num-samples", "6", "--maxcount", "2",
-                 "--frames", "20", "--no-progress", *extra]) == 0
+    assert (
+        main(
+            [
+                "synthetic",
+                "audiovisual",
+                "--out",
+                str(out),
+                "--num-samples",
+                "6",
+                "--maxcount",
+                "2",
+                "--frames",
+                "20",
+                "--no-progress",
+                *extra,
+            ]
+        )
+        == 0
+    )
     return out
 
 
 @pytest.mark.parametrize("features", ["raw", "mel"])
 def test_audiovisual_round_trip(av_shards: Path, features: str) -> None:
     mel = dict(n_fft=512, win_length=400, hop_length=160, n_mels=40) if features == "mel" else {}
-    dm = AudioVisualDataModule(train_urls=str(av_shards / "train-{000000..000001}.tar"),
-                               val_urls=str(av_shards / "val-000000.tar"), features=features, **mel, **CLIP,
-                               **{**LOADER, "mix_batches": 3})  # cross-batch mixing of dict inputs too
+    dm = AudioVisualDataModule(
+        train_urls=str(av_shards / "train-{000000..000001}.tar"),
+        val_urls=str(av_shards / "val-000000.tar"),
+        features=features,
+        **mel,
+        **CLIP,
+        **{**LOADER, "mix_batches": 3},
+    )  # cross-batch mixing of dict inputs too
     audio_shape = (16000 * 16 // 10,) if features == "raw" else (161, 40)  # 8 frames x stride 2 at 10 fps = 1.6 s
     assert dm.input_shape == {"video": (8, 28, 28, 3), "audio": audio_shape}
     dm.setup("fit")
@@ -70,8 +92,7 @@ def step_sample(tmp_path: Path, separate: bool) -> dict:
 @pytest.mark.parametrize("separate", [False, True])
 @pytest.mark.parametrize("sample_rate", [16000, 8000])  # 8000: the mp4's 16 kHz audio resampled on the way
 def test_audio_window_matches_the_frames(tmp_path: Path, separate: bool, sample_rate: int) -> None:
-    dm = AudioVisualDataModule(**{**CLIP, "sample_rate": sample_rate, "short_side": None}, resample=True,
-                               **LOADER)
+    dm = AudioVisualDataModule(**{**CLIP, "sample_rate": sample_rate, "short_side": None}, resample=True, **LOADER)
     sample = step_sample(tmp_path, separate)
     dm.rng = random.Random(0)
     starts = set()

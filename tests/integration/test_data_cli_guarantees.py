@@ -20,18 +20,41 @@ QUICKSTART = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "qui
 
 
 def _fashion_args(shards) -> list[str]:
-    return ["--data.init_args.train_urls", shards.train_urls, "--data.init_args.val_urls", shards.test_urls,
-            "--data.init_args.test_urls", shards.test_urls]
+    return [
+        "--data.init_args.train_urls",
+        shards.train_urls,
+        "--data.init_args.val_urls",
+        shards.test_urls,
+        "--data.init_args.test_urls",
+        shards.test_urls,
+    ]
 
 
 # ------------------------------------------------------------------------------------ 20.7: training by steps
 def test_quickstart_trains_by_steps_with_a_schedule_in_epochs(fashion_shards, tmp_path):
     """`--trainer.max_epochs -1 --trainer.max_steps N` with the quickstart's warmup_epochs: the loader has a length,
     so the warm-up is converted to steps from it (it used to stop with 'the train loader has no length')."""
-    cli = run_cli(["fit", "--config", os.path.abspath(QUICKSTART), *_fashion_args(fashion_shards),
-                   "--trainer.max_epochs", "-1", "--trainer.max_steps", "2", "--trainer.callbacks", "[]",
-                   "--model.init_args.warmup_epochs", "1", "--trainer.logger", "false",
-                   "--trainer.enable_progress_bar", "false"], cwd=tmp_path)
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            os.path.abspath(QUICKSTART),
+            *_fashion_args(fashion_shards),
+            "--trainer.max_epochs",
+            "-1",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.callbacks",
+            "[]",
+            "--model.init_args.warmup_epochs",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        cwd=tmp_path,
+    )
     assert cli.trainer.global_step == 2
     schedule = cli.trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
     assert schedule.warmup_steps == fashion_shards.num_train // 64  # 1 epoch = 6 batches of 64
@@ -39,20 +62,29 @@ def test_quickstart_trains_by_steps_with_a_schedule_in_epochs(fashion_shards, tm
 
 
 # ------------------------------------------------------------------------------------- 20.8: model sizes below 1
-@pytest.mark.parametrize("override, field, got", [
-    ("net.init_args.num_latents=0", "model.init_args.net.init_args.num_latents", "0"),
-    ("net.init_args.num_latents=-3", "model.init_args.net.init_args.num_latents", "-3"),
-    ("net.init_args.latent_dim=0", "model.init_args.net.init_args.latent_dim", "0"),
-    ("net.init_args.num_self_attention_heads=0", "model.init_args.net.init_args.num_self_attention_heads", "0"),
-    ("net.init_args.adapter.init_args.num_frequency_bands=-1",
-     "model.init_args.net.init_args.adapter.init_args.num_frequency_bands", "-1"),
-])
+@pytest.mark.parametrize(
+    "override, field, got",
+    [
+        ("net.init_args.num_latents=0", "model.init_args.net.init_args.num_latents", "0"),
+        ("net.init_args.num_latents=-3", "model.init_args.net.init_args.num_latents", "-3"),
+        ("net.init_args.latent_dim=0", "model.init_args.net.init_args.latent_dim", "0"),
+        ("net.init_args.num_self_attention_heads=0", "model.init_args.net.init_args.num_self_attention_heads", "0"),
+        (
+            "net.init_args.adapter.init_args.num_frequency_bands=-1",
+            "model.init_args.net.init_args.adapter.init_args.num_frequency_bands",
+            "-1",
+        ),
+    ],
+)
 def test_model_sizes_below_the_minimum_fail_naming_the_field(fashion_shards, tmp_path, override, field, got):
     """num_latents 0 used to blame the data, -3 and latent_dim 0 to end in torch internals; now one line names the
     config field, before anything is written."""
     cfg = write_config(tmp_path, {"model": tiny_perceiver(), "data": fashion_data(fashion_shards)})
-    with pytest.raises(ValueError, match=rf"^{field} \((Perceiver|ImageAdapter)\): \S+ must be an integer >= [01], "
-                                         rf"got {got}$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^{field} \((Perceiver|ImageAdapter)\): \S+ must be an integer >= [01], "
+        rf"got {got}$",
+    ):
         run_cli(["fit", "--config", cfg, f"--model.init_args.{override}", "--trainer.logger", "false"], cwd=tmp_path)
     assert not (tmp_path / "runs").exists()
 
@@ -77,8 +109,9 @@ def test_text_writer_names_and_counts_the_files_it_skips(tmp_path, caplog, capsy
     assert _shards_main(["text", str(src), "--label-from", "dir", "--out", str(out), "--no-progress"]) == 0
     warned = [r.getMessage() for r in caplog.records if r.name == "datamodules.shards" and "skipping" in r.getMessage()]
     assert len(warned) == 2, warned
-    assert any("latin1.txt: not valid UTF-8" in w for w in warned) and any("link.txt: cannot be read" in w
-                                                                            for w in warned)
+    assert any("latin1.txt: not valid UTF-8" in w for w in warned) and any(
+        "link.txt: cannot be read" in w for w in warned
+    )
     assert "4 samples in 1 shards, 0.0 MB, 2 skipped" in capsys.readouterr().out
     assert (out / "classes.json").read_text().split() == ["[", '"neg",', '"pos"', "]"]
 
@@ -105,13 +138,22 @@ def test_text_writer_refuses_to_lose_a_whole_class(tmp_path, capsys):
 def test_num_classes_below_the_shards_labels_fails_before_training(fashion_shards, tmp_path):
     """`data.num_classes 5` on 10-class shards used to train, test and predict on the samples with a label under 5
     and exit 0 (test accuracy on 278 of 500 images). It is a config error, named before anything runs."""
-    cfg = write_config(tmp_path, {"trainer": {"max_epochs": 1, "logger": False}, "model": tiny_perceiver(),
-                                  "data": fashion_data(fashion_shards, samples_per_epoch=100)})
+    cfg = write_config(
+        tmp_path,
+        {
+            "trainer": {"max_epochs": 1, "logger": False},
+            "model": tiny_perceiver(),
+            "data": fashion_data(fashion_shards, samples_per_epoch=100),
+        },
+    )
     for command in ("fit", "test", "predict"):
         # index.json records each shard's largest label: no shard is read to find out
-        with pytest.raises(LabelRangeError, match=r"(train|predict|test) shard '.*(train|test)-0000\d\d\.tar' holds "
-                                                  r"labels up to 9 \(index\.json\), not below data\.init_args\."
-                                                  r"num_classes=5"):
+        with pytest.raises(
+            LabelRangeError,
+            match=r"(train|predict|test) shard '.*(train|test)-0000\d\d\.tar' holds "
+            r"labels up to 9 \(index\.json\), not below data\.init_args\."
+            r"num_classes=5",
+        ):
             run_cli([command, "--config", cfg, "--data.init_args.num_classes", "5"], cwd=tmp_path)
     assert not list(tmp_path.glob("runs/*/checkpoints/*.ckpt")) and not list(tmp_path.glob("runs/*/predictions*"))
     # shards without that record (older writers, hand-made): the eval scan at setup reads every eval label
@@ -121,10 +163,15 @@ def test_num_classes_below_the_shards_labels_fails_before_training(fashion_shard
     del index["max_label"]
     (data / "index.json").write_text(json.dumps(index))
     test_urls = str(data / os.path.basename(fashion_shards.test_urls))
-    with pytest.raises(LabelRangeError, match=r"test shard '.*test-0000\d\d\.tar' key '\w+': label [5-9] is not "
-                                              r"below data\.init_args\.num_classes=5: set data\.init_args\."):
-        run_cli(["test", "--config", cfg, "--data.init_args.num_classes", "5", "--data.init_args.test_urls",
-                 test_urls], cwd=tmp_path)
+    with pytest.raises(
+        LabelRangeError,
+        match=r"test shard '.*test-0000\d\d\.tar' key '\w+': label [5-9] is not "
+        r"below data\.init_args\.num_classes=5: set data\.init_args\.",
+    ):
+        run_cli(
+            ["test", "--config", cfg, "--data.init_args.num_classes", "5", "--data.init_args.test_urls", test_urls],
+            cwd=tmp_path,
+        )
 
 
 def _write_npy_shards(root, prefix: str, shards: int, per_shard: int, corrupt: set[str] = frozenset()) -> str:
@@ -138,8 +185,14 @@ def _write_npy_shards(root, prefix: str, shards: int, per_shard: int, corrupt: s
     rng = np.random.default_rng(0)
     counts = {}
     for s in range(shards):
-        samples = [{"__key__": f"{prefix}{s}_{i}", "cls": str(i % 10),
-                    "npy": npy_bytes(rng.integers(0, 255, (28, 28), dtype=np.uint8))} for i in range(per_shard)]
+        samples = [
+            {
+                "__key__": f"{prefix}{s}_{i}",
+                "cls": str(i % 10),
+                "npy": npy_bytes(rng.integers(0, 255, (28, 28), dtype=np.uint8)),
+            }
+            for i in range(per_shard)
+        ]
         for sample in samples:
             if sample["__key__"] in corrupt:
                 sample["npy"] = b"\x93NUMPY broken"
@@ -156,22 +209,29 @@ def eval_with_one_corrupt(tmp_path_factory) -> str:
 
 
 @pytest.mark.parametrize("command", ["validate", "test", "predict"])
-def test_eval_commands_report_the_samples_they_skipped(fashion_shards, eval_with_one_corrupt, tmp_path, caplog,
-                                                       command):
-    cfg = write_config(tmp_path, {"trainer": {"logger": False}, "model": tiny_perceiver(),
-                                  "data": fashion_data(fashion_shards)})
+def test_eval_commands_report_the_samples_they_skipped(
+    fashion_shards, eval_with_one_corrupt, tmp_path, caplog, command
+):
+    cfg = write_config(
+        tmp_path, {"trainer": {"logger": False}, "model": tiny_perceiver(), "data": fashion_data(fashion_shards)}
+    )
     urls = ["--data.init_args.val_urls", eval_with_one_corrupt, "--data.init_args.test_urls", eval_with_one_corrupt]
     caplog.set_level(logging.INFO)
     # 1 of 20 skipped: more than the default 1%, so the command fails instead of reporting a metric on a subset
-    with pytest.raises(DataError, match=rf"^{'val' if command == 'validate' else command}: 1 of 20 samples \(5\.0%\) "
-                                        r"were corrupt and skipped, more than data\.init_args\.max_eval_corrupt_"
-                                        r"fraction=0\.01"):
+    with pytest.raises(
+        DataError,
+        match=rf"^{'val' if command == 'validate' else command}: 1 of 20 samples \(5\.0%\) "
+        r"were corrupt and skipped, more than data\.init_args\.max_eval_corrupt_"
+        r"fraction=0\.01",
+    ):
         run_cli([command, "--config", cfg, *urls], cwd=tmp_path)
     caplog.clear()
     cli = run_cli([command, "--config", cfg, *urls, "--data.init_args.max_eval_corrupt_fraction", "0.1"], cwd=tmp_path)
     stage = "val" if command == "validate" else command
-    assert any(r.getMessage() == f"[perceiver-lit] {stage}: 1 of 20 samples skipped as corrupt (5.00%): see the "
-                                 "warnings above" for r in caplog.records)
+    assert any(
+        r.getMessage() == f"[perceiver-lit] {stage}: 1 of 20 samples skipped as corrupt (5.00%): see the warnings above"
+        for r in caplog.records
+    )
     if command != "predict":
         assert cli.trainer.callback_metrics[f"{stage}/corrupt_samples"].item() == 1
 
@@ -186,13 +246,27 @@ def test_a_truncated_validation_shard_fails_at_setup_before_training(fashion_sha
         shutil.copy(os.path.join(fashion_shards.root, name), data / name)
     cut = data / "test-000002.tar"
     cut.write_bytes(cut.read_bytes()[: 60 * 1024 + 100])  # 100 samples of ~1.8 KB: cut inside a member
-    shards = fashion_shards.__class__(**{**fashion_shards.__dict__, "root": str(data),
-                                         "train_urls": str(data / "train-{000000..000003}.tar"),
-                                         "test_urls": str(data / "test-{000000..000003}.tar")})
-    cfg = write_config(tmp_path, {"trainer": {"max_epochs": 1, "logger": False}, "model": tiny_perceiver(),
-                                  "data": fashion_data(shards, samples_per_epoch=100)})
-    with pytest.raises(DataError, match=r"1 of 4 val shards are damaged: \S*test-000002\.tar: truncated tar \(\d+ "
-                                        r"complete samples of 100, breaks at key"):
+    shards = fashion_shards.__class__(
+        **{
+            **fashion_shards.__dict__,
+            "root": str(data),
+            "train_urls": str(data / "train-{000000..000003}.tar"),
+            "test_urls": str(data / "test-{000000..000003}.tar"),
+        }
+    )
+    cfg = write_config(
+        tmp_path,
+        {
+            "trainer": {"max_epochs": 1, "logger": False},
+            "model": tiny_perceiver(),
+            "data": fashion_data(shards, samples_per_epoch=100),
+        },
+    )
+    with pytest.raises(
+        DataError,
+        match=r"1 of 4 val shards are damaged: \S*test-000002\.tar: truncated tar \(\d+ "
+        r"complete samples of 100, breaks at key",
+    ):
         run_cli(["fit", "--config", cfg], cwd=tmp_path)
     assert not list(tmp_path.glob("runs/*/checkpoints/*.ckpt"))
 
@@ -202,9 +276,14 @@ def test_a_validation_that_fails_inside_fit_saves_the_trained_epoch(fashion_shar
     whole training epoch: last.ckpt is saved before the run ends, and a resume goes on from it."""
     import torch
 
-    cfg = write_config(tmp_path, {"trainer": {"max_epochs": 2, "logger": False, "num_sanity_val_steps": 0},
-                                  "model": tiny_perceiver(),
-                                  "data": fashion_data(fashion_shards, samples_per_epoch=100)})
+    cfg = write_config(
+        tmp_path,
+        {
+            "trainer": {"max_epochs": 2, "logger": False, "num_sanity_val_steps": 0},
+            "model": tiny_perceiver(),
+            "data": fashion_data(fashion_shards, samples_per_epoch=100),
+        },
+    )
     with pytest.raises(DataError, match=r"^val: 1 of 20 samples"):
         run_cli(["fit", "--config", cfg, "--data.init_args.val_urls", eval_with_one_corrupt], cwd=tmp_path)
     last = tmp_path / "runs" / "config" / "checkpoints" / "last.ckpt"

@@ -11,9 +11,9 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-import torchmetrics
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torchmetrics
 
 from datamodules.image import ImageDataModule
 from datamodules.shards.writer import write_shards
@@ -37,8 +37,9 @@ def write_uneven(root: str) -> str:
 
 
 def make_dm(urls: str, **kw) -> ImageDataModule:
-    return ImageDataModule(train_urls=urls, val_urls=urls, image_size=4, crop=False, channels=1, hflip=False,
-                           num_classes=10, **kw)
+    return ImageDataModule(
+        train_urls=urls, val_urls=urls, image_size=4, crop=False, channels=1, hflip=False, num_classes=10, **kw
+    )
 
 
 def free_port() -> int:
@@ -69,8 +70,14 @@ class Tiny(L.LightningModule):
         total = self.seen.compute()
         self.seen.reset()
         with open(os.path.join(self.out, f"fit{self.global_rank}-{self.current_epoch}.json"), "w") as f:
-            json.dump({"total": float(total), "val_batches": self.trainer.num_val_batches[0],
-                       "train_batches": self.trainer.num_training_batches}, f)
+            json.dump(
+                {
+                    "total": float(total),
+                    "val_batches": self.trainer.num_val_batches[0],
+                    "train_batches": self.trainer.num_training_batches,
+                },
+                f,
+            )
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -78,8 +85,14 @@ class Tiny(L.LightningModule):
 
 def _rank_main(rank: int, world: int, port: int, urls: str, out: str) -> None:
     # the env a launcher (torchrun, srun) gives each rank: Lightning then joins instead of launching
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank), NODE_RANK="0")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+    )
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         # 1. the bare loaders
@@ -91,9 +104,17 @@ def _rank_main(rank: int, world: int, port: int, urls: str, out: str) -> None:
             json.dump({"train": train, "val": val_keys, "len": len(dm.train_dataloader())}, f)
         # 2. a Lightning DDP fit whose ranks have unequal eval batch counts
         dm = make_dm(urls, batch_size=3, num_workers=1, samples_per_epoch=36, shuffle_buffer=8)
-        trainer = L.Trainer(accelerator="cpu", devices=world, strategy="ddp", max_epochs=2, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            num_sanity_val_steps=0)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=world,
+            strategy="ddp",
+            max_epochs=2,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
         trainer.fit(Tiny(out), datamodule=dm)
         with open(os.path.join(out, f"metrics{rank}.json"), "w") as f:
             json.dump({k: float(v) for k, v in trainer.callback_metrics.items()}, f)

@@ -9,8 +9,8 @@ import lightning as L
 import pytest
 import torch
 
-from perceiver_lit.callbacks import LogCorruptSamples
 from datamodules.image import FashionMNISTDataModule
+from perceiver_lit.callbacks import LogCorruptSamples
 from tests.fixtures.data import write_tar
 
 pytestmark = pytest.mark.integration
@@ -34,14 +34,29 @@ class Linear(L.LightningModule):
 
 
 def test_fit_with_corrupt_shard_and_workers(fashion_shards, tmp_path):
-    bad = write_tar(str(tmp_path / "bad-0.tar"), [
-        {"__key__": f"bad{i}", "png": b"\x89PNG\r\n\x1a\n broken", "cls": "1"} for i in range(20)])
+    bad = write_tar(
+        str(tmp_path / "bad-0.tar"),
+        [{"__key__": f"bad{i}", "png": b"\x89PNG\r\n\x1a\n broken", "cls": "1"} for i in range(20)],
+    )
     train = [os.path.join(fashion_shards.root, f"train-{i:06d}.tar") for i in range(4)] + [bad]
-    dm = FashionMNISTDataModule(train_urls=train, val_urls=fashion_shards.test_urls, batch_size=32,
-                                num_workers=2, samples_per_epoch=640, shuffle_buffer=64)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        callbacks=[LogCorruptSamples()])
+    dm = FashionMNISTDataModule(
+        train_urls=train,
+        val_urls=fashion_shards.test_urls,
+        batch_size=32,
+        num_workers=2,
+        samples_per_epoch=640,
+        shuffle_buffer=64,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[LogCorruptSamples()],
+    )
     model = Linear()
     before = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     initial = before.validate(model, datamodule=dm, verbose=False)[0]["val/loss"]

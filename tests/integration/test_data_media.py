@@ -24,8 +24,23 @@ LOADER = dict(batch_size=3, num_workers=0, shuffle_buffer=4, mix_batches=1, num_
 
 
 def synthetic(out: Path, modality: str, *extra: str, n: int = 8) -> Path:
-    assert main(["synthetic", modality, "--out", str(out), "--num-samples", str(n), "--maxcount", "3",
-                 "--no-progress", *extra]) == 0
+    assert (
+        main(
+            [
+                "synthetic",
+                modality,
+                "--out",
+                str(out),
+                "--num-samples",
+                str(n),
+                "--maxcount",
+                "3",
+                "--no-progress",
+                *extra,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -54,13 +69,20 @@ def test_synthetic_audio_files_are_real_speech(audio_shards: Path) -> None:
     loud = abs(wave) > 0.05
     assert 0.1 < loud.mean() < 0.9  # speech somewhere in the clip, silence around it
     assert json.loads((audio_shards / "index.json").read_text())["shards"] == {
-        "train-000000.tar": 3, "train-000001.tar": 3, "val-000000.tar": 2}
+        "train-000000.tar": 3,
+        "train-000001.tar": 3,
+        "val-000000.tar": 2,
+    }
 
 
 def test_audio_raw_round_trip(audio_shards: Path) -> None:
-    dm = AudioDataModule(train_urls=str(audio_shards / "train-{000000..000001}.tar"),
-                         val_urls=str(audio_shards / "val-000000.tar"), sample_rate=16000, clip_samples=12000,
-                         **LOADER)
+    dm = AudioDataModule(
+        train_urls=str(audio_shards / "train-{000000..000001}.tar"),
+        val_urls=str(audio_shards / "val-000000.tar"),
+        sample_rate=16000,
+        clip_samples=12000,
+        **LOADER,
+    )
     assert dm.input_shape == (12000,) and dm.multilabel
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -74,9 +96,18 @@ def test_audio_raw_round_trip(audio_shards: Path) -> None:
 
 
 def test_audio_mel_round_trip_with_resampling(audio_shards: Path) -> None:
-    dm = AudioDataModule(val_urls=str(audio_shards / "val-000000.tar"), sample_rate=8000, resample=True,
-                         clip_samples=8000, features="mel", n_fft=256, win_length=200, hop_length=80, n_mels=32,
-                         **LOADER)
+    dm = AudioDataModule(
+        val_urls=str(audio_shards / "val-000000.tar"),
+        sample_rate=8000,
+        resample=True,
+        clip_samples=8000,
+        features="mel",
+        n_fft=256,
+        win_length=200,
+        hop_length=80,
+        n_mels=32,
+        **LOADER,
+    )
     assert dm.input_shape == (101, 32)
     dm.setup("validate")
     batch = next(iter(dm.val_dataloader()))
@@ -87,9 +118,16 @@ def test_audio_mel_round_trip_with_resampling(audio_shards: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
 def test_video_round_trip(video_shards: Path, backend: str) -> None:
-    dm = VideoDataModule(train_urls=str(video_shards / "train-{000000..000001}.tar"),
-                         val_urls=str(video_shards / "val-000000.tar"), num_frames=4, frame_stride=2, crop_size=28,
-                         short_side=32, backend=backend, **LOADER)
+    dm = VideoDataModule(
+        train_urls=str(video_shards / "train-{000000..000001}.tar"),
+        val_urls=str(video_shards / "val-000000.tar"),
+        num_frames=4,
+        frame_stride=2,
+        crop_size=28,
+        short_side=32,
+        backend=backend,
+        **LOADER,
+    )
     assert dm.input_shape == (4, 28, 28, 3)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -104,19 +142,28 @@ def test_video_round_trip(video_shards: Path, backend: str) -> None:
     assert json.loads((video_shards / "classes.json").read_text()) == folders
 
 
-def test_corrupt_media_is_skipped_warned_and_counted(video_shards: Path, audio_shards: Path, tmp_path: Path,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_corrupt_media_is_skipped_warned_and_counted(
+    video_shards: Path, audio_shards: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     mp4 = sorted((video_shards / "files" / "video").rglob("*.mp4"))[0].read_bytes()
     flac = sorted((audio_shards / "files" / "audio").glob("*.flac"))[0].read_bytes()
-    video_url = write_tar(str(tmp_path / "v.tar"), [
-        {"__key__": "good0", "mp4": mp4, "cls": "1"},
-        {"__key__": "truncated", "mp4": mp4[: len(mp4) // 2], "cls": "1"},
-        {"__key__": "good1", "mp4": mp4, "cls": "2"},
-        {"__key__": "garbage", "mp4": b"\x00" * 300, "cls": "3"}])
-    audio_url = write_tar(str(tmp_path / "a.tar"), [
-        {"__key__": "good0", "flac": flac, "json": "[1]"},
-        {"__key__": "truncated", "flac": flac[: len(flac) // 4], "json": "[2]"},  # the crop window is past the cut
-        {"__key__": "good1", "flac": flac, "json": "[3]"}])
+    video_url = write_tar(
+        str(tmp_path / "v.tar"),
+        [
+            {"__key__": "good0", "mp4": mp4, "cls": "1"},
+            {"__key__": "truncated", "mp4": mp4[: len(mp4) // 2], "cls": "1"},
+            {"__key__": "good1", "mp4": mp4, "cls": "2"},
+            {"__key__": "garbage", "mp4": b"\x00" * 300, "cls": "3"},
+        ],
+    )
+    audio_url = write_tar(
+        str(tmp_path / "a.tar"),
+        [
+            {"__key__": "good0", "flac": flac, "json": "[1]"},
+            {"__key__": "truncated", "flac": flac[: len(flac) // 4], "json": "[2]"},  # the crop window is past the cut
+            {"__key__": "good1", "flac": flac, "json": "[3]"},
+        ],
+    )
     caplog.set_level(logging.WARNING, logger="datamodules")
     video = VideoDataModule(val_urls=video_url, num_frames=2, crop_size=16, short_side=None, **LOADER)
     audio = AudioDataModule(val_urls=audio_url, sample_rate=16000, clip_samples=800, **LOADER)
@@ -150,10 +197,20 @@ def test_pointcloud_and_text_generators(tmp_path: Path) -> None:
     from datamodules.pointcloud import PointCloudDataModule
     from datamodules.text import TextDataModule
 
-    for dm, shape in ((PointCloudDataModule(val_urls=str(points / "test-000000.tar"), num_points=256, num_classes=5,
-                                            batch_size=2, num_workers=0), (2, 256, 3)),
-                      (TextDataModule(val_urls=str(text / "val-000000.tar"), max_length=64, num_classes=3,
-                                      batch_size=2, num_workers=0), (2, 64))):
+    for dm, shape in (
+        (
+            PointCloudDataModule(
+                val_urls=str(points / "test-000000.tar"), num_points=256, num_classes=5, batch_size=2, num_workers=0
+            ),
+            (2, 256, 3),
+        ),
+        (
+            TextDataModule(
+                val_urls=str(text / "val-000000.tar"), max_length=64, num_classes=3, batch_size=2, num_workers=0
+            ),
+            (2, 64),
+        ),
+    ):
         dm.setup("validate")
         batch = next(iter(dm.val_dataloader()))
         assert tuple(batch["inputs"].shape) == shape and dm.corrupt_samples == 0
@@ -165,8 +222,9 @@ def test_pointcloud_npy_generator_writes_shards_directly(tmp_path: Path) -> None
     assert sum(counts.values()) == 4 and set(counts) == {"train-000000.tar", "test-000000.tar"}
     from datamodules.pointcloud import PointCloudDataModule
 
-    dm = PointCloudDataModule(val_urls=str(points / "test-000000.tar"), num_points=128, num_classes=5,
-                              batch_size=1, num_workers=0)
+    dm = PointCloudDataModule(
+        val_urls=str(points / "test-000000.tar"), num_points=128, num_classes=5, batch_size=1, num_workers=0
+    )
     dm.setup("validate")
     assert next(iter(dm.val_dataloader()))["inputs"].shape == (1, 128, 3)
 

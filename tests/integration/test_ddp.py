@@ -33,13 +33,22 @@ def _tiny_task(activation_checkpointing: bool = False, optimizer: str = "adamw")
     from perceiver_lit.tasks import Classification
 
     # 2 cross-attends sharing nothing, 3 blocks sharing one latent block: a shared module runs 3 times per forward.
-    net = Perceiver(ImageAdapter(SHAPE, num_frequency_bands=4), num_classes=NUM_CLASSES, num_latents=8,
-                    latent_dim=16, num_cross_attends=2, num_blocks=3, num_self_attends_per_block=2,
-                    num_self_attention_heads=2, activation_checkpointing=activation_checkpointing)
+    net = Perceiver(
+        ImageAdapter(SHAPE, num_frequency_bands=4),
+        num_classes=NUM_CLASSES,
+        num_latents=8,
+        latent_dim=16,
+        num_cross_attends=2,
+        num_blocks=3,
+        num_self_attends_per_block=2,
+        num_self_attention_heads=2,
+        activation_checkpointing=activation_checkpointing,
+    )
     # eps 1e-3, not 1e-8: the attention key biases have an exactly-zero gradient (softmax ignores a per-query
     # constant), so theirs is float noise, which Adam with a tiny eps would blow up to lr-sized, rank-dependent steps.
-    return Classification(net, num_classes=NUM_CLASSES, optimizer=optimizer, lr=LR, weight_decay=0.01,
-                          schedule="constant", eps=1e-3)
+    return Classification(
+        net, num_classes=NUM_CLASSES, optimizer=optimizer, lr=LR, weight_decay=0.01, schedule="constant", eps=1e-3
+    )
 
 
 def _data(batch_size: int, num_samples: int):
@@ -56,8 +65,9 @@ def _data(batch_size: int, num_samples: int):
 
     class Data(pl.LightningDataModule):
         def train_dataloader(self) -> DataLoader:
-            sampler = DistributedSampler(samples, num_replicas=self.trainer.world_size,
-                                         rank=self.trainer.global_rank, shuffle=True, seed=0)
+            sampler = DistributedSampler(
+                samples, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=True, seed=0
+            )
             return DataLoader(samples, batch_size=batch_size, sampler=sampler)
 
     return Data()
@@ -89,8 +99,11 @@ def worker(argv: list[str]) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--sharded-ckpt", type=Path, help="fsdp: also save a sharded checkpoint here")
     p.add_argument("--optimizer", choices=["adamw", "lamb"], default="adamw")
-    p.add_argument("--shipped", action="store_true",
-                   help="precision and strategy settings from configs/trainer/{ddp,fsdp}.yaml (single: bf16-mixed)")
+    p.add_argument(
+        "--shipped",
+        action="store_true",
+        help="precision and strategy settings from configs/trainer/{ddp,fsdp}.yaml (single: bf16-mixed)",
+    )
     args = p.parse_args(argv)
 
     import lightning.pytorch as pl
@@ -116,12 +129,23 @@ def worker(argv: list[str]) -> None:
             "fsdp": FSDP2Strategy(param_dtype=None, reduce_dtype=None, activation_checkpointing=True),
         }[args.strategy]
     world = args.devices * args.num_nodes
-    trainer = pl.Trainer(accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy,
-                         max_steps=args.steps, precision=precision, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, use_distributed_sampler=False,
-                         # FSDP still gathers its weights after fit: it destroys the group itself, below.
-                         callbacks=[] if args.strategy == "fsdp" else [DestroyProcessGroup()])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        strategy=strategy,
+        max_steps=args.steps,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        # FSDP still gathers its weights after fit: it destroys the group itself, below.
+        callbacks=[] if args.strategy == "fsdp" else [DestroyProcessGroup()],
+    )
     trainer.fit(task, datamodule=_data(args.batch, args.batch * world * args.steps))
     assert trainer.global_step == args.steps, trainer.global_step
 
@@ -159,18 +183,26 @@ def free_port() -> int:
 
 def launch(*args: str, env: dict[str, str] | None = None, worker: Path = WORKER) -> subprocess.Popen:
     """Start the worker (Lightning's launcher starts the other local ranks from the same command line)."""
-    return subprocess.Popen([sys.executable, str(worker), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(worker), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
-def run_worker_group(arg_lists: list[list[str]], envs: list[dict[str, str]], timeout: float = 120,
-                     worker: Path = WORKER) -> float:
+def run_worker_group(
+    arg_lists: list[list[str]], envs: list[dict[str, str]], timeout: float = 120, worker: Path = WORKER
+) -> float:
     """Run worker processes (this file, or the script `worker`) to completion; fail with their output if one
     fails; assert none is left behind."""
     marker = uuid.uuid4().hex
     t0 = time.monotonic()
-    procs = [launch(*a, env={**os.environ, **e, "PLIT_TEST_RUN": marker}, worker=worker)
-             for a, e in zip(arg_lists, envs)]
+    procs = [
+        launch(*a, env={**os.environ, **e, "PLIT_TEST_RUN": marker}, worker=worker) for a, e in zip(arg_lists, envs)
+    ]
     outs = []
     try:
         for p in procs:
@@ -211,7 +243,8 @@ def assert_same_weights(a: dict, b: dict, atol: float = 1e-5) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=1e-4), (
-            f"{k}: max diff {(a[k].float() - b[k].float()).abs().max():.2e}")
+            f"{k}: max diff {(a[k].float() - b[k].float()).abs().max():.2e}"
+        )
 
 
 @pytest.mark.integration
@@ -221,8 +254,10 @@ def test_ddp_two_ranks_match_one_rank_with_double_batch(tmp_path: Path) -> None:
 
     single = single_process_weights(tmp_path)
     out = tmp_path / "ddp.pt"
-    run_worker_group([["--strategy", "ddp", "--devices", "2", "--batch", str(BATCH), "--out", str(out)]],
-                     [{"MASTER_PORT": str(free_port())}])
+    run_worker_group(
+        [["--strategy", "ddp", "--devices", "2", "--batch", str(BATCH), "--out", str(out)]],
+        [{"MASTER_PORT": str(free_port())}],
+    )
     assert_same_weights(torch.load(out), single)
     # Training moved the weights (otherwise equality would prove nothing).
     import lightning.pytorch as pl
@@ -272,9 +307,13 @@ def test_ddp_as_shipped_bf16_matches_one_rank_within_bf16_rounding(tmp_path: Pat
     import torch
 
     single, ddp = tmp_path / "single_bf16.pt", tmp_path / "ddp_bf16.pt"
-    run_worker_group([["--strategy", "single", "--batch", str(2 * BATCH), "--out", str(single), "--shipped"],
-                      ["--strategy", "ddp", "--devices", "2", "--batch", str(BATCH), "--out", str(ddp), "--shipped"]],
-                     [{}, {"MASTER_PORT": str(free_port())}])
+    run_worker_group(
+        [
+            ["--strategy", "single", "--batch", str(2 * BATCH), "--out", str(single), "--shipped"],
+            ["--strategy", "ddp", "--devices", "2", "--batch", str(BATCH), "--out", str(ddp), "--shipped"],
+        ],
+        [{}, {"MASTER_PORT": str(free_port())}],
+    )
     assert_within_bf16_rounding(torch.load(ddp), torch.load(single), initial_weights())
 
 
@@ -288,8 +327,10 @@ def test_two_nodes_on_localhost(tmp_path: Path) -> None:
     port = str(free_port())
     out = tmp_path / "two_nodes.pt"
     args = ["--strategy", "ddp", "--num-nodes", "2", "--devices", "1", "--batch", str(BATCH), "--out", str(out)]
-    envs = [{"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(r), "WORLD_SIZE": "2",
-             "LOCAL_RANK": "0"} for r in range(2)]
+    envs = [
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+        for r in range(2)
+    ]
     run_worker_group([args, args], envs)
     assert_same_weights(torch.load(out), single_process_weights(tmp_path))
 

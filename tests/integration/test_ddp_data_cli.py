@@ -54,25 +54,55 @@ def fit(tmp_path: Path, shards, name: str, max_epochs: int, *extra: str) -> dict
         # ddp.yaml is for GPUs: only the accelerator is changed (gloo is then picked by process_group_backend:
         # null), and devices, which ddp.yaml leaves to `auto` (= all GPUs; train.sbatch sets it under Slurm).
         # Its bf16-mixed, static_graph and gradient_as_bucket_view stay.
-        "trainer": {"accelerator": "cpu", "devices": WORLD, "max_epochs": max_epochs, "limit_val_batches": 1,
-                    "num_sanity_val_steps": 0, "enable_progress_bar": False, "enable_model_summary": False,
-                    "default_root_dir": str(run),
-                    "callbacks": [{"class_path": f"{__name__}.KeyRecorder",
-                                   "init_args": {"path": str(tmp_path / f"{name}-keys")}}]},
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": WORLD,
+            "max_epochs": max_epochs,
+            "limit_val_batches": 1,
+            "num_sanity_val_steps": 0,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(run),
+            "callbacks": [
+                {"class_path": f"{__name__}.KeyRecorder", "init_args": {"path": str(tmp_path / f"{name}-keys")}}
+            ],
+        },
         "model": {"init_args": {"net": shrink(net)}},
         # 2 workers (the config ships 1) so that each rank has several worker streams to tell apart; mix_batches
         # stays 1 as shipped, so batch i of an epoch comes from worker i % 2 (the DataLoader's round robin)
-        "data": {"init_args": {"train_urls": shards.train_urls, "val_urls": shards.test_urls,
-                               "test_urls": shards.test_urls, "batch_size": BATCH, "num_workers": WORKERS,
-                               "samples_per_epoch": WORLD * STEPS * BATCH, "shuffle_buffer": 16}},
+        "data": {
+            "init_args": {
+                "train_urls": shards.train_urls,
+                "val_urls": shards.test_urls,
+                "test_urls": shards.test_urls,
+                "batch_size": BATCH,
+                "num_workers": WORKERS,
+                "samples_per_epoch": WORLD * STEPS * BATCH,
+                "shuffle_buffer": 16,
+            }
+        },
     }
     cfg = write_config(tmp_path, override, f"{name}.yaml")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "WANDB_MODE": "offline",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
     for key in [k for k in env if k.startswith("SLURM_")]:  # a plain node, not a Slurm step
         del env[key]
-    cmd = [str(Path(sys.executable).parent / "perceiver-lit"), "fit", "--config", str(CONFIG), "--config", str(DDP),
-           "--config", cfg, *extra]
+    cmd = [
+        str(Path(sys.executable).parent / "perceiver-lit"),
+        "fit",
+        "--config",
+        str(CONFIG),
+        "--config",
+        str(DDP),
+        "--config",
+        cfg,
+        *extra,
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     saved = yaml.safe_load((run / "config.yaml").read_text())["trainer"]
@@ -94,9 +124,13 @@ def test_ranks_and_workers_draw_their_own_streams_and_a_resume_continues_them(fa
         assert [(b["epoch"], b["batch"]) for b in full[rank]] == [(e, i) for e in range(2) for i in range(STEPS)]
         assert all(len(b["keys"]) == BATCH for b in full[rank])
     for epoch in range(2):
-        streams = {(rank, worker): [k for i, keys in enumerate(by_epoch(full[rank], epoch)) if i % WORKERS == worker
-                                    for k in keys]
-                   for rank in range(WORLD) for worker in range(WORKERS)}
+        streams = {
+            (rank, worker): [
+                k for i, keys in enumerate(by_epoch(full[rank], epoch)) if i % WORKERS == worker for k in keys
+            ]
+            for rank in range(WORLD)
+            for worker in range(WORKERS)
+        }
         # every (rank, worker) stream is its own: no two are the same sequence, or a shifted copy's prefix
         for a in streams:
             for b in streams:

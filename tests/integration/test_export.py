@@ -13,8 +13,17 @@ import torch
 from torch import nn
 
 from perceiver_lit.export import ExportError, example_inputs, save_exported_program, save_onnx
-from perceiver_lit.models import (AudioAdapter, FourierQueries, ImageAdapter, MultimodalAdapter, Perceiver,
-                                  PerceiverIO, PointCloudAdapter, TextAdapter, VideoAdapter)
+from perceiver_lit.models import (
+    AudioAdapter,
+    FourierQueries,
+    ImageAdapter,
+    MultimodalAdapter,
+    Perceiver,
+    PerceiverIO,
+    PointCloudAdapter,
+    TextAdapter,
+    VideoAdapter,
+)
 
 pytestmark = pytest.mark.integration
 ort = pytest.importorskip("onnxruntime")
@@ -30,24 +39,49 @@ def perceiver(adapter):
 NETS = {
     # name: (net factory, input_shape)
     "image": (lambda: perceiver(ImageAdapter((6, 6, 1), num_frequency_bands=2)), (6, 6, 1)),
-    "video": (lambda: perceiver(VideoAdapter((2, 4, 4, 3), patch_size=(1, 2, 2), num_frequency_bands=2)),
-              (2, 4, 4, 3)),
+    "video": (lambda: perceiver(VideoAdapter((2, 4, 4, 3), patch_size=(1, 2, 2), num_frequency_bands=2)), (2, 4, 4, 3)),
     "audio-raw": (lambda: perceiver(AudioAdapter((64,), samples_per_patch=16, num_frequency_bands=2)), (64,)),
     "audio-mel": (lambda: perceiver(AudioAdapter((8, 4), num_frequency_bands=2)), (8, 4)),
     "pointcloud": (lambda: perceiver(PointCloudAdapter((16, 3), num_frequency_bands=2)), (16, 3)),
     "text": (lambda: perceiver(TextAdapter((12,), num_channels=8)), (12,)),
-    "audio+video": (lambda: perceiver(MultimodalAdapter(
+    "audio+video": (
+        lambda: perceiver(
+            MultimodalAdapter(
+                {"video": (2, 4, 4, 3), "audio": (64,)},
+                {
+                    "video": {"patch_size": (1, 2, 2), "num_frequency_bands": 2},
+                    "audio": {"samples_per_patch": 16, "num_frequency_bands": 2},
+                },
+            )
+        ),
         {"video": (2, 4, 4, 3), "audio": (64,)},
-        {"video": {"patch_size": (1, 2, 2), "num_frequency_bands": 2},
-         "audio": {"samples_per_patch": 16, "num_frequency_bands": 2}})), {"video": (2, 4, 4, 3), "audio": (64,)}),
-    "io-image": (lambda: PerceiverIO(ImageAdapter((6, 6, 1), num_frequency_bands=2), num_classes=3, num_blocks=1,
-                                     **TINY), (6, 6, 1)),
-    "io-fourier-queries": (lambda: PerceiverIO(ImageAdapter((4, 4, 1), num_frequency_bands=2), num_classes=3,
-                                               queries=FourierQueries((4, 4), num_frequency_bands=2), num_blocks=1,
-                                               **TINY), (4, 4, 1)),
-    "io-text-mlm": (lambda: PerceiverIO(TextAdapter((12,), num_channels=8), num_classes=262, num_blocks=1,
-                                        output_head="tied_embedding", decoder_query_residual=False,
-                                        queries=None, **{**TINY, "latent_dim": 8}), (12,)),
+    ),
+    "io-image": (
+        lambda: PerceiverIO(ImageAdapter((6, 6, 1), num_frequency_bands=2), num_classes=3, num_blocks=1, **TINY),
+        (6, 6, 1),
+    ),
+    "io-fourier-queries": (
+        lambda: PerceiverIO(
+            ImageAdapter((4, 4, 1), num_frequency_bands=2),
+            num_classes=3,
+            queries=FourierQueries((4, 4), num_frequency_bands=2),
+            num_blocks=1,
+            **TINY,
+        ),
+        (4, 4, 1),
+    ),
+    "io-text-mlm": (
+        lambda: PerceiverIO(
+            TextAdapter((12,), num_channels=8),
+            num_classes=262,
+            num_blocks=1,
+            output_head="tied_embedding",
+            decoder_query_residual=False,
+            queries=None,
+            **{**TINY, "latent_dim": 8},
+        ),
+        (12,),
+    ),
 }
 
 
@@ -96,6 +130,9 @@ class DataDependent(nn.Module):
 def test_untraceable_module_is_named(tmp_path):
     net = perceiver(ImageAdapter((6, 6, 1), num_frequency_bands=2)).eval()
     net.head = nn.Sequential(net.head, DataDependent())
-    with pytest.raises(ExportError, match=r"cannot export Perceiver to torch.export: module 'head\.1' "
-                                          r"\(DataDependent\) does not trace: "):
+    with pytest.raises(
+        ExportError,
+        match=r"cannot export Perceiver to torch.export: module 'head\.1' "
+        r"\(DataDependent\) does not trace: ",
+    ):
         save_exported_program(net, example_inputs(net, (6, 6, 1)), str(tmp_path / "m.pt2"))

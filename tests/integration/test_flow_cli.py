@@ -34,8 +34,25 @@ def flow_shards(tmp_path_factory) -> tuple[str, str]:
     from datamodules.shards.cli import main as shards_main
 
     out = tmp_path_factory.mktemp("flow-shards")
-    shards_main(["synthetic", "flow", "--out", str(out), "--num-samples", "24", "--val-fraction", "0.34",
-                 "--flow-size", str(SIZE), "--maxcount", "4", "--no-progress", "--workers", "1"])
+    shards_main(
+        [
+            "synthetic",
+            "flow",
+            "--out",
+            str(out),
+            "--num-samples",
+            "24",
+            "--val-fraction",
+            "0.34",
+            "--flow-size",
+            str(SIZE),
+            "--maxcount",
+            "4",
+            "--no-progress",
+            "--workers",
+            "1",
+        ]
+    )
     train = sorted(glob.glob(str(out / "train-*.tar")))
     val = sorted(glob.glob(str(out / "val-*.tar")))
     return "::".join(train), "::".join(val)
@@ -47,13 +64,31 @@ def tiny_recipe(shards: tuple[str, str], run: Path, **trainer) -> dict:
     net["init_args"].update(num_latents=8, latent_dim=16, num_self_attends=1, num_self_attention_heads=2)
     net["init_args"]["adapter"]["init_args"].update(num_channels=8, num_frequency_bands=2)
     return {
-        "trainer": {"max_steps": 3, "max_epochs": 1, "limit_val_batches": 1, "num_sanity_val_steps": 0,
-                    "log_every_n_steps": 1, "enable_progress_bar": False, "enable_model_summary": False,
-                    "default_root_dir": str(run), **trainer},
+        "trainer": {
+            "max_steps": 3,
+            "max_epochs": 1,
+            "limit_val_batches": 1,
+            "num_sanity_val_steps": 0,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(run),
+            **trainer,
+        },
         "model": {"init_args": {"net": net, "num_images": 2}},
-        "data": {"init_args": {"train_urls": shards[0], "val_urls": shards[1], "test_urls": shards[1],
-                               "predict_urls": shards[1], "crop_size": SIZE, "batch_size": 4, "samples_per_epoch": 12,
-                               "shuffle_buffer": 8, "num_workers": 0}},
+        "data": {
+            "init_args": {
+                "train_urls": shards[0],
+                "val_urls": shards[1],
+                "test_urls": shards[1],
+                "predict_urls": shards[1],
+                "crop_size": SIZE,
+                "batch_size": 4,
+                "samples_per_epoch": 12,
+                "shuffle_buffer": 8,
+                "num_workers": 0,
+            }
+        },
     }
 
 
@@ -86,8 +121,20 @@ def test_fit_logs_epe_fl_and_flow_images_then_predict_writes_npy_and_png(flow_sh
     assert (run / "checkpoints" / "best.ckpt").is_file()
 
     out = tmp_path / "predict"
-    cli = run_cli(["predict", "--config", str(CONFIG), "--config", cfg, "--ckpt_path", str(run / "checkpoints" /
-                   "best.ckpt"), "--trainer.default_root_dir", str(out)], cwd=tmp_path)
+    cli = run_cli(
+        [
+            "predict",
+            "--config",
+            str(CONFIG),
+            "--config",
+            cfg,
+            "--ckpt_path",
+            str(run / "checkpoints" / "best.ckpt"),
+            "--trainer.default_root_dir",
+            str(out),
+        ],
+        cwd=tmp_path,
+    )
     lines = [json.loads(line) for line in (out / "predictions-rank0.jsonl").read_text().splitlines()]
     assert len(lines) == 8 and len({r["key"] for r in lines}) == 8  # every val pair once
     for row in lines:
@@ -107,12 +154,25 @@ def test_flow_recipe_under_ddp_on_two_cpu_ranks(flow_shards, tmp_path):
     recipe = tiny_recipe(flow_shards, run, accelerator="cpu", devices=2)
     recipe["data"]["init_args"]["samples_per_epoch"] = 24
     cfg = write_config(tmp_path, recipe)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "WANDB_MODE": "offline",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
     for key in [k for k in env if k.startswith("SLURM_") or k == "WANDB_SERVICE"]:
         del env[key]
-    cmd = [str(Path(sys.executable).parent / "perceiver-lit"), "fit", "--config", str(CONFIG), "--config", str(DDP),
-           "--config", cfg]
+    cmd = [
+        str(Path(sys.executable).parent / "perceiver-lit"),
+        "fit",
+        "--config",
+        str(CONFIG),
+        "--config",
+        str(DDP),
+        "--config",
+        cfg,
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     saved = yaml.safe_load((run / "config.yaml").read_text())["trainer"]
@@ -141,20 +201,45 @@ def test_converted_official_architecture_predicts_a_frame_pair(flow_shards, tmp_
     convert_main(["--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "flow.pt")])
     data = Path(flow_shards[0].split("::")[0]).parent / "files" / "flow" / "data"
     (tmp_path / "pairs.txt").write_text(f"{data / '00001_img1.ppm'} {data / '00001_img2.ppm'}\n")
-    shards_main(["flow", "list", str(tmp_path / "pairs.txt"), "--out", str(tmp_path / "pairs"), "--prefix", "test",
-                 "--no-progress"])
+    shards_main(
+        [
+            "flow",
+            "list",
+            str(tmp_path / "pairs.txt"),
+            "--out",
+            str(tmp_path / "pairs"),
+            "--prefix",
+            "test",
+            "--no-progress",
+        ]
+    )
     (shard,) = glob.glob(str(tmp_path / "pairs" / "test-*.tar"))
     out = tmp_path / "run"
-    run_cli(["predict", "--config", str(ROOT / "configs" / "pretrained" / "optical_flow.yaml"),
-             "--model.init_args.net.init_args.path", str(tmp_path / "flow.pt"),
-             "--data.init_args.predict_urls", shard, "--data.init_args.crop_size", str(SIZE),
-             "--data.init_args.num_workers", "0", "--trainer.default_root_dir", str(out),
-             "--trainer.enable_progress_bar", "false"], cwd=tmp_path)
+    run_cli(
+        [
+            "predict",
+            "--config",
+            str(ROOT / "configs" / "pretrained" / "optical_flow.yaml"),
+            "--model.init_args.net.init_args.path",
+            str(tmp_path / "flow.pt"),
+            "--data.init_args.predict_urls",
+            shard,
+            "--data.init_args.crop_size",
+            str(SIZE),
+            "--data.init_args.num_workers",
+            "0",
+            "--trainer.default_root_dir",
+            str(out),
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        cwd=tmp_path,
+    )
     (row,) = [json.loads(line) for line in (out / "predictions-rank0.jsonl").read_text().splitlines()]
     assert "epe" not in row  # no true flow for this pair
     flow = np.load(out / row["flow"])
     frames = np.stack([np.asarray(Image.open(data / f"00001_img{k}.ppm")) for k in (1, 2)])
-    x = torch.from_numpy(frames).float()[None] / 127.5 - 1                   # (1, 2, H, W, 3) in [-1, 1]
+    x = torch.from_numpy(frames).float()[None] / 127.5 - 1  # (1, 2, H, W, 3) in [-1, 1]
     with torch.no_grad():
         expect = hf(inputs=extract_patches(x)).logits[0].numpy() * 20.0
     np.testing.assert_allclose(flow, expect, atol=1e-4, rtol=1e-4)

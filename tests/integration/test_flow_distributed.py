@@ -19,11 +19,17 @@ def _task(train_queries):
     from perceiver_lit.models import FlowPatchAdapter, PerceiverIOFlow
     from perceiver_lit.tasks import OpticalFlow
 
-    net = PerceiverIOFlow(FlowPatchAdapter(SHAPE, num_channels=8, num_frequency_bands=3), num_latents=8,
-                          latent_dim=16, num_self_attends=2, num_self_attention_heads=2)
+    net = PerceiverIOFlow(
+        FlowPatchAdapter(SHAPE, num_channels=8, num_frequency_bands=3),
+        num_latents=8,
+        latent_dim=16,
+        num_self_attends=2,
+        num_self_attention_heads=2,
+    )
     # eps 1e-3: see tests/integration/test_ddp.py (exactly-zero key-bias gradients)
-    return OpticalFlow(net, train_queries=train_queries, lr=LR, weight_decay=0.01, schedule="constant", eps=1e-3,
-                       num_images=0)
+    return OpticalFlow(
+        net, train_queries=train_queries, lr=LR, weight_decay=0.01, schedule="constant", eps=1e-3, num_images=0
+    )
 
 
 def _data(batch_size: int, num_samples: int):
@@ -42,8 +48,9 @@ def _data(batch_size: int, num_samples: int):
 
     class Data(pl.LightningDataModule):
         def train_dataloader(self) -> DataLoader:
-            sampler = DistributedSampler(samples, num_replicas=self.trainer.world_size,
-                                         rank=self.trainer.global_rank, shuffle=True, seed=0)
+            sampler = DistributedSampler(
+                samples, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=True, seed=0
+            )
             return DataLoader(samples, batch_size=batch_size, sampler=sampler)
 
     return Data()
@@ -67,13 +74,25 @@ def worker(argv: list[str]) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     task = _task(args.train_queries)
-    strategy = {"single": "auto", "ddp": DDPStrategy(static_graph=True),
-                "fsdp": FSDP2Strategy(param_dtype=None, reduce_dtype=None)}[args.strategy]
-    trainer = pl.Trainer(accelerator="cpu", devices=args.devices, strategy=strategy, max_steps=STEPS,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                         use_distributed_sampler=False,
-                         callbacks=[] if args.strategy == "fsdp" else [DestroyProcessGroup()])
+    strategy = {
+        "single": "auto",
+        "ddp": DDPStrategy(static_graph=True),
+        "fsdp": FSDP2Strategy(param_dtype=None, reduce_dtype=None),
+    }[args.strategy]
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=args.devices,
+        strategy=strategy,
+        max_steps=STEPS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        callbacks=[] if args.strategy == "fsdp" else [DestroyProcessGroup()],
+    )
     trainer.fit(task, datamodule=_data(args.batch, args.batch * args.devices * STEPS))
     assert trainer.global_step == STEPS, trainer.global_step
     if args.strategy == "fsdp":
@@ -97,11 +116,16 @@ def test_flow_under_ddp_and_fsdp2_matches_one_process(tmp_path: Path) -> None:
     from tests.integration.test_ddp import assert_same_weights, free_port, run_worker_group
 
     single, ddp, fsdp = tmp_path / "single.pt", tmp_path / "ddp.pt", tmp_path / "fsdp.pt"
-    run_worker_group([["--strategy", "single", "--batch", str(2 * BATCH), "--out", str(single)],
-                      ["--strategy", "ddp", "--devices", "2", "--batch", str(BATCH), "--out", str(ddp)],
-                      ["--strategy", "fsdp", "--devices", "2", "--batch", str(BATCH), "--out", str(fsdp)]],
-                     [{}, {"MASTER_PORT": str(free_port())}, {"MASTER_PORT": str(free_port())}],
-                     timeout=300, worker=WORKER)
+    run_worker_group(
+        [
+            ["--strategy", "single", "--batch", str(2 * BATCH), "--out", str(single)],
+            ["--strategy", "ddp", "--devices", "2", "--batch", str(BATCH), "--out", str(ddp)],
+            ["--strategy", "fsdp", "--devices", "2", "--batch", str(BATCH), "--out", str(fsdp)],
+        ],
+        [{}, {"MASTER_PORT": str(free_port())}, {"MASTER_PORT": str(free_port())}],
+        timeout=300,
+        worker=WORKER,
+    )
     ref = torch.load(single)
     assert_same_weights(torch.load(ddp), ref)
     assert_same_weights(torch.load(fsdp), ref)
@@ -120,8 +144,12 @@ def test_flow_with_random_pixel_subsets_under_ddp(tmp_path: Path) -> None:
     from tests.integration.test_ddp import free_port, run_worker_group
 
     out = tmp_path / "ddp_subset.pt"
-    run_worker_group([["--strategy", "ddp", "--devices", "2", "--batch", str(BATCH), "--train-queries", "20",
-                       "--out", str(out)]], [{"MASTER_PORT": str(free_port())}], timeout=300, worker=WORKER)
+    run_worker_group(
+        [["--strategy", "ddp", "--devices", "2", "--batch", str(BATCH), "--train-queries", "20", "--out", str(out)]],
+        [{"MASTER_PORT": str(free_port())}],
+        timeout=300,
+        worker=WORKER,
+    )
     assert all(torch.isfinite(v).all() for v in torch.load(out).values())
 
 

@@ -29,8 +29,24 @@ def shards_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_synthetic_flow_command_to_batches(tmp_path):
     # docs/data.md: perceiver-lit-shards synthetic flow --out data/flow --num-samples 3000 --val-fraction 0.1
-    run = shards_cli("synthetic", "flow", "--out", "data/flow", "--num-samples", "24", "--val-fraction", "0.25",
-                     "--flow-size", "24x32", "--maxcount", "3", "--workers", "2", "--no-progress", cwd=tmp_path)
+    run = shards_cli(
+        "synthetic",
+        "flow",
+        "--out",
+        "data/flow",
+        "--num-samples",
+        "24",
+        "--val-fraction",
+        "0.25",
+        "--flow-size",
+        "24x32",
+        "--maxcount",
+        "3",
+        "--workers",
+        "2",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     out = tmp_path / "data" / "flow"
     shards = json.loads((out / "index.json").read_text())["shards"]
@@ -39,9 +55,14 @@ def test_synthetic_flow_command_to_batches(tmp_path):
     split = (out / "files" / "flow" / "FlyingChairs_train_val.txt").read_text().split()
     val_files = [i + 1 for i, mark in enumerate(split) if mark == "2"]  # the files the val shard holds, in order
 
-    dm = FlowDataModule(train_urls=str(out / "train-{000000..000005}.tar"),
-                        val_urls=str(out / "val-{000000..000001}.tar"),
-                        crop_size=(16, 16), batch_size=4, num_workers=2, seed=0)
+    dm = FlowDataModule(
+        train_urls=str(out / "train-{000000..000005}.tar"),
+        val_urls=str(out / "val-{000000..000001}.tar"),
+        crop_size=(16, 16),
+        batch_size=4,
+        num_workers=2,
+        seed=0,
+    )
     assert dm.input_shape == (2, 16, 16, 3)
     dm.setup("fit")
     batches = list(dm.train_dataloader())
@@ -71,15 +92,18 @@ def test_kitti_command_with_a_bad_pair(tmp_path):
         h, w = 10, 12
         for t in (10, 11):
             size = (h, w - 2) if (n == 2 and t == 11) else (h, w)  # pair 2: frames of different sizes
-            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(base / "image_2" / f"{n:06d}_{t}.png")
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+                base / "image_2" / f"{n:06d}_{t}.png"
+            )
         flow = np.round(rng.uniform(-50, 50, (h, w, 2)) * 64) / 64
         (base / "flow_occ" / f"{n:06d}_10.png").write_bytes(F.encode_kitti_flow(flow, rng.random((h, w)) > 0.5))
     run = shards_cli("flow", "kitti", "KITTI2015", "--out", "data/kitti", "--no-progress", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "train: 2 samples in 1 shards" in run.stdout and "1 skipped" in run.stdout
     assert "000002_10.png" in run.stderr and "frames of different sizes in one pair" in run.stderr
-    dm = FlowDataModule(val_urls=str(tmp_path / "data" / "kitti" / "train-000000.tar"), crop_size=(10, 12),
-                        batch_size=2, num_workers=0)
+    dm = FlowDataModule(
+        val_urls=str(tmp_path / "data" / "kitti" / "train-000000.tar"), crop_size=(10, 12), batch_size=2, num_workers=0
+    )
     dm.setup("validate")
     (batch,) = list(dm.val_dataloader())
     assert sorted(batch["key"]) == ["000000_10", "000001_10"]
@@ -99,9 +123,14 @@ def _ddp_rank(rank: int, world: int, port: int, root: str) -> None:
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        dm = FlowDataModule(train_urls=os.path.join(root, "train-{000000..000004}.tar"),
-                            val_urls=os.path.join(root, "train-{000000..000004}.tar"), crop_size=8, batch_size=2,
-                            num_workers=1, shuffle_buffer=4)
+        dm = FlowDataModule(
+            train_urls=os.path.join(root, "train-{000000..000004}.tar"),
+            val_urls=os.path.join(root, "train-{000000..000004}.tar"),
+            crop_size=8,
+            batch_size=2,
+            num_workers=1,
+            shuffle_buffer=4,
+        )
         dm.setup("fit")
         train = [len(b["key"]) for b in dm.train_dataloader()]
         val = {k: b["target"][i].sum().item() for b in dm.val_dataloader() for i, k in enumerate(b["key"])}
@@ -122,8 +151,9 @@ def test_two_gloo_ranks_split_flow_shards_exactly(tmp_path):
     from datamodules.shards.writer import write_shards
 
     make_flow(tmp_path / "files", 13, seed=0, size=(8, 8))
-    write_shards(chairs_items(str(tmp_path / "files"))["train"], EncodePair(), str(tmp_path), "train", maxcount=3,
-                 progress=False)  # 5 uneven shards: 3, 3, 3, 3, 1
+    write_shards(
+        chairs_items(str(tmp_path / "files"))["train"], EncodePair(), str(tmp_path), "train", maxcount=3, progress=False
+    )  # 5 uneven shards: 3, 3, 3, 3, 1
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -131,6 +161,7 @@ def test_two_gloo_ranks_split_flow_shards_exactly(tmp_path):
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["train"] == r1["train"] == [2] * (13 // (2 * 2))  # equal batch counts: the ranks stay in lockstep
     assert not set(r0["val"]) & set(r1["val"]) and len(r0["val"]) + len(r1["val"]) == 13  # each pair once
-    expected = {f"{n:05d}": float(F.read_flo(tmp_path / "files" / "data" / f"{n:05d}_flow.flo").sum())
-                for n in range(1, 14)}
+    expected = {
+        f"{n:05d}": float(F.read_flo(tmp_path / "files" / "data" / f"{n:05d}_flow.flo").sum()) for n in range(1, 14)
+    }
     assert {**r0["val"], **r1["val"]} == pytest.approx(expected, rel=1e-5)

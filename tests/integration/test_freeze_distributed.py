@@ -35,17 +35,34 @@ def worker(argv: list[str]) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     # A learned position table in the adapter, so that "adapter.*" freezes something.
-    net = Perceiver(ImageAdapter((8, 8, 1), num_frequency_bands=4, position_encoding="learned",
-                                 num_position_channels=8), num_classes=4, num_latents=8, latent_dim=16,
-                    num_cross_attends=2, num_blocks=2, num_self_attends_per_block=1, num_self_attention_heads=2)
+    net = Perceiver(
+        ImageAdapter((8, 8, 1), num_frequency_bands=4, position_encoding="learned", num_position_channels=8),
+        num_classes=4,
+        num_latents=8,
+        latent_dim=16,
+        num_cross_attends=2,
+        num_blocks=2,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=2,
+    )
     task = Classification(net, num_classes=4, lr=1e-2, schedule="constant", eps=1e-3, freeze=FREEZE)
     before = {k: v.detach().clone() for k, v in net.state_dict().items()}
     strategy = DDPStrategy() if args.strategy == "ddp" else FSDP2Strategy(param_dtype=None, reduce_dtype=None)
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=3, precision="32-true",
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                         use_distributed_sampler=False,
-                         callbacks=[] if args.strategy == "fsdp" else [DestroyProcessGroup()])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=strategy,
+        max_steps=3,
+        precision="32-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        callbacks=[] if args.strategy == "fsdp" else [DestroyProcessGroup()],
+    )
     trainer.fit(task, datamodule=_data(4, 4 * 2 * 3))
     if args.strategy == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -69,9 +86,14 @@ def test_frozen_parameters_stay_bit_identical_under_ddp_and_fsdp2(tmp_path: Path
     from tests.integration.test_ddp import free_port
 
     out = tmp_path / "w.pt"
-    proc = subprocess.run([sys.executable, str(WORKER), "--strategy", strategy, "--out", str(out)], cwd=ROOT,
-                          env={**os.environ, "MASTER_PORT": str(free_port())}, capture_output=True, text=True,
-                          timeout=180)
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), "--strategy", strategy, "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "MASTER_PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     w = torch.load(out)
     frozen = [k for k in w["before"] if k.startswith(("adapter.", "cross_attends.0.")) or k == "latents"]

@@ -12,25 +12,53 @@ import torch
 from torch import nn
 
 from perceiver_lit.distributed import shard_targets
-from tests.integration.test_ddp import (BATCH, ROOT, STEPS, _tiny_task, assert_same_weights,
-                                        assert_within_bf16_rounding, free_port, initial_weights, run_worker_group,
-                                        single_process_weights)
+from tests.integration.test_ddp import (
+    BATCH,
+    ROOT,
+    STEPS,
+    _tiny_task,
+    assert_same_weights,
+    assert_within_bf16_rounding,
+    free_port,
+    initial_weights,
+    run_worker_group,
+    single_process_weights,
+)
 
 
 @pytest.mark.integration
 @pytest.mark.ddp
 def test_fsdp2_two_ranks_match_one_rank_and_checkpoint_consolidates(tmp_path: Path) -> None:
     out, sharded = tmp_path / "fsdp.pt", tmp_path / "sharded.ckpt"
-    run_worker_group([["--strategy", "fsdp", "--devices", "2", "--batch", str(BATCH), "--out", str(out),
-                       "--sharded-ckpt", str(sharded)]], [{"MASTER_PORT": str(free_port())}])
+    run_worker_group(
+        [
+            [
+                "--strategy",
+                "fsdp",
+                "--devices",
+                "2",
+                "--batch",
+                str(BATCH),
+                "--out",
+                str(out),
+                "--sharded-ckpt",
+                str(sharded),
+            ]
+        ],
+        [{"MASTER_PORT": str(free_port())}],
+    )
     fsdp = torch.load(out)
     assert_same_weights(fsdp, single_process_weights(tmp_path))
 
     # A distributed checkpoint: a folder with one shard file per rank.
     assert sharded.is_dir() and len(list(sharded.glob("*.distcp"))) == 2
     full_path = tmp_path / "full.ckpt"
-    subprocess.run([sys.executable, "-m", "perceiver_lit.distributed", "consolidate", str(sharded), str(full_path)],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "perceiver_lit.distributed", "consolidate", str(sharded), str(full_path)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     full = torch.load(full_path, weights_only=False)
     assert full["global_step"] == STEPS
     assert full["optimizer_states"] and full["optimizer_states"][0]["state"], "optimizer state was not consolidated"
@@ -48,10 +76,13 @@ def test_lamb_under_fsdp2_uses_whole_tensor_norms(tmp_path: Path) -> None:
     """LAMB's trust ratio needs each tensor's whole norm: with parameters sharded over 2 ranks (its norms summed
     over the shards in one all-reduce) it must train exactly as one process does."""
     single, fsdp = tmp_path / "single_lamb.pt", tmp_path / "fsdp_lamb.pt"
-    run_worker_group([["--strategy", "single", "--batch", str(2 * BATCH), "--out", str(single), "--optimizer", "lamb"],
-                      ["--strategy", "fsdp", "--devices", "2", "--batch", str(BATCH), "--out", str(fsdp),
-                       "--optimizer", "lamb"]],
-                     [{}, {"MASTER_PORT": str(free_port())}])
+    run_worker_group(
+        [
+            ["--strategy", "single", "--batch", str(2 * BATCH), "--out", str(single), "--optimizer", "lamb"],
+            ["--strategy", "fsdp", "--devices", "2", "--batch", str(BATCH), "--out", str(fsdp), "--optimizer", "lamb"],
+        ],
+        [{}, {"MASTER_PORT": str(free_port())}],
+    )
     assert_same_weights(torch.load(fsdp), torch.load(single), atol=1e-6)
 
 
@@ -63,10 +94,13 @@ def test_fsdp2_as_shipped_bf16_two_ranks_match_one_rank_within_bf16_rounding(tmp
     reference is FSDP2 itself because its bf16 parameters (norms and all) compute differently from plain bf16
     autocast (by ~6 n lr u RMS here); what sharding over ranks changes must stay within bf16's rounding."""
     one, two = tmp_path / "fsdp_1rank.pt", tmp_path / "fsdp_2ranks.pt"
-    run_worker_group([["--strategy", "fsdp", "--devices", "1", "--batch", str(2 * BATCH), "--out", str(one),
-                       "--shipped"],
-                      ["--strategy", "fsdp", "--devices", "2", "--batch", str(BATCH), "--out", str(two), "--shipped"]],
-                     [{"MASTER_PORT": str(free_port())}, {"MASTER_PORT": str(free_port())}])
+    run_worker_group(
+        [
+            ["--strategy", "fsdp", "--devices", "1", "--batch", str(2 * BATCH), "--out", str(one), "--shipped"],
+            ["--strategy", "fsdp", "--devices", "2", "--batch", str(BATCH), "--out", str(two), "--shipped"],
+        ],
+        [{"MASTER_PORT": str(free_port())}, {"MASTER_PORT": str(free_port())}],
+    )
     assert_within_bf16_rounding(torch.load(two), torch.load(one), initial_weights())
 
 
@@ -74,8 +108,16 @@ def test_shared_layers_are_sharded_once() -> None:
     from perceiver_lit.models import ImageAdapter, Perceiver
 
     # 6 cross-attends sharing one after the first, 6 blocks sharing one latent block of 3 layers.
-    net = Perceiver(ImageAdapter((4, 4, 1), num_frequency_bands=2), num_classes=3, num_latents=4, latent_dim=8,
-                    num_cross_attends=6, num_blocks=6, num_self_attends_per_block=3, num_self_attention_heads=2)
+    net = Perceiver(
+        ImageAdapter((4, 4, 1), num_frequency_bands=2),
+        num_classes=3,
+        num_latents=4,
+        latent_dim=8,
+        num_cross_attends=6,
+        num_blocks=6,
+        num_self_attends_per_block=3,
+        num_self_attention_heads=2,
+    )
     targets = shard_targets(net)
     assert len(targets) == len({id(t) for t in targets}) == 2 + 3
     params = [id(p) for t in targets for p in t.parameters()]
@@ -112,9 +154,22 @@ def test_fsdp_yaml_through_the_cli_on_two_cpu_ranks(tmp_path: Path, fashion_shar
     config = tiny_fit_config(tmp_path / "tiny.yaml", fashion_shards, max_steps=steps, log_dir=tmp_path)
     run, marker = tmp_path / "run", uuid.uuid4().hex
     cli = ROOT / ".venv" / "bin" / "perceiver-lit"
-    cmd = [str(cli) if cli.exists() else "perceiver-lit", "fit", "--config", str(QUICKSTART), "--config",
-           str(config), "--config", str(ROOT / "configs" / "trainer" / "fsdp.yaml"), "--trainer.accelerator", "cpu",
-           "--trainer.devices", "2", "--trainer.default_root_dir", str(run)]
+    cmd = [
+        str(cli) if cli.exists() else "perceiver-lit",
+        "fit",
+        "--config",
+        str(QUICKSTART),
+        "--config",
+        str(config),
+        "--config",
+        str(ROOT / "configs" / "trainer" / "fsdp.yaml"),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.default_root_dir",
+        str(run),
+    ]
     env = {**os.environ, "MASTER_PORT": str(free_port()), "PLIT_TEST_RUN": marker}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -211,8 +266,16 @@ def test_attention_maps_under_fsdp2_see_whole_parameters(tmp_path: Path) -> None
     script = tmp_path / "maps_fsdp2.py"
     script.write_text(_MAPS_UNDER_FSDP2)
     port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, str(script), port, str(r), "2"], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), port, str(r), "2"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
     try:
         outs = [p.communicate(timeout=120)[0] for p in procs]
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -21,8 +20,14 @@ from tests.fixtures.training import run_cli, tiny_perceiver, write_config
 
 pytestmark = pytest.mark.integration
 
-TRAINER = {"accelerator": "cpu", "max_epochs": 1, "num_sanity_val_steps": 0, "enable_progress_bar": False,
-           "logger": False, "enable_model_summary": False}
+TRAINER = {
+    "accelerator": "cpu",
+    "max_epochs": 1,
+    "num_sanity_val_steps": 0,
+    "enable_progress_bar": False,
+    "logger": False,
+    "enable_model_summary": False,
+}
 
 
 def read_rows(run: Path) -> list[dict]:
@@ -33,12 +38,22 @@ def read_rows(run: Path) -> list[dict]:
 def trained(fashion_shards, tmp_path_factory):
     """A tiny Perceiver fit by `perceiver-lit fit` on the Fashion-MNIST shards (whose folder has classes.json)."""
     tmp = tmp_path_factory.mktemp("trained")
-    data = {"class_path": "datamodules.image.FashionMNISTDataModule",
-            "init_args": {"train_urls": fashion_shards.train_urls, "val_urls": fashion_shards.test_urls,
-                          "test_urls": fashion_shards.test_urls, "batch_size": 50, "num_workers": 0,
-                          "samples_per_epoch": 100, "mix_batches": 1, "shuffle_buffer": 50}}
-    cfg = write_config(tmp, {"name": "tiny", "trainer": {**TRAINER, "limit_val_batches": 1},
-                             "model": tiny_perceiver(), "data": data})
+    data = {
+        "class_path": "datamodules.image.FashionMNISTDataModule",
+        "init_args": {
+            "train_urls": fashion_shards.train_urls,
+            "val_urls": fashion_shards.test_urls,
+            "test_urls": fashion_shards.test_urls,
+            "batch_size": 50,
+            "num_workers": 0,
+            "samples_per_epoch": 100,
+            "mix_batches": 1,
+            "shuffle_buffer": 50,
+        },
+    }
+    cfg = write_config(
+        tmp, {"name": "tiny", "trainer": {**TRAINER, "limit_val_batches": 1}, "model": tiny_perceiver(), "data": data}
+    )
     run_cli(["fit", "--config", cfg], cwd=tmp)
     ckpt = tmp / "runs" / "tiny" / "checkpoints" / "best.ckpt"
     hp = torch.load(ckpt, weights_only=True)["hyper_parameters"]
@@ -59,10 +74,13 @@ def images(folder: Path, n: int = 5) -> Path:
 
 def predict_config(tmp: Path, data_init: dict, name: str = "pred") -> str:
     """A predict config on data that has no classes.json: the names must come from the checkpoint."""
-    data = {"class_path": "datamodules.image.FashionMNISTDataModule",
-            "init_args": {"batch_size": 4, "num_workers": 0, **data_init}}
-    return write_config(tmp, {"name": name, "trainer": TRAINER, "model": tiny_perceiver(), "data": data},
-                        name=f"{name}.yaml")
+    data = {
+        "class_path": "datamodules.image.FashionMNISTDataModule",
+        "init_args": {"batch_size": 4, "num_workers": 0, **data_init},
+    }
+    return write_config(
+        tmp, {"name": name, "trainer": TRAINER, "model": tiny_perceiver(), "data": data}, name=f"{name}.yaml"
+    )
 
 
 def test_predict_unlabelled_shards_names_from_the_checkpoint(trained, tmp_path):
@@ -80,8 +98,7 @@ def test_predict_unlabelled_shards_names_from_the_checkpoint(trained, tmp_path):
     for out in ("flat", "unl"):
         assert not (tmp_path / out / "classes.json").exists()
         cfg = predict_config(tmp_path, {"predict_urls": str(tmp_path / out / "train-000000.tar")}, name=out)
-        cli = run_cli(["predict", "--config", cfg, "--ckpt_path", str(ckpt), "--prediction.top_k", "3"],
-                      cwd=tmp_path)
+        cli = run_cli(["predict", "--config", cfg, "--ckpt_path", str(ckpt), "--prediction.top_k", "3"], cwd=tmp_path)
         rows = read_rows(tmp_path / "runs" / out)
         assert len(rows) == 5 and cli.datamodule.corrupt_samples == 0  # unlabelled samples are not corrupt
         assert cli.datamodule.class_names is None and cli.model.class_names == list(CLASS_NAMES)
@@ -114,7 +131,8 @@ def test_predict_raw_files_equals_load_predict(trained, tmp_path, caplog):
     # a glob and a list file select the same files
     (tmp_path / "list.txt").write_text("\n".join(f"photos/img{i}.png" for i in range(5)) + "\n")
     assert [r["key"] for r in model.predict(str(tmp_path / "list.txt"), top_k=3)] == [
-        str(tmp_path / "photos" / f"img{i}.png") for i in range(5)]
+        str(tmp_path / "photos" / f"img{i}.png") for i in range(5)
+    ]
     assert len(model.predict(str(folder / "img*.png"))) == 5
 
 
@@ -161,14 +179,21 @@ def test_merge_prints_the_accuracy_of_the_labelled_split(trained, fashion_shards
 # ---------------------------------------------------------------------------------- raw files of every modality
 MODALITIES = {
     # modality: (data class, data args, task)
-    "audio": ("datamodules.audio.AudioDataModule", {"sample_rate": 16000, "clip_samples": 1280, "num_classes": 10,
-                                                    "multilabel": True, "features": "raw"},
-              "perceiver_lit.tasks.MultilabelClassification"),
-    "video": ("datamodules.video.VideoDataModule", {"num_frames": 4, "frame_stride": 1, "crop_size": 16,
-                                                    "short_side": None, "num_classes": 10},
-              "perceiver_lit.tasks.Classification"),
-    "pointcloud": ("datamodules.pointcloud.PointCloudDataModule", {"num_points": 64, "num_classes": 5},
-                   "perceiver_lit.tasks.Classification"),
+    "audio": (
+        "datamodules.audio.AudioDataModule",
+        {"sample_rate": 16000, "clip_samples": 1280, "num_classes": 10, "multilabel": True, "features": "raw"},
+        "perceiver_lit.tasks.MultilabelClassification",
+    ),
+    "video": (
+        "datamodules.video.VideoDataModule",
+        {"num_frames": 4, "frame_stride": 1, "crop_size": 16, "short_side": None, "num_classes": 10},
+        "perceiver_lit.tasks.Classification",
+    ),
+    "pointcloud": (
+        "datamodules.pointcloud.PointCloudDataModule",
+        {"num_points": 64, "num_classes": 5},
+        "perceiver_lit.tasks.Classification",
+    ),
     "text": ("datamodules.text.TextDataModule", {"max_length": 64}, "perceiver_lit.tasks.Classification"),
 }
 
@@ -183,26 +208,47 @@ def test_fit_then_predict_raw_files(modality, synthetic_shards, tmp_path):
     names = json.loads((out / "classes.json").read_text())
     if modality == "text":
         args = {**args, "num_classes": len(names)}
-    data = {"class_path": data_class, "init_args": {**args, "train_urls": train_urls, "val_urls": eval_urls,
-                                                   "batch_size": 2, "num_workers": 0, "mix_batches": 1,
-                                                   "samples_per_epoch": 2}}
+    data = {
+        "class_path": data_class,
+        "init_args": {
+            **args,
+            "train_urls": train_urls,
+            "val_urls": eval_urls,
+            "batch_size": 2,
+            "num_workers": 0,
+            "mix_batches": 1,
+            "samples_per_epoch": 2,
+        },
+    }
     model = {"class_path": task, "init_args": {"net": {"class_path": "tests.fixtures.training.TinyNet"}}}
-    cfg = write_config(tmp_path, {"name": "m", "trainer": {**TRAINER, "limit_val_batches": 0},
-                                  "model": model, "data": data})
+    cfg = write_config(
+        tmp_path, {"name": "m", "trainer": {**TRAINER, "limit_val_batches": 0}, "model": model, "data": data}
+    )
     run_cli(["fit", "--config", cfg], cwd=tmp_path)
     ckpt = tmp_path / "runs" / "m" / "checkpoints" / "last.ckpt"
     files = out / "files" / modality
-    expected = {"audio": len(list(files.glob("*.flac"))), "video": len(list(files.rglob("*.mp4"))),
-                "pointcloud": len(list(files.rglob("*.npy")))}
+    expected = {
+        "audio": len(list(files.glob("*.flac"))),
+        "video": len(list(files.rglob("*.mp4"))),
+        "pointcloud": len(list(files.rglob("*.npy"))),
+    }
     others = {"audio": 1, "video": 0, "pointcloud": 0, "text": 0}[modality]  # audio: labels.csv
     if modality == "text":  # every non-empty line of every .txt file is a sample
         expected["text"] = sum(1 for p in files.rglob("*.txt") for line in p.read_bytes().splitlines() if line.strip())
-    predict_data = {"class_path": data_class, "init_args": {**data["init_args"], "train_urls": None, "val_urls": None,
-                                                           "predict_files": str(files), "batch_size": 4}}
-    cfg = write_config(tmp_path, {"name": "p", "trainer": TRAINER, "model": model, "data": predict_data},
-                       name="predict.yaml")
-    cli = run_cli(["predict", "--config", cfg, "--ckpt_path", str(ckpt), "--prediction.threshold", "0.0"],
-                  cwd=tmp_path)
+    predict_data = {
+        "class_path": data_class,
+        "init_args": {
+            **data["init_args"],
+            "train_urls": None,
+            "val_urls": None,
+            "predict_files": str(files),
+            "batch_size": 4,
+        },
+    }
+    cfg = write_config(
+        tmp_path, {"name": "p", "trainer": TRAINER, "model": model, "data": predict_data}, name="predict.yaml"
+    )
+    cli = run_cli(["predict", "--config", cfg, "--ckpt_path", str(ckpt), "--prediction.threshold", "0.0"], cwd=tmp_path)
     rows = read_rows(tmp_path / "runs" / "p")
     assert len(rows) == expected[modality] > 0 and cli.datamodule.corrupt_samples == others
     assert len({r["key"] for r in rows}) == len(rows)
@@ -221,10 +267,14 @@ def test_masked_byte_modelling_writes_text(synthetic_shards, tmp_path):
     train_urls, _ = synthetic_shards("text")
     lines = tmp_path / "lines.txt"
     lines.write_text("hello world\n\nsecond line, äöü\n", encoding="utf-8")
-    data = {"class_path": "datamodules.text.TextDataModule",
-            "init_args": {"max_length": 32, "predict_files": str(lines), "batch_size": 2, "num_workers": 0}}
-    model = {"class_path": "perceiver_lit.tasks.MaskedByteModelling",
-             "init_args": {"net": {"class_path": "tests.fixtures.training.TinyTokenNet"}}}
+    data = {
+        "class_path": "datamodules.text.TextDataModule",
+        "init_args": {"max_length": 32, "predict_files": str(lines), "batch_size": 2, "num_workers": 0},
+    }
+    model = {
+        "class_path": "perceiver_lit.tasks.MaskedByteModelling",
+        "init_args": {"net": {"class_path": "tests.fixtures.training.TinyTokenNet"}},
+    }
     cfg = write_config(tmp_path, {"name": "mlm", "trainer": TRAINER, "model": model, "data": data})
     run_cli(["predict", "--config", cfg, "--fast_check", "false"], cwd=tmp_path)
     rows = read_rows(tmp_path / "runs" / "mlm")
@@ -273,8 +323,20 @@ def test_pointcloud_meshes_as_predict_files(tmp_path):
     from datamodules.pointcloud import PointCloudDataModule
 
     corners = "\n".join(f"{x} {y} {z}" for x in (0, 1) for y in (0, 1) for z in (0, 1))
-    faces = [(0, 1, 3), (0, 3, 2), (4, 6, 7), (4, 7, 5), (0, 4, 5), (0, 5, 1), (2, 3, 7), (2, 7, 6), (0, 2, 6),
-             (0, 6, 4), (1, 5, 7), (1, 7, 3)]
+    faces = [
+        (0, 1, 3),
+        (0, 3, 2),
+        (4, 6, 7),
+        (4, 7, 5),
+        (0, 4, 5),
+        (0, 5, 1),
+        (2, 3, 7),
+        (2, 7, 6),
+        (0, 2, 6),
+        (0, 6, 4),
+        (1, 5, 7),
+        (1, 7, 3),
+    ]
     (tmp_path / "cube.off").write_text(f"OFF\n8 12 0\n{corners}\n" + "\n".join(f"3 {a} {b} {c}" for a, b, c in faces))
     (tmp_path / "broken.off").write_text("OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 9\n")
     dm = PointCloudDataModule(num_points=32, num_classes=5, predict_files=str(tmp_path), num_workers=0)

@@ -29,9 +29,10 @@ PG_TIMEOUT_S = 60  # a regression fails (or errors) after this instead of hangin
 
 
 def worker(out: Path) -> None:
+    from datetime import timedelta
+
     import lightning.pytorch as pl
     import torch
-    from datetime import timedelta
     from lightning.pytorch.strategies import DDPStrategy
 
     from perceiver_lit.callbacks import NanGuard, NonFiniteLossError
@@ -57,9 +58,18 @@ def worker(out: Path) -> None:
     pl.seed_everything(0, verbose=False)
     g = torch.Generator().manual_seed(0)
     samples = [{"inputs": torch.randn(4, generator=g), "target": i % 3, "key": f"s{i}"} for i in range(32)]
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(timeout=timedelta(seconds=PG_TIMEOUT_S)),
-                         max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[NanGuard()])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=DDPStrategy(timeout=timedelta(seconds=PG_TIMEOUT_S)),
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[NanGuard()],
+    )
     rank = int(os.environ["RANK"])
     t0 = time.monotonic()
     try:
@@ -67,8 +77,9 @@ def worker(out: Path) -> None:
         result = {"error": None}
     except NonFiniteLossError as e:
         result = {"error": str(e)}
-    result.update(rank=rank, global_rank=trainer.global_rank, global_step=trainer.global_step,
-                  fit_s=time.monotonic() - t0)
+    result.update(
+        rank=rank, global_rank=trainer.global_rank, global_step=trainer.global_step, fit_s=time.monotonic() - t0
+    )
     (out / f"rank{rank}.json").write_text(json.dumps(result))
     destroy_process_group(barrier=False)  # after an error: a barrier could wait for a rank that has left
 
@@ -88,11 +99,26 @@ def test_nonfinite_loss_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
     from tests.fixtures.slurm import processes_with_env
 
     marker, port = uuid.uuid4().hex, str(free_port())
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2",
-                                   "RANK": str(r), "LOCAL_RANK": str(r), "NODE_RANK": "0", "PLIT_TEST_RUN": marker})
-             for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(tmp_path)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={
+                **os.environ,
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+                "WORLD_SIZE": "2",
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+                "NODE_RANK": "0",
+                "PLIT_TEST_RUN": marker,
+            },
+        )
+        for r in range(2)
+    ]
     outs = []
     try:
         for p in procs:

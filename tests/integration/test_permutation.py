@@ -25,16 +25,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def first_val_batch(shards, permute_seed):
-    dm = FashionMNISTDataModule(train_urls=shards.train_urls, val_urls=shards.test_urls, batch_size=16,
-                                num_workers=0, permute_seed=permute_seed)
+    dm = FashionMNISTDataModule(
+        train_urls=shards.train_urls, val_urls=shards.test_urls, batch_size=16, num_workers=0, permute_seed=permute_seed
+    )
     dm.setup("validate")
     return next(iter(dm.val_dataloader()))
 
 
 def perceiver(permute_seed):
     adapter = ImageAdapter((28, 28, 1), num_frequency_bands=4, permute_seed=permute_seed)
-    return Perceiver(adapter, num_classes=10, num_latents=8, latent_dim=16, num_cross_attends=2,
-                     num_self_attends_per_block=1, num_self_attention_heads=2).eval()
+    return Perceiver(
+        adapter,
+        num_classes=10,
+        num_latents=8,
+        latent_dim=16,
+        num_cross_attends=2,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=2,
+    ).eval()
 
 
 def test_perceiver_logits_ignore_the_permutation_convnet_logits_do_not(fashion_shards):
@@ -66,23 +74,36 @@ def test_local_permutation_sweep_in_miniature(fashion_shards, tmp_path, monkeypa
     spec = yaml.safe_load(open(os.path.join(ROOT, "configs/sweeps/local_permutation.yaml")))
     assert spec["parameters"]["data.init_args.permute_seed"]["values"] == ["null", 0]
     # The same spec, pointed at the fixture shards and cut to 3 steps per trial without a logger.
-    spec["command"] += [f"--data.init_args.train_urls={fashion_shards.train_urls}",
-                        f"--data.init_args.val_urls={fashion_shards.test_urls}",
-                        "--data.init_args.test_urls=null", "--data.init_args.batch_size=32",
-                        "--data.init_args.num_workers=0", "--trainer.max_epochs=1",
-                        "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.logger=false",
-                        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-                        "--fast_check=false"]
+    spec["command"] += [
+        f"--data.init_args.train_urls={fashion_shards.train_urls}",
+        f"--data.init_args.val_urls={fashion_shards.test_urls}",
+        "--data.init_args.test_urls=null",
+        "--data.init_args.batch_size=32",
+        "--data.init_args.num_workers=0",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=3",
+        "--trainer.limit_val_batches=2",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--fast_check=false",
+    ]
     spec_file = tmp_path / "local_permutation.yaml"
     spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     monkeypatch.chdir(ROOT)  # the spec names configs/ relative to the repo root
     sweep_dir = tmp_path / "sweep"
-    assert sweep_main(["run", str(spec_file), "--dir", str(sweep_dir), "--trials", "2"]) == 0, \
-        "\n".join(p.read_text()[-3000:] for p in sweep_dir.glob("trial-*/log.txt"))
+    assert sweep_main(["run", str(spec_file), "--dir", str(sweep_dir), "--trials", "2"]) == 0, "\n".join(
+        p.read_text()[-3000:] for p in sweep_dir.glob("trial-*/log.txt")
+    )
 
     rep = write_report(sweep_dir)
-    rows = {(r["params"]["model.init_args.net.class_path"].rsplit(".", 1)[1], r["params"]["data.init_args.permute_seed"]):
-            r["metrics"] for r in rep["rows"]}
+    rows = {
+        (
+            r["params"]["model.init_args.net.class_path"].rsplit(".", 1)[1],
+            r["params"]["data.init_args.permute_seed"],
+        ): r["metrics"]
+        for r in rep["rows"]
+    }
     assert set(rows) == {("Perceiver", "null"), ("Perceiver", 0)}
     assert all(0.0 <= m["val/acc1"] <= 1.0 and m["train/loss"] > 0 for m in rows.values())
     # Same seed, same samples, same weights at every step: the permuted Perceiver follows the raw one. (Were the

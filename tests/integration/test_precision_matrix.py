@@ -41,26 +41,57 @@ CLIPS = (None, CLIP)
 
 # task: (the shipped recipe, a tiny-model + tiny-data overlay; the urls come from the fixtures)
 RECIPES = {
-    "classification": ("configs/quickstart.yaml", {
-        "net": {"init_args": {"adapter": {"init_args": {"num_frequency_bands": 2}}, "num_latents": 4,
-                              "latent_dim": 16, "num_self_attends_per_block": 1}},
-        "data": {"batch_size": 4, "shuffle_buffer": 8},
-    }),
-    "multilabel": ("configs/local/audio.yaml", {
-        "net": {"init_args": {"adapter": {"init_args": {"num_frequency_bands": 2}}, "num_latents": 4,
-                              "latent_dim": 16, "num_self_attends_per_block": 1}},
-        "data": {"batch_size": 2, "clip_samples": 1600},  # 10 patches of 160 samples
-    }),
-    "mlm": ("configs/local/text_mlm.yaml", {
-        "net": {"init_args": {"adapter": {"init_args": {"num_channels": 16}},
-                              "queries": {"init_args": {"num_queries": 32, "num_channels": 16}},
-                              "num_latents": 4, "latent_dim": 16, "num_self_attends_per_block": 1}},
-        "data": {"batch_size": 2, "max_length": 32},
-    }),
+    "classification": (
+        "configs/quickstart.yaml",
+        {
+            "net": {
+                "init_args": {
+                    "adapter": {"init_args": {"num_frequency_bands": 2}},
+                    "num_latents": 4,
+                    "latent_dim": 16,
+                    "num_self_attends_per_block": 1,
+                }
+            },
+            "data": {"batch_size": 4, "shuffle_buffer": 8},
+        },
+    ),
+    "multilabel": (
+        "configs/local/audio.yaml",
+        {
+            "net": {
+                "init_args": {
+                    "adapter": {"init_args": {"num_frequency_bands": 2}},
+                    "num_latents": 4,
+                    "latent_dim": 16,
+                    "num_self_attends_per_block": 1,
+                }
+            },
+            "data": {"batch_size": 2, "clip_samples": 1600},  # 10 patches of 160 samples
+        },
+    ),
+    "mlm": (
+        "configs/local/text_mlm.yaml",
+        {
+            "net": {
+                "init_args": {
+                    "adapter": {"init_args": {"num_channels": 16}},
+                    "queries": {"init_args": {"num_queries": 32, "num_channels": 16}},
+                    "num_latents": 4,
+                    "latent_dim": 16,
+                    "num_self_attends_per_block": 1,
+                }
+            },
+            "data": {"batch_size": 2, "max_length": 32},
+        },
+    ),
 }
 PRESET_PRECISION = {"cpu": "32-true", "cpu_bf16": "bf16-mixed", "ddp": "bf16-mixed", "fsdp": "bf16-mixed"}
-PRESET_STRATEGY = {"cpu": "SingleDeviceStrategy", "cpu_bf16": "SingleDeviceStrategy", "ddp": "DDPStrategy",
-                   "fsdp": "FSDP2Strategy"}
+PRESET_STRATEGY = {
+    "cpu": "SingleDeviceStrategy",
+    "cpu_bf16": "SingleDeviceStrategy",
+    "ddp": "DDPStrategy",
+    "fsdp": "FSDP2Strategy",
+}
 
 
 # --- the probe: a callback that records what each step did -------------------------------------------------------
@@ -107,11 +138,19 @@ try:
             optimizer = trainer.optimizers[0]
             grad_norm = trainer.callback_metrics.get("train/grad_norm")
             record = {
-                "global_step": trainer.global_step, "losses": self.losses, "pre": self.pre, "post": self.post,
-                "max_change": max(changes), "changed": sum(c > 0 for c in changes), "tensors": len(changes),
-                "precision": str(trainer.precision), "plugin": type(trainer.precision_plugin).__name__,
-                "strategy": type(trainer.strategy).__name__, "world_size": trainer.world_size,
-                "clip": trainer.gradient_clip_val, "optimizer": type(optimizer).__name__,
+                "global_step": trainer.global_step,
+                "losses": self.losses,
+                "pre": self.pre,
+                "post": self.post,
+                "max_change": max(changes),
+                "changed": sum(c > 0 for c in changes),
+                "tensors": len(changes),
+                "precision": str(trainer.precision),
+                "plugin": type(trainer.precision_plugin).__name__,
+                "strategy": type(trainer.strategy).__name__,
+                "world_size": trainer.world_size,
+                "clip": trainer.gradient_clip_val,
+                "optimizer": type(optimizer).__name__,
                 "fused": bool(optimizer.defaults.get("fused")),
                 "logged_grad_norm": None if grad_norm is None else float(grad_norm),
                 "static_graph": getattr(trainer.strategy, "_ddp_kwargs", {}).get("static_graph"),
@@ -133,22 +172,34 @@ def _overlay(task: str, shards: dict, run: Path) -> dict:
     return {
         "seed_everything": 0,
         "trainer": {
-            "max_steps": STEPS, "max_epochs": 1000, "log_every_n_steps": 1, "num_sanity_val_steps": 0,
+            "max_steps": STEPS,
+            "max_epochs": 1000,
+            "log_every_n_steps": 1,
+            "num_sanity_val_steps": 0,
             "limit_val_batches": 0,  # no validation: the matrix is about the optimizer step
-            "enable_progress_bar": False, "enable_model_summary": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
             # CSV instead of the default W&B run: W&B's service costs seconds per fit; CSV keeps the logger-only
             # callbacks (GradNorm, LearningRateMonitor) that read the gradients and the lr around each step.
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(run), "name": "csv"}},
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(run), "name": "csv"},
+            },
             # Replaces the recipe's callbacks (quickstart's UnmaskedTuning only changes input_keep late in training).
             "callbacks": [{"class_path": "tests.integration.test_precision_matrix.Probe"}],
         },
         "model": {"init_args": {"net": tiny["net"]}},
         # val_urls: the train shards (never read: no validation); the eval split of the synthetic shards is one
         # shard, and exact evaluation needs one per rank.
-        "data": {"init_args": {"train_urls": train, "val_urls": train, "test_urls": None,
-                               "num_workers": 0,  # in-process loading: workers are covered by test_configs.py
-                               **tiny["data"]}},
+        "data": {
+            "init_args": {
+                "train_urls": train,
+                "val_urls": train,
+                "test_urls": None,
+                "num_workers": 0,  # in-process loading: workers are covered by test_configs.py
+                **tiny["data"],
+            }
+        },
     }
 
 
@@ -179,10 +230,21 @@ def worker(argv: list[str]) -> None:
                     run.mkdir(parents=True, exist_ok=True)
                     overlay = run / "overlay.yaml"
                     overlay.write_text(yaml.safe_dump(_overlay(task, shards, run), sort_keys=False))
-                    cmd = ["fit", "--config", str(ROOT / RECIPES[task][0]), "--config", str(TRAINER / f"{preset}.yaml"),
-                           "--config", str(overlay), "--model.init_args.optimizer", optimizer,
-                           "--trainer.gradient_clip_val", str(clip) if clip else "null",
-                           "--trainer.default_root_dir", str(run)]
+                    cmd = [
+                        "fit",
+                        "--config",
+                        str(ROOT / RECIPES[task][0]),
+                        "--config",
+                        str(TRAINER / f"{preset}.yaml"),
+                        "--config",
+                        str(overlay),
+                        "--model.init_args.optimizer",
+                        optimizer,
+                        "--trainer.gradient_clip_val",
+                        str(clip) if clip else "null",
+                        "--trainer.default_root_dir",
+                        str(run),
+                    ]
                     if args.devices:
                         # ddp.yaml / fsdp.yaml say accelerator gpu: the same preset on CPU ranks (gloo), nothing else
                         # changed, is what this machine can run.
@@ -208,8 +270,15 @@ def worker(argv: list[str]) -> None:
 @pytest.fixture(scope="module")
 def shards_file(tmp_path_factory, fashion_shards, synthetic_shards) -> Path:
     path = tmp_path_factory.mktemp("matrix") / "shards.json"
-    path.write_text(json.dumps({"classification": [fashion_shards.train_urls, fashion_shards.test_urls],
-                                "multilabel": list(synthetic_shards("audio")), "mlm": list(synthetic_shards("text"))}))
+    path.write_text(
+        json.dumps(
+            {
+                "classification": [fashion_shards.train_urls, fashion_shards.test_urls],
+                "multilabel": list(synthetic_shards("audio")),
+                "mlm": list(synthetic_shards("text")),
+            }
+        )
+    )
     return path
 
 
@@ -222,8 +291,17 @@ def run_matrix(presets: list[str], shards: Path, out: Path, ranks: int = 1, time
         run_worker_group([args], [{"PYTHONPATH": str(ROOT)}], timeout=timeout, worker=WORKER)
         return
     port = str(free_port())
-    envs = [{"PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": "0",
-             "LOCAL_RANK": str(r), "WORLD_SIZE": str(ranks)} for r in range(ranks)]
+    envs = [
+        {
+            "PYTHONPATH": str(ROOT),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "NODE_RANK": "0",
+            "LOCAL_RANK": str(r),
+            "WORLD_SIZE": str(ranks),
+        }
+        for r in range(ranks)
+    ]
     run_worker_group([[*args, "--devices", str(ranks)]] * ranks, envs, timeout=timeout, worker=WORKER)
 
 
@@ -256,8 +334,11 @@ def _problems(r: dict, preset: str, optimizer: str, clip: float | None, world_si
         out.append("a loss or gradient norm is not finite")
     if not r["max_change"] > 1e-5 or r["changed"] < r["tensors"] // 2:
         out.append(f"weights barely moved: {r['changed']} of {r['tensors']} tensors, max change {r['max_change']:.2e}")
-    if (r["precision"], r["strategy"], r["world_size"]) != (PRESET_PRECISION[preset], PRESET_STRATEGY[preset],
-                                                             world_size):
+    if (r["precision"], r["strategy"], r["world_size"]) != (
+        PRESET_PRECISION[preset],
+        PRESET_STRATEGY[preset],
+        world_size,
+    ):
         out.append(f"built with {r['precision']} / {r['strategy']} / {r['world_size']} ranks")
     if r["optimizer"] != {"adamw": "AdamW", "lamb": "Lamb"}[optimizer]:
         out.append(f"optimizer {r['optimizer']}")
@@ -324,8 +405,9 @@ def test_gpu_presets_differ_from_the_tested_ones_only_in_their_device() -> None:
 
     device_only = {"accelerator", "devices", "num_nodes", "log_every_n_steps", "benchmark"}
     gpu, cpu_bf16 = trainer("gpu"), trainer("cpu_bf16")
-    assert {k: v for k, v in gpu.items() if k not in device_only} == \
-           {k: v for k, v in cpu_bf16.items() if k not in device_only}
+    assert {k: v for k, v in gpu.items() if k not in device_only} == {
+        k: v for k, v in cpu_bf16.items() if k not in device_only
+    }
     assert gpu["accelerator"] == "gpu" and gpu["benchmark"] is False  # cudnn autotuning: no effect on the step
     for name in ("ddp", "fsdp"):
         assert trainer(name)["accelerator"] == "gpu" and trainer(name)["precision"] == PRESET_PRECISION[name]

@@ -32,8 +32,17 @@ def _fit(run: Path, config: Path, *extra: str, marker: str) -> subprocess.Popen:
     # the repo's venv, else this interpreter's (a worktree without its own .venv), else PATH
     beside = Path(sys.executable).parent / "perceiver-lit"
     cli = CLI if os.path.exists(CLI) else str(beside) if beside.exists() else "perceiver-lit"
-    cmd = [cli, "fit", "--config", str(QUICKSTART), "--config", str(config),
-           "--trainer.default_root_dir", str(run), *extra]  # PreemptionCheckpoint is a CLI default
+    cmd = [
+        cli,
+        "fit",
+        "--config",
+        str(QUICKSTART),
+        "--config",
+        str(config),
+        "--trainer.default_root_dir",
+        str(run),
+        *extra,
+    ]  # PreemptionCheckpoint is a CLI default
     # PYTHONPATH: the repo, for the tests' probe callback (tests.fixtures.slurm.RngProbe)
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "PLIT_TEST_RUN": marker, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
@@ -72,8 +81,9 @@ def _adam_step(ckpt: dict) -> int:
 def test_sigterm_and_sigint_save_and_resume_at_the_same_step(tmp_path: Path, fashion_shards) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    config = tiny_fit_config(tmp_path / "tiny.yaml", fashion_shards, max_steps=100_000, log_dir=run,
-                             logger="wandb")  # the CLI's own W&B logger (offline): finished on each signal
+    config = tiny_fit_config(
+        tmp_path / "tiny.yaml", fashion_shards, max_steps=100_000, log_dir=run, logger="wandb"
+    )  # the CLI's own W&B logger (offline): finished on each signal
     ckpt = run / "checkpoints" / "last.ckpt"
     marker = uuid.uuid4().hex
     periodic = ["--checkpoint.every_n_train_steps", "3"]
@@ -139,12 +149,16 @@ def test_resume_across_the_warmup_continues_lr_and_rng(tmp_path: Path, fashion_s
     uninterrupted run, and the global RNGs draw the same numbers as the uninterrupted run at the same steps."""
     steps_per_epoch = 400 // 16
     max_steps = steps_per_epoch + 5  # a warm-up of one epoch (quickstart ships 0.05), then the cosine
-    config = tiny_fit_config(tmp_path / "tiny.yaml", fashion_shards, max_steps=max_steps, log_dir=".",
-                             warmup_epochs=1)
+    config = tiny_fit_config(tmp_path / "tiny.yaml", fashion_shards, max_steps=max_steps, log_dir=".", warmup_epochs=1)
     # Checkpoint defers periodic saves until its monitor (val/acc1) exists: validate early, so that the first
     # last.ckpt (our cue to signal) comes inside the warm-up.
-    probe = ["--trainer.callbacks+=tests.fixtures.slurm.RngProbe", "--checkpoint.every_n_train_steps", "2",
-             "--trainer.val_check_interval", "4"]
+    probe = [
+        "--trainer.callbacks+=tests.fixtures.slurm.RngProbe",
+        "--checkpoint.every_n_train_steps",
+        "2",
+        "--trainer.val_check_interval",
+        "4",
+    ]
     marker = uuid.uuid4().hex
     ref, cut = tmp_path / "reference", tmp_path / "cut"
     for run in (ref, cut):
@@ -209,8 +223,12 @@ def test_newest_checkpoint_is_chosen_by_global_step(tmp_path: Path) -> None:
         torch.save({"global_step": step, "state_dict": {"w": torch.zeros(3)}}, path)
         return str(path)
 
-    paths = [save("hpc_ckpt_1.ckpt", 31), save("hpc_ckpt_2.ckpt", 40), save("checkpoints/last.ckpt", 61),
-             save("sharded/last.ckpt/meta.pt", 50)[: -len("/meta.pt")]]
+    paths = [
+        save("hpc_ckpt_1.ckpt", 31),
+        save("hpc_ckpt_2.ckpt", 40),
+        save("checkpoints/last.ckpt", 61),
+        save("sharded/last.ckpt/meta.pt", 50)[: -len("/meta.pt")],
+    ]
     (tmp_path / "torn.ckpt").write_bytes(b"")
     (tmp_path / "foreign.ckpt").write_text("not a checkpoint")
     assert checkpoint_step(tmp_path / "torn.ckpt") is None and checkpoint_step(tmp_path / "foreign.ckpt") is None

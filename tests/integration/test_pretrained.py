@@ -23,9 +23,13 @@ TRAINER = {"accelerator": "cpu", "enable_progress_bar": False, "logger": False, 
 
 
 def task(path: str, **init_args) -> dict:
-    return {"class_path": "perceiver_lit.tasks.Classification",
-            "init_args": {"net": {"class_path": "perceiver_lit.models.pretrained", "init_args": {"path": path}},
-                          **init_args}}
+    return {
+        "class_path": "perceiver_lit.tasks.Classification",
+        "init_args": {
+            "net": {"class_path": "perceiver_lit.models.pretrained", "init_args": {"path": path}},
+            **init_args,
+        },
+    }
 
 
 def _untrained_warnings(recwarn) -> list[str]:
@@ -37,11 +41,23 @@ def test_predict_with_an_hf_folder_gives_hfs_probabilities_for_every_sample(jpeg
 
     hf = hf_image_model("PerceiverForImageClassificationConvProcessing", num_labels=3)
     hf.save_pretrained(tmp_path / "hf")
-    data_args = {"test_urls": jpeg_shards.test_urls, "image_size": 16, "num_classes": 3, "batch_size": 16,
-                 "num_workers": 0}
-    cfg = write_config(tmp_path, {"name": "pre", "trainer": TRAINER, "model": task(str(tmp_path / "hf")),
-                                  "data": {"class_path": "datamodules.image.ImageDataModule", "init_args": data_args}})
-    run_cli(["predict", "--config", cfg], cwd=tmp_path)       # no --ckpt_path: the weights come from the folder
+    data_args = {
+        "test_urls": jpeg_shards.test_urls,
+        "image_size": 16,
+        "num_classes": 3,
+        "batch_size": 16,
+        "num_workers": 0,
+    }
+    cfg = write_config(
+        tmp_path,
+        {
+            "name": "pre",
+            "trainer": TRAINER,
+            "model": task(str(tmp_path / "hf")),
+            "data": {"class_path": "datamodules.image.ImageDataModule", "init_args": data_args},
+        },
+    )
+    run_cli(["predict", "--config", cfg], cwd=tmp_path)  # no --ckpt_path: the weights come from the folder
     assert not _untrained_warnings(recwarn)
     rows = [json.loads(line) for line in (tmp_path / "runs/pre/predictions-rank0.jsonl").read_text().splitlines()]
     assert len(rows) == jpeg_shards.num_test
@@ -60,20 +76,23 @@ def test_predict_with_an_hf_folder_gives_hfs_probabilities_for_every_sample(jpeg
         expected = ref[r["key"]][r["classes"]]
         torch.testing.assert_close(torch.tensor(r["probs"]), expected, atol=1e-4, rtol=0)
         spread = max(spread, float(expected.max() - expected.min()))
-    assert spread > 0.05                                            # the probabilities differ: a real comparison
+    assert spread > 0.05  # the probabilities differ: a real comparison
 
 
-def test_fine_tune_a_new_head_with_a_frozen_adapter_then_reuse_the_checkpoint(fashion_shards, tmp_path, capsys,
-                                                                               recwarn):
+def test_fine_tune_a_new_head_with_a_frozen_adapter_then_reuse_the_checkpoint(
+    fashion_shards, tmp_path, capsys, recwarn
+):
     # An RGB 16x16 conv model with 5 classes, fine-tuned on grayscale 28x28 Fashion-MNIST with 10 classes.
     hf = hf_image_model("PerceiverForImageClassificationConvProcessing", num_labels=5)
     hf.save_pretrained(tmp_path / "hf")
     start = pretrained(str(tmp_path / "hf"), num_classes=10, input_shape=(28, 28, 1)).state_dict()
     capsys.readouterr()
-    config = {"name": "ft", "trainer": {**TRAINER, "max_epochs": 1, "limit_val_batches": 1},
-              "model": task(str(tmp_path / "hf"), freeze=["adapter.*"], body_lr_scale=0.1, lr=1e-2,
-                            schedule="constant"),
-              "data": fashion_data(fashion_shards, batch_size=50, samples_per_epoch=100)}
+    config = {
+        "name": "ft",
+        "trainer": {**TRAINER, "max_epochs": 1, "limit_val_batches": 1},
+        "model": task(str(tmp_path / "hf"), freeze=["adapter.*"], body_lr_scale=0.1, lr=1e-2, schedule="constant"),
+        "data": fashion_data(fashion_shards, batch_size=50, samples_per_epoch=100),
+    }
     fit = run_cli(["fit", "--config", write_config(tmp_path, config)], cwd=tmp_path)
     out = capsys.readouterr().out
     assert fit.trainer.global_step == 2
@@ -87,7 +106,7 @@ def test_fine_tune_a_new_head_with_a_frozen_adapter_then_reuse_the_checkpoint(fa
     assert "adapter.prep.0.weight" in adapter and "adapter.prep.1.running_mean" in adapter
     for k in adapter:  # frozen: bit-identical, BatchNorm statistics included
         assert torch.equal(trained[k], start[k]), k
-    assert not torch.equal(trained["latents"], start["latents"])    # the body trained
+    assert not torch.equal(trained["latents"], start["latents"])  # the body trained
     assert not torch.equal(trained["head.weight"], start["head.weight"])
 
     # The fine-tuned checkpoint is a pretrained net itself: evaluated without --ckpt_path, and without a warning.
@@ -96,8 +115,12 @@ def test_fine_tune_a_new_head_with_a_frozen_adapter_then_reuse_the_checkpoint(fa
     assert net.training
     for k, v in net.state_dict().items():
         assert torch.equal(v, trained[k]), k
-    config = {"name": "ev", "trainer": {**TRAINER, "limit_val_batches": 2}, "model": task(last),
-              "data": fashion_data(fashion_shards, batch_size=50)}
+    config = {
+        "name": "ev",
+        "trainer": {**TRAINER, "limit_val_batches": 2},
+        "model": task(last),
+        "data": fashion_data(fashion_shards, batch_size=50),
+    }
     val = run_cli(["validate", "--config", write_config(tmp_path, config, "ev.yaml")], cwd=tmp_path)
     assert not _untrained_warnings(recwarn)
     assert 0.0 <= float(val.trainer.callback_metrics["val/acc1"]) <= 1.0
@@ -106,25 +129,47 @@ def test_fine_tune_a_new_head_with_a_frozen_adapter_then_reuse_the_checkpoint(fa
 def test_sequence_classification_trains_through_classification_on_the_text_data_module(fortune_shards, tmp_path):
     hf = hf_text_classifier(num_labels=3, max_position_embeddings=128)
     hf.save_pretrained(tmp_path / "hf")
-    data = {"class_path": "datamodules.text.TextDataModule",
-            "init_args": {"train_urls": fortune_shards.train_urls, "val_urls": fortune_shards.val_urls,
-                          "max_length": 96, "num_classes": 3, "batch_size": 8, "num_workers": 0,
-                          "samples_per_epoch": 16, "mix_batches": 1}}
-    config = {"name": "text", "trainer": {**TRAINER, "max_epochs": 1, "limit_val_batches": 1},
-              "model": task(str(tmp_path / "hf"), lr=1e-3, schedule="constant"), "data": data}
+    data = {
+        "class_path": "datamodules.text.TextDataModule",
+        "init_args": {
+            "train_urls": fortune_shards.train_urls,
+            "val_urls": fortune_shards.val_urls,
+            "max_length": 96,
+            "num_classes": 3,
+            "batch_size": 8,
+            "num_workers": 0,
+            "samples_per_epoch": 16,
+            "mix_batches": 1,
+        },
+    }
+    config = {
+        "name": "text",
+        "trainer": {**TRAINER, "max_epochs": 1, "limit_val_batches": 1},
+        "model": task(str(tmp_path / "hf"), lr=1e-3, schedule="constant"),
+        "data": data,
+    }
     fit = run_cli(["fit", "--config", write_config(tmp_path, config)], cwd=tmp_path)
     assert fit.trainer.global_step == 2
     assert math.isfinite(float(fit.trainer.callback_metrics["train/loss"]))
-    assert fit.model.net.adapter.pos.embeddings.shape == (128, 16)   # HF's 128 positions kept for 96-byte texts
+    assert fit.model.net.adapter.pos.embeddings.shape == (128, 16)  # HF's 128 positions kept for 96-byte texts
 
 
 def test_a_bad_path_through_the_cli_fails_naming_it_before_training(fashion_shards, tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    for path, message in [(tmp_path / "nope.pt", r"nope.pt does not exist; expected a file written by "
-                                                 r"perceiver-lit-convert"),
-                          (tmp_path / "other.pt", r"other.pt is none of the known kinds")]:
-        config = {"name": "bad", "trainer": {**TRAINER, "max_epochs": 1}, "model": task(str(path)),
-                  "data": fashion_data(fashion_shards, batch_size=50)}
+    for path, message in [
+        (
+            tmp_path / "nope.pt",
+            r"nope.pt does not exist; expected a file written by "
+            r"perceiver-lit-convert",
+        ),
+        (tmp_path / "other.pt", r"other.pt is none of the known kinds"),
+    ]:
+        config = {
+            "name": "bad",
+            "trainer": {**TRAINER, "max_epochs": 1},
+            "model": task(str(path)),
+            "data": fashion_data(fashion_shards, batch_size=50),
+        }
         with pytest.raises(ValueError, match=message):  # jsonargparse reports the net's error inside its own
             run_cli(["fit", "--config", write_config(tmp_path, config)], cwd=tmp_path)
         assert not (tmp_path / "runs" / "bad" / "checkpoints").exists()

@@ -22,9 +22,11 @@ def stand_in(path: str, tmp_path: Path, shards) -> str:  # noqa: F811
     """A small model of the family `path` names."""
     from tests.unit.test_convert import hf_image_model, hf_mlm
 
-    hf_classes = {"vision-perceiver-fourier": "PerceiverForImageClassificationFourier",
-                  "vision-perceiver-learned": "PerceiverForImageClassificationLearned",
-                  "vision-perceiver-conv": "PerceiverForImageClassificationConvProcessing"}
+    hf_classes = {
+        "vision-perceiver-fourier": "PerceiverForImageClassificationFourier",
+        "vision-perceiver-learned": "PerceiverForImageClassificationLearned",
+        "vision-perceiver-conv": "PerceiverForImageClassificationConvProcessing",
+    }
     out = tmp_path / "weights"
     if path in hf_classes:
         hf_image_model(hf_classes[path]).save_pretrained(out)
@@ -65,9 +67,11 @@ def test_pretrained_recipe_runs(config: Path, shards, tmp_path: Path, recwarn): 
         for split in ("train", "val", "test"):
             assert glob.glob(str(tmp_path / "fm5" / f"{split}-*.tar")), split
         last = len(glob.glob(str(tmp_path / "fm5" / "train-*.tar"))) - 1
-        over["data"]["init_args"].update(train_urls=str(tmp_path / "fm5" / f"train-{{000000..{last:06d}}}.tar"),
-                                         val_urls=str(tmp_path / "fm5" / "val-000000.tar"),
-                                         test_urls=str(tmp_path / "fm5" / "test-000000.tar"))
+        over["data"]["init_args"].update(
+            train_urls=str(tmp_path / "fm5" / f"train-{{000000..{last:06d}}}.tar"),
+            val_urls=str(tmp_path / "fm5" / "val-000000.tar"),
+            test_urls=str(tmp_path / "fm5" / "test-000000.tar"),
+        )
     args = ["--config", str(config), "--config", write_config(tmp_path, over, "smoke.yaml")]
     if "train_urls" in cfg["data"]["init_args"]:
         cli = PerceiverCLI(args=["fit", *args])

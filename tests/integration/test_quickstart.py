@@ -29,16 +29,35 @@ def test_quickstart_script_trains_and_tests_the_model_it_trained(tmp_path):
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"an earlier run's checkpoint")
     os.utime(stale, (1, 1))
-    env = {**os.environ, "PYTHON": sys.executable, "DATA_DIR": str(data), "RUN_DIR": str(run),
-           "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline",
-           # a few shards: 950 train (4 shards), 50 val, 1,000 test (4 shards)
-           "SHARDS_ARGS": "--maxcount 250 --val-fraction 0.05 --limit 1000 --no-progress"}
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "DATA_DIR": str(data),
+        "RUN_DIR": str(run),
+        "PYTHONPATH": str(ROOT),
+        "WANDB_MODE": "offline",
+        # a few shards: 950 train (4 shards), 50 val, 1,000 test (4 shards)
+        "SHARDS_ARGS": "--maxcount 250 --val-fraction 0.05 --limit 1000 --no-progress",
+    }
     # The budget: 200 steps of the shipped config (~10 s on a quiet 2-core CPU); epochs of 500 steps (resampled
     # from the 4 train shards), so max_steps ends the fit before any validation and no new best.ckpt is written.
-    budget = ["--trainer.max_steps", "200", "--data.init_args.samples_per_epoch", "32000",
-              "--trainer.enable_progress_bar", "false"]
-    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "quickstart.sh"), *budget], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    budget = [
+        "--trainer.max_steps",
+        "200",
+        "--data.init_args.samples_per_epoch",
+        "32000",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "quickstart.sh"), *budget],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=900)
     finally:

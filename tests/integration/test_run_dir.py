@@ -27,8 +27,15 @@ def _config(shards, name: str = "run", epochs: int = 1, **model_args) -> dict:
     model["init_args"].update(model_args)
     return {
         "name": name,
-        "trainer": {"accelerator": "cpu", "max_epochs": epochs, "limit_val_batches": 1, "num_sanity_val_steps": 0,
-                    "logger": False, "enable_progress_bar": False, "enable_model_summary": False},
+        "trainer": {
+            "accelerator": "cpu",
+            "max_epochs": epochs,
+            "limit_val_batches": 1,
+            "num_sanity_val_steps": 0,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
         "model": model,
         "data": fashion_data(shards, batch_size=50, samples_per_epoch=100),  # 2 steps per epoch
     }
@@ -49,8 +56,14 @@ def test_second_fit_into_a_used_run_dir_replaces_best_and_last(fashion_shards, t
     cli = str(Path(sys.executable).parent / "perceiver-lit")
 
     def fit(*extra: str) -> None:
-        proc = subprocess.run([cli, "fit", "--config", str(cfg), *extra], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)
+        proc = subprocess.run(
+            [cli, "fit", "--config", str(cfg), *extra],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
     fit()
@@ -100,12 +113,38 @@ def test_resume_with_other_model_settings_is_refused_naming_each_key(trained, tm
     before = last.read_bytes()
     key = r"model\.init_args\.net\.init_args\.num_latents: checkpoint 32, now 16"
     with pytest.raises(RunDirError, match=key + r".*start a new run instead: drop --ckpt_path.*--init_weights"):
-        run_cli(["fit", "--config", cfg, "--trainer.max_epochs", "2", "--ckpt_path", str(last),
-                 "--model.init_args.net.init_args.num_latents", "16"], cwd=tmp_path)
+        run_cli(
+            [
+                "fit",
+                "--config",
+                cfg,
+                "--trainer.max_epochs",
+                "2",
+                "--ckpt_path",
+                str(last),
+                "--model.init_args.net.init_args.num_latents",
+                "16",
+            ],
+            cwd=tmp_path,
+        )
     # a changed lr is refused too, by `--ckpt_path last` (resolved by Lightning, checked when loaded); both keys named
     with pytest.raises(RunDirError, match=r"model\.init_args\.lr: checkpoint 0\.003, now 0\.1; " + key):
-        run_cli(["fit", "--config", cfg, "--trainer.max_epochs", "2", "--ckpt_path", "last",
-                 "--model.init_args.lr", "0.1", "--model.init_args.net.init_args.num_latents", "16"], cwd=tmp_path)
+        run_cli(
+            [
+                "fit",
+                "--config",
+                cfg,
+                "--trainer.max_epochs",
+                "2",
+                "--ckpt_path",
+                "last",
+                "--model.init_args.lr",
+                "0.1",
+                "--model.init_args.net.init_args.num_latents",
+                "16",
+            ],
+            cwd=tmp_path,
+        )
     assert last.read_bytes() == before  # nothing trained
     saved = (run / "config.yaml").read_text()
     assert "num_latents: 32" in saved and "lr: 0.003" in saved  # config.yaml still describes the run
@@ -120,17 +159,46 @@ def test_resume_applies_runtime_settings_and_new_run_from_weights(trained, tmp_p
     cfg, run = _copy_run(trained, tmp_path)
     last = run / "checkpoints" / "last.ckpt"
     caplog.set_level(logging.INFO)
-    cli = run_cli(["fit", "--config", cfg, "--trainer.max_epochs", "2", "--ckpt_path", str(last),
-                   "--model.init_args.net.init_args.activation_checkpointing", "true"], cwd=tmp_path)
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            cfg,
+            "--trainer.max_epochs",
+            "2",
+            "--ckpt_path",
+            str(last),
+            "--model.init_args.net.init_args.activation_checkpointing",
+            "true",
+        ],
+        cwd=tmp_path,
+    )
     assert cli.trainer.global_step == 4
-    assert any("changed runtime settings, applied: model.init_args.net.init_args.activation_checkpointing: "
-               "checkpoint False, now True" in r.getMessage() for r in caplog.records)
+    assert any(
+        "changed runtime settings, applied: model.init_args.net.init_args.activation_checkpointing: "
+        "checkpoint False, now True" in r.getMessage()
+        for r in caplog.records
+    )
     assert _load(last)["hyper_parameters"]["net"]["init_args"]["activation_checkpointing"] is True
     assert not (tmp_path / "runs" / "run.previous").exists()  # a resume continues the run that is there
 
     weights = _load(last)["state_dict"]
-    new = run_cli(["fit", "--config", cfg, "--name", "new", "--init_weights", str(last), "--model.init_args.lr",
-                   "0.1", "--trainer.max_steps", "0"], cwd=tmp_path)
+    new = run_cli(
+        [
+            "fit",
+            "--config",
+            cfg,
+            "--name",
+            "new",
+            "--init_weights",
+            str(last),
+            "--model.init_args.lr",
+            "0.1",
+            "--trainer.max_steps",
+            "0",
+        ],
+        cwd=tmp_path,
+    )
     torch.testing.assert_close(new.model.state_dict()["net.latents"], weights["net.latents"])
     assert new.trainer.global_step == 0 and new.model.hparams.lr == 0.1
 
@@ -142,8 +210,10 @@ def test_evaluating_a_checkpoint_runs_the_configured_model_or_says_why_not(train
     cfg, run = _copy_run(trained, tmp_path)
     best = str(run / "checkpoints" / "best.ckpt")
     with pytest.raises(RunDirError, match=r"num_latents: checkpoint 32, now 16\); validate it with the config"):
-        run_cli(["validate", "--config", cfg, "--ckpt_path", best, "--model.init_args.net.init_args.num_latents", "16"],
-                cwd=tmp_path)
+        run_cli(
+            ["validate", "--config", cfg, "--ckpt_path", best, "--model.init_args.net.init_args.num_latents", "16"],
+            cwd=tmp_path,
+        )
     cli = run_cli(["validate", "--config", cfg, "--ckpt_path", best, "--model.init_args.lr", "0.1"], cwd=tmp_path)
     assert cli.model.net.latents.shape[0] == 32 and cli.model.hparams.lr == 0.1  # lr is not used by evaluation
 
@@ -160,11 +230,18 @@ def test_second_live_fit_into_a_run_dir_is_refused_and_a_stale_lock_is_taken_ove
     try:
         from perceiver_lit.run_dir import _proc_start
 
-        lock = {"pid": first.pid, "host": socket.gethostname(), "start": _proc_start(first.pid),
-                "started": "2026-01-01 00:00:00"}
+        lock = {
+            "pid": first.pid,
+            "host": socket.gethostname(),
+            "start": _proc_start(first.pid),
+            "started": "2026-01-01 00:00:00",
+        }
         (run / "run.lock").write_text(json.dumps(lock))
-        with pytest.raises(RunDirError, match=rf"in use by another fit: pid {first.pid} on host "
-                                              rf"{socket.gethostname()}"):
+        with pytest.raises(
+            RunDirError,
+            match=rf"in use by another fit: pid {first.pid} on host "
+            rf"{socket.gethostname()}",
+        ):
             run_cli(["fit", "--config", cfg], cwd=tmp_path)
         assert json.loads((run / "run.lock").read_text())["pid"] == first.pid  # the first run's lock is kept
         assert (run / "checkpoints" / "last.ckpt").is_file()  # and its outputs
@@ -195,8 +272,14 @@ def test_lock_is_stale_after_a_slurm_requeue_on_another_node(tmp_path, monkeypat
 
 def _perceiver_lit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, "-m", "perceiver_lit.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "perceiver_lit.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_ckpt_path_that_is_not_a_checkpoint_says_so_in_one_line(trained, tmp_path):
@@ -206,8 +289,9 @@ def test_ckpt_path_that_is_not_a_checkpoint_says_so_in_one_line(trained, tmp_pat
     bad.write_text("epoch: 3\n")
     out = _perceiver_lit("fit", "--config", cfg, "--ckpt_path", str(bad), cwd=tmp_path)
     assert out.returncode != 0
-    assert out.stderr.strip().splitlines()[-1] == (f"perceiver-lit: error: {bad} is not a perceiver-lit or Lightning "
-                                                   "checkpoint (not a torch.save file)")
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"perceiver-lit: error: {bad} is not a perceiver-lit or Lightning checkpoint (not a torch.save file)"
+    )
     assert "Traceback" not in out.stderr and "weights_only" not in out.stderr + out.stdout
     assert not (tmp_path / "runs").exists()  # nothing that looks like a run
 
@@ -289,8 +373,9 @@ def test_fit_that_fails_before_its_first_step_leaves_no_run_behind(fashion_shard
 def test_ddp_fit_takes_one_lock_and_ranks_above_zero_do_not_refuse_it(trained, tmp_path):
     """issue 20.3 under DDP: rank 0 locks the run; rank 1 (started by Lightning from the same command) must run."""
     _, cfg, _ = trained
-    out = _perceiver_lit("fit", "--config", cfg, "--name", "ddp", "--trainer.strategy", "ddp", "--trainer.devices", "2",
-                         cwd=tmp_path)
+    out = _perceiver_lit(
+        "fit", "--config", cfg, "--name", "ddp", "--trainer.strategy", "ddp", "--trainer.devices", "2", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     run = tmp_path / "runs" / "ddp"
     assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 1  # 100 samples, 50 per step, 2 ranks
@@ -307,8 +392,20 @@ def test_eval_that_fails_before_its_first_batch_leaves_nothing_of_its_own(traine
     shutil.copytree(run, tmp_path / "runs" / "run")
     before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "runs").rglob("*"))
     with pytest.raises(DataError) as failed:
-        run_cli(["test", "--config", cfg, "--trainer.logger", "true", "--ckpt_path", "last",
-                 "--data.init_args.test_urls", str(tmp_path / "missing-000000.tar")], cwd=tmp_path)
+        run_cli(
+            [
+                "test",
+                "--config",
+                cfg,
+                "--trainer.logger",
+                "true",
+                "--ckpt_path",
+                "last",
+                "--data.init_args.test_urls",
+                str(tmp_path / "missing-000000.tar"),
+            ],
+            cwd=tmp_path,
+        )
     assert "missing-000000.tar" in str(failed.value)
     wandb.finish()  # whatever W&B still had to write is written now
     assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "runs").rglob("*")) == before

@@ -35,12 +35,21 @@ VENV = str(Path(sys.prefix) if (Path(sys.prefix) / "bin" / "activate").exists() 
 TRACEBACK = re.compile(r"Traceback|ConnectionResetError|BrokenPipeError|socket\.send\(\) raised")
 
 
-def submit(cluster: SlurmCluster, tmp: Path, shards: object, max_steps: int, extra: str = "", nodes: int = 2,
-           run_dir: Path | None = None, log: Path | None = None) -> tuple[str, Path]:
+def submit(
+    cluster: SlurmCluster,
+    tmp: Path,
+    shards: object,
+    max_steps: int,
+    extra: str = "",
+    nodes: int = 2,
+    run_dir: Path | None = None,
+    log: Path | None = None,
+) -> tuple[str, Path]:
     """Submit train.sbatch for `nodes` x 1 CPU task with ddp.yaml as shipped (bf16-mixed) and W&B offline;
     returns (job id, its log file)."""
-    config = tiny_fit_config(tmp / "tiny.yaml", shards, max_steps=max_steps, log_dir=tmp, logger="wandb",
-                             precision=None)
+    config = tiny_fit_config(
+        tmp / "tiny.yaml", shards, max_steps=max_steps, log_dir=tmp, logger="wandb", precision=None
+    )
     env = {
         "CONFIGS": f"{QUICKSTART} {REPO / 'configs/trainer/ddp.yaml'} {config}",
         # The only override of the preset: this machine has no GPU. bf16-mixed runs as CPU autocast.
@@ -54,9 +63,19 @@ def submit(cluster: SlurmCluster, tmp: Path, shards: object, max_steps: int, ext
     if run_dir is not None:
         env["RUN_DIR"] = str(run_dir)
     log = log or tmp / "job.out"
-    job = cluster.sbatch("--job-name=plit-test", f"--partition={cluster.partition}", f"--nodes={nodes}",
-                         "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=5",
-                         f"--output={log}", f"--chdir={tmp}", str(SBATCH), env=env)
+    job = cluster.sbatch(
+        "--job-name=plit-test",
+        f"--partition={cluster.partition}",
+        f"--nodes={nodes}",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=0",
+        "--cpus-per-task=1",
+        "--time=5",
+        f"--output={log}",
+        f"--chdir={tmp}",
+        str(SBATCH),
+        env=env,
+    )
     return job, log
 
 
@@ -74,10 +93,12 @@ def _wait_for(what: str, cond, timeout: float, cluster: SlurmCluster, job: str, 
     deadline = time.monotonic() + timeout
     while not cond():
         info = cluster.job(job)
-        assert info.get("JobState") in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"), \
+        assert info.get("JobState") in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"), (
             f"{what}: job is {info.get('JobState')}\n{log.read_text()[-4000:] if log.exists() else ''}" + cluster.logs()
-        assert time.monotonic() < deadline, f"{what} after {timeout}s: {info}\n" + (
-            log.read_text()[-4000:] if log.exists() else "") + cluster.logs()
+        )
+        assert time.monotonic() < deadline, (
+            f"{what} after {timeout}s: {info}\n" + (log.read_text()[-4000:] if log.exists() else "") + cluster.logs()
+        )
         time.sleep(0.3)
 
 
@@ -86,12 +107,18 @@ def _requeued(cluster: SlurmCluster, job: str, restarts: int) -> bool:
     return int(info.get("Restarts", 0)) >= restarts and info["JobState"] == "PENDING"
 
 
-def test_train_sbatch_requeued_twice_resumes_from_the_newest_checkpoint(slurm_cluster: SlurmCluster, fashion_shards,
-                                                                        tmp_path: Path) -> None:
+def test_train_sbatch_requeued_twice_resumes_from_the_newest_checkpoint(
+    slurm_cluster: SlurmCluster, fashion_shards, tmp_path: Path
+) -> None:
     max_steps = 3 * STEPS_PER_EPOCH  # both signals land mid-training: the first after step 4, the second ~4 later
     # Checkpoint defers periodic saves until its monitor (val/acc1) exists: validate early so last.ckpt comes soon.
-    job, log = submit(slurm_cluster, tmp_path, fashion_shards, max_steps=max_steps,
-                      extra="--checkpoint.every_n_train_steps 3 --trainer.val_check_interval 4")
+    job, log = submit(
+        slurm_cluster,
+        tmp_path,
+        fashion_shards,
+        max_steps=max_steps,
+        extra="--checkpoint.every_n_train_steps 3 --trainer.val_check_interval 4",
+    )
     run = run_dir(tmp_path, job)
     last, hpc = run / "checkpoints" / "last.ckpt", run / "hpc_ckpt_1.ckpt"
 
@@ -106,11 +133,13 @@ def test_train_sbatch_requeued_twice_resumes_from_the_newest_checkpoint(slurm_cl
     slurm_cluster.release(job)
 
     # 2. Once the restarted job has passed k1 (a periodic last.ckpt beyond it), `scontrol requeue`: SIGTERM.
-    _wait_for("restart 1 never trained past the hpc checkpoint",
-              lambda: _step(last) > k1 + 3, 240, slurm_cluster, job, log)
+    _wait_for(
+        "restart 1 never trained past the hpc checkpoint", lambda: _step(last) > k1 + 3, 240, slurm_cluster, job, log
+    )
     slurm_cluster.run("scontrol", "requeue", job)
-    _wait_for("not requeued after scontrol requeue", lambda: _requeued(slurm_cluster, job, 2), 90, slurm_cluster,
-              job, log)
+    _wait_for(
+        "not requeued after scontrol requeue", lambda: _requeued(slurm_cluster, job, 2), 90, slurm_cluster, job, log
+    )
     out = log.read_text()
     m = re.search(r"Preempted at global step (\d+): saved (\S+)", out)
     assert m and m.group(2) == str(last), out[-4000:]
@@ -155,8 +184,7 @@ def test_train_sbatch_requeued_twice_resumes_from_the_newest_checkpoint(slurm_cl
     assert not slurm_cluster.job_processes(), "the job left processes behind"
 
 
-def test_sigterm_under_slurm_then_ckpt_path_last(slurm_cluster: SlurmCluster, fashion_shards,
-                                                 tmp_path: Path) -> None:
+def test_sigterm_under_slurm_then_ckpt_path_last(slurm_cluster: SlurmCluster, fashion_shards, tmp_path: Path) -> None:
     max_steps = 2 * STEPS_PER_EPOCH
     # Checkpoint defers periodic saves until its monitor (val/acc1) exists: validate early so last.ckpt comes soon.
     periodic = "--checkpoint.every_n_train_steps 3 --trainer.val_check_interval 4"
@@ -171,8 +199,16 @@ def test_sigterm_under_slurm_then_ckpt_path_last(slurm_cluster: SlurmCluster, fa
     k = int(re.search(r"Preempted at global step (\d+)", out).group(1))
     assert _step(last) == k
 
-    job2, log2 = submit(slurm_cluster, tmp_path, fashion_shards, max_steps=max_steps, nodes=1, run_dir=run,
-                        extra=f"{periodic} --ckpt_path last", log=tmp_path / "job2.out")
+    job2, log2 = submit(
+        slurm_cluster,
+        tmp_path,
+        fashion_shards,
+        max_steps=max_steps,
+        nodes=1,
+        run_dir=run,
+        extra=f"{periodic} --ckpt_path last",
+        log=tmp_path / "job2.out",
+    )
     info = slurm_cluster.wait(job2, timeout=300)
     out2 = log2.read_text()
     assert info["JobState"] == "COMPLETED", f"{info}\n{out2[-4000:]}"
@@ -189,8 +225,9 @@ def test_sigterm_under_slurm_then_ckpt_path_last(slurm_cluster: SlurmCluster, fa
     assert not bad, "\n".join(bad)
 
 
-def test_sweep_sbatch_real_fit_trial_single_device_requeue(slurm_cluster: SlurmCluster, fashion_shards,
-                                                           tmp_path: Path) -> None:
+def test_sweep_sbatch_real_fit_trial_single_device_requeue(
+    slurm_cluster: SlurmCluster, fashion_shards, tmp_path: Path
+) -> None:
     """Array task i runs `perceiver-lit-sweep trial SWEEP_DIR i`: a real single-device `perceiver-lit fit` in
     SWEEP_DIR/trial-<i>. SIGUSR1 goes through PreemptionCheckpoint (SingleDeviceStrategy has no
     cluster_environment of its own), which saves at a step boundary with RNG states and requeues; the trial
@@ -199,24 +236,53 @@ def test_sweep_sbatch_real_fit_trial_single_device_requeue(slurm_cluster: SlurmC
     from perceiver_lit.sweeps.spec import parse_spec
 
     max_steps = 150  # one rank, batch 16: 25 steps per epoch; long enough that USR1 lands mid-training
-    config = tiny_fit_config(tmp_path / "tiny.yaml", fashion_shards, max_steps=max_steps, log_dir=tmp_path,
-                             logger="wandb", precision=None)  # quickstart's own precision
-    spec = parse_spec({"name": "slurm-test", "method": "grid", "metric": {"name": "val/acc1", "goal": "maximize"},
-                       "parameters": {"model.init_args.net.init_args.num_latents": {"values": [16]}},
-                       "command": ["perceiver-lit", "fit", "--config", str(QUICKSTART), "--config", str(config),
-                                   "--checkpoint.every_n_train_steps=3", "--trainer.val_check_interval=4",
-                                   "${args}"]})
+    config = tiny_fit_config(
+        tmp_path / "tiny.yaml", fashion_shards, max_steps=max_steps, log_dir=tmp_path, logger="wandb", precision=None
+    )  # quickstart's own precision
+    spec = parse_spec(
+        {
+            "name": "slurm-test",
+            "method": "grid",
+            "metric": {"name": "val/acc1", "goal": "maximize"},
+            "parameters": {"model.init_args.net.init_args.num_latents": {"values": [16]}},
+            "command": [
+                "perceiver-lit",
+                "fit",
+                "--config",
+                str(QUICKSTART),
+                "--config",
+                str(config),
+                "--checkpoint.every_n_train_steps=3",
+                "--trainer.val_check_interval=4",
+                "${args}",
+            ],
+        }
+    )
     sweep = tmp_path / "sweep"
     (trial,) = prepare(spec, sweep)
-    job = slurm_cluster.sbatch("--array=0", f"--partition={slurm_cluster.partition}", "--gpus-per-node=0",
-                               "--cpus-per-task=1", "--time=5", f"--output={tmp_path}/%A_%a.out",
-                               f"--chdir={tmp_path}", str(REPO / "sbatch" / "sweep.sbatch"), str(sweep),
-                               env={"VENV": VENV, "WANDB_MODE": "offline"})
+    job = slurm_cluster.sbatch(
+        "--array=0",
+        f"--partition={slurm_cluster.partition}",
+        "--gpus-per-node=0",
+        "--cpus-per-task=1",
+        "--time=5",
+        f"--output={tmp_path}/%A_%a.out",
+        f"--chdir={tmp_path}",
+        str(REPO / "sbatch" / "sweep.sbatch"),
+        str(sweep),
+        env={"VENV": VENV, "WANDB_MODE": "offline"},
+    )
     task = f"{job}_0"
     log = tmp_path / f"{job}_0.out"
     trial_log = trial / "log.txt"
-    _wait_for("trial never reached its first checkpoint", (trial / "checkpoints" / "last.ckpt").exists, 240,
-              slurm_cluster, task, trial_log)
+    _wait_for(
+        "trial never reached its first checkpoint",
+        (trial / "checkpoints" / "last.ckpt").exists,
+        240,
+        slurm_cluster,
+        task,
+        trial_log,
+    )
     slurm_cluster.run("scancel", "--signal=USR1", task)
     _wait_for("trial not requeued", lambda: _requeued(slurm_cluster, task, 1), 90, slurm_cluster, task, trial_log)
     text = trial_log.read_text()

@@ -17,8 +17,16 @@ from perceiver_lit.sweeps.spec import build_command, expand, load_spec
 pytestmark = pytest.mark.integration
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SWEEPS = sorted(glob.glob(os.path.join(ROOT, "configs", "sweeps", "*.yaml")))
-ABLATIONS = ["num_latents", "latent_width", "cross_attends", "self_attends", "weight_sharing", "fourier",
-             "positions", "permutation"]
+ABLATIONS = [
+    "num_latents",
+    "latent_width",
+    "cross_attends",
+    "self_attends",
+    "weight_sharing",
+    "fourier",
+    "positions",
+    "permutation",
+]
 
 
 def test_every_ablation_has_a_local_and_an_imagenet_sweep():

@@ -22,11 +22,15 @@ def test_local_sweep_with_extra_arguments_then_report(fashion_shards, tmp_path, 
     monkeypatch.chdir(ROOT)  # the spec names configs/quickstart.yaml relative to the repo, as a user runs it
     monkeypatch.setenv("WANDB_MODE", "offline")
     sweep_dir = tmp_path / "sw"
-    extra = [f"--data.init_args.train_urls={fashion_shards.train_urls}",
-             f"--data.init_args.val_urls={fashion_shards.test_urls.replace('{000000..000003}', '000000')}",
-             "--data.init_args.samples_per_epoch=64", "--data.init_args.batch_size=32",
-             "--trainer.max_epochs=1", "--trainer.max_steps=2",  # the spec says 2 epochs of 15,360 samples
-             "--trainer.log_every_n_steps=1"]
+    extra = [
+        f"--data.init_args.train_urls={fashion_shards.train_urls}",
+        f"--data.init_args.val_urls={fashion_shards.test_urls.replace('{000000..000003}', '000000')}",
+        "--data.init_args.samples_per_epoch=64",
+        "--data.init_args.batch_size=32",
+        "--trainer.max_epochs=1",
+        "--trainer.max_steps=2",  # the spec says 2 epochs of 15,360 samples
+        "--trainer.log_every_n_steps=1",
+    ]
     rc = main(["run", "configs/sweeps/local_num_latents.yaml", "--dir", str(sweep_dir), "--trials", "2", "--", *extra])
     out = capsys.readouterr().out
     assert rc == 0, out + "".join((sweep_dir / f"trial-{i}" / "log.txt").read_text()[-3000:] for i in range(2))
@@ -53,7 +57,9 @@ def test_local_sweep_with_extra_arguments_then_report(fashion_shards, tmp_path, 
     assert main(["report", str(sweep_dir), "--out", str(tmp_path / "rep"), "--metric", "val/loss"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "rep" / "report.csv")))
     assert [(r["trial"], r["status"], r["model.init_args.net.init_args.num_latents"]) for r in rows] == [
-        ("0", "done", "8"), ("1", "done", "16")]
+        ("0", "done", "8"),
+        ("1", "done", "16"),
+    ]
     assert all(0 < float(r["val/loss"]) < 10 and 0 <= float(r["val/acc1"]) <= 1 for r in rows)
     best = min(rows, key=lambda r: float(r["val/loss"]))["trial"]
     md = (tmp_path / "rep" / "report.md").read_text()

@@ -32,9 +32,16 @@ def test_slurm_array_task_ids_map_to_trials(slurm_cluster, tmp_path, monkeypatch
         pytest.fail(f"{SCRIPT} is missing (the cluster pieces provide it)")
     (tmp_path / "prog.py").write_text(PROGRAM)
     spec = tmp_path / "s.yaml"
-    spec.write_text(json.dumps({"method": "grid", "program": str(tmp_path / "prog.py"),
-                                "parameters": {"x": {"values": [10, 20, 30, 40]}},
-                                "command": ["${interpreter}", "${program}", "${args}"]}))
+    spec.write_text(
+        json.dumps(
+            {
+                "method": "grid",
+                "program": str(tmp_path / "prog.py"),
+                "parameters": {"x": {"values": [10, 20, 30, 40]}},
+                "command": ["${interpreter}", "${program}", "${args}"],
+            }
+        )
+    )
     sweep_dir = tmp_path / "sweep"
     # The jobs must find this venv's perceiver-lit-sweep and the test cluster (SLURM_CONF) in their environment.
     for k, v in slurm_cluster.env.items():
@@ -50,8 +57,17 @@ def test_slurm_array_task_ids_map_to_trials(slurm_cluster, tmp_path, monkeypatch
     (sweep_dir / "trial-2" / "done").write_text("{}")
 
     # The script's #SBATCH defaults are for a GPU cluster; the test cluster has partition `debug` and no GPUs.
-    run = ["run", str(spec), "--dir", str(sweep_dir), "--slurm", f"--sbatch-arg=--partition={slurm_cluster.partition}",
-           "--sbatch-arg=--gpus-per-node=0", "--sbatch-arg=--cpus-per-task=1", "--sbatch-arg=--time=5"]
+    run = [
+        "run",
+        str(spec),
+        "--dir",
+        str(sweep_dir),
+        "--slurm",
+        f"--sbatch-arg=--partition={slurm_cluster.partition}",
+        "--sbatch-arg=--gpus-per-node=0",
+        "--sbatch-arg=--cpus-per-task=1",
+        "--sbatch-arg=--time=5",
+    ]
     assert sweep_main(run) == 0
     deadline = time.monotonic() + 120
     want = [sweep_dir / f"trial-{i}" / "ran.json" for i in (0, 1, 3)]

@@ -55,9 +55,34 @@ def test_writer_options_reach_the_shards(case, tmp_path, monkeypatch):
 
     monkeypatch.setattr(writer, "write_shards", recording)
     out = tmp_path / "out"
-    assert main(["synthetic", modality, "--out", str(out), "--num-samples", "6", "--val-fraction", "0.34",
-                 "--prefix", "synth", "--maxcount", "2", "--maxsize", "1", "--workers", "2", "--seed", "7",
-                 "--no-shuffle", "--no-progress", *extra]) == 0
+    assert (
+        main(
+            [
+                "synthetic",
+                modality,
+                "--out",
+                str(out),
+                "--num-samples",
+                "6",
+                "--val-fraction",
+                "0.34",
+                "--prefix",
+                "synth",
+                "--maxcount",
+                "2",
+                "--maxsize",
+                "1",
+                "--workers",
+                "2",
+                "--seed",
+                "7",
+                "--no-shuffle",
+                "--no-progress",
+                *extra,
+            ]
+        )
+        == 0
+    )
     options = {"maxcount": 2, "maxsize": 1, "workers": 2, "seed": 7, "shuffle": False, "progress": False}
     assert calls == [("synth", 4, options), (held_out, 2, options)]
     # On disk: the prefix names the training shards; --maxsize 1 puts each sample in its own shard (under
@@ -80,14 +105,34 @@ def test_documented_local_pointcloud_fit(tmp_path):
     shards_args = header.split("perceiver-lit-shards ", 1)[1].split()
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "WANDB_MODE": "offline"}
     bin_dir = Path(sys.executable).parent
-    shards = subprocess.run([str(bin_dir / "perceiver-lit-shards"), *shards_args, "--no-progress"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=600)
+    shards = subprocess.run(
+        [str(bin_dir / "perceiver-lit-shards"), *shards_args, "--no-progress"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert shards.returncode == 0, shards.stderr[-3000:]
     out = tmp_path / "data" / "synthetic" / "pointcloud"
     assert sorted(p.name for p in out.glob("*.tar")) == ["test-000000.tar"] + [f"train-{i:06d}.tar" for i in range(4)]
-    fit = subprocess.run([sys.executable, "-m", "perceiver_lit.cli", "fit", "--config", str(ROOT / "configs" / "local" /
-                          "pointcloud.yaml"), "--trainer.max_steps=2", "--trainer.limit_val_batches=1"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    fit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "perceiver_lit.cli",
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "local" / "pointcloud.yaml"),
+            "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert (tmp_path / "runs" / "local-pointcloud" / "checkpoints" / "last.ckpt").is_file()
     shutil.rmtree(out / "files")

@@ -12,8 +12,12 @@ import torch
 from PIL import Image
 
 from datamodules.image import FashionMNISTDataModule
-from perceiver_lit.callbacks.attention_maps import (AttentionMaps, cross_attention_weights, element_permutation,
-                                                    first_cross_attention)
+from perceiver_lit.callbacks.attention_maps import (
+    AttentionMaps,
+    cross_attention_weights,
+    element_permutation,
+    first_cross_attention,
+)
 from perceiver_lit.callbacks.grad_norm import GradNorm
 from perceiver_lit.callbacks.tables import PerClassTable, RunConfig
 from perceiver_lit.models import ImageAdapter, Perceiver
@@ -55,8 +59,15 @@ def wandb_history(run_dir: str) -> list[dict]:
 
 def tiny_perceiver(permute_seed=None, num_classes=10):
     adapter = ImageAdapter((28, 28, 1), num_frequency_bands=4, permute_seed=permute_seed)
-    return Perceiver(adapter, num_classes=num_classes, num_latents=8, latent_dim=16, num_cross_attends=1,
-                     num_self_attends_per_block=1, num_self_attention_heads=2)
+    return Perceiver(
+        adapter,
+        num_classes=num_classes,
+        num_latents=8,
+        latent_dim=16,
+        num_cross_attends=1,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=2,
+    )
 
 
 def test_recomputed_weights_match_sdpa_output():
@@ -66,9 +77,9 @@ def test_recomputed_weights_match_sdpa_output():
     layer = first_cross_attention(net)
     x, _ = net.adapter(torch.randn(2, 28, 28, 1))
     z = net.latents.expand(2, -1, -1)
-    w = cross_attention_weights(layer, z, x)                                          # (2, 8, 784)
+    w = cross_attention_weights(layer, z, x)  # (2, 8, 784)
     assert w.shape == (2, 8, 784) and torch.allclose(w.sum(-1), torch.ones(2, 8), atol=1e-5)
-    v = layer.to_kv(layer.norm_kv(x))[..., layer.qk_channels:]
+    v = layer.to_kv(layer.norm_kv(x))[..., layer.qk_channels :]
     q = layer.to_q(layer.norm_q(z))
     k = layer.to_kv(layer.norm_kv(x))[..., : layer.qk_channels]
     sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v)
@@ -102,18 +113,33 @@ def test_wandb_offline_run_has_attention_maps_and_tables(fashion_shards, tmp_pat
     from lightning.pytorch.loggers import WandbLogger
 
     pl.seed_everything(0)
-    dm = FashionMNISTDataModule(train_urls=fashion_shards.train_urls, val_urls=fashion_shards.test_urls,
-                                test_urls=fashion_shards.test_urls, batch_size=50, num_workers=0)
+    dm = FashionMNISTDataModule(
+        train_urls=fashion_shards.train_urls,
+        val_urls=fashion_shards.test_urls,
+        test_urls=fashion_shards.test_urls,
+        batch_size=50,
+        num_workers=0,
+    )
     task = Classification(tiny_perceiver(), num_classes=10, lr=1e-3, schedule="constant")
     # What perceiver-lit's SaveRunConfig leaves in the run directory; RunConfig puts it into the W&B config.
-    (tmp_path / "config.yaml").write_text("data:\n  class_path: datamodules.image.FashionMNISTDataModule\n"
-                                          "  init_args: {batch_size: 50, permute_seed: null}\n"
-                                          "trainer: {max_epochs: 1, gradient_clip_val: 1.0}\n")
+    (tmp_path / "config.yaml").write_text(
+        "data:\n  class_path: datamodules.image.FashionMNISTDataModule\n"
+        "  init_args: {batch_size: 50, permute_seed: null}\n"
+        "trainer: {max_epochs: 1, gradient_clip_val: 1.0}\n"
+    )
     logger = WandbLogger(project="perceiver-lit-test", save_dir=str(tmp_path), offline=True)
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, limit_test_batches=4,
-                         log_every_n_steps=1, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-                         callbacks=[AttentionMaps(num_latents=3, num_samples=2), PerClassTable(), GradNorm(), RunConfig()],
-                         default_root_dir=str(tmp_path))
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        limit_test_batches=4,
+        log_every_n_steps=1,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[AttentionMaps(num_latents=3, num_samples=2), PerClassTable(), GradNorm(), RunConfig()],
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(task, dm)
     trainer.test(task, dm)
     run_dir = logger.experiment.dir  # .../wandb/offline-run-*/files
@@ -159,13 +185,26 @@ def test_wandb_offline_run_has_attention_maps_and_tables(fashion_shards, tmp_pat
 
 
 def test_callbacks_are_noops_without_wandb(fashion_shards, tmp_path, caplog):
-    dm = FashionMNISTDataModule(train_urls=fashion_shards.train_urls, val_urls=fashion_shards.test_urls,
-                                test_urls=fashion_shards.test_urls, batch_size=50, num_workers=0)
+    dm = FashionMNISTDataModule(
+        train_urls=fashion_shards.train_urls,
+        val_urls=fashion_shards.test_urls,
+        test_urls=fashion_shards.test_urls,
+        batch_size=50,
+        num_workers=0,
+    )
     task = Classification(tiny_perceiver(), num_classes=10, schedule="constant")
     cbs = [AttentionMaps(), PerClassTable(), RunConfig()]
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, limit_test_batches=1,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=cbs,
-                         default_root_dir=str(tmp_path))
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        limit_test_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=cbs,
+        default_root_dir=str(tmp_path),
+    )
     with caplog.at_level("INFO"):
         trainer.fit(task, dm)
         trainer.test(task, dm)

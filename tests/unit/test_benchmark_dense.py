@@ -28,8 +28,21 @@ def test_dense_benchmark_memory_and_split_hf_decode(tmp_path):
     """One row with the peak-memory processes, HF decoding the clip in 2 calls: its outputs still equal ours."""
     from benchmarks.dense import main
 
-    result = main(["--toy", "--rounds", "1", "--warmup", "0", "--cases", "autoencoding_forward", "--hf-calls", "2",
-                   "--out-dir", str(tmp_path)])
+    result = main(
+        [
+            "--toy",
+            "--rounds",
+            "1",
+            "--warmup",
+            "0",
+            "--cases",
+            "autoencoding_forward",
+            "--hf-calls",
+            "2",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     (row,) = result["rows"]
     assert row["hf_calls"] == 2 and row["parity_ok"]
     assert row["hf_peak_bytes"] > 0 and row["ours_peak_bytes"] > 0 and row["model_bytes"] == 4 * row["params"]

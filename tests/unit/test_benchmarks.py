@@ -20,7 +20,11 @@ def test_peers_writes_matched_rows(results):
     out, res = results
     on_disk = json.loads((out / "peers.json").read_text())
     assert {(r["group"], r["impl"]) for r in on_disk["rows"]} == {
-        ("perceiver", "ours"), ("perceiver", "lucidrains"), ("perceiver_io", "ours"), ("perceiver_io", "hf")}
+        ("perceiver", "ours"),
+        ("perceiver", "lucidrains"),
+        ("perceiver_io", "ours"),
+        ("perceiver_io", "hf"),
+    }
     for r in on_disk["rows"]:
         assert r["samples_per_s"] > 0 and r["params"] > 0
     assert "| toy | perceiver | ours |" in (out / "peers.md").read_text()
@@ -29,8 +33,9 @@ def test_peers_writes_matched_rows(results):
 def test_peers_ceiling_row_is_our_model_on_16_inputs(tmp_path):
     """--ceiling times our model again on a 4 x 4 image (the latent side alone) next to the others; the summary
     judges only the real rows."""
-    res = peers.main(["--toy", "--rounds", "1", "--no-memory", "--out-dir", str(tmp_path), "--ceiling",
-                      "--groups", "perceiver"])
+    res = peers.main(
+        ["--toy", "--rounds", "1", "--no-memory", "--out-dir", str(tmp_path), "--ceiling", "--groups", "perceiver"]
+    )
     rows = {r["impl"]: r for r in res["rows"]}
     assert set(rows) == {"ours", "lucidrains", peers.CEILING_IMPL}
     assert rows[peers.CEILING_IMPL]["side"] == peers.CEILING_SIDE == 4 and rows["ours"]["side"] == 8
@@ -41,7 +46,7 @@ def test_peers_ceiling_row_is_our_model_on_16_inputs(tmp_path):
             layers = peers._encoder_cross_attends(model)
             assert layers and all(layer.absorb is True for layer in layers)
             layers[0].absorb = None  # left to choose by cost at 16 inputs, it would project them instead
-            assert not layers[0].absorbs(peers.CONFIGS[config]["latents"], peers.CEILING_SIDE ** 2)
+            assert not layers[0].absorbs(peers.CONFIGS[config]["latents"], peers.CEILING_SIDE**2)
     assert "): ceiling |" in (tmp_path / "peers.md").read_text()
     judged = [line for line in run.headline(str(tmp_path)) if "train step" in line]
     assert len(judged) == 1 and "| train step vs lucidrains (perceiver, toy, cpu, fp32, " in judged[0]
@@ -83,6 +88,7 @@ def test_peer_models_are_matched():
     assert [type(m) for m in ff[:3]] == [torch.nn.Linear, torch.nn.GELU, torch.nn.Linear]
     assert ff[0].out_features == cfg["width"]
     import perceiver_pytorch.perceiver_pytorch as lp
+
     assert lp.FeedForward.__module__ == "perceiver_pytorch.perceiver_pytorch"  # the patch was undone
 
 
@@ -94,8 +100,21 @@ def test_scaling_fits_slopes(results):
 
 
 def test_scaling_skips_transformer_over_the_memory_cap(tmp_path):
-    res = scaling.main(["--toy", "--rounds", "1", "--no-memory", "--sizes", "64", "256", "--out-dir", str(tmp_path),
-                        "--max-transformer-gib", "1e-6"])
+    res = scaling.main(
+        [
+            "--toy",
+            "--rounds",
+            "1",
+            "--no-memory",
+            "--sizes",
+            "64",
+            "256",
+            "--out-dir",
+            str(tmp_path),
+            "--max-transformer-gib",
+            "1e-6",
+        ]
+    )
     skipped = [r for r in res["rows"] if r["impl"] == "transformer"]
     assert skipped and all("cap" in r["skipped"] for r in skipped)
     assert "skipped" in (tmp_path / "scaling.md").read_text()
@@ -138,9 +157,22 @@ def test_peak_memory_in_a_fresh_process():
 
 def test_summary_collects_every_result(results):
     out, _ = results
-    (out / "time_to_accuracy.json").write_text(json.dumps({
-        "env": common.environment("cpu"), "extra_args": [], "returncode": 0, "wall_s": 500.0, "test_acc": 0.885,
-        "fit_s": 400, "test_s": 60, "total_s": 470, "goal_acc": 0.88, "reached_goal": True}))
+    (out / "time_to_accuracy.json").write_text(
+        json.dumps(
+            {
+                "env": common.environment("cpu"),
+                "extra_args": [],
+                "returncode": 0,
+                "wall_s": 500.0,
+                "test_acc": 0.885,
+                "fit_s": 400,
+                "test_s": 60,
+                "total_s": 470,
+                "goal_acc": 0.88,
+                "reached_goal": True,
+            }
+        )
+    )
     text = run.summary(str(out))
     assert "| train step vs lucidrains (perceiver, toy, cpu, " in text and "[peers]" in text
     assert "Perceiver time slope" in text and "utilization perceiver toy (cpu" in text
@@ -149,8 +181,7 @@ def test_summary_collects_every_result(results):
 
 
 def test_parse_quickstart_log():
-    log = ("...\n│ test/acc1 │ 0.8812 │\n==> [10:00:00] done: test accuracy 0.8812 | fit 420 s, test 35 s, "
-           "total 470 s\n")
+    log = "...\n│ test/acc1 │ 0.8812 │\n==> [10:00:00] done: test accuracy 0.8812 | fit 420 s, test 35 s, total 470 s\n"
     assert time_to_accuracy.parse_log(log) == {"fit_s": 420, "test_s": 35, "total_s": 470, "test_acc": 0.8812}
     assert time_to_accuracy.parse_log("test/acc1=88.5")["test_acc"] == pytest.approx(0.885)
     assert time_to_accuracy.parse_log("crashed") == {}

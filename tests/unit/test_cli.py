@@ -41,27 +41,35 @@ def test_permute_seed_is_linked(tmp_path):
     assert cli.model.net.adapter.pos.permute_seed == 7
     assert cli.model.hparams["net"]["init_args"]["adapter"]["init_args"]["permute_seed"] == 7
     assert ("permute_seed", "model.init_args.net.init_args.adapter.init_args.permute_seed") in plan_links(
-        prescan(["--config", str(tmp_path / "exp.yaml")])[0])
+        prescan(["--config", str(tmp_path / "exp.yaml")])[0]
+    )
 
 
 def test_contradicting_user_value_fails_naming_the_field(tmp_path):
     model = tiny_perceiver()
     model["init_args"]["net"]["init_args"]["num_classes"] = 7
-    with pytest.raises(ValueError, match=r"model\.init_args\.net\.init_args\.num_classes=7 contradicts "
-                                         r"data\.num_classes=10"):
+    with pytest.raises(
+        ValueError,
+        match=r"model\.init_args\.net\.init_args\.num_classes=7 contradicts "
+        r"data\.num_classes=10",
+    ):
         _cli(tmp_path, {"model": model, "data": FASHION})
 
 
 def test_net_without_adapter_gets_input_shape_directly(tmp_path):
-    model = {"class_path": "perceiver_lit.tasks.Classification",
-             "init_args": {"net": {"class_path": "tests.fixtures.training.TinyNet"}}}
+    model = {
+        "class_path": "perceiver_lit.tasks.Classification",
+        "init_args": {"net": {"class_path": "tests.fixtures.training.TinyNet"}},
+    }
     cli = _cli(tmp_path, {"model": model, "data": FASHION})
     assert cli.model.net.input_shape == (28, 28, 1) and cli.model.net.num_classes == 10
 
 
 def test_model_that_does_not_fit_the_data_fails_before_training(tmp_path):
-    model = {"class_path": "perceiver_lit.tasks.Classification",
-             "init_args": {"net": {"class_path": "tests.unit.test_cli.FixedWidthNet"}}}
+    model = {
+        "class_path": "perceiver_lit.tasks.Classification",
+        "init_args": {"net": {"class_path": "tests.unit.test_cli.FixedWidthNet"}},
+    }
     with pytest.raises(ValueError, match=r"does not fit the data: model\.init_args\.net \(FixedWidthNet\)"):
         _cli(tmp_path, {"model": model, "data": FASHION})
 
@@ -136,8 +144,19 @@ def test_default_logger_is_wandb_offline(tmp_path, monkeypatch):
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = write_config(tmp_path, {"model": tiny_perceiver(), "data": FASHION}, "exp.yaml")
-    cli = PerceiverCLI(args=["--config", cfg, "--trainer.default_root_dir", str(tmp_path / "run"),
-                             "--wandb.group", "g", "--wandb.tags", "[a, b]"], run=False)
+    cli = PerceiverCLI(
+        args=[
+            "--config",
+            cfg,
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            "--wandb.group",
+            "g",
+            "--wandb.tags",
+            "[a, b]",
+        ],
+        run=False,
+    )
     logger = cli.trainer.logger
     assert isinstance(logger, WandbLogger)
     assert logger._offline and logger._wandb_init["group"] == "g"
@@ -148,7 +167,21 @@ def test_evaluating_without_a_checkpoint_warns_that_the_weights_are_untrained(tm
     from tests.fixtures.training import fashion_data, run_cli
 
     cfg = write_config(tmp_path, {"model": tiny_perceiver(), "data": fashion_data(fashion_shards)}, "exp.yaml")
-    with pytest.warns(UserWarning, match=r"test without --ckpt_path evaluates the model's initial \(untrained\) "
-                                         r"weights; pass --ckpt_path .*checkpoints/best.ckpt"):
-        run_cli(["test", "--config", cfg, "--trainer.logger", "false", "--trainer.limit_test_batches", "1",
-                 "--trainer.default_root_dir", str(tmp_path / "run")])
+    with pytest.warns(
+        UserWarning,
+        match=r"test without --ckpt_path evaluates the model's initial \(untrained\) "
+        r"weights; pass --ckpt_path .*checkpoints/best.ckpt",
+    ):
+        run_cli(
+            [
+                "test",
+                "--config",
+                cfg,
+                "--trainer.logger",
+                "false",
+                "--trainer.limit_test_batches",
+                "1",
+                "--trainer.default_root_dir",
+                str(tmp_path / "run"),
+            ]
+        )

@@ -28,16 +28,23 @@ NESTED = """Parser key "model":
 
 
 def test_a_nested_union_dump_condenses_to_the_field_and_the_cause():
-    assert condense_parse_error(NESTED) == ("model.init_args.net.init_args.num_latents: Expected a <class 'int'>. "
-                                            "Got value: many")
-    assert condense_parse_error('Parser key "trainer.max_steps": Expected a <class \'int\'>') is None  # not a union
+    assert condense_parse_error(NESTED) == (
+        "model.init_args.net.init_args.num_latents: Expected a <class 'int'>. Got value: many"
+    )
+    assert condense_parse_error("Parser key \"trainer.max_steps\": Expected a <class 'int'>") is None  # not a union
 
 
 def test_instantiation_error_inside_the_model_is_a_config_error_naming_the_field(tmp_path):
     model = tiny_perceiver()
     model["init_args"]["net"]["init_args"]["num_self_attention_heads"] = 3  # latent_dim 16 is not divisible by 3
-    cfg = write_config(tmp_path, {"model": model, "data": {"class_path": "datamodules.image.FashionMNISTDataModule",
-                                                           "init_args": {"batch_size": 4}}}, "exp.yaml")
+    cfg = write_config(
+        tmp_path,
+        {
+            "model": model,
+            "data": {"class_path": "datamodules.image.FashionMNISTDataModule", "init_args": {"batch_size": 4}},
+        },
+        "exp.yaml",
+    )
     with pytest.raises(ConfigError) as info:
         PerceiverCLI(args=["--config", cfg, "--trainer.logger", "false"], run=False)
     line = str(info.value)

@@ -8,11 +8,22 @@ transformers = pytest.importorskip("transformers")
 
 from perceiver_lit.convert import from_huggingface, load_converted, main  # noqa: E402
 
-SMALL = dict(num_latents=8, d_latents=32, num_blocks=2, num_self_attends_per_block=2, num_self_attention_heads=4,
-             num_cross_attention_heads=1, num_labels=5, image_size=16)
+SMALL = dict(
+    num_latents=8,
+    d_latents=32,
+    num_blocks=2,
+    num_self_attends_per_block=2,
+    num_self_attention_heads=4,
+    num_cross_attention_heads=1,
+    num_labels=5,
+    image_size=16,
+)
 # d_model = the preprocessor's output channels: pixels + 258 Fourier, conv1x1 256 + 256 positions, conv 64 + 258
-IMAGE_CLASSES = {"PerceiverForImageClassificationFourier": 261, "PerceiverForImageClassificationLearned": 512,
-                 "PerceiverForImageClassificationConvProcessing": 322}
+IMAGE_CLASSES = {
+    "PerceiverForImageClassificationFourier": 261,
+    "PerceiverForImageClassificationLearned": 512,
+    "PerceiverForImageClassificationConvProcessing": 322,
+}
 
 
 def randomise(model, seed=0):
@@ -37,10 +48,23 @@ def hf_image_model(cls_name, **overrides):
 
 def hf_mlm(**overrides):
     torch.manual_seed(0)
-    cfg = transformers.PerceiverConfig(**{**dict(num_latents=8, d_latents=32, d_model=16, num_blocks=1,
-                                                 num_self_attends_per_block=2, num_self_attention_heads=4,
-                                                 num_cross_attention_heads=4, qk_channels=16, v_channels=32,
-                                                 max_position_embeddings=64), **overrides})
+    cfg = transformers.PerceiverConfig(
+        **{
+            **dict(
+                num_latents=8,
+                d_latents=32,
+                d_model=16,
+                num_blocks=1,
+                num_self_attends_per_block=2,
+                num_self_attention_heads=4,
+                num_cross_attention_heads=4,
+                qk_channels=16,
+                v_channels=32,
+                max_position_embeddings=64,
+            ),
+            **overrides,
+        }
+    )
     return randomise(transformers.PerceiverForMaskedLM(cfg))
 
 
@@ -52,15 +76,20 @@ def test_image_models_match_hf(cls_name):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         ref, out = hf(inputs=x).logits, ours(x.permute(0, 2, 3, 1).contiguous())
-    assert ref.abs().max() > 0.1                                            # a meaningful comparison
+    assert ref.abs().max() > 0.1  # a meaningful comparison
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
-    folded = 0 if "Learned" not in cls_name else 256 * 256 + 256          # HF's position projection, folded in
+    folded = 0 if "Learned" not in cls_name else 256 * 256 + 256  # HF's position projection, folded in
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters()) - folded
 
 
 def test_fourier_model_other_image_size_and_heads():
-    hf = hf_image_model("PerceiverForImageClassificationFourier", num_cross_attention_heads=3, d_latents=48,
-                        cross_attention_widening_factor=2, self_attention_widening_factor=3)
+    hf = hf_image_model(
+        "PerceiverForImageClassificationFourier",
+        num_cross_attention_heads=3,
+        d_latents=48,
+        cross_attention_widening_factor=2,
+        self_attention_widening_factor=3,
+    )
     ours = from_huggingface(hf, image_size=12)
     x = torch.randn(1, 3, 12, 12)
     with torch.no_grad():
@@ -74,16 +103,23 @@ def test_masked_lm_matches_hf_with_padding():
     attn = torch.ones(2, 20, dtype=torch.long)
     attn[1, 13:] = 0
     with torch.no_grad():
-        ref = hf(inputs=ids, attention_mask=attn).logits[:, :20]           # HF decodes all 64 query positions
+        ref = hf(inputs=ids, attention_mask=attn).logits[:, :20]  # HF decodes all 64 query positions
         out = ours(ids, attn == 0)
     assert out.shape == (2, 20, 262)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
 
 
 def test_unsupported_class_is_refused():
-    cfg = transformers.PerceiverConfig(num_latents=4, d_latents=16, d_model=8, num_self_attends_per_block=1,
-                                       num_self_attention_heads=2, num_cross_attention_heads=2,
-                                       max_position_embeddings=8, num_labels=2)
+    cfg = transformers.PerceiverConfig(
+        num_latents=4,
+        d_latents=16,
+        d_model=8,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=2,
+        num_cross_attention_heads=2,
+        max_position_embeddings=8,
+        num_labels=2,
+    )
     with pytest.raises(ValueError, match="not supported"):
         from_huggingface(transformers.PerceiverModel(cfg))
 

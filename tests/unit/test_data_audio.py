@@ -86,8 +86,13 @@ def test_mel_filterbank_matches_a_numpy_reference() -> None:
     for scale in ("htk", "slaney"):
         edges = A.mel_to_hz(np.linspace(A.hz_to_mel(0.0, scale), A.hz_to_mel(sr / 2, scale), n_mels + 2), scale)
         freqs = np.arange(n_fft // 2 + 1) * sr / n_fft
-        ref = np.stack([np.interp(freqs, edges[i : i + 3], [0.0, 1.0, 0.0]) * 2 / (edges[i + 2] - edges[i])
-                        for i in range(n_mels)], axis=1)
+        ref = np.stack(
+            [
+                np.interp(freqs, edges[i : i + 3], [0.0, 1.0, 0.0]) * 2 / (edges[i + 2] - edges[i])
+                for i in range(n_mels)
+            ],
+            axis=1,
+        )
         got = A.mel_filterbank(sr, n_fft, n_mels, scale=scale, norm="slaney").numpy()
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-8)
 
@@ -156,8 +161,10 @@ def test_raw_audio_permutes_blocks_of_samples() -> None:
 
 
 def test_sample_rate_mismatch_stops_setup_and_resample_fixes_it(tmp_path) -> None:
-    url = write_tar(str(tmp_path / "a.tar"), [
-        {"__key__": f"k{i}", "wav": wav_bytes(sine(440, 8000).numpy(), 8000), "json": b"[1, 3]"} for i in range(2)])
+    url = write_tar(
+        str(tmp_path / "a.tar"),
+        [{"__key__": f"k{i}", "wav": wav_bytes(sine(440, 8000).numpy(), 8000), "json": b"[1, 3]"} for i in range(2)],
+    )
     kw = dict(val_urls=url, sample_rate=16000, clip_samples=4000, num_classes=5, batch_size=2, num_workers=0)
     with pytest.raises(DataError, match="8000 Hz.*sample_rate=16000"):
         AudioDataModule(**kw).setup("validate")
@@ -176,8 +183,10 @@ def test_decode_audio_window_reads_only_the_crop(fmt: str) -> None:
     wave, sr = A.decode_audio_window(data, lambda rate: rate // 8, train=False)
     assert sr == 8000 and wave.shape == (1000,)
     assert np.allclose(wave, ramp[1500:2500], atol=1e-4)  # centred: (4000 - 1000) // 2
-    starts = {round(float(A.decode_audio_window(data, lambda rate: 1000, True, random.Random(s))[0][0]) * 4000)
-              for s in range(20)}
+    starts = {
+        round(float(A.decode_audio_window(data, lambda rate: 1000, True, random.Random(s))[0][0]) * 4000)
+        for s in range(20)
+    }
     assert len(starts) > 10 and min(starts) >= 0 and max(starts) <= 3000
     short, _ = A.decode_audio_window(data, lambda rate: 9000, train=True)
     assert short.shape == (4000,)  # the whole clip; crop_or_pad pads it later
@@ -208,8 +217,9 @@ def test_raw_batches_match_per_sample_decoding_with_corrupt_samples(tmp_path) ->
     still skipped and counted, and the same seed gives the same train batches."""
     rng = np.random.default_rng(1)
     clips = [(0.3 * rng.standard_normal(n)).astype(np.float32) for n in (3000, 2000, 2500, 900, 3000, 2200)]
-    samples = [{"__key__": f"k{i}", "flac": wav_bytes(c, 8000, "FLAC"), "json": f"[{i}]".encode()}
-               for i, c in enumerate(clips)]
+    samples = [
+        {"__key__": f"k{i}", "flac": wav_bytes(c, 8000, "FLAC"), "json": f"[{i}]".encode()} for i, c in enumerate(clips)
+    ]
     samples[2]["json"] = b"[-1]"  # decodes, then its label fails: its row is used but it is not in the batch
     samples[3]["flac"] = samples[3]["flac"][:40]  # truncated: fails before taking a row
     url = write_tar(str(tmp_path / "a.tar"), samples)
@@ -269,13 +279,26 @@ def test_mel_batches_match_per_sample_log_mel(tmp_path) -> None:
     the per-sample log-mel, also for a batch stacked after a dropped sample, with corrupt samples still counted."""
     rng = np.random.default_rng(4)
     clips = [(0.3 * rng.standard_normal(n)).astype(np.float32) for n in (3000, 2000, 2500, 900, 3000, 2200, 2600)]
-    samples = [{"__key__": f"k{i}", "flac": wav_bytes(c, 8000, "FLAC"), "json": f"[{i % 6}]".encode()}
-               for i, c in enumerate(clips)]
+    samples = [
+        {"__key__": f"k{i}", "flac": wav_bytes(c, 8000, "FLAC"), "json": f"[{i % 6}]".encode()}
+        for i, c in enumerate(clips)
+    ]
     samples[1]["json"] = b"[-1]"  # decodes, then its label fails: the batch is stacked, not handed on in place
     samples[3]["flac"] = samples[3]["flac"][:40]  # truncated
     url = write_tar(str(tmp_path / "a.tar"), samples)
-    dm = AudioDataModule(val_urls=url, sample_rate=8000, clip_samples=2000, features="mel", n_fft=256,
-                         win_length=200, hop_length=80, n_mels=16, num_classes=6, batch_size=3, num_workers=0)
+    dm = AudioDataModule(
+        val_urls=url,
+        sample_rate=8000,
+        clip_samples=2000,
+        features="mel",
+        n_fft=256,
+        win_length=200,
+        hop_length=80,
+        n_mels=16,
+        num_classes=6,
+        batch_size=3,
+        num_workers=0,
+    )
     batches = list(dm.val_dataloader())
     assert [b["key"] for b in batches] == [["k0", "k2", "k4"], ["k5", "k6"]] and dm.corrupt_samples == 2
     for b in batches:

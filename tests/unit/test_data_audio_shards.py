@@ -51,14 +51,33 @@ def test_audioset_csv_with_label_map(tmp_path) -> None:
     (tmp_path / "segments.csv").write_text(AUDIOSET_CSV)
     (tmp_path / "labels.csv").write_text(LABEL_MAP)
     assert SA.detect_csv_format(tmp_path / "segments.csv") == "audioset"
-    rows, missing = SA.read_audioset_csv(tmp_path / "segments.csv", tmp_path / "audio",
-                                         SL.read_label_map(tmp_path / "labels.csv"))
+    rows, missing = SA.read_audioset_csv(
+        tmp_path / "segments.csv", tmp_path / "audio", SL.read_label_map(tmp_path / "labels.csv")
+    )
     assert missing == 1
     assert sorted((p.rsplit("/", 1)[1], labels) for p, labels in rows) == [
-        ("--PJHxphWEs_30000.flac", [0, 1]), ("-0RWZT-miFs.flac", [2])]
+        ("--PJHxphWEs_30000.flac", [0, 1]),
+        ("-0RWZT-miFs.flac", [2]),
+    ]
     out = tmp_path / "shards"
-    assert main(["audio", str(tmp_path / "audio"), "--labels", str(tmp_path / "segments.csv"), "--label-map",
-                 str(tmp_path / "labels.csv"), "--out", str(out), "--no-progress", "--sample-rate", "16000"]) == 0
+    assert (
+        main(
+            [
+                "audio",
+                str(tmp_path / "audio"),
+                "--labels",
+                str(tmp_path / "segments.csv"),
+                "--label-map",
+                str(tmp_path / "labels.csv"),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--sample-rate",
+                "16000",
+            ]
+        )
+        == 0
+    )
     samples = read_shard(out / "train-000000.tar")
     labels = sorted(json.loads(s["json"]) for s in samples.values())
     assert labels == [[0, 1], [2]]
@@ -80,8 +99,7 @@ def test_simple_csv_with_names_builds_a_vocabulary(tmp_path) -> None:
     (tmp_path / "labels.csv").write_text('path,labels\na.wav,"dog,cat"\nb.wav,cat\nc.wav,bird\n')
     items = SA.audio_items(str(tmp_path), str(tmp_path / "labels.csv"), out_dir=str(tmp_path / "out"))
     assert json.loads((tmp_path / "out" / "classes.json").read_text()) == ["bird", "cat", "dog"]
-    assert [(p.rsplit("/", 1)[1], labels) for p, labels in items] == [("a.wav", [2, 1]), ("b.wav", [1]),
-                                                                       ("c.wav", [0])]
+    assert [(p.rsplit("/", 1)[1], labels) for p, labels in items] == [("a.wav", [2, 1]), ("b.wav", [1]), ("c.wav", [0])]
     sample = SA.encode_audio(items[1])
     assert sample["cls"] == b"1" and json.loads(sample["json"]) == [1] and sample["wav"][:4] == b"RIFF"
     (tmp_path / "bad.csv").write_text("file,label\na.wav,1\n")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from datamodules.errors import DataError
-from datamodules.sources import expand_urls, read_index_counts
-from datamodules.stream import train_batches_per_worker
 from datamodules.image import ImageDataModule
 from datamodules.shards.writer import write_shards
+from datamodules.sources import expand_urls, read_index_counts
+from datamodules.stream import train_batches_per_worker
 from tests.fixtures.data import npy_bytes, write_tar
 
 
@@ -32,8 +32,9 @@ def tiny(tmp_path) -> str:
 def make_dm(urls: str, **kw) -> ImageDataModule:
     kw.setdefault("batch_size", 4)
     kw.setdefault("num_workers", 0)
-    return ImageDataModule(train_urls=urls, val_urls=urls, image_size=4, crop=False, channels=1, hflip=False,
-                           num_classes=10, **kw)
+    return ImageDataModule(
+        train_urls=urls, val_urls=urls, image_size=4, crop=False, channels=1, hflip=False, num_classes=10, **kw
+    )
 
 
 def test_facts_after_init():
@@ -108,8 +109,11 @@ def test_count_mismatch_is_an_error(tiny):
     data = json.load(open(index))
     data["shards"]["train-000001.tar"] = 11
     json.dump(data, open(index, "w"))
-    with pytest.raises(DataError, match=r"1 of 4 val shards are damaged: \S*train-000001\.tar: 10 samples, "
-                                        r"index.json says 11"):
+    with pytest.raises(
+        DataError,
+        match=r"1 of 4 val shards are damaged: \S*train-000001\.tar: 10 samples, "
+        r"index.json says 11",
+    ):
         make_dm(tiny).setup("validate")  # the eval shards are read in full at setup
     dm = make_dm(tiny, scan_eval_shards=False)
     dm.setup("validate")
@@ -131,11 +135,11 @@ def test_unopenable_shard_is_an_error_unless_skipped(tiny, tmp_path, caplog):
     bad.write_bytes(b"this is not a tar file" * 10)
     urls = [expand_urls(tiny)[0], str(bad)]
     with pytest.raises(DataError, match="1 of 2 val shards are unreadable: .*bad-0.tar: not a tar archive"):
-        make_dm(urls).setup("validate")                  # setup reads every shard's first header
+        make_dm(urls).setup("validate")  # setup reads every shard's first header
     bad.write_bytes(open(urls[0], "rb").read())
     dm = make_dm(urls, check_counts=False)
     dm.setup("validate")
-    bad.write_bytes(b"this is not a tar file" * 10)      # a shard that breaks after setup fails when it is read
+    bad.write_bytes(b"this is not a tar file" * 10)  # a shard that breaks after setup fails when it is read
     with pytest.raises(DataError, match="cannot open shard .*bad-0.tar"):
         list(dm.val_dataloader())
     dm = make_dm(urls, skip_bad_shards=True, check_counts=False)
@@ -156,8 +160,10 @@ def test_pipe_urls_stream(tiny):
 
 def test_multilabel_json_gives_multi_hot(tmp_path):
     img = npy_bytes(np.zeros((4, 4), np.uint8))
-    url = write_tar(str(tmp_path / "m-0.tar"), [{"__key__": "a", "npy": img, "json": "[1, 3]"},
-                                                  {"__key__": "b", "npy": img, "json": '{"label": [0]}'}])
+    url = write_tar(
+        str(tmp_path / "m-0.tar"),
+        [{"__key__": "a", "npy": img, "json": "[1, 3]"}, {"__key__": "b", "npy": img, "json": '{"label": [0]}'}],
+    )
     dm = make_dm(url, multilabel=True, check_counts=False)
     dm.setup("validate")
     (batch,) = list(dm.val_dataloader())
@@ -198,9 +204,14 @@ def _group(sizes=(3, 3, 2)):
     rows = torch.arange(n * 6, dtype=torch.float32).reshape(n, 2, 3)
     group, start = [], 0
     for s in sizes:
-        group.append({"inputs": rows[start : start + s].clone(), "target": torch.arange(start, start + s),
-                      "extra": {"mask": rows[start : start + s, :, 0] > 10},
-                      "key": [f"k{i}" for i in range(start, start + s)]})
+        group.append(
+            {
+                "inputs": rows[start : start + s].clone(),
+                "target": torch.arange(start, start + s),
+                "extra": {"mask": rows[start : start + s, :, 0] > 10},
+                "key": [f"k{i}" for i in range(start, start + s)],
+            }
+        )
         start += s
     return group, rows
 
@@ -247,8 +258,10 @@ def test_pin_device_says_whether_pinned_memory_can_be_had():
 
 # GPU-only: a CPU-only torch has no pinned memory at all (the test above checks that it says so); run on the GPU
 # machine by benchmarks/gpu_check.sh, where a skip counts as a failure.
-@pytest.mark.skipif("__import__('datamodules.buffers').buffers.pin_device() is None",
-                    reason="GPU-only (no pinned memory in a CPU-only torch): run by benchmarks/gpu_check.sh")
+@pytest.mark.skipif(
+    "__import__('datamodules.buffers').buffers.pin_device() is None",
+    reason="GPU-only (no pinned memory in a CPU-only torch): run by benchmarks/gpu_check.sh",
+)
 def test_mix_with_pinning_pins_every_tensor():
     import torch
 

@@ -26,8 +26,18 @@ def jpeg(seed: int, size=(8, 8)) -> bytes:
 
 
 def image_dm(url: str, **kw) -> ImageDataModule:
-    return ImageDataModule(val_urls=url, train_urls=url, image_size=8, crop=False, hflip=False, num_classes=10,
-                           batch_size=16, num_workers=0, check_counts=False, **kw)
+    return ImageDataModule(
+        val_urls=url,
+        train_urls=url,
+        image_size=8,
+        crop=False,
+        hflip=False,
+        num_classes=10,
+        batch_size=16,
+        num_workers=0,
+        check_counts=False,
+        **kw,
+    )
 
 
 def eval_keys(dm) -> list[str]:
@@ -69,10 +79,15 @@ def test_corrupt_samples_skipped_with_one_warning_each(tmp_path, caplog):
 def test_a_label_at_or_above_num_classes_is_a_config_error_not_a_corrupt_sample(tmp_path):
     """42 >= num_classes=10 means the data module does not match the shards: skipping such samples would measure
     every metric on a subset of the classes (issue 20.4). The eval scan at setup finds it, naming shard and key."""
-    url = write_tar(str(tmp_path / "c-0.tar"), [{"__key__": "ok", "jpg": jpeg(1), "cls": "1"},
-                                                {"__key__": "high", "jpg": jpeg(2), "cls": "42"}])
-    with pytest.raises(LabelRangeError, match=r"val shard .*c-0.tar' key 'high': label 42 is not below "
-                                              r"data\.init_args\.num_classes=10"):
+    url = write_tar(
+        str(tmp_path / "c-0.tar"),
+        [{"__key__": "ok", "jpg": jpeg(1), "cls": "1"}, {"__key__": "high", "jpg": jpeg(2), "cls": "42"}],
+    )
+    with pytest.raises(
+        LabelRangeError,
+        match=r"val shard .*c-0.tar' key 'high': label 42 is not below "
+        r"data\.init_args\.num_classes=10",
+    ):
         image_dm(url).setup("validate")
     dm = image_dm(url, scan_eval_shards=False)  # without the scan: at the sample itself, while reading
     dm.setup("validate")
@@ -82,26 +97,39 @@ def test_a_label_at_or_above_num_classes_is_a_config_error_not_a_corrupt_sample(
 
 def test_bad_npy_point_clouds_are_skipped(tmp_path):
     ok = npy_bytes(np.random.default_rng(0).random((32, 3)).astype(np.float32))
-    url = write_tar(str(tmp_path / "p-0.tar"), [
-        {"__key__": "ok", "npy": ok, "cls": "1"},
-        {"__key__": "garbage", "npy": b"\x93NUMPY not really", "cls": "1"},
-        {"__key__": "shape", "npy": npy_bytes(np.zeros((5, 2), np.float32)), "cls": "1"},
-        {"__key__": "nan", "npy": npy_bytes(np.full((5, 3), np.nan, np.float32)), "cls": "1"},
-    ])
-    dm = PointCloudDataModule(val_urls=url, num_points=16, num_classes=4, batch_size=8, num_workers=0,
-                              check_counts=False)
+    url = write_tar(
+        str(tmp_path / "p-0.tar"),
+        [
+            {"__key__": "ok", "npy": ok, "cls": "1"},
+            {"__key__": "garbage", "npy": b"\x93NUMPY not really", "cls": "1"},
+            {"__key__": "shape", "npy": npy_bytes(np.zeros((5, 2), np.float32)), "cls": "1"},
+            {"__key__": "nan", "npy": npy_bytes(np.full((5, 3), np.nan, np.float32)), "cls": "1"},
+        ],
+    )
+    dm = PointCloudDataModule(
+        val_urls=url, num_points=16, num_classes=4, batch_size=8, num_workers=0, check_counts=False
+    )
     assert eval_keys(dm) == ["ok"] and dm.corrupt_samples == 3
 
 
 def test_truncated_tar_member_is_skipped_and_counted(tmp_path, caplog):
-    url = write_tar(str(tmp_path / "t-0.tar"), [{"__key__": f"k{i}", "jpg": jpeg(i, (32, 32)), "cls": "1"}
-                                                for i in range(4)])
+    url = write_tar(
+        str(tmp_path / "t-0.tar"), [{"__key__": f"k{i}", "jpg": jpeg(i, (32, 32)), "cls": "1"} for i in range(4)]
+    )
     data = open(url, "rb").read()
     with tarfile.open(url) as tar:
         third = [m for m in tar.getmembers() if m.name.startswith("k2.jpg")][0]
     open(url, "wb").write(data[: third.offset_data + 100])  # cut in the middle of k2.jpg
-    dm = ImageDataModule(train_urls=url, image_size=32, crop=False, num_classes=10, batch_size=2, num_workers=0,
-                         samples_per_epoch=6, shuffle_buffer=2)
+    dm = ImageDataModule(
+        train_urls=url,
+        image_size=32,
+        crop=False,
+        num_classes=10,
+        batch_size=2,
+        num_workers=0,
+        samples_per_epoch=6,
+        shuffle_buffer=2,
+    )
     dm.setup("fit")
     with caplog.at_level(logging.WARNING, logger="datamodules"):
         batches = list(dm.train_dataloader())  # training goes on: resampling keeps reading the good part
@@ -116,11 +144,14 @@ def test_pickle_payload_is_never_executed(tmp_path):
     payload = pickle.dumps(Payload(str(marker)))
     obj_npy = io.BytesIO()
     np.save(obj_npy, np.array([Payload(str(marker))], dtype=object), allow_pickle=True)
-    url = write_tar(str(tmp_path / "evil-0.tar"), [
-        {"__key__": "a", "jpg": jpeg(1), "cls": "1", "pyd": payload, "pickle": payload, "pth": payload},
-        {"__key__": "b", "npy": obj_npy.getvalue(), "cls": "2"},  # an object array inside npy
-        {"__key__": "c", "jpg": jpeg(2), "cls": "3"},
-    ])
+    url = write_tar(
+        str(tmp_path / "evil-0.tar"),
+        [
+            {"__key__": "a", "jpg": jpeg(1), "cls": "1", "pyd": payload, "pickle": payload, "pth": payload},
+            {"__key__": "b", "npy": obj_npy.getvalue(), "cls": "2"},  # an object array inside npy
+            {"__key__": "c", "jpg": jpeg(2), "cls": "3"},
+        ],
+    )
     pickle.loads(payload) and None  # sanity: the payload works when unpickled...
     assert marker.exists()
     marker.unlink()  # ...then remove the proof and stream the shard
@@ -129,19 +160,34 @@ def test_pickle_payload_is_never_executed(tmp_path):
     assert dm.corrupt_samples == 1  # the object npy is refused (allow_pickle=False), not executed
     assert not marker.exists()
     ok = npy_bytes(np.ones((8, 3), np.float32))
-    url = write_tar(str(tmp_path / "evil-1.tar"), [{"__key__": "p", "npy": ok, "cls": "1", "pyd": payload},
-                                                    {"__key__": "q", "npy": obj_npy.getvalue(), "cls": "1"}])
-    pc = PointCloudDataModule(val_urls=url, num_points=4, num_classes=4, batch_size=8, num_workers=0,
-                              check_counts=False)
+    url = write_tar(
+        str(tmp_path / "evil-1.tar"),
+        [
+            {"__key__": "p", "npy": ok, "cls": "1", "pyd": payload},
+            {"__key__": "q", "npy": obj_npy.getvalue(), "cls": "1"},
+        ],
+    )
+    pc = PointCloudDataModule(
+        val_urls=url, num_points=4, num_classes=4, batch_size=8, num_workers=0, check_counts=False
+    )
     assert eval_keys(pc) == ["p"] and pc.corrupt_samples == 1
     assert not marker.exists()
 
 
 def test_all_corrupt_training_data_stops_with_an_error(tmp_path):
-    url = write_tar(str(tmp_path / "w-0.tar"), [{"__key__": f"k{i}", "jpg": jpeg(i), "cls": "99x"}
-                                                for i in range(50)])  # every label unreadable
-    dm = ImageDataModule(train_urls=url, image_size=8, crop=False, num_classes=10, batch_size=4, num_workers=0,
-                         samples_per_epoch=8, shuffle_buffer=4)
+    url = write_tar(
+        str(tmp_path / "w-0.tar"), [{"__key__": f"k{i}", "jpg": jpeg(i), "cls": "99x"} for i in range(50)]
+    )  # every label unreadable
+    dm = ImageDataModule(
+        train_urls=url,
+        image_size=8,
+        crop=False,
+        num_classes=10,
+        batch_size=4,
+        num_workers=0,
+        samples_per_epoch=8,
+        shuffle_buffer=4,
+    )
     dm.setup("fit")
     with pytest.raises(DataError, match="corrupt samples in a row"):
         list(dm.train_dataloader())

@@ -24,8 +24,11 @@ RNG = np.random.default_rng(0)
 
 def frames_flow(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, (h, w, 3), dtype=np.uint8), rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
-            rng.uniform(-20, 20, (h, w, 2)).astype(np.float32))
+    return (
+        rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+        rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+        rng.uniform(-20, 20, (h, w, 2)).astype(np.float32),
+    )
 
 
 def png(array: np.ndarray) -> bytes:
@@ -108,8 +111,10 @@ def write_sintel(root, pairs: int = 2, h: int = 12, w: int = 16) -> dict:
 def test_sintel_layout_to_batches(tmp_path):
     expected = write_sintel(tmp_path / "sintel")
     out = tmp_path / "out"
-    assert cli.main(["flow", "sintel", str(tmp_path / "sintel"), "--out", str(out), "--prefix", "val",
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(["flow", "sintel", str(tmp_path / "sintel"), "--out", str(out), "--prefix", "val", "--no-progress"])
+        == 0
+    )
     got = eval_batches(str(out / "val-000000.tar"), (12, 16))
     assert sorted(got) == sorted(expected)  # keys name scene and frame; consecutive frames pair up
     for key, (frame1, frame2, flow) in expected.items():
@@ -132,8 +137,9 @@ def test_kitti_layout_to_batches_keeps_the_mask(tmp_path):
         (base / "flow_occ" / f"{n:06d}_10.png").write_bytes(F.encode_kitti_flow(flow, valid, filters=(0, 1, 2, 3, 4)))
         expected[f"{n:06d}_10"] = (frame1, frame2, flow, valid)
     out = tmp_path / "out"
-    assert cli.main(["flow", "kitti", str(tmp_path / "kitti"), "--out", str(out), "--prefix", "val",
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(["flow", "kitti", str(tmp_path / "kitti"), "--out", str(out), "--prefix", "val", "--no-progress"]) == 0
+    )
     got = eval_batches(str(out / "val-000000.tar"), (8, 12))  # centre crop: rows 1..8, columns 1..12
     assert sorted(got) == sorted(expected)
     for key, (frame1, frame2, flow, valid) in expected.items():
@@ -159,16 +165,17 @@ def test_chairs_layout_split_file_and_a_bad_flo_skipped(tmp_path, caplog):
     (tmp_path / "FlyingChairs_release" / "FlyingChairs_train_val.txt").write_text("1\n2\n1\n1\n")
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING, logger="datamodules.shards"):
-        assert cli.main(["flow", "chairs", str(tmp_path / "FlyingChairs_release"), "--out", str(out),
-                         "--no-progress"]) == 0
+        assert (
+            cli.main(["flow", "chairs", str(tmp_path / "FlyingChairs_release"), "--out", str(out), "--no-progress"])
+            == 0
+        )
     warnings = [r.getMessage() for r in caplog.records if "00003_flow.flo" in r.getMessage()]
     assert len(warnings) == 1 and "not a .flo file: magic number" in warnings[0]
     import json
 
     index = json.loads((out / "index.json").read_text())["shards"]
     assert index == {"train-000000.tar": 2, "val-000000.tar": 1}  # 00003 skipped; 00002 is val (split file)
-    got = {**eval_batches(str(out / "train-000000.tar"), (8, 10)), **eval_batches(str(out / "val-000000.tar"),
-                                                                                  (8, 10))}
+    got = {**eval_batches(str(out / "train-000000.tar"), (8, 10)), **eval_batches(str(out / "val-000000.tar"), (8, 10))}
     assert sorted(got) == ["00001", "00002", "00004"]
     for key in got:
         frame1, frame2, flow = expected[key]
@@ -187,8 +194,10 @@ def test_middlebury_layout_grey_frames_and_unknown_flow(tmp_path):
     flow[0, :3] = 1.7e9  # Middlebury's "unknown"
     F.write_flo(tmp_path / "mb" / "other-gt-flow" / "Dimetrodon" / "flow10.flo", flow)
     out = tmp_path / "out"
-    assert cli.main(["flow", "middlebury", str(tmp_path / "mb"), "--out", str(out), "--prefix", "test",
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(["flow", "middlebury", str(tmp_path / "mb"), "--out", str(out), "--prefix", "test", "--no-progress"])
+        == 0
+    )
     got = eval_batches(str(out / "test-000000.tar"), (6, 8), split="test")["Dimetrodon"]
     rgb = lambda g: np.repeat(g[..., None], 3, axis=-1)  # noqa: E731
     torch.testing.assert_close(got["inputs"], as_input(rgb(grey1), rgb(grey2)))
@@ -204,8 +213,10 @@ def test_list_file_pairs_without_flow_are_predicted(tmp_path):
     Image.fromarray(frame2).save(tmp_path / "b.png")
     (tmp_path / "pairs.txt").write_text("# frame1 frame2 [flow]\na.png b.png\n")
     out = tmp_path / "out"
-    assert cli.main(["flow", "list", str(tmp_path / "pairs.txt"), "--out", str(out), "--prefix", "test",
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(["flow", "list", str(tmp_path / "pairs.txt"), "--out", str(out), "--prefix", "test", "--no-progress"])
+        == 0
+    )
     got = eval_batches(str(out / "test-000000.tar"), 8, split="predict")["a"]
     torch.testing.assert_close(got["inputs"], as_input(frame1, frame2))
     assert not got["valid"].any() and not got["target"].any()  # no ground truth: nothing counts
@@ -232,21 +243,34 @@ def coded_sample(h: int = 12, w: int = 10) -> dict:
     frame = np.stack([xs, ys, np.zeros_like(xs)], axis=-1).astype(np.uint8)
     flow = np.stack([xs + 0.5, ys + 100.25], axis=-1).astype(np.float32)
     valid = (xs + ys) % 3 > 0
-    return {"frame1.png": png(frame), "frame2.png": png(frame + 50), "flow.npy": npy_bytes(flow),
-            "valid.png": png(valid.astype(np.uint8) * 255)}
+    return {
+        "frame1.png": png(frame),
+        "frame2.png": png(frame + 50),
+        "flow.npy": npy_bytes(flow),
+        "valid.png": png(valid.astype(np.uint8) * 255),
+    }
 
 
 @pytest.mark.parametrize("hflip,vflip", [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)])
 def test_random_crops_and_flips_keep_frames_flow_and_mask_aligned(tmp_path, hflip, vflip):
     url = write_tar(str(tmp_path / "t-0.tar"), [{"__key__": f"s{i}", **coded_sample()} for i in range(8)])
-    dm = FlowDataModule(train_urls=url, crop_size=(5, 4), hflip=hflip, vflip=vflip, batch_size=8, num_workers=0,
-                        samples_per_epoch=16, shuffle_buffer=1, seed=3)
+    dm = FlowDataModule(
+        train_urls=url,
+        crop_size=(5, 4),
+        hflip=hflip,
+        vflip=vflip,
+        batch_size=8,
+        num_workers=0,
+        samples_per_epoch=16,
+        shuffle_buffer=1,
+        seed=3,
+    )
     dm.setup("fit")
     corners = set()
     for batch in dm.train_dataloader():
-        frames = ((batch["inputs"] + 1) * 127.5).round().long()             # (B, 2, 5, 4, 3)
-        src_x, src_y = frames[:, 0, ..., 0], frames[:, 0, ..., 1]           # where each output pixel came from
-        assert torch.equal(frames[:, 1], frames[:, 0] + 50)                 # frame 2 crop = frame 1 crop
+        frames = ((batch["inputs"] + 1) * 127.5).round().long()  # (B, 2, 5, 4, 3)
+        src_x, src_y = frames[:, 0, ..., 0], frames[:, 0, ..., 1]  # where each output pixel came from
+        assert torch.equal(frames[:, 1], frames[:, 0] + 50)  # frame 2 crop = frame 1 crop
         u_sign, v_sign = (-1 if hflip else 1), (-1 if vflip else 1)
         torch.testing.assert_close(batch["target"][..., 0], u_sign * (src_x + 0.5).float())
         torch.testing.assert_close(batch["target"][..., 1], v_sign * (src_y + 100.25).float())
@@ -273,8 +297,9 @@ def test_flipped_synthetic_pair_still_warps_frame2_onto_frame1(tmp_path):
     sample = {"frame1.png": png(frame1), "frame2.png": png(frame2), "flow.npy": npy_bytes(flow)}
     url = write_tar(str(tmp_path / "t-0.tar"), [{"__key__": f"s{i}", **sample} for i in range(4)])
     for hflip, vflip in ((1.0, 0.0), (0.0, 1.0), (1.0, 1.0)):
-        dm = FlowDataModule(train_urls=url, crop_size=32, hflip=hflip, vflip=vflip, batch_size=4, num_workers=0,
-                            samples_per_epoch=4)
+        dm = FlowDataModule(
+            train_urls=url, crop_size=32, hflip=hflip, vflip=vflip, batch_size=4, num_workers=0, samples_per_epoch=4
+        )
         dm.setup("fit")
         batch = next(iter(dm.train_dataloader()))
         f1, f2 = (((batch["inputs"][0, t] + 1) * 127.5).numpy() for t in (0, 1))
@@ -331,11 +356,13 @@ def test_corrupt_pairs_are_skipped_counted_and_named(tmp_path, caplog):
         "noframe2": {k: v for k, v in good.items() if k != "frame2.png"},
         "intflow": {**good, "flow.npy": npy_bytes(flow.astype(np.int32))},
     }
-    samples = [{"__key__": "good0", **good}] + [{"__key__": k, **v} for k, v in bad.items()] + \
-        [{"__key__": "good1", **good}]
+    samples = (
+        [{"__key__": "good0", **good}] + [{"__key__": k, **v} for k, v in bad.items()] + [{"__key__": "good1", **good}]
+    )
     url = write_tar(str(tmp_path / "c-0.tar"), samples)
-    dm = FlowDataModule(val_urls=url, crop_size=8, batch_size=4, num_workers=0, check_counts=False,
-                        max_eval_corrupt_fraction=1.0)
+    dm = FlowDataModule(
+        val_urls=url, crop_size=8, batch_size=4, num_workers=0, check_counts=False, max_eval_corrupt_fraction=1.0
+    )
     with caplog.at_level(logging.WARNING, logger="datamodules"):
         dm.setup("validate")
         keys = [k for b in dm.val_dataloader() for k in b["key"]]
@@ -352,11 +379,11 @@ def test_corrupt_pairs_are_skipped_counted_and_named(tmp_path, caplog):
 def test_training_skips_a_pair_without_flow(tmp_path):
     frame1, frame2, flow = frames_flow(8, 8, 0)
     good = {"frame1.png": png(frame1), "frame2.png": png(frame2), "flow.npy": npy_bytes(flow)}
-    url = write_tar(str(tmp_path / "t-0.tar"), [{"__key__": "good", **good},
-                                                 {"__key__": "noflow", "frame1.png": png(frame1),
-                                                  "frame2.png": png(frame2)}])
-    dm = FlowDataModule(train_urls=url, crop_size=8, batch_size=2, num_workers=0, samples_per_epoch=4,
-                        shuffle_buffer=1)
+    url = write_tar(
+        str(tmp_path / "t-0.tar"),
+        [{"__key__": "good", **good}, {"__key__": "noflow", "frame1.png": png(frame1), "frame2.png": png(frame2)}],
+    )
+    dm = FlowDataModule(train_urls=url, crop_size=8, batch_size=2, num_workers=0, samples_per_epoch=4, shuffle_buffer=1)
     dm.setup("fit")
     for batch in dm.train_dataloader():
         assert batch["key"] == ["good", "good"]
@@ -365,14 +392,17 @@ def test_training_skips_a_pair_without_flow(tmp_path):
 
 def test_frames_smaller_than_the_crop_are_corrupt(tmp_path, caplog):
     frame1, frame2, flow = frames_flow(8, 8, 0)
-    url = write_tar(str(tmp_path / "v-0.tar"), [{"__key__": "small", "frame1.png": png(frame1),
-                                                 "frame2.png": png(frame2), "flow.npy": npy_bytes(flow)}])
+    url = write_tar(
+        str(tmp_path / "v-0.tar"),
+        [{"__key__": "small", "frame1.png": png(frame1), "frame2.png": png(frame2), "flow.npy": npy_bytes(flow)}],
+    )
     from datamodules.errors import DataError
 
     with caplog.at_level(logging.WARNING, logger="datamodules"), pytest.raises(DataError, match="every one of"):
         eval_batches(url, (8, 16))
-    assert any("key=small" in r.getMessage() and "smaller than crop_size 16x8" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "key=small" in r.getMessage() and "smaller than crop_size 16x8" in r.getMessage() for r in caplog.records
+    )
 
 
 # ---------------------------------------------------------------------------------- facts and the CLI link
@@ -382,18 +412,32 @@ def test_facts_link_into_the_flow_model(tmp_path):
 
     dm = FlowDataModule(crop_size=(16, 24))
     assert dm.input_shape == (2, 16, 24, 3) and dm.num_classes == 2 and dm.multilabel is False
-    tree = {"model": {"class_path": "perceiver_lit.tasks.Classification", "init_args": {"net": {
-        "class_path": "perceiver_lit.models.flow.PerceiverIOFlow",
-        "init_args": {"adapter": {"class_path": "perceiver_lit.models.flow.FlowPatchAdapter"}}}}}}
+    tree = {
+        "model": {
+            "class_path": "perceiver_lit.tasks.Classification",
+            "init_args": {
+                "net": {
+                    "class_path": "perceiver_lit.models.flow.PerceiverIOFlow",
+                    "init_args": {"adapter": {"class_path": "perceiver_lit.models.flow.FlowPatchAdapter"}},
+                }
+            },
+        }
+    }
     assert ("input_shape", f"{ADAPTER}.init_args.input_shape") in plan_links(tree)
     # the linked shape builds a model whose output is the batch's target
     frame1, frame2, flow = frames_flow(20, 30, 0)
-    url = write_tar(str(tmp_path / "v-0.tar"), [{"__key__": "s", "frame1.png": png(frame1),
-                                                 "frame2.png": png(frame2), "flow.npy": npy_bytes(flow)}])
-    batch = next(iter(FlowDataModule(val_urls=url, crop_size=(16, 24), num_workers=0, batch_size=1)
-                      .val_dataloader()))
-    net = PerceiverIOFlow(FlowPatchAdapter(dm.input_shape, num_channels=8, num_frequency_bands=4), num_latents=8,
-                          latent_dim=16, num_self_attends=1, num_self_attention_heads=2)
+    url = write_tar(
+        str(tmp_path / "v-0.tar"),
+        [{"__key__": "s", "frame1.png": png(frame1), "frame2.png": png(frame2), "flow.npy": npy_bytes(flow)}],
+    )
+    batch = next(iter(FlowDataModule(val_urls=url, crop_size=(16, 24), num_workers=0, batch_size=1).val_dataloader()))
+    net = PerceiverIOFlow(
+        FlowPatchAdapter(dm.input_shape, num_channels=8, num_frequency_bands=4),
+        num_latents=8,
+        latent_dim=16,
+        num_self_attends=1,
+        num_self_attention_heads=2,
+    )
     assert net(batch["inputs"]).shape == batch["target"].shape == (1, 16, 24, 2)
 
 
@@ -430,8 +474,25 @@ def test_sintel_test_split_has_no_flow_and_is_predicted(tmp_path):
     for i, frame in enumerate(frames, 1):
         Image.fromarray(frame).save(scene / f"frame_{i:04d}.png")
     out = tmp_path / "out"
-    assert cli.main(["flow", "sintel", str(tmp_path / "sintel"), "--split", "test", "--pass", "final", "--out",
-                     str(out), "--prefix", "test", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "flow",
+                "sintel",
+                str(tmp_path / "sintel"),
+                "--split",
+                "test",
+                "--pass",
+                "final",
+                "--out",
+                str(out),
+                "--prefix",
+                "test",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     got = eval_batches(str(out / "test-000000.tar"), 8, split="predict")
     assert sorted(got) == ["ambush_1_frame_0001", "ambush_1_frame_0002"]
     torch.testing.assert_close(got["ambush_1_frame_0002"]["inputs"], as_input(frames[1], frames[2]))

@@ -69,9 +69,16 @@ def test_fashion_round_trip_matches_idx(fashion_shards):
 
 
 def test_jpeg_round_trip_train_and_eval(jpeg_shards):
-    dm = ImageDataModule(train_urls=jpeg_shards.train_urls, val_urls=jpeg_shards.test_urls, image_size=32,
-                         num_classes=3, batch_size=8, num_workers=0, randaugment_layers=2,
-                         randaugment_magnitude=5)
+    dm = ImageDataModule(
+        train_urls=jpeg_shards.train_urls,
+        val_urls=jpeg_shards.test_urls,
+        image_size=32,
+        num_classes=3,
+        batch_size=8,
+        num_workers=0,
+        randaugment_layers=2,
+        randaugment_magnitude=5,
+    )
     dm.setup("fit")
     train = next(iter(dm.train_dataloader()))
     assert train["inputs"].shape == (8, 32, 32, 3) and train["target"].max() < 3

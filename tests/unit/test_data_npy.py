@@ -24,8 +24,8 @@ ARRAYS = [
     np.asfortranarray(np.random.default_rng(1).random((4, 6))),
     np.zeros((0, 3), np.float32),
     np.array(5.0),
-    np.arange(12, dtype=">i4").reshape(3, 4),                   # big-endian
-    np.zeros(3, dtype=[("x", "<f4"), ("y", "u1")]),              # structured
+    np.arange(12, dtype=">i4").reshape(3, 4),  # big-endian
+    np.zeros(3, dtype=[("x", "<f4"), ("y", "u1")]),  # structured
 ]
 
 

@@ -39,8 +39,9 @@ def test_bad_block_is_rejected():
 
 def test_permutation_same_across_epochs_and_workers(fashion_shards):
     def pass_(workers: int, seed: int | None):
-        dm = FashionMNISTDataModule(val_urls=fashion_shards.test_urls, batch_size=50, num_workers=workers,
-                                    permute_seed=seed)
+        dm = FashionMNISTDataModule(
+            val_urls=fashion_shards.test_urls, batch_size=50, num_workers=workers, permute_seed=seed
+        )
         dm.setup("validate")
         loader = dm.val_dataloader()
         epochs = []

@@ -44,9 +44,14 @@ def test_normalize_and_jitter():
 
 
 def test_round_trip(pointcloud_shards):
-    dm = PointCloudDataModule(train_urls=pointcloud_shards.train_urls, val_urls=pointcloud_shards.test_urls,
-                              num_points=256, num_classes=pointcloud_shards.num_classes, batch_size=4,
-                              num_workers=0)
+    dm = PointCloudDataModule(
+        train_urls=pointcloud_shards.train_urls,
+        val_urls=pointcloud_shards.test_urls,
+        num_points=256,
+        num_classes=pointcloud_shards.num_classes,
+        batch_size=4,
+        num_workers=0,
+    )
     assert dm.input_shape == (256, 3)
     dm.setup("fit")
     train = next(iter(dm.train_dataloader()))
@@ -88,6 +93,6 @@ def test_a_modelnet_root_one_level_too_high_is_refused(tmp_path):
         (tmp_path / "ModelNet40" / cls / "train").mkdir(parents=True)
         mesh.export(tmp_path / "ModelNet40" / cls / "train" / f"{cls}_0001.off")
     with pytest.raises(ValueError, match=r"one level too high\? Try .*ModelNet40'"):
-        list_meshes(str(tmp_path))                                # classes would be ['ModelNet40'], splits the classes
+        list_meshes(str(tmp_path))  # classes would be ['ModelNet40'], splits the classes
     splits, classes = list_meshes(str(tmp_path / "ModelNet40"))
     assert classes == ["chair", "desk"] and sorted(splits) == ["train"] and len(splits["train"]) == 2

@@ -24,19 +24,29 @@ def _good_shard(path, n: int = 4, cls: str = "1") -> str:
 
 
 def _train_dm(urls, **kw) -> ImageDataModule:
-    return ImageDataModule(train_urls=urls, image_size=8, crop=False, hflip=False, num_classes=10, batch_size=2,
-                           num_workers=0, samples_per_epoch=8, shuffle_buffer=2, **kw)
+    return ImageDataModule(
+        train_urls=urls,
+        image_size=8,
+        crop=False,
+        hflip=False,
+        num_classes=10,
+        batch_size=2,
+        num_workers=0,
+        samples_per_epoch=8,
+        shuffle_buffer=2,
+        **kw,
+    )
 
 
 def test_training_over_shards_that_give_no_sample_stops_with_an_error(tmp_path):
     """Such shards used to be drawn again and again forever: the run hung with no message."""
     empty = str(tmp_path / "empty.tar")
-    tarfile.open(empty, "w").close()                             # a valid archive with no members
+    tarfile.open(empty, "w").close()  # a valid archive with no members
     cut = _good_shard(tmp_path / "cut.tar")
     with tarfile.open(cut) as tar:
         first = tar.getmembers()[0]
     data = open(cut, "rb").read()
-    open(cut, "wb").write(data[: first.offset_data + 10])        # broken inside its first member
+    open(cut, "wb").write(data[: first.offset_data + 10])  # broken inside its first member
     dirs = str(tmp_path / "dirs.tar")
     with tarfile.open(dirs, "w") as tar:
         d = tarfile.TarInfo("folder")
@@ -52,21 +62,24 @@ def test_training_over_shards_that_give_no_sample_stops_with_an_error(tmp_path):
 def test_setup_reads_every_shard_header_not_only_the_first(tmp_path, caplog):
     good = _good_shard(tmp_path / "a-good.tar")
     zero = tmp_path / "b-zero.tar"
-    zero.write_bytes(b"")                                        # an interrupted copy
+    zero.write_bytes(b"")  # an interrupted copy
     junk = tmp_path / "c-junk.tar"
     junk.write_bytes(os.urandom(2000))
     urls = [good, str(zero), str(junk)]
     assert first_header_problem(good) is None
     assert first_header_problem(str(zero)) == "empty file" and "not a tar" in first_header_problem(str(junk))
-    with pytest.raises(DataError, match=r"2 of 3 train shards are unreadable: .*b-zero.tar: empty file; "
-                                        r".*c-junk.tar: not a tar archive.*skip_bad_shards=True"):
+    with pytest.raises(
+        DataError,
+        match=r"2 of 3 train shards are unreadable: .*b-zero.tar: empty file; "
+        r".*c-junk.tar: not a tar archive.*skip_bad_shards=True",
+    ):
         _train_dm(urls).setup("fit")
     dm = _train_dm(urls, skip_bad_shards=True)
     with caplog.at_level(logging.WARNING, logger="datamodules"):
         dm.setup("fit")
-        batches = list(dm.train_dataloader())                    # training goes on with the good shard
+        batches = list(dm.train_dataloader())  # training goes on with the good shard
     assert len(batches) == 4 and dm.bad_shards >= 1
-    for name in ("b-zero.tar", "c-junk.tar"):                    # drawn many times, named once in training
+    for name in ("b-zero.tar", "c-junk.tar"):  # drawn many times, named once in training
         lines = [r for r in caplog.records if "unreadable shard skipped" in r.getMessage() and name in r.getMessage()]
         assert len(lines) == 1, [r.getMessage() for r in caplog.records]
 
@@ -76,12 +89,12 @@ def test_a_damaged_pax_header_is_a_broken_shard_not_a_crash(tmp_path, caplog):
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for i in range(3):
             for ext, data in (("jpg", jpeg(i)), ("cls", b"1")):
-                info = tarfile.TarInfo(f"k{i}-ünï.{ext}")       # non-ASCII: every member gets a PAX header
+                info = tarfile.TarInfo(f"k{i}-ünï.{ext}")  # non-ASCII: every member gets a PAX header
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     raw = buf.getvalue()
-    at = raw.index(b" path=k2")                                  # the length field of k2's first PAX record
-    damaged = raw[: at - 2] + b"x" + raw[at - 1:]
+    at = raw.index(b" path=k2")  # the length field of k2's first PAX record
+    damaged = raw[: at - 2] + b"x" + raw[at - 1 :]
     with pytest.raises(tarfile.ReadError, match="invalid PAX record length"):
         list(iter_members(io.BytesIO(damaged)))
     url = tmp_path / "pax.tar"
@@ -99,15 +112,17 @@ def test_a_pipe_shard_whose_command_fails_is_counted_and_reading_goes_on(tmp_pat
     then is timing), or at close: either way the shard counts as broken once and the pass goes on."""
     good = _good_shard(tmp_path / "p.tar")
     size = os.path.getsize(good)
-    for command in (f"cat {good}; exit 3",                      # e.g. `aws s3 cp` failing after the last byte
-                    f"head -c {size // 2} {good}; exit 56"):    # curl cut off mid-transfer
+    for command in (
+        f"cat {good}; exit 3",  # e.g. `aws s3 cp` failing after the last byte
+        f"head -c {size // 2} {good}; exit 56",
+    ):  # curl cut off mid-transfer
         dm = image_dm(f"pipe:{command}")
         keys = eval_keys(dm)
         assert keys == ["k0", "k1", "k2", "k3"][: len(keys)] and dm.corrupt_samples == 1, (command, keys)
 
 
 def test_an_evaluation_that_decodes_nothing_is_an_error(tmp_path):
-    url = _good_shard(tmp_path / "v.tar", n=5, cls="4 2")        # every label unreadable
+    url = _good_shard(tmp_path / "v.tar", n=5, cls="4 2")  # every label unreadable
     with pytest.raises(DataError, match=r"every one of the 5 samples .*v.tar.* was corrupt.*num_classes"):
         eval_keys(image_dm(url))
 

@@ -37,8 +37,7 @@ def test_maxcount_index_and_skips(tmp_path):
 
 
 def test_maxsize_splits_shards(tmp_path):
-    s = write_shards(list(range(20)), encode_sized, str(tmp_path), "x", maxcount=100, maxsize=5000,
-                     progress=False)
+    s = write_shards(list(range(20)), encode_sized, str(tmp_path), "x", maxcount=100, maxsize=5000, progress=False)
     assert s.samples == 18 and len(s.shards) >= 4
     for n in s.shards:  # headers + padded data within maxsize (the file itself rounds up to tar's 10 KiB record)
         with tarfile.open(tmp_path / n) as tar:
@@ -71,8 +70,22 @@ def test_split_items_is_deterministic_and_disjoint():
 def test_cli_fashion_mnist(tmp_path, capsys):
     if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
         pytest.skip("dataset-fashion-mnist not installed")
-    rc = cli.main(["fashion-mnist", "--out", str(tmp_path), "--limit", "100", "--maxcount", "40",
-                   "--val-fraction", "0.2", "--format", "png", "--no-progress"])
+    rc = cli.main(
+        [
+            "fashion-mnist",
+            "--out",
+            str(tmp_path),
+            "--limit",
+            "100",
+            "--maxcount",
+            "40",
+            "--val-fraction",
+            "0.2",
+            "--format",
+            "png",
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "train: 80 samples in 2 shards" in out and "val: 20 samples in 1 shards" in out
     assert "test: 100 samples in 3 shards" in out
@@ -104,8 +117,22 @@ def test_a_prefix_or_key_with_a_dot_is_refused(tmp_path):
         write_shards(list(range(3)), encode_sized, str(tmp_path), "train.v2", progress=False)
     with pytest.raises(ValueError, match=r"sample key 'img.v2'"):
         write_shards([0], lambda i: {"__key__": "img.v2", "cls": b"1"}, str(tmp_path), "train", progress=False)
-    assert cli.main(["synthetic", "text", "--num-samples", "4", "--out", str(tmp_path / "ok"), "--prefix",
-                     "train_v2", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "synthetic",
+                "text",
+                "--num-samples",
+                "4",
+                "--out",
+                str(tmp_path / "ok"),
+                "--prefix",
+                "train_v2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 def test_a_run_where_every_input_fails_keeps_the_earlier_shards_and_exits_non_zero(tmp_path, capsys):
@@ -135,8 +162,15 @@ def test_the_shard_writers_load_neither_torch_nor_lightning():
     import subprocess
     import sys
 
-    code = ("import sys, datamodules.shards.writer; from datamodules.shards.cli import build_parser; build_parser(); "
-            "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    code = (
+        "import sys, datamodules.shards.writer; from datamodules.shards.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -34,11 +34,11 @@ def _tar_bytes(fmt: int, members: list[tuple[str, bytes]], extras: bool = True) 
 MEMBERS = [
     ("s0.cls", b"3"),
     ("s0.npy", os.urandom(1000)),
-    ("s1.cls", b""),                                          # an empty member
+    ("s1.cls", b""),  # an empty member
     ("s1.txt", "Grüße, 世界".encode()),
-    ("deep/" * 30 + "s2.flac", os.urandom(5000)),             # 180-char path: ustar prefix, GNU 'L' or PAX path
-    ("s3.mp4", os.urandom(3 * 512)),                          # exactly block-aligned
-    ("ünïcödé-" * 20 + ".json", b"{}"),                       # long non-ASCII name
+    ("deep/" * 30 + "s2.flac", os.urandom(5000)),  # 180-char path: ustar prefix, GNU 'L' or PAX path
+    ("s3.mp4", os.urandom(3 * 512)),  # exactly block-aligned
+    ("ünïcödé-" * 20 + ".json", b"{}"),  # long non-ASCII name
 ]
 
 
@@ -53,7 +53,7 @@ def test_members_equal_tarfile_for_gnu_and_pax(fmt):
 
 def test_ustar_prefix_names():
     members = [(n, d) for n, d in MEMBERS if len(n.encode()) <= 200 and n.isascii()]  # what ustar can hold
-    assert any(len(n) > 100 for n, _ in members)                                         # uses the prefix field
+    assert any(len(n) > 100 for n, _ in members)  # uses the prefix field
     assert list(iter_members(io.BytesIO(_tar_bytes(tarfile.USTAR_FORMAT, members, extras=False)))) == members
 
 
@@ -65,6 +65,7 @@ def test_compressed_archives_are_recognised_by_magic(compress):
 
 def test_short_reads():
     """A pipe may return fewer bytes than asked: the reader keeps reading."""
+
     class Trickle(io.RawIOBase):
         def __init__(self, data):
             self.data, self.pos = data, 0
@@ -84,7 +85,7 @@ def test_short_reads():
 
 def test_truncated_member_names_it_after_yielding_the_ones_before():
     data = _tar_bytes(tarfile.GNU_FORMAT, MEMBERS, extras=False)
-    cut = data.index(MEMBERS[4][1][:64]) + 100                  # inside the .flac member's data
+    cut = data.index(MEMBERS[4][1][:64]) + 100  # inside the .flac member's data
     got = []
     with pytest.raises(TruncatedError, match="truncated") as err:
         for member in iter_members(io.BytesIO(data[:cut])):
@@ -95,7 +96,7 @@ def test_truncated_member_names_it_after_yielding_the_ones_before():
 
 def test_corrupt_header_after_the_first_is_a_read_error_not_garbage():
     data = bytearray(_tar_bytes(tarfile.USTAR_FORMAT, MEMBERS[:2], extras=False))
-    data[512 + 512 + 10] ^= 0xFF                                # second header's name: checksum no longer fits
+    data[512 + 512 + 10] ^= 0xFF  # second header's name: checksum no longer fits
     with pytest.raises(tarfile.ReadError, match="checksum") as err:
         list(iter_members(io.BytesIO(bytes(data))))
     assert not isinstance(err.value, NotATarError)
@@ -109,14 +110,14 @@ def test_not_a_tar(data):
 
 def test_missing_end_of_archive_blocks_are_tolerated():
     data = _tar_bytes(tarfile.USTAR_FORMAT, MEMBERS[:2], extras=False)
-    body = data[: 5 * 512]                                      # 2 headers + 1 + 2 blocks of data, no zero blocks
+    body = data[: 5 * 512]  # 2 headers + 1 + 2 blocks of data, no zero blocks
     assert list(iter_members(io.BytesIO(body))) == MEMBERS[:2]
 
 
 def test_header_numbers_octal_and_gnu_base256():
     assert _number(b"0000000144\x00 ", "size") == 100
     assert _number(b"   144 \x00\x00\x00\x00", "size") == 100
-    big = 20 * 2**30                                           # 20 GiB: too large for 11 octal digits
+    big = 20 * 2**30  # 20 GiB: too large for 11 octal digits
     assert _number(bytes([0x80]) + big.to_bytes(11, "big"), "size") == big
     with pytest.raises(tarfile.ReadError, match="size field"):
         _number(b"12x4\x00", "size")
@@ -128,8 +129,8 @@ def test_file_members_are_memory_mapped_with_views_only_where_asked(tmp_path):
     got = list(iter_file_members(str(path), view_exts=("flac", "mp4"), view_min=4096))
     assert [(n, bytes(d)) for n, d in got] == MEMBERS
     kinds = {n.rpartition(".")[2]: type(d) for n, d in got}
-    assert kinds["flac"] is memoryview                          # 5,000 bytes, asked for: a view of the map
-    assert kinds["mp4"] is bytes and kinds["npy"] is bytes      # under view_min / not asked for: bytes
+    assert kinds["flac"] is memoryview  # 5,000 bytes, asked for: a view of the map
+    assert kinds["mp4"] is bytes and kinds["npy"] is bytes  # under view_min / not asked for: bytes
     assert all(type(d) is bytes for _, d in iter_file_members(str(path)))
 
 

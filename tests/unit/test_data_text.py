@@ -30,8 +30,14 @@ def test_crop_random_window_in_training():
 
 
 def test_fortunes_classification_round_trip(fortune_shards):
-    dm = TextDataModule(train_urls=fortune_shards.train_urls, val_urls=fortune_shards.val_urls, max_length=128,
-                        num_classes=fortune_shards.num_classes, batch_size=16, num_workers=0)
+    dm = TextDataModule(
+        train_urls=fortune_shards.train_urls,
+        val_urls=fortune_shards.val_urls,
+        max_length=128,
+        num_classes=fortune_shards.num_classes,
+        batch_size=16,
+        num_workers=0,
+    )
     assert dm.input_shape == (128,) and dm.num_classes == 3
     dm.setup("fit")
     b = next(iter(dm.train_dataloader()))
@@ -45,8 +51,7 @@ def test_fortunes_classification_round_trip(fortune_shards):
 
 
 def test_mlm_mode_needs_no_label(fortune_shards):
-    dm = TextDataModule(val_urls=fortune_shards.val_urls, max_length=64, batch_size=8, num_workers=0,
-                        permute_seed=3)
+    dm = TextDataModule(val_urls=fortune_shards.val_urls, max_length=64, batch_size=8, num_workers=0, permute_seed=3)
     assert dm.num_classes == T.VOCAB_SIZE
     dm.setup("validate")
     b = next(iter(dm.val_dataloader()))

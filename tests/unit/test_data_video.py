@@ -30,8 +30,12 @@ def test_resize_crop_normalize() -> None:
     x = V.resize_crop_normalize(frames, 16, short_side=20, train=False, mean=(0.5,) * 3, std=(0.5,) * 3)
     assert x.shape == (3, 16, 16, 3) and x.dtype == torch.float32
     assert x[:, :, 0].max() == pytest.approx(-1.0) and x[:, :, -1].min() == pytest.approx(1.0)  # [0,1] -> [-1,1]
-    crops = {tuple(V.resize_crop_normalize(frames, 16, 20, True, random.Random(s), (0.5,) * 3, (0.5,) * 3)
-                   [0, 0, :, 0].tolist()) for s in range(20)}
+    crops = {
+        tuple(
+            V.resize_crop_normalize(frames, 16, 20, True, random.Random(s), (0.5,) * 3, (0.5,) * 3)[0, 0, :, 0].tolist()
+        )
+        for s in range(20)
+    }
     assert len(crops) > 1  # train crops move
     small = V.resize_crop_normalize(frames[:, :8, :8], 16, short_side=None, train=False)
     assert small.shape == (3, 16, 16, 3)  # too small for the crop: stretched up to it
@@ -84,8 +88,19 @@ def test_audiovisual_facts_follow_the_paper() -> None:
     # AudioSet: 32 frames at 25 fps = 1.28 s of video; the matching audio is 61,440 samples at 48 kHz
     assert dm.input_shape == {"video": (32, 224, 224, 3), "audio": (61440,)}
     assert dm.num_classes == 527 and dm.multilabel
-    mel = AudioVisualDataModule(num_frames=8, frame_stride=2, fps=10, sample_rate=16000, features="mel",
-                                n_fft=512, win_length=400, hop_length=160, n_mels=40, crop_size=32, short_side=None)
+    mel = AudioVisualDataModule(
+        num_frames=8,
+        frame_stride=2,
+        fps=10,
+        sample_rate=16000,
+        features="mel",
+        n_fft=512,
+        win_length=400,
+        hop_length=160,
+        n_mels=40,
+        crop_size=32,
+        short_side=None,
+    )
     assert mel.input_shape == {"video": (8, 32, 32, 3), "audio": (16000 * 16 // 10 // 160 + 1, 40)}
     with pytest.raises(ValueError, match="audio_source"):
         AudioVisualDataModule(audio_source="wav")

@@ -23,14 +23,24 @@ H, W = 8, 12
 
 def tiny_flow_net(h: int = H, w: int = W) -> PerceiverIOFlow:
     torch.manual_seed(0)
-    return PerceiverIOFlow(FlowPatchAdapter((2, h, w, 3), num_channels=8, num_frequency_bands=3), num_latents=8,
-                           latent_dim=16, num_self_attends=1, num_self_attention_heads=2, decode_chunk_size=17)
+    return PerceiverIOFlow(
+        FlowPatchAdapter((2, h, w, 3), num_channels=8, num_frequency_bands=3),
+        num_latents=8,
+        latent_dim=16,
+        num_self_attends=1,
+        num_self_attention_heads=2,
+        decode_chunk_size=17,
+    )
 
 
 def batch(b: int = 2, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"inputs": torch.rand(b, 2, H, W, 3, generator=g) * 2 - 1, "target": torch.randn(b, H, W, 2, generator=g) * 4,
-            "valid": torch.rand(b, H, W, generator=g) > 0.25, "key": [f"s{i}" for i in range(b)]}
+    return {
+        "inputs": torch.rand(b, 2, H, W, 3, generator=g) * 2 - 1,
+        "target": torch.randn(b, H, W, 2, generator=g) * 4,
+        "valid": torch.rand(b, H, W, generator=g) > 0.25,
+        "key": [f"s{i}" for i in range(b)],
+    }
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
@@ -94,8 +104,9 @@ def test_colour_wheel_is_middleburys():
     wheel = make_colorwheel()
     assert wheel.shape == (55, 3)
     # the segment starts: red, yellow, green, cyan, blue, magenta
-    for i, rgb in zip((0, 15, 21, 25, 36, 49), ((255, 0, 0), (255, 255, 0), (0, 255, 0), (0, 255, 255), (0, 0, 255),
-                                                 (255, 0, 255))):
+    for i, rgb in zip(
+        (0, 15, 21, 25, 36, 49), ((255, 0, 0), (255, 255, 0), (0, 255, 0), (0, 255, 255), (0, 0, 255), (255, 0, 255))
+    ):
         assert tuple(wheel[i].astype(int)) == rgb
     flow = np.array([[[1, 0], [0, 1], [-1, 0], [0, -1], [0, 0], [0.5, 0]]], float)
     rgb = flow_to_color(flow).tolist()[0]
@@ -114,12 +125,13 @@ def test_colour_wheel_masks_invalid_and_scales_to_max_flow():
 
 def test_flow_panel_shows_frames_truth_and_prediction_side_by_side():
     b = batch(1)
-    strip = flow_panel(b["inputs"][0].numpy(), b["target"][0].numpy(), b["target"][0].numpy() * 0,
-                       b["valid"][0].numpy())
+    strip = flow_panel(
+        b["inputs"][0].numpy(), b["target"][0].numpy(), b["target"][0].numpy() * 0, b["valid"][0].numpy()
+    )
     k = -(-128 // H)  # enlarged to >= 128 px high
     assert strip.shape == (H * k, (4 * W + 3 * 2) * k, 3) and strip.dtype == np.uint8
     # the predicted (zero) flow is white, the true flow is not
-    assert (strip[:, -W * k:] == 255).all() and not (strip[:, 2 * (W + 2) * k:(3 * W + 4) * k] == 255).all()
+    assert (strip[:, -W * k :] == 255).all() and not (strip[:, 2 * (W + 2) * k : (3 * W + 4) * k] == 255).all()
 
 
 # ------------------------------------------------------------------------------------------------------- the task
@@ -141,8 +153,9 @@ def test_loss_ignores_invalid_pixels_whatever_their_flow():
 def test_training_decodes_a_random_subset_and_eval_every_pixel():
     net = tiny_flow_net()
     seen = []
-    net.register_forward_hook(lambda m, args, kwargs, out: seen.append((kwargs.get("query_indices"), out.shape)),
-                              with_kwargs=True)
+    net.register_forward_hook(
+        lambda m, args, kwargs, out: seen.append((kwargs.get("query_indices"), out.shape)), with_kwargs=True
+    )
     task = OpticalFlow(net, train_queries=0.25)
     task.train()
     loss = task.shared_step(batch(), "train", 0)
@@ -168,18 +181,24 @@ def test_subset_loss_equals_the_full_decode_restricted_to_the_same_pixels():
     from perceiver_lit.models.decoders import random_query_indices, take_rows
 
     idx = random_query_indices(H * W, 30, 2)
-    full = task.net(b["inputs"]).float() * task.flow_scale                      # (B, H, W, 2)
-    expect = task._loss(take_rows(full.flatten(1, 2), idx), take_rows(b["target"].flatten(1, 2), idx),
-                        take_rows(b["valid"].flatten(1, 2)[..., None], idx)[..., 0])
+    full = task.net(b["inputs"]).float() * task.flow_scale  # (B, H, W, 2)
+    expect = task._loss(
+        take_rows(full.flatten(1, 2), idx),
+        take_rows(b["target"].flatten(1, 2), idx),
+        take_rows(b["valid"].flatten(1, 2)[..., None], idx)[..., 0],
+    )
     assert sub.item() == pytest.approx(expect.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"loss": "l2"}, "loss must be 'l1' or 'epe'"),
-    ({"train_queries": 0}, "train_queries must be an int >= 1"),
-    ({"train_queries": 1.5}, "train_queries must be an int >= 1"),
-    ({"flow_scale": 0}, "flow_scale must be > 0"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"loss": "l2"}, "loss must be 'l1' or 'epe'"),
+        ({"train_queries": 0}, "train_queries must be an int >= 1"),
+        ({"train_queries": 1.5}, "train_queries must be an int >= 1"),
+        ({"flow_scale": 0}, "flow_scale must be > 0"),
+    ],
+)
 def test_bad_settings_name_the_field(bad, match):
     with pytest.raises(ValueError, match=match):
         OpticalFlow(tiny_flow_net(), **bad)
@@ -218,9 +237,17 @@ def test_save_flow_png_round_trips(tmp_path):
 def test_the_cli_links_input_shape_but_no_class_count_into_a_flow_task():
     from perceiver_lit.cli_links import ADAPTER, NET, plan_links
 
-    tree = {"model": {"class_path": "perceiver_lit.tasks.OpticalFlow", "init_args": {"net": {
-        "class_path": "perceiver_lit.models.PerceiverIOFlow",
-        "init_args": {"adapter": {"class_path": "perceiver_lit.models.FlowPatchAdapter"}}}}}}
+    tree = {
+        "model": {
+            "class_path": "perceiver_lit.tasks.OpticalFlow",
+            "init_args": {
+                "net": {
+                    "class_path": "perceiver_lit.models.PerceiverIOFlow",
+                    "init_args": {"adapter": {"class_path": "perceiver_lit.models.FlowPatchAdapter"}},
+                }
+            },
+        }
+    }
     links = plan_links(tree)
     assert ("input_shape", f"{ADAPTER}.init_args.input_shape") in links
     assert not [link for link in links if link[0] == "num_classes"], links

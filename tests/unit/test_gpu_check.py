@@ -17,8 +17,13 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 def commands() -> list[list[str]]:
     """Each command the script would run, as argv after `python -m` (its dry run prints them shell-quoted)."""
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
-    out = subprocess.run(["bash", str(SCRIPT)], env={"GPU_CHECK_DRY_RUN": "1", "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["bash", str(SCRIPT)],
+        env={"GPU_CHECK_DRY_RUN": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     cmds = [shlex.split(line)[1:] for line in out.splitlines() if line.startswith("CMD ")]
     assert cmds and all(c[1] == "-m" for c in cmds), out  # every step is `$PYTHON -m <module> ...`
     return [c[2:] for c in cmds]
@@ -69,8 +74,12 @@ def test_the_pinned_memory_tests_it_runs_exist_and_the_shard_step_works(commands
 
 def test_it_keeps_to_its_time_budget_and_reports_every_step(commands, tmp_path) -> None:
     """With the budget spent, no step runs: each is reported NOT RUN in the table, and the script fails."""
-    proc = subprocess.run(["bash", str(SCRIPT)], env={"GPU_CHECK_OUT": str(tmp_path), "BUDGET_S": "0",
-                                                       "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT)],
+        env={"GPU_CHECK_OUT": str(tmp_path), "BUDGET_S": "0", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     rows = [r for r in (tmp_path / "gpu_check.md").read_text().splitlines() if r.startswith("| ") and "NOT RUN" in r]
     assert len(rows) == len(commands)

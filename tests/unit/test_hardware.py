@@ -22,7 +22,7 @@ def test_native_bf16_read_from_cpu_flags():
     assert cpu_has_native_bf16(GRAVITON3) is True
     assert cpu_has_native_bf16(SKYLAKE) is False
     assert cpu_has_native_bf16(GRAVITON2) is False
-    assert cpu_has_native_bf16("no flags here\n") is None      # unreadable: nothing claimed
+    assert cpu_has_native_bf16("no flags here\n") is None  # unreadable: nothing claimed
 
 
 @pytest.mark.skipif(not (os.path.exists("/proc/cpuinfo") and shutil.which("lscpu")), reason="needs Linux and lscpu")
@@ -30,8 +30,12 @@ def test_this_machine_agrees_with_lscpu():
     """This machine, judged by the command configs/trainer/cpu_bf16.yaml tells users to run (lscpu's flags), not
     by the function itself."""
     out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, env={**os.environ, "LC_ALL": "C"})
-    flags = {f for line in out.stdout.splitlines() if line.startswith(("Flags:", "Features:"))
-             for f in line.split(":", 1)[1].split()}
+    flags = {
+        f
+        for line in out.stdout.splitlines()
+        if line.startswith(("Flags:", "Features:"))
+        for f in line.split(":", 1)[1].split()
+    }
     assert flags, out.stdout
     assert cpu_has_native_bf16() is bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
@@ -48,8 +52,15 @@ def test_warns_only_for_bf16_on_a_cpu_without_it():
 def test_the_cli_hook_arguments_from_a_real_trainer():
     """What cli.py passes (trainer.precision, the strategy's root device type), from real CPU Trainers."""
     for strategy in ("auto", "ddp"):
-        trainer = Trainer(accelerator="cpu", devices=1, strategy=strategy, precision="bf16-mixed", logger=False,
-                          enable_checkpointing=False, enable_progress_bar=False)
+        trainer = Trainer(
+            accelerator="cpu",
+            devices=1,
+            strategy=strategy,
+            precision="bf16-mixed",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+        )
         with pytest.warns(UserWarning, match="bf16 is emulated"):
             assert warn_if_bf16_is_emulated(trainer.precision, trainer.strategy.root_device.type, SKYLAKE)
     fp32 = Trainer(accelerator="cpu", devices=1, precision="32-true", logger=False, enable_checkpointing=False)

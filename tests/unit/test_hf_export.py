@@ -20,8 +20,9 @@ from tests.unit.test_pretrained import hf_text_classifier  # noqa: E402
 FAMILIES = {
     "PerceiverForImageClassificationFourier": lambda: hf_image_model("PerceiverForImageClassificationFourier"),
     "PerceiverForImageClassificationLearned": lambda: hf_image_model("PerceiverForImageClassificationLearned"),
-    "PerceiverForImageClassificationConvProcessing":
-        lambda: hf_image_model("PerceiverForImageClassificationConvProcessing"),
+    "PerceiverForImageClassificationConvProcessing": lambda: hf_image_model(
+        "PerceiverForImageClassificationConvProcessing"
+    ),
     "PerceiverForMaskedLM": hf_mlm,
     "PerceiverForSequenceClassification": hf_text_classifier,
 }
@@ -30,7 +31,7 @@ FAMILIES = {
 def _inputs(arch: str):
     g = torch.Generator().manual_seed(3)
     if arch == "PerceiverForMaskedLM":
-        return torch.randint(0, 262, (2, 64), generator=g)                  # HF's MLM decodes all 64 positions
+        return torch.randint(0, 262, (2, 64), generator=g)  # HF's MLM decodes all 64 positions
     if arch == "PerceiverForSequenceClassification":
         return torch.randint(0, 262, (2, 20), generator=g)
     return torch.randn(2, 3, 16, 16, generator=g)
@@ -58,7 +59,7 @@ def test_a_fine_tuned_net_exports_with_its_new_head_and_gives_our_logits(tmp_pat
     hf = FAMILIES["PerceiverForImageClassificationConvProcessing"]()
     hf.save_pretrained(tmp_path / "hf")
     net = pretrained(str(tmp_path / "hf"), num_classes=4, input_shape=(24, 24, 3))
-    with torch.no_grad():                                             # as if trained: move every weight
+    with torch.no_grad():  # as if trained: move every weight
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     save_huggingface(net, tmp_path / "out")
@@ -70,21 +71,40 @@ def test_a_fine_tuned_net_exports_with_its_new_head_and_gives_our_logits(tmp_pat
 
 
 def test_an_iterative_perceiver_has_no_hf_class(tmp_path):
-    net = Perceiver(ImageAdapter((16, 16, 3), num_frequency_bands=4), num_classes=5, num_latents=8, latent_dim=16,
-                    num_cross_attends=3, num_self_attends_per_block=1, num_self_attention_heads=2)
-    with pytest.raises(NotExportable, match=r"^save_huggingface: Perceiver \(an iterative Perceiver, 3 cross-attends, "
-                                            r"mean-pooled head\); HF transformers has no class for it") as e:
+    net = Perceiver(
+        ImageAdapter((16, 16, 3), num_frequency_bands=4),
+        num_classes=5,
+        num_latents=8,
+        latent_dim=16,
+        num_cross_attends=3,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=2,
+    )
+    with pytest.raises(
+        NotExportable,
+        match=r"^save_huggingface: Perceiver \(an iterative Perceiver, 3 cross-attends, "
+        r"mean-pooled head\); HF transformers has no class for it",
+    ) as e:
         save_huggingface(net, tmp_path)
     assert "\n" not in str(e.value) and not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("case", ["bands", "permuted", "gray"])
 def test_other_perceiver_io_variants_are_refused_in_one_line(case, tmp_path):
-    adapter = {"bands": dict(input_shape=(16, 16, 3), num_frequency_bands=6),
-               "permuted": dict(input_shape=(16, 16, 3), max_resolution=(224, 224), permute_seed=0),
-               "gray": dict(input_shape=(16, 16, 1), max_resolution=(224, 224))}[case]
-    net = PerceiverIO(ImageAdapter(**adapter), num_classes=5, num_latents=8, latent_dim=16, num_blocks=1,
-                      num_self_attends_per_block=1, num_self_attention_heads=2)
+    adapter = {
+        "bands": dict(input_shape=(16, 16, 3), num_frequency_bands=6),
+        "permuted": dict(input_shape=(16, 16, 3), max_resolution=(224, 224), permute_seed=0),
+        "gray": dict(input_shape=(16, 16, 1), max_resolution=(224, 224)),
+    }[case]
+    net = PerceiverIO(
+        ImageAdapter(**adapter),
+        num_classes=5,
+        num_latents=8,
+        latent_dim=16,
+        num_blocks=1,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=2,
+    )
     why = {"bands": "other than HF's three", "permuted": "permuted positions", "gray": "1 input channels"}[case]
     with pytest.raises(NotExportable, match=why) as e:
         save_huggingface(net, tmp_path)

@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="glibc only")
+pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 
 PROBE = r"""
 import json, resource, sys
@@ -32,13 +31,19 @@ print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSA
 
 
 def _probe(**env) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
-                         env={**os.environ, **env}, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_freed_activations_are_reused_without_page_faults():
     system, tuned = _probe(PERCEIVER_LIT_MALLOC="system"), _probe(PERCEIVER_LIT_MALLOC="")
     assert not system["applied"] and tuned["applied"]
-    assert system["faults"] > 10 * 1000       # glibc's defaults return the freed heap: ~2,000 fresh pages a step
+    assert system["faults"] > 10 * 1000  # glibc's defaults return the freed heap: ~2,000 fresh pages a step
     assert tuned["faults"] < system["faults"] / 3

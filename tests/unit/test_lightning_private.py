@@ -31,7 +31,8 @@ def _source(obj) -> str:
 def test_lightning_cli_parse_ckpt_path_is_called_after_parsing():
     api = "LightningCLI._parse_ckpt_path"
     assert "self._parse_ckpt_path()" in _source(LightningCLI.__init__), (
-        f"{api}: LightningCLI.__init__ no longer calls it")
+        f"{api}: LightningCLI.__init__ no longer calls it"
+    )
     assert list(inspect.signature(LightningCLI._parse_ckpt_path).parameters) == ["self"], f"{api}: signature changed"
     assert PerceiverCLI.check_ckpt_path is not LightningCLI._parse_ckpt_path, f"{api}: PerceiverCLI does not replace it"
 
@@ -42,13 +43,15 @@ def test_lightning_cli_dump_config_feeds_the_instantiator():
     assert "config_dump" in _source(LightningCLI._dump_config), f"{api}: no longer writes self.config_dump"
     call = _source(_InstantiatorFn.__call__)
     assert "self.cli._dump_config()" in call and "self.cli.config_dump" in call, (
-        f"{api}: lightning.pytorch.cli._InstantiatorFn no longer takes the hyperparameters from it")
+        f"{api}: lightning.pytorch.cli._InstantiatorFn no longer takes the hyperparameters from it"
+    )
 
 
 def test_given_hyperparameters_is_what_save_hyperparameters_reads():
     api = "lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters"
     assert "_given_hyperparameters.get()" in _source(hparams_mixin.HyperparametersMixin.save_hyperparameters), (
-        f"{api}: save_hyperparameters no longer reads it")
+        f"{api}: save_hyperparameters no longer reads it"
+    )
     assert not hparams_given_by_cli(), f"{api}: set outside LightningCLI's instantiation"
     with hparams_mixin._given_hyperparameters_context(hparams={"lr": 1.0}, instantiator="x"):
         assert hparams_given_by_cli(), f"{api}: not set inside _given_hyperparameters_context"
@@ -58,9 +61,11 @@ def test_given_hyperparameters_is_what_save_hyperparameters_reads():
 def test_find_last_checkpoints_gives_the_candidates_of_ckpt_path_last(tmp_path):
     api = "ModelCheckpoint._find_last_checkpoints"
     assert list(inspect.signature(ModelCheckpoint._find_last_checkpoints).parameters) == ["self", "trainer"], (
-        f"{api}: signature changed")
+        f"{api}: signature changed"
+    )
     assert "callback._find_last_checkpoints(self.trainer)" in _source(_CheckpointConnector._parse_ckpt_path), (
-        f"{api}: Lightning no longer asks it for the candidates of ckpt_path='last'")
+        f"{api}: Lightning no longer asks it for the candidates of ckpt_path='last'"
+    )
     trainer = Trainer(default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False, max_steps=1)
     cb = Checkpoint()
     (tmp_path / "checkpoints").mkdir()

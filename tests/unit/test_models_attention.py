@@ -14,7 +14,7 @@ from perceiver_lit.models.sdpa import attention
 def reference_attention(q, k, v, heads, pad_mask=None):
     B, N, _ = q.shape
     q, k, v = (t.reshape(B, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])               # (B, h, N, M)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, h, N, M)
     if pad_mask is not None:
         scores = scores.masked_fill(pad_mask[:, None, None, :], float("-inf"))
     return (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, N, -1)
@@ -35,7 +35,7 @@ def test_sdpa_matches_softmax_reference(heads):
 
 def test_head_dim_padding_changes_nothing():
     torch.manual_seed(0)
-    q, k, v = torch.randn(2, 5, 261), torch.randn(2, 9, 261), torch.randn(2, 9, 261)   # HF ImageNet width
+    q, k, v = torch.randn(2, 5, 261), torch.randn(2, 9, 261), torch.randn(2, 9, 261)  # HF ImageNet width
     mask = torch.zeros(2, 9, dtype=torch.bool)
     mask[0, 7:] = True
     padded = attention(q, k, v, 1, mask, pad_head_dims=True)
@@ -54,7 +54,7 @@ def test_cross_attention_layer_matches_unfused_reference():
     h = x + layer.proj(a)
     ref = h + layer.mlp[2](F.gelu(layer.mlp[0](layer.norm_mlp(h))))
     torch.testing.assert_close(layer(x, inp), ref, atol=1e-5, rtol=1e-5)
-    assert layer.qk_channels == 10 and layer.mlp[0].out_features == 24       # "kv" shape, widening 2
+    assert layer.qk_channels == 10 and layer.mlp[0].out_features == 24  # "kv" shape, widening 2
 
 
 def test_self_attention_block_shapes_and_no_query_residual():
@@ -121,8 +121,9 @@ def _absorbed_and_projected(layer, x, inputs, mask=None):
     return results
 
 
-@pytest.mark.parametrize("heads,qk,v,inputs_grad", [(1, None, None, False), (2, 8, 6, False), (1, 6, 10, True),
-                                                     (3, 9, 12, True)])
+@pytest.mark.parametrize(
+    "heads,qk,v,inputs_grad", [(1, None, None, False), (2, 8, 6, False), (1, 6, 10, True), (3, 9, 12, True)]
+)
 def test_absorbed_cross_attention_equals_projected_in_value_and_gradients(heads, qk, v, inputs_grad):
     """Moving k and v's projections onto the query side (absorbs) is the same function with the same parameter
     gradients: the k bias only shifts each query's scores (softmax ignores it: zero gradient both ways), the
@@ -155,24 +156,24 @@ def test_absorbed_cross_attention_without_grad_and_cached_inputs():
         ref = layer(layer(x, inputs), inputs)
         layer.absorb = True
         z, cache = layer(x, inputs, return_kv=True)
-        assert cache.shape == (2, 50, 20)                                    # x_hat, not [k; v]
+        assert cache.shape == (2, 50, 20)  # x_hat, not [k; v]
         torch.testing.assert_close(layer(z, None, kv=cache), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_absorb_is_chosen_by_cost():
-    enc = CrossAttentionLayer(256, 69)                                        # the paper's encoder: 1 head, "kv"
+    enc = CrossAttentionLayer(256, 69)  # the paper's encoder: 1 head, "kv"
     assert enc.absorbs(64, 1024) and enc.absorbs(512, 50_176)
-    dense = CrossAttentionLayer(64, 256, qk_channels=256)                     # a decoder: a query per output
+    dense = CrossAttentionLayer(64, 256, qk_channels=256)  # a decoder: a query per output
     assert not dense.absorbs(4096, 64)
-    assert CrossAttentionLayer(256, 256, num_heads=8).absorbs(1, 64)         # one classification query
-    dropout = CrossAttentionLayer(256, 69, dropout=0.1)                       # dropped probabilities: projected
+    assert CrossAttentionLayer(256, 256, num_heads=8).absorbs(1, 64)  # one classification query
+    dropout = CrossAttentionLayer(256, 69, dropout=0.1)  # dropped probabilities: projected
     assert not dropout.absorbs(64, 1024) and dropout.eval().absorbs(64, 1024)
 
 
 def test_absorbed_flops_count_by_hand():
-    layer = CrossAttentionLayer(8, 6, num_heads=1)                            # qk = v = 6, MLP 8 -> 8 -> 8
+    layer = CrossAttentionLayer(8, 6, num_heads=1)  # qk = v = 6, MLP 8 -> 8 -> 8
     n, m = 2, 10
-    shared = n * 8 * 6 + n * 6 * 8 + 2 * n * 8 * 8                          # q, output projection, MLP
+    shared = n * 8 * 6 + n * 6 * 8 + 2 * n * 8 * 8  # q, output projection, MLP
     assert layer.absorbs(n, m)
     assert layer.flops(n, m) == 2 * (shared + n * 6 * 6 + 2 * n * m * 6 + n * 6 * 6)
     layer.absorb = False
@@ -184,12 +185,12 @@ def test_absorbed_attention_with_zero_padded_inputs_as_on_cuda():
     """On CUDA normalize_inputs pads x_hat to a multiple of 8 channels for SDPA's fused kernels; the absorbed
     attention pads W_k to match and drops the padding after: the same result (checked here on CPU)."""
     torch.manual_seed(0)
-    layer = CrossAttentionLayer(16, 11, num_heads=1)                          # 11 channels, like ImageNet's 261
+    layer = CrossAttentionLayer(16, 11, num_heads=1)  # 11 channels, like ImageNet's 261
     x, inputs = torch.randn(2, 3, 16), torch.randn(2, 20, 11)
     mask = torch.zeros(2, 20, dtype=torch.bool)
     mask[0, 15:] = True
     x_hat = layer.normalize_inputs(inputs)
-    padded = F.pad(x_hat, (0, 5))                                              # 16 channels
+    padded = F.pad(x_hat, (0, 5))  # 16 channels
     torch.testing.assert_close(layer._absorbed_attention(x, padded, mask), layer._absorbed_attention(x, x_hat, mask))
 
 
@@ -204,8 +205,9 @@ def test_absorbed_queries_of_expanded_latents_are_projected_once_with_the_same_r
     results = []
     for x in (latents.expand(3, -1, -1), latents.expand(3, -1, -1).contiguous()):
         out = layer(x, inputs)
-        results.append((out, torch.autograd.grad(out.square().sum(), [latents, *layer.parameters()],
-                                                  allow_unused=True)))
+        results.append(
+            (out, torch.autograd.grad(out.square().sum(), [latents, *layer.parameters()], allow_unused=True))
+        )
     torch.testing.assert_close(results[0][0], results[1][0])
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b)
@@ -215,7 +217,7 @@ def test_flops_leave_out_the_once_per_batch_query_projection_of_expanded_latents
     layer = CrossAttentionLayer(8, 6, num_heads=1)
     n, m = 2, 10
     assert layer.flops(n, m) - layer.flops(n, m, expanded_queries=True) == 2 * (n * 8 * 6 + n * 6 * 6)
-    layer.absorb = False                                                       # projected: every copy is projected
+    layer.absorb = False  # projected: every copy is projected
     assert layer.flops(n, m) == layer.flops(n, m, expanded_queries=True)
 
 
@@ -231,8 +233,13 @@ def test_bf16_cpu_training_runs_sdpa_math_in_bf16_and_matches_fp32(monkeypatch):
     sdpa = F.scaled_dot_product_attention
 
     def observe(q, *args, **kwargs):
-        seen.append((torch.backends.cuda.flash_sdp_enabled(),
-                     torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed(), q.dtype))
+        seen.append(
+            (
+                torch.backends.cuda.flash_sdp_enabled(),
+                torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed(),
+                q.dtype,
+            )
+        )
         return sdpa(q, *args, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", observe)
@@ -247,15 +254,15 @@ def test_bf16_cpu_training_runs_sdpa_math_in_bf16_and_matches_fp32(monkeypatch):
             out = layer(xi)
         out.float().square().mean().backward()
         runs[bf16] = [out.detach().float(), xi.grad] + [p.grad.clone() for p in layer.parameters()]
-    assert seen[0] == (True, False, torch.float32)            # fp32: the fused kernel, as before
-    assert seen[1] == (False, True, torch.bfloat16)           # bf16 training: math backend, bf16 reductions
+    assert seen[0] == (True, False, torch.float32)  # fp32: the fused kernel, as before
+    assert seen[1] == (False, True, torch.bfloat16)  # bf16 training: math backend, bf16 reductions
     assert not torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed() and torch.backends.cuda.flash_sdp_enabled()
     for ref, got in zip(runs[False], runs[True]):
         assert (got - ref).norm() <= 0.02 * ref.norm(), (got - ref).norm() / ref.norm()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         layer(x)
-    assert seen[2][:2] == (True, False)                       # inference: the fused kernel
-    cuda.allow_fp16_bf16_reduction_math_sdp(True)              # a user's own setting is left as it was
+    assert seen[2][:2] == (True, False)  # inference: the fused kernel
+    cuda.allow_fp16_bf16_reduction_math_sdp(True)  # a user's own setting is left as it was
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             layer(x.clone().requires_grad_())

@@ -13,7 +13,7 @@ def count(m):
 def test_optical_flow_preset_is_exactly_hf():
     with torch.device("meta"):
         m = build_preset("perceiver_io_optical_flow")
-    assert count(m) == 41_057_134                                       # HF PerceiverForOpticalFlow
+    assert count(m) == 41_057_134  # HF PerceiverForOpticalFlow
     assert m.adapter.num_output_channels == 322 and m.adapter.num_elements == 368 * 496
     assert len(m.processor) == 24 and m.latents.shape == (2048, 512)
 
@@ -21,18 +21,19 @@ def test_optical_flow_preset_is_exactly_hf():
 def tiny_flow(**kw):
     torch.manual_seed(0)
     adapter = FlowPatchAdapter((2, 6, 7, 3), num_channels=8, num_frequency_bands=4)
-    return PerceiverIOFlow(adapter, num_latents=4, latent_dim=16, num_self_attends=1, num_self_attention_heads=2,
-                           **kw).eval()
+    return PerceiverIOFlow(
+        adapter, num_latents=4, latent_dim=16, num_self_attends=1, num_self_attention_heads=2, **kw
+    ).eval()
 
 
 def test_flow_subsampled_decode_equals_full_decode_restricted():
     m = tiny_flow()
     frames = torch.randn(2, 2, 6, 7, 3)
     with torch.no_grad():
-        full = m(frames).reshape(2, 42, 2)                              # (B, HW, 2)
+        full = m(frames).reshape(2, 42, 2)  # (B, HW, 2)
         idx = torch.tensor([41, 0, 17, 5, 17])
         torch.testing.assert_close(m(frames, query_indices=idx), full[:, idx], atol=1e-6, rtol=1e-6)
-        per_sample = torch.stack([torch.randperm(42)[:9] for _ in range(2)])   # (B, Q)
+        per_sample = torch.stack([torch.randperm(42)[:9] for _ in range(2)])  # (B, Q)
         sub = m(frames, query_indices=per_sample)
     torch.testing.assert_close(sub, torch.stack([full[b, per_sample[b]] for b in range(2)]), atol=1e-6, rtol=1e-6)
 
@@ -42,7 +43,7 @@ def test_flow_chunked_decode_equals_unchunked():
     frames = torch.randn(2, 2, 6, 7, 3)
     with torch.no_grad():
         whole = m(frames)
-        m.decoder.chunk_size = 5                                        # 42 queries: 9 chunks, the last of 2
+        m.decoder.chunk_size = 5  # 42 queries: 9 chunks, the last of 2
         chunked = m(frames)
     assert chunked.shape == (2, 6, 7, 2)
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
@@ -51,7 +52,7 @@ def test_flow_chunked_decode_equals_unchunked():
 def test_flow_trains_on_a_query_subset():
     m = tiny_flow().train()
     frames = torch.randn(2, 2, 6, 7, 3)
-    out = m(frames, query_indices=torch.randint(0, 42, (2, 10)))        # (B, Q, 2), one pass with autograd
+    out = m(frames, query_indices=torch.randint(0, 42, (2, 10)))  # (B, Q, 2), one pass with autograd
     out.square().mean().backward()
     assert out.shape == (2, 10, 2)
     assert m.adapter.patch_proj.weight.grad.abs().sum() > 0 and m.latents.grad.abs().sum() > 0
@@ -67,7 +68,7 @@ def test_flow_rejects_bad_frames():
 def test_multimodal_autoencoding_preset_is_exactly_hf():
     with torch.device("meta"):
         m = build_preset("perceiver_io_multimodal_autoencoding")
-    assert count(m) == 19_858_855                                       # HF PerceiverForMultimodalAutoencoding
+    assert count(m) == 19_858_855  # HF PerceiverForMultimodalAutoencoding
     assert m.adapter.num_output_channels == 704 and m.query_channels == 1026
     assert m.adapter.num_elements == 16 * 56 * 56 + 1920 + 1
     assert m.num_queries("video") == 16 * 224 * 224 and m.num_queries("audio") == 1920
@@ -76,14 +77,25 @@ def test_multimodal_autoencoding_preset_is_exactly_hf():
 def tiny_autoencoder(**kw):
     torch.manual_seed(0)
     shape = {"video": (2, 8, 8, 3), "audio": (64,), "label": (5,)}
-    return build_preset("perceiver_io_multimodal_autoencoding", input_shape=shape, num_latents=4, latent_dim=16,
-                        num_self_attends=1, num_self_attention_heads=2, decoder_output_channels=8,
-                        label_query_channels=12, **kw).eval()
+    return build_preset(
+        "perceiver_io_multimodal_autoencoding",
+        input_shape=shape,
+        num_latents=4,
+        latent_dim=16,
+        num_self_attends=1,
+        num_self_attention_heads=2,
+        decoder_output_channels=8,
+        label_query_channels=12,
+        **kw,
+    ).eval()
 
 
 def mm_inputs(batch=2):
-    return {"video": torch.randn(batch, 2, 8, 8, 3), "audio": torch.randn(batch, 64),
-            "label": torch.arange(batch) % 5}                           # class ids: one-hot inside
+    return {
+        "video": torch.randn(batch, 2, 8, 8, 3),
+        "audio": torch.randn(batch, 64),
+        "label": torch.arange(batch) % 5,
+    }  # class ids: one-hot inside
 
 
 def test_autoencoder_subsampled_and_chunked_decode_equal_full_decode():
@@ -93,15 +105,16 @@ def test_autoencoder_subsampled_and_chunked_decode_equal_full_decode():
         full = m(x)
         assert full["video"].shape == (2, 2, 8, 8, 3) and full["audio"].shape == (2, 64)
         assert full["label"].shape == (2, 5)
-        v_idx = torch.stack([torch.randperm(128)[:10] for _ in range(2)])      # (B, Q) per sample
+        v_idx = torch.stack([torch.randperm(128)[:10] for _ in range(2)])  # (B, Q) per sample
         a_idx = torch.tensor([3, 1])
         sub = m(x, query_indices={"video": v_idx, "audio": a_idx})
         m.decoder.chunk_size = 7
         chunked = m(x)
     flat = full["video"].reshape(2, 128, 3)
     torch.testing.assert_close(sub["video"], torch.stack([flat[b, v_idx[b]] for b in range(2)]), atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(sub["audio"], full["audio"].view(2, 4, 16)[:, a_idx].reshape(2, 32), atol=1e-6,
-                               rtol=1e-6)
+    torch.testing.assert_close(
+        sub["audio"], full["audio"].view(2, 4, 16)[:, a_idx].reshape(2, 32), atol=1e-6, rtol=1e-6
+    )
     torch.testing.assert_close(sub["label"], full["label"], atol=1e-6, rtol=1e-6)
     for k in full:
         torch.testing.assert_close(chunked[k], full[k], atol=1e-6, rtol=1e-6)
@@ -112,7 +125,7 @@ def test_autoencoder_label_is_masked_as_hf():
     x = mm_inputs()
     with torch.no_grad():
         a = m(x)
-        b = m({**x, "label": (x["label"] + 1) % 5})                      # label 1.0-masked: the label input is unseen
+        b = m({**x, "label": (x["label"] + 1) % 5})  # label 1.0-masked: the label input is unseen
     torch.testing.assert_close(a["label"], b["label"])
     seen = tiny_autoencoder(mask_probs={})
     with torch.no_grad():
@@ -132,12 +145,13 @@ def test_autoencoder_rejects_bad_input():
 def test_random_query_indices_train_on_a_subset_with_matching_targets():
     from perceiver_lit.models import random_query_indices
     from perceiver_lit.models.decoders import take_rows
+
     g = torch.Generator().manual_seed(0)
     idx = random_query_indices(42, 10, batch_size=2, generator=g)
     assert idx.shape == (2, 10) and all(len(set(row.tolist())) == 10 for row in idx) and int(idx.max()) < 42
     m = tiny_flow().train()
     frames, target = torch.randn(2, 2, 6, 7, 3), torch.randn(2, 6, 7, 2)
-    pred = m(frames, query_indices=idx)                                 # (B, Q, 2)
+    pred = m(frames, query_indices=idx)  # (B, Q, 2)
     loss = (pred - take_rows(target.flatten(1, 2), idx)).square().mean()
     loss.backward()
     with torch.no_grad():
@@ -204,4 +218,4 @@ def test_latent_side_absorbed_decode_equals_the_plain_layer(heads, residual):
         flow, ae = build_preset("perceiver_io_optical_flow"), build_preset("perceiver_io_multimodal_autoencoding")
     flow.eval(), ae.eval()
     assert flow.decoder.absorbs_latent_side(8192, 2048) and not ae.decoder.absorbs_latent_side(8192, 784)
-    assert not flow.train().decoder.absorbs_latent_side(8192, 2048)     # training: the plain layer's backend choice
+    assert not flow.train().decoder.absorbs_latent_side(8192, 2048)  # training: the plain layer's backend choice

@@ -18,16 +18,41 @@ import torch
 from perceiver_lit import models as M
 from perceiver_lit.models import presets
 
-CONFIGS = [(M.Perceiver, M.PerceiverConfig), (M.PerceiverIO, M.PerceiverIOConfig),
-           (M.PerceiverIOFlow, M.PerceiverIOFlowConfig),
-           (M.PerceiverIOMultimodalAutoencoder, M.MultimodalAutoencoderConfig), (M.ConvNet, M.ConvNetConfig)]
+CONFIGS = [
+    (M.Perceiver, M.PerceiverConfig),
+    (M.PerceiverIO, M.PerceiverIOConfig),
+    (M.PerceiverIOFlow, M.PerceiverIOFlowConfig),
+    (M.PerceiverIOMultimodalAutoencoder, M.MultimodalAutoencoderConfig),
+    (M.ConvNet, M.ConvNetConfig),
+]
 
 # Every class a config can name under `net` (models, adapters, query providers, the dense decoder) and the layers.
-DOCUMENTED = [M.Perceiver, M.PerceiverIO, M.PerceiverIOFlow, M.PerceiverIOMultimodalAutoencoder, M.ConvNet,
-              M.ImageAdapter, M.VideoAdapter, M.AudioAdapter, M.PointCloudAdapter, M.TextAdapter, M.MultimodalAdapter,
-              M.FlowPatchAdapter, M.OneHotAdapter, M.TrainableQueries, M.FourierQueries, M.MultimodalQueries,
-              M.GridQueries, M.DenseDecoder, M.CrossAttentionLayer, M.SelfAttentionLayer, M.SelfAttentionBlock,
-              M.FourierPositionEncoding, M.LearnedPositionEncoding, M.pretrained]
+DOCUMENTED = [
+    M.Perceiver,
+    M.PerceiverIO,
+    M.PerceiverIOFlow,
+    M.PerceiverIOMultimodalAutoencoder,
+    M.ConvNet,
+    M.ImageAdapter,
+    M.VideoAdapter,
+    M.AudioAdapter,
+    M.PointCloudAdapter,
+    M.TextAdapter,
+    M.MultimodalAdapter,
+    M.FlowPatchAdapter,
+    M.OneHotAdapter,
+    M.TrainableQueries,
+    M.FourierQueries,
+    M.MultimodalQueries,
+    M.GridQueries,
+    M.DenseDecoder,
+    M.CrossAttentionLayer,
+    M.SelfAttentionLayer,
+    M.SelfAttentionBlock,
+    M.FourierPositionEncoding,
+    M.LearnedPositionEncoding,
+    M.pretrained,
+]
 
 
 def _keyword_arguments(cls: type) -> dict[str, inspect.Parameter]:
@@ -49,8 +74,15 @@ def test_config_dataclass_has_the_signatures_fields_and_defaults(model, config):
 def test_a_models_config_records_its_arguments_and_rebuilds_it():
     adapter = M.ImageAdapter((4, 4, 3), num_frequency_bands=2)
     torch.manual_seed(0)
-    net = M.PerceiverIO(adapter, num_classes=3, num_latents=4, latent_dim=8, num_blocks=2, num_self_attention_heads=2,
-                        decoder_num_heads=2)
+    net = M.PerceiverIO(
+        adapter,
+        num_classes=3,
+        num_latents=4,
+        latent_dim=8,
+        num_blocks=2,
+        num_self_attention_heads=2,
+        decoder_num_heads=2,
+    )
     assert net.config.num_latents == 4 and net.config.decoder_num_heads == 2 and net.config.num_classes == 3
     torch.manual_seed(0)
     again = M.PerceiverIO.from_config(adapter, net.config)
@@ -91,8 +123,17 @@ def test_cli_help_explains_the_net(capsys):
 
     quickstart = Path(__file__).parents[2] / "configs" / "quickstart.yaml"
     with pytest.raises(SystemExit):
-        PerceiverCLI(args=["fit", "--config", str(quickstart), "--model.help", "perceiver_lit.tasks.Classification",
-                           "--model.net.help", "perceiver_lit.models.Perceiver"])
+        PerceiverCLI(
+            args=[
+                "fit",
+                "--config",
+                str(quickstart),
+                "--model.help",
+                "perceiver_lit.tasks.Classification",
+                "--model.net.help",
+                "perceiver_lit.models.Perceiver",
+            ]
+        )
     out = " ".join(capsys.readouterr().out.split())
     assert "--model.net.num_latents NUM_LATENTS N, the rows of the learned latent array." in out
     assert "--model.net.input_keep INPUT_KEEP in training, the fraction of input elements" in out

@@ -5,8 +5,13 @@ import math
 import pytest
 import torch
 
-from perceiver_lit.models.position import (FourierPositionEncoding, LearnedPositionEncoding, fourier_features,
-                                           grid_positions, seeded_permutation)
+from perceiver_lit.models.position import (
+    FourierPositionEncoding,
+    LearnedPositionEncoding,
+    fourier_features,
+    grid_positions,
+    seeded_permutation,
+)
 
 
 def test_fourier_layout_by_hand():
@@ -19,7 +24,7 @@ def test_fourier_layout_by_hand():
 def test_fourier_matches_hf_layout():
     hf = pytest.importorskip("transformers.models.perceiver.modeling_perceiver")
     enc = FourierPositionEncoding(2, num_bands=64, max_resolution=(224, 224))
-    ours = enc((7, 5), torch.device("cpu"), torch.float32)                  # (35, 258)
+    ours = enc((7, 5), torch.device("cpu"), torch.float32)  # (35, 258)
     ref = hf.PerceiverFourierPositionEncoding(64, (224, 224))((7, 5), 1, torch.device("cpu"), torch.float32)[0]
     assert ours.shape == (35, 2 * (2 * 64 + 1)) == ref.shape
     torch.testing.assert_close(ours, ref, rtol=0, atol=0)
@@ -35,12 +40,12 @@ def test_grid_positions_ij_order():
 def test_fourier_cache_is_reused_and_keyed():
     enc = FourierPositionEncoding(2, num_bands=4)
     a = enc((4, 4), torch.device("cpu"), torch.float32)
-    assert enc((4, 4), torch.device("cpu"), torch.float32) is a            # computed once
+    assert enc((4, 4), torch.device("cpu"), torch.float32) is a  # computed once
     b = enc((4, 4), torch.device("cpu"), torch.float64)
     c = enc((2, 8), torch.device("cpu"), torch.float32)
     assert b.dtype == torch.float64 and c.shape == a.shape and not torch.equal(a, c)
     assert len(enc._cache) == 3
-    assert "_cache" not in str(enc.state_dict().keys())                    # never saved
+    assert "_cache" not in str(enc.state_dict().keys())  # never saved
 
 
 def test_fourier_cache_filled_under_inference_mode_serves_training():

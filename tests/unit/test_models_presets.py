@@ -23,7 +23,7 @@ def test_perceiver_io_imagenet_is_exactly_hf_vision_perceiver_fourier():
     executed = m.flops_per_sample()
     with projected_cross_attention(m):  # the papers count k, v projected from every input
         textbook = m.flops_per_sample()
-    assert abs(textbook / 407e9 - 1) < 0.01                                  # paper: 407B FLOPs
+    assert abs(textbook / 407e9 - 1) < 0.01  # paper: 407B FLOPs
     # as run: the encoder never projects the 50,176 inputs, the one-query decoder never projects the 512 latents
     n, inputs, c, d = 512, 224 * 224, 261, 1024
     encoder_saving = 2 * (inputs * c * 2 * c - 2 * n * c * c)
@@ -34,9 +34,9 @@ def test_perceiver_io_imagenet_is_exactly_hf_vision_perceiver_fourier():
 
 def test_perceiver_imagenet_counts_and_sharing():
     m = meta(perceiver_imagenet)
-    assert round(count(m) / 1e6, 1) == 44.9                                 # paper: 44.9M
+    assert round(count(m) / 1e6, 1) == 44.9  # paper: 44.9M
     unshared = meta(perceiver_imagenet, share_cross_attends=False, share_latent_blocks=False)
-    assert round(count(unshared) / 1e6, 1) == 326.2                         # paper: 326.2M without sharing
+    assert round(count(unshared) / 1e6, 1) == 326.2  # paper: 326.2M without sharing
     executed = m.flops_per_sample()
     # the paper's 707.2B projects k, v at all 8 cross-attends; the shared cross-attend does it once for 2..8
     with projected_cross_attention(unshared), projected_cross_attention(m):
@@ -50,13 +50,16 @@ def test_perceiver_imagenet_counts_and_sharing():
     assert executed == textbook - 2 * kv + 8 * 2 * (2 * 512 * 261 * 261) - latent_queries
 
 
-@pytest.mark.parametrize("name,shape,kw,out", [
-    ("perceiver_audioset", {"video": (4, 16, 16, 3), "audio": (1280,)}, {}, (1, 527)),
-    ("perceiver_audioset", (4, 8), {}, (1, 527)),
-    ("perceiver_modelnet40", (64, 3), {}, (1, 40)),
-    ("perceiver_io_language", (32,), {}, (1, 32, 262)),
-    ("perceiver_imagenet", (8, 8, 3), {"num_classes": 10}, (1, 10)),
-])
+@pytest.mark.parametrize(
+    "name,shape,kw,out",
+    [
+        ("perceiver_audioset", {"video": (4, 16, 16, 3), "audio": (1280,)}, {}, (1, 527)),
+        ("perceiver_audioset", (4, 8), {}, (1, 527)),
+        ("perceiver_modelnet40", (64, 3), {}, (1, 40)),
+        ("perceiver_io_language", (32,), {}, (1, 32, 262)),
+        ("perceiver_imagenet", (8, 8, 3), {"num_classes": 10}, (1, 10)),
+    ],
+)
 def test_presets_build_and_run_small(name, shape, kw, out):
     torch.manual_seed(0)
     small = dict(num_latents=4, latent_dim=16, num_self_attends_per_block=1)
@@ -77,8 +80,8 @@ def test_preset_structures_match_paper():
     audioset = meta(build_preset, name="perceiver_audioset")
     assert len(audioset.cross_attends) == 2 and len(audioset.blocks) == 2 and len(audioset.blocks[0]) == 8
     assert audioset.adapter.modality_dropout == {"video": 0.3}
-    assert audioset.adapter.adapters["audio"].num_elements == 480              # 61,440 samples / 128
-    assert audioset.adapter.adapters["video"].num_elements == 12_544           # 32x224x224 in 2x8x8 patches
+    assert audioset.adapter.adapters["audio"].num_elements == 480  # 61,440 samples / 128
+    assert audioset.adapter.adapters["video"].num_elements == 12_544  # 32x224x224 in 2x8x8 patches
     modelnet = meta(build_preset, name="perceiver_modelnet40")
     assert modelnet.adapter.num_output_channels == 3 + 2 * 3 * 64
     lang = meta(build_preset, name="perceiver_io_language")

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from perceiver_lit.models import (AudioAdapter, ConvNet, ImageAdapter, Perceiver, PerceiverIO, PointCloudAdapter,
-                                  TextAdapter, VideoAdapter)
+from perceiver_lit.models import (
+    AudioAdapter,
+    ConvNet,
+    ImageAdapter,
+    Perceiver,
+    PerceiverIO,
+    PointCloudAdapter,
+    TextAdapter,
+    VideoAdapter,
+)
 from perceiver_lit.models.attention import CrossAttentionLayer, SelfAttentionBlock, SelfAttentionLayer
 from perceiver_lit.models.checks import SizeError
 from perceiver_lit.models.position import FourierPositionEncoding, LearnedPositionEncoding
@@ -18,13 +26,38 @@ def _image() -> ImageAdapter:
 
 
 CASES = [  # (factory taking the bad keyword, argument, bad value)
-    *[(lambda **kw: Perceiver(_image(), **kw), name, bad) for name in
-      ("num_classes", "num_latents", "latent_dim", "num_cross_attends", "num_blocks", "num_self_attends_per_block",
-       "num_cross_attention_heads", "num_self_attention_heads", "cross_attention_qk_channels",
-       "cross_attention_widening_factor", "self_attention_widening_factor") for bad in (0, -3)],
-    *[(lambda **kw: PerceiverIO(_image(), **kw), name, 0) for name in
-      ("num_classes", "num_latents", "latent_dim", "num_blocks", "num_self_attends_per_block", "decoder_num_heads",
-       "cross_attention_v_channels", "self_attention_qk_channels", "decoder_qk_channels", "decoder_widening_factor")],
+    *[
+        (lambda **kw: Perceiver(_image(), **kw), name, bad)
+        for name in (
+            "num_classes",
+            "num_latents",
+            "latent_dim",
+            "num_cross_attends",
+            "num_blocks",
+            "num_self_attends_per_block",
+            "num_cross_attention_heads",
+            "num_self_attention_heads",
+            "cross_attention_qk_channels",
+            "cross_attention_widening_factor",
+            "self_attention_widening_factor",
+        )
+        for bad in (0, -3)
+    ],
+    *[
+        (lambda **kw: PerceiverIO(_image(), **kw), name, 0)
+        for name in (
+            "num_classes",
+            "num_latents",
+            "latent_dim",
+            "num_blocks",
+            "num_self_attends_per_block",
+            "decoder_num_heads",
+            "cross_attention_v_channels",
+            "self_attention_qk_channels",
+            "decoder_qk_channels",
+            "decoder_widening_factor",
+        )
+    ],
     (lambda **kw: ImageAdapter(**{"input_shape": (8, 8, 1), **kw}), "input_shape", (8, 0, 1)),
     (lambda **kw: ImageAdapter((8, 8, 1), prep="conv1x1", **kw), "prep_channels", 0),
     (lambda **kw: ImageAdapter((8, 8, 1), **kw), "num_frequency_bands", -1),

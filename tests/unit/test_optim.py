@@ -149,13 +149,20 @@ def _plugin(precision: str):
     return Precision() if precision == "32-true" else HalfPrecision(precision)
 
 
-@pytest.mark.parametrize(("precision", "clip", "fused"), [
-    ("32-true", None, True), ("32-true", 1.0, True),          # the quickstart: fused, as before
-    ("bf16-true", 1.0, True), ("16-true", 1.0, True),         # no AMP: Lightning clips like fp32
-    ("bf16-mixed", None, True), ("bf16-mixed", 0.0, True),    # AMP without clipping: fused is accepted
-    ("bf16-mixed", 1.0, False),                               # every shipped bf16 preset + recipe (issue 19)
-    ("16-mixed", None, False), ("16-mixed", 1.0, False),      # a scaler must unscale before GradNorm / clipping
-])
+@pytest.mark.parametrize(
+    ("precision", "clip", "fused"),
+    [
+        ("32-true", None, True),
+        ("32-true", 1.0, True),  # the quickstart: fused, as before
+        ("bf16-true", 1.0, True),
+        ("16-true", 1.0, True),  # no AMP: Lightning clips like fp32
+        ("bf16-mixed", None, True),
+        ("bf16-mixed", 0.0, True),  # AMP without clipping: fused is accepted
+        ("bf16-mixed", 1.0, False),  # every shipped bf16 preset + recipe (issue 19)
+        ("16-mixed", None, False),
+        ("16-mixed", 1.0, False),  # a scaler must unscale before GradNorm / clipping
+    ],
+)
 def test_fused_adamw_only_where_lightnings_precision_plugin_accepts_it(precision, clip, fused):
     """The task fuses AdamW only where Lightning's precision plugin will clip and step it; the plugin's own
     clip_gradients (what trainer.gradient_clip_val calls) must accept the optimizer that is built."""

@@ -18,8 +18,14 @@ def test_multilabel_rows_and_merged_map(tmp_path, capsys):
     target = (torch.rand(40, 6) < 0.3).float()
     target[0] = 0
     target[0, 2] = 1  # every class has at least one positive somewhere
-    rows = prediction_rows(logits, [f"k{i:02d}" for i in range(40)], multilabel=True, threshold=0.6,
-                           class_names=list("abcdef"), target=target)
+    rows = prediction_rows(
+        logits,
+        [f"k{i:02d}" for i in range(40)],
+        multilabel=True,
+        threshold=0.6,
+        class_names=list("abcdef"),
+        target=target,
+    )
     probs = logits.sigmoid()
     assert rows[0]["classes"] == [int(c) for c in probs[0].argsort(descending=True) if probs[0, c] >= 0.6]
     assert rows[0]["names"] == ["abcdef"[c] for c in rows[0]["classes"]] and rows[0]["label"] == [2]

@@ -23,10 +23,24 @@ from tests.unit.test_convert import hf_image_model, randomise  # noqa: E402
 def hf_text_classifier(**overrides):
     """PerceiverForSequenceClassification (language-perceiver's layout, small)."""
     torch.manual_seed(0)
-    cfg = transformers.PerceiverConfig(**{**dict(num_latents=8, d_latents=32, d_model=16, num_blocks=1,
-                                                 num_self_attends_per_block=2, num_self_attention_heads=4,
-                                                 num_cross_attention_heads=4, qk_channels=16, v_channels=32,
-                                                 max_position_embeddings=64, num_labels=3), **overrides})
+    cfg = transformers.PerceiverConfig(
+        **{
+            **dict(
+                num_latents=8,
+                d_latents=32,
+                d_model=16,
+                num_blocks=1,
+                num_self_attends_per_block=2,
+                num_self_attention_heads=4,
+                num_cross_attention_heads=4,
+                qk_channels=16,
+                v_channels=32,
+                max_position_embeddings=64,
+                num_labels=3,
+            ),
+            **overrides,
+        }
+    )
     return randomise(transformers.PerceiverForSequenceClassification(cfg))
 
 
@@ -34,10 +48,12 @@ def hf_text_classifier(**overrides):
 def hf_dirs(tmp_path_factory):
     """{kind: (HF model, its save_pretrained folder)} for the three image families and the text classifier."""
     out = {}
-    for kind, make in {"fourier": lambda: hf_image_model("PerceiverForImageClassificationFourier"),
-                       "learned": lambda: hf_image_model("PerceiverForImageClassificationLearned"),
-                       "conv": lambda: hf_image_model("PerceiverForImageClassificationConvProcessing"),
-                       "text": hf_text_classifier}.items():
+    for kind, make in {
+        "fourier": lambda: hf_image_model("PerceiverForImageClassificationFourier"),
+        "learned": lambda: hf_image_model("PerceiverForImageClassificationLearned"),
+        "conv": lambda: hf_image_model("PerceiverForImageClassificationConvProcessing"),
+        "text": hf_text_classifier,
+    }.items():
         model = make()
         folder = tmp_path_factory.mktemp(f"hf-{kind}")
         model.save_pretrained(folder)
@@ -53,7 +69,7 @@ def _images(size=16, channels=3, n=2, seed=0):
 def test_hf_folder_and_converted_file_give_hfs_logits(hf_dirs, kind, tmp_path):
     hf, folder = hf_dirs[kind]
     net = pretrained(str(folder))
-    assert net.training                                               # like any new module: Lightning sets modes
+    assert net.training  # like any new module: Lightning sets modes
     net.eval()
     x = _images()
     with torch.no_grad():
@@ -61,8 +77,9 @@ def test_hf_folder_and_converted_file_give_hfs_logits(hf_dirs, kind, tmp_path):
         torch.testing.assert_close(net(x.permute(0, 2, 3, 1)), ref, atol=1e-4, rtol=1e-4)
         ours, spec = from_huggingface(hf, return_spec=True)
         save_converted(ours, spec, str(tmp_path / "m.pt"))
-        torch.testing.assert_close(pretrained(tmp_path / "m.pt").eval()(x.permute(0, 2, 3, 1)), ref, atol=1e-4,
-                                   rtol=1e-4)
+        torch.testing.assert_close(
+            pretrained(tmp_path / "m.pt").eval()(x.permute(0, 2, 3, 1)), ref, atol=1e-4, rtol=1e-4
+        )
 
 
 def test_sequence_classification_matches_hf_with_padding(hf_dirs):
@@ -96,7 +113,7 @@ def test_learned_positions_are_resampled_for_a_new_image_size_as_hfs_interpolati
     assert net.adapter.pos.embeddings.shape == (24 * 24, 256)
     x = _images(24)
     with torch.no_grad():
-        ref = hf(inputs=x, interpolate_pos_encoding=True).logits   # HF's bicubic resampling of the 16x16 table
+        ref = hf(inputs=x, interpolate_pos_encoding=True).logits  # HF's bicubic resampling of the 16x16 table
         torch.testing.assert_close(net(x.permute(0, 2, 3, 1)), ref, atol=1e-4, rtol=1e-4)
 
 
@@ -114,8 +131,9 @@ def test_grayscale_data_into_an_rgb_conv_model_sums_the_first_layer_over_rgb(hf_
     assert "adapter.prep.0.weight (3 -> 1 input channels)" in capsys.readouterr().out
     gray = _images(channels=1)
     with torch.no_grad():  # exact: a gray image is the RGB image with three equal channels
-        torch.testing.assert_close(net(gray.permute(0, 2, 3, 1)), hf(inputs=gray.expand(-1, 3, -1, -1)).logits,
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            net(gray.permute(0, 2, 3, 1)), hf(inputs=gray.expand(-1, 3, -1, -1)).logits, atol=1e-4, rtol=1e-4
+        )
 
 
 def test_grayscale_data_into_a_pixels_model_is_an_error_naming_the_field(hf_dirs):
@@ -126,8 +144,11 @@ def test_grayscale_data_into_a_pixels_model_is_an_error_naming_the_field(hf_dirs
 
 # ---------------------------------------------------------------------------------------------------- bad input
 def test_a_missing_path_names_the_three_kinds(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nope.pt does not exist; expected a file written by "
-                                                r"perceiver-lit-convert, an HF model folder"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"nope.pt does not exist; expected a file written by "
+        r"perceiver-lit-convert, an HF model folder",
+    ):
         pretrained(str(tmp_path / "nope.pt"))
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         pretrained("deepmind/vision-perceiver-conv")
@@ -140,8 +161,9 @@ def test_a_folder_without_config_json(tmp_path):
 
 def test_an_unsupported_hf_architecture_lists_the_supported_ones(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["PerceiverModel"]}))
-    with pytest.raises(ValueError, match=r"architectures=\['PerceiverModel'\] is not supported; supported: "
-                                         + ", ".join(SUPPORTED)):
+    with pytest.raises(
+        ValueError, match=r"architectures=\['PerceiverModel'\] is not supported; supported: " + ", ".join(SUPPORTED)
+    ):
         pretrained(str(tmp_path))
 
 
@@ -155,15 +177,18 @@ def test_an_hf_folder_with_corrupt_weights(tmp_path, hf_dirs):
     src = hf_dirs["conv"][1]
     (tmp_path / "config.json").write_text((src / "config.json").read_text())
     (tmp_path / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes()[:1000])
-    with pytest.raises(ValueError, match=r"model.safetensors could not be loaded as "
-                                         r"PerceiverForImageClassificationConvProcessing"):
+    with pytest.raises(
+        ValueError,
+        match=r"model.safetensors could not be loaded as "
+        r"PerceiverForImageClassificationConvProcessing",
+    ):
         pretrained(str(tmp_path))
 
 
 def test_an_hf_folder_whose_tensors_do_not_fit_its_config(tmp_path, hf_dirs):
     src = hf_dirs["conv"][1]
     config = json.loads((src / "config.json").read_text())
-    config["d_latents"] = 48                                          # the weights were saved at 32
+    config["d_latents"] = 48  # the weights were saved at 32
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes())
     with pytest.raises(ValueError, match=r"model.safetensors"):
@@ -171,7 +196,7 @@ def test_an_hf_folder_whose_tensors_do_not_fit_its_config(tmp_path, hf_dirs):
 
 
 def test_an_hf_folder_without_transformers_names_the_extra(tmp_path, hf_dirs, monkeypatch):
-    monkeypatch.setitem(sys.modules, "transformers", None)           # as if not installed: import fails
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed: import fails
     with pytest.raises(ImportError, match=r"needs transformers: pip install 'perceiver-lit\[hf\]'"):
         pretrained(str(hf_dirs["conv"][1]))
 
@@ -195,12 +220,15 @@ def test_a_torch_file_of_another_kind(tmp_path):
 def test_tensors_that_do_not_fit_the_recorded_architecture(tmp_path, hf_dirs):
     ours, spec = from_huggingface(hf_dirs["fourier"][0], return_spec=True)
     state = ours.state_dict()
-    state["latents"] = torch.zeros(9, 32)                             # the spec records 8 latents
+    state["latents"] = torch.zeros(9, 32)  # the spec records 8 latents
     del state["encoder.proj.bias"]
     torch.save({"format": "perceiver-lit/converted-v1", "spec": spec, "state_dict": state}, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match=r"bad.pt: tensors that do not fit the recorded architecture "
-                                         r"\(perceiver_lit.models.PerceiverIO\): \['encoder.proj.bias missing', "
-                                         r"'latents \(9, 32\), expected \(8, 32\)'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"bad.pt: tensors that do not fit the recorded architecture "
+        r"\(perceiver_lit.models.PerceiverIO\): \['encoder.proj.bias missing', "
+        r"'latents \(9, 32\), expected \(8, 32\)'\]",
+    ):
         pretrained(str(tmp_path / "bad.pt"))
 
 
@@ -214,8 +242,10 @@ def test_freeze_takes_parameters_out_of_the_optimizer_and_reports_counts(caplog)
     assert task.net.norm.bias.requires_grad and task.net.head.weight.requires_grad
     frozen = 12 * 16 + 16 + 16
     total = sum(p.numel() for p in task.net.parameters())
-    assert any(f"{frozen:,} parameters frozen (3 tensors), {total - frozen:,} trainable" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        f"{frozen:,} parameters frozen (3 tensors), {total - frozen:,} trainable" in r.getMessage()
+        for r in caplog.records
+    )
     task.trainer = None
     from perceiver_lit.tasks.optim import build_optimizer
 
@@ -225,9 +255,12 @@ def test_freeze_takes_parameters_out_of_the_optimizer_and_reports_counts(caplog)
 
 
 def test_a_freeze_pattern_that_matches_nothing_names_it_and_shows_real_names():
-    with pytest.raises(ValueError, match=r"model.init_args.freeze: 'adapter.\*' matches no parameter of the net "
-                                         r"\(TinyNet\); its names look like scale, embed.weight, norm.weight, "
-                                         r"head.weight"):
+    with pytest.raises(
+        ValueError,
+        match=r"model.init_args.freeze: 'adapter.\*' matches no parameter of the net "
+        r"\(TinyNet\); its names look like scale, embed.weight, norm.weight, "
+        r"head.weight",
+    ):
         Classification(TinyNet(), freeze=["adapter.*"])
     with pytest.raises(ValueError, match=r"model.init_args.head: 'classifier.\*' matches no parameter"):
         Classification(TinyNet(), body_lr_scale=0.1, head=["classifier.*"])
@@ -238,8 +271,14 @@ def test_body_lr_scale_gives_the_body_a_lower_lr_than_the_head():
 
     task = Classification(TinyNet(num_classes=5), lr=1e-2, body_lr_scale=0.1, schedule="constant")
     batches = [{"inputs": torch.randn(4, 4, 3), "target": torch.randint(5, (4,)), "key": ["a"] * 4}]
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         enable_model_summary=False, max_steps=1)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        max_steps=1,
+    )
     trainer.fit(task, torch.utils.data.DataLoader(batches, batch_size=None))
     lrs = {}
     for g in trainer.optimizers[0].param_groups:
@@ -248,7 +287,7 @@ def test_body_lr_scale_gives_the_body_a_lower_lr_than_the_head():
     assert lrs[task.net.head.weight] == pytest.approx(1e-2) and lrs[task.net.head.bias] == pytest.approx(1e-2)
     assert lrs[task.net.embed.weight] == pytest.approx(1e-3) and lrs[task.net.norm.weight] == pytest.approx(1e-3)
     decays = {g["weight_decay"] for g in trainer.optimizers[0].param_groups}
-    assert decays == {0.05, 0.0}                                      # the decay groups survive the split
+    assert decays == {0.05, 0.0}  # the decay groups survive the split
 
 
 def test_language_perceiver_loads_as_a_sequence_classifier_with_hf_class(tmp_path, capsys):
@@ -258,13 +297,16 @@ def test_language_perceiver_loads_as_a_sequence_classifier_with_hf_class(tmp_pat
     mlm.save_pretrained(tmp_path)
     net = pretrained(str(tmp_path), num_classes=7, input_shape=(48,), hf_class="PerceiverForSequenceClassification")
     out = capsys.readouterr().out
-    assert "loaded as PerceiverForSequenceClassification (the folder holds PerceiverForMaskedLM): newly " \
-           "initialised 21 tensors under perceiver.decoder.decoder" in out
+    assert (
+        "loaded as PerceiverForSequenceClassification (the folder holds PerceiverForMaskedLM): newly "
+        "initialised 21 tensors under perceiver.decoder.decoder" in out
+    )
     assert net.head.weight.shape == (7, 32) and net.queries.queries.shape == (1, 32)
-    ref = mlm.state_dict()                                            # the encoder is language-perceiver's
+    ref = mlm.state_dict()  # the encoder is language-perceiver's
     assert torch.equal(net.state_dict()["latents"], ref["perceiver.embeddings.latents"])
-    assert torch.equal(net.state_dict()["adapter.embedding.weight"],
-                       ref["perceiver.input_preprocessor.embeddings.weight"])
+    assert torch.equal(
+        net.state_dict()["adapter.embedding.weight"], ref["perceiver.input_preprocessor.embeddings.weight"]
+    )
     assert net.eval()(torch.randint(0, 262, (2, 48))).shape == (2, 7)
     with pytest.raises(ValueError, match=r"hf_class='PerceiverModel' is not supported; supported: "):
         pretrained(str(tmp_path), hf_class="PerceiverModel")

@@ -32,8 +32,13 @@ def test_read_checkpoint_says_what_is_wrong_in_one_line(tmp_path):
     atomic_torch_save({"state_dict": {"w": torch.ones(64, 64)}, "hyper_parameters": {}}, good)
     short.write_bytes(good.read_bytes()[:2000])
     torch.save({"state_dict": {}, "where": socket.socket}, objects)
-    cases = [(text, "is not a perceiver-lit or Lightning checkpoint"), (empty, "is empty"),
-             (short, "is truncated or corrupt"), (objects, "holds Python objects"), (tmp_path / "x.ckpt", "no such")]
+    cases = [
+        (text, "is not a perceiver-lit or Lightning checkpoint"),
+        (empty, "is empty"),
+        (short, "is truncated or corrupt"),
+        (objects, "holds Python objects"),
+        (tmp_path / "x.ckpt", "no such"),
+    ]
     for path, expected in cases:
         with pytest.raises(CheckpointFileError, match=expected) as e:
             read_checkpoint(path)
@@ -58,9 +63,15 @@ def test_lock_of_a_dead_process_on_this_host_is_stale(tmp_path):
 
 
 def _hparams(**over):
-    h = {"_class_path": "perceiver_lit.tasks.Classification", "lr": 0.003, "schedule": "cosine",
-         "net": {"class_path": "perceiver_lit.models.Perceiver",
-                 "init_args": {"num_latents": 32, "activation_checkpointing": False}}}
+    h = {
+        "_class_path": "perceiver_lit.tasks.Classification",
+        "lr": 0.003,
+        "schedule": "cosine",
+        "net": {
+            "class_path": "perceiver_lit.models.Perceiver",
+            "init_args": {"num_latents": 32, "activation_checkpointing": False},
+        },
+    }
     h.update(over)
     return h
 
@@ -68,15 +79,21 @@ def _hparams(**over):
 def test_check_resume_refuses_for_fit_and_ignores_training_settings_for_eval(caplog):
     import logging
 
-    new = _hparams(lr=0.1, net={"class_path": "perceiver_lit.models.Perceiver",
-                                "init_args": {"num_latents": 32, "activation_checkpointing": True}})
+    new = _hparams(
+        lr=0.1,
+        net={
+            "class_path": "perceiver_lit.models.Perceiver",
+            "init_args": {"num_latents": 32, "activation_checkpointing": True},
+        },
+    )
     with pytest.raises(RunDirError, match=r"model\.init_args\.lr: checkpoint 0\.003, now 0\.1\)"):
         check_resume(_hparams(), new, "x.ckpt", "fit", "runs/x")
     caplog.set_level(logging.INFO)
     check_resume(_hparams(), new, "x.ckpt", "test", "runs/x")  # lr: not used by evaluation
     assert any("not used by evaluation: model.init_args.lr" in r.getMessage() for r in caplog.records)
-    assert any("applied: model.init_args.net.init_args.activation_checkpointing" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "applied: model.init_args.net.init_args.activation_checkpointing" in r.getMessage() for r in caplog.records
+    )
     added = _hparams(new_argument=1)  # an argument a code update added: the checkpoint cannot record it
     check_resume(_hparams(), added, "x.ckpt", "fit", "runs/x")
     assert any("taken as they are now: model.init_args.new_argument" in r.getMessage() for r in caplog.records)
@@ -93,5 +110,7 @@ def test_cleanup_keeps_the_earlier_run_and_removes_only_new_files(tmp_path):
     (tmp_path / "wandb" / "offline-run-1" / "run-1.wandb").write_text("new")
     (tmp_path / "config.yaml").write_text("new")
     assert sorted(cleanup_failed_start(str(tmp_path), before, existed=True)) == [
-        "config.yaml", os.path.join("wandb", "offline-run-1", "run-1.wandb")]
+        "config.yaml",
+        os.path.join("wandb", "offline-run-1", "run-1.wandb"),
+    ]
     assert sorted(os.listdir(tmp_path)) == ["checkpoints"] and (tmp_path / "checkpoints" / "last.ckpt").exists()

@@ -30,8 +30,23 @@ def test_image_folder_with_prefix_workers_and_resize(tmp_path):
             arr = rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)  # 90 wide, 60 high: the shorter side is 60
             Image.fromarray(arr).save(tmp_path / "src" / c / f"{i}.png")
     out = tmp_path / "out"
-    assert cli.main(["image-folder", str(tmp_path / "src"), "--out", str(out), "--prefix", "train", "--workers", "2",
-                     "--resize", "32", "--maxcount", "4", "--no-progress"]) in (0, None)
+    assert cli.main(
+        [
+            "image-folder",
+            str(tmp_path / "src"),
+            "--out",
+            str(out),
+            "--prefix",
+            "train",
+            "--workers",
+            "2",
+            "--resize",
+            "32",
+            "--maxcount",
+            "4",
+            "--no-progress",
+        ]
+    ) in (0, None)
     index = json.loads((out / "index.json").read_text())
     assert index["shards"] == {"train-000000.tar": 4, "train-000001.tar": 2}
     samples = {}
@@ -57,8 +72,19 @@ def test_pointcloud_with_num_points_and_maxcount(tmp_path):
             for i in range(n):
                 mesh.export(tmp_path / "src" / name / split / f"{name}_{i:04d}.off")
     out = tmp_path / "out"
-    assert cli.main(["pointcloud", str(tmp_path / "src"), "--out", str(out), "--num-points", "64", "--maxcount", "4",
-                     "--no-progress"]) in (0, None)
+    assert cli.main(
+        [
+            "pointcloud",
+            str(tmp_path / "src"),
+            "--out",
+            str(out),
+            "--num-points",
+            "64",
+            "--maxcount",
+            "4",
+            "--no-progress",
+        ]
+    ) in (0, None)
     index = json.loads((out / "index.json").read_text())
     assert index["shards"] == {"train-000000.tar": 4, "train-000001.tar": 2, "test-000000.tar": 2}
     for member, data in _members(str(out / "test-000000.tar")).items():

@@ -18,10 +18,15 @@ NET = "model.init_args.net.init_args"
 
 
 def spec(method="grid", **params):
-    return parse_spec({"method": method, "metric": {"name": "val/acc", "goal": "maximize"},
-                       "parameters": params or {f"{NET}.num_latents": {"values": [8, 16, 32]},
-                                                f"{NET}.num_cross_attends": {"values": [1, 2]}},
-                       "command": ["perceiver-lit", "fit", "--config", "base.yaml", "${args}"]})
+    return parse_spec(
+        {
+            "method": method,
+            "metric": {"name": "val/acc", "goal": "maximize"},
+            "parameters": params
+            or {f"{NET}.num_latents": {"values": [8, 16, 32]}, f"{NET}.num_cross_attends": {"values": [1, 2]}},
+            "command": ["perceiver-lit", "fit", "--config", "base.yaml", "${args}"],
+        }
+    )
 
 
 def test_grid_is_every_combination_in_spec_order():
@@ -34,10 +39,15 @@ def test_grid_is_every_combination_in_spec_order():
 
 
 def test_random_draws_are_seeded_and_in_range():
-    s = spec("random", **{"model.init_args.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
-                          f"{NET}.num_latents": {"distribution": "int_uniform", "min": 4, "max": 64},
-                          f"{NET}.share_weights": {"values": [True, False]},
-                          "model.init_args.weight_decay": {"distribution": "q_uniform", "min": 0, "max": 1, "q": 0.25}})
+    s = spec(
+        "random",
+        **{
+            "model.init_args.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+            f"{NET}.num_latents": {"distribution": "int_uniform", "min": 4, "max": 64},
+            f"{NET}.share_weights": {"values": [True, False]},
+            "model.init_args.weight_decay": {"distribution": "q_uniform", "min": 0, "max": 1, "q": 0.25},
+        },
+    )
     a, b, c = expand(s, trials=40, seed=1), expand(s, trials=40, seed=1), expand(s, trials=40, seed=2)
     assert a == b and a != c and len(a) == 40
     lrs = [t["model.init_args.lr"] for t in a]
@@ -67,8 +77,13 @@ def test_bad_specs_name_the_key():
 def test_args_are_formatted_exactly_like_wandb_agent():
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-    params = {f"{NET}.num_latents": 64, "data.init_args.permute_seed": "null", "x.flag": True, "x.lst": [1, 2],
-              "model.init_args.lr": 0.001}
+    params = {
+        f"{NET}.num_latents": 64,
+        "data.init_args.permute_seed": "null",
+        "x.flag": True,
+        "x.lst": [1, 2],
+        "model.init_args.lr": 0.001,
+    }
     ours = format_args(params)
     theirs = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})["args"]
     assert ours == theirs
@@ -105,9 +120,13 @@ if x == 2 and not (d.parent / "allow").exists():
 
 def _program_spec(tmp_path):
     (tmp_path / "prog.py").write_text(PROGRAM)
-    return {"method": "grid", "program": str(tmp_path / "prog.py"), "metric": {"name": "val/acc", "goal": "maximize"},
-            "parameters": {"x": {"values": [0, 1, 2]}, "mode": {"values": ["a", "b"]}},
-            "command": ["${interpreter}", "${program}", "${args}"]}
+    return {
+        "method": "grid",
+        "program": str(tmp_path / "prog.py"),
+        "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"x": {"values": [0, 1, 2]}, "mode": {"values": ["a", "b"]}},
+        "command": ["${interpreter}", "${program}", "${args}"],
+    }
 
 
 def test_resumed_sweep_skips_finished_trials(tmp_path, capsys):
@@ -140,10 +159,17 @@ def test_a_trial_warned_by_slurm_is_not_marked_done(tmp_path):
     # runner), as if Slurm had, then exits 0 after "checkpointing". The runner must survive and leave the trial
     # unfinished, so the requeued array task runs it again.
     prog = tmp_path / "prog.py"
-    prog.write_text("import os, signal, sys\nfrom pathlib import Path\n"
-                    "if not Path(sys.argv[1]).exists():\n    os.kill(os.getppid(), signal.SIGUSR1)\n")
-    spec = parse_spec({"method": "grid", "parameters": {"x": {"values": [1]}},
-                       "command": ["${interpreter}", str(prog), str(tmp_path / "resumed")]})
+    prog.write_text(
+        "import os, signal, sys\nfrom pathlib import Path\n"
+        "if not Path(sys.argv[1]).exists():\n    os.kill(os.getppid(), signal.SIGUSR1)\n"
+    )
+    spec = parse_spec(
+        {
+            "method": "grid",
+            "parameters": {"x": {"values": [1]}},
+            "command": ["${interpreter}", str(prog), str(tmp_path / "resumed")],
+        }
+    )
     prepare(spec, tmp_path / "sw")
     assert run_trial(tmp_path / "sw", 0) == 128 + signal.SIGUSR1
     assert not (tmp_path / "sw" / "trial-0" / "done").exists()
@@ -153,8 +179,11 @@ def test_a_trial_warned_by_slurm_is_not_marked_done(tmp_path):
 
 
 def test_random_sweep_resumes_the_same_draws(tmp_path):
-    raw = {"method": "random", "parameters": {"x": {"distribution": "uniform", "min": 0.0, "max": 1.0}},
-           "command": ["true", "${args}"]}
+    raw = {
+        "method": "random",
+        "parameters": {"x": {"distribution": "uniform", "min": 0.0, "max": 1.0}},
+        "command": ["true", "${args}"],
+    }
     dirs = prepare(parse_spec(raw), tmp_path, trials=3, seed=5)
     first = [json.loads((d / "trial.json").read_text())["params"] for d in dirs]
     dirs = prepare(parse_spec(raw), tmp_path, trials=3, seed=99)  # the plan on disk wins over a new seed
@@ -180,8 +209,15 @@ def test_report_from_trial_dirs(tmp_path):
     (d).mkdir()
     (d / "plan.json").write_text(json.dumps({"metric": {"name": "val/acc", "goal": "maximize"}}))
     lat = f"{NET}.num_latents"
-    for i, (n, pos, acc) in enumerate([(8, "fourier", 0.70), (16, "fourier", 0.78), (32, "fourier", 0.81),
-                                       (8, "learned", 0.60), (16, "learned", 0.65)]):
+    for i, (n, pos, acc) in enumerate(
+        [
+            (8, "fourier", 0.70),
+            (16, "fourier", 0.78),
+            (32, "fourier", 0.81),
+            (8, "learned", 0.60),
+            (16, "learned", 0.65),
+        ]
+    ):
         _fake_trial(d, i, {lat: n, "pos": pos}, {"val/acc": acc, "val/loss": 1 - acc, "train/loss_step": 0.1})
     _fake_trial(d, 5, {lat: 32, "pos": "learned"}, None, status="failed")
     rep = write_report(d)
@@ -198,10 +234,11 @@ def test_report_from_trial_dirs(tmp_path):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
     # Another metric: a loss is minimized unless --goal says otherwise.
     assert "Best (minimize `val/loss`): trial 2," in main_report(d, tmp_path / "r1", "--metric", "val/loss")
-    assert "Best (maximize `val/loss`): trial 3," in main_report(d, tmp_path / "r2", "--metric", "val/loss",
-                                                                 "--goal", "maximize")
+    assert "Best (maximize `val/loss`): trial 3," in main_report(
+        d, tmp_path / "r2", "--metric", "val/loss", "--goal", "maximize"
+    )
     with pytest.raises(SweepError, match=r"metric 'val/accuracy' was logged by no trial .*logged: .*val/acc"):
-        write_report(d, metric="val/accuracy")                 # a typo no longer gives a report without a best
+        write_report(d, metric="val/accuracy")  # a typo no longer gives a report without a best
 
 
 def test_trial_index_out_of_range_is_a_clear_error(tmp_path, capsys):
@@ -214,20 +251,32 @@ def test_a_misspelled_parameter_fails_before_any_trial_runs(tmp_path, capsys):
     """run (and show --check) parse trial 0's perceiver-lit command with --print_config first."""
     from tests.fixtures.training import tiny_perceiver, write_config
 
-    cfg = write_config(tmp_path, {"model": tiny_perceiver(), "data": {
-        "class_path": "datamodules.image.FashionMNISTDataModule", "init_args": {"batch_size": 4}}}, "exp.yaml")
+    cfg = write_config(
+        tmp_path,
+        {
+            "model": tiny_perceiver(),
+            "data": {"class_path": "datamodules.image.FashionMNISTDataModule", "init_args": {"batch_size": 4}},
+        },
+        "exp.yaml",
+    )
 
     def spec(name: str) -> str:
         path = tmp_path / f"{name}.yaml"
-        path.write_text(json.dumps({
-            "method": "grid", "parameters": {f"model.init_args.net.init_args.{name}": {"values": [4, 8]}},
-            "command": ["${interpreter}", "-m", "perceiver_lit.cli", "fit", "--config", cfg, "${args}"]}))
+        path.write_text(
+            json.dumps(
+                {
+                    "method": "grid",
+                    "parameters": {f"model.init_args.net.init_args.{name}": {"values": [4, 8]}},
+                    "command": ["${interpreter}", "-m", "perceiver_lit.cli", "fit", "--config", cfg, "${args}"],
+                }
+            )
+        )
         return str(path)
 
     assert main(["run", spec("num_latentz"), "--dir", str(tmp_path / "sw")]) == 2
     err = capsys.readouterr().err
     assert "trial 0's command does not parse" in err and "num_latentz" in err
-    assert not (tmp_path / "sw").exists()                     # nothing prepared, nothing run
+    assert not (tmp_path / "sw").exists()  # nothing prepared, nothing run
     assert main(["show", spec("num_latents"), "--check"]) == 0
     assert "num_latents=4" in capsys.readouterr().out
 
@@ -235,8 +284,16 @@ def test_a_misspelled_parameter_fails_before_any_trial_runs(tmp_path, capsys):
 # ---------------------------------------------------------------------- arguments after `--`, trial run names
 def _write_spec(tmp_path, **extra) -> str:
     path = tmp_path / "num_latents.yaml"
-    path.write_text(yaml.safe_dump({"method": "grid", "parameters": {f"{NET}.num_latents": {"values": [8, 16]}},
-                                    "command": ["perceiver-lit", "fit", "--config", "base.yaml", "${args}"], **extra}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "method": "grid",
+                "parameters": {f"{NET}.num_latents": {"values": [8, 16]}},
+                "command": ["perceiver-lit", "fit", "--config", "base.yaml", "${args}"],
+                **extra,
+            }
+        )
+    )
     return str(path)
 
 
@@ -257,15 +314,22 @@ def test_show_appends_the_arguments_after_the_double_dash_to_every_trial(tmp_pat
 
 
 def test_trials_are_named_after_the_trial_and_grouped_by_the_sweep(tmp_path):
-    s = parse_spec({"name": "lat", "method": "grid", "parameters": {f"{NET}.num_latents": {"values": [8]}},
-                    "command": ["perceiver-lit", "fit", "--config", "base.yaml", "${args}"]})
+    s = parse_spec(
+        {
+            "name": "lat",
+            "method": "grid",
+            "parameters": {f"{NET}.num_latents": {"values": [8]}},
+            "command": ["perceiver-lit", "fit", "--config", "base.yaml", "${args}"],
+        }
+    )
     cmd = trial_command(s, {f"{NET}.num_latents": 8}, tmp_path / "trial-3", 3, ["--trainer.max_steps=5"])
     assert cmd[-5:-2] == ["--name=lat-trial-3", "--wandb.group=lat", "--trainer.max_steps=5"]
     # A group the spec (or the user, after `--`) names is kept.
     s.command.insert(4, "--wandb.group=mine")
     assert not any(a == "--wandb.group=lat" for a in trial_command(s, {}, tmp_path, 0))
-    assert not any(a == "--wandb.group=lat" for a in trial_command(parse_spec(s.raw), {}, tmp_path, 0,
-                                                                     ["--wandb.group=theirs"]))
+    assert not any(
+        a == "--wandb.group=lat" for a in trial_command(parse_spec(s.raw), {}, tmp_path, 0, ["--wandb.group=theirs"])
+    )
 
 
 def test_run_and_slurm_record_the_extra_arguments_in_plan_and_trials(tmp_path, capsys):
@@ -273,8 +337,20 @@ def test_run_and_slurm_record_the_extra_arguments_in_plan_and_trials(tmp_path, c
     an sbatch script that is not there stops it right after, so no job is ever submitted here."""
     spec_file = _write_spec(tmp_path)
     sweep_dir = tmp_path / "sw"
-    rc = main(["run", spec_file, "--dir", str(sweep_dir), "--no-check", "--slurm",
-               "--sbatch-script", str(tmp_path / "missing.sbatch"), "--", "--trainer.max_steps=20"])
+    rc = main(
+        [
+            "run",
+            spec_file,
+            "--dir",
+            str(sweep_dir),
+            "--no-check",
+            "--slurm",
+            "--sbatch-script",
+            str(tmp_path / "missing.sbatch"),
+            "--",
+            "--trainer.max_steps=20",
+        ]
+    )
     assert rc == 2 and "sbatch script" in capsys.readouterr().err
     plan = json.loads((sweep_dir / "plan.json").read_text())
     assert plan["extra_args"] == ["--trainer.max_steps=20"]
@@ -284,7 +360,13 @@ def test_run_and_slurm_record_the_extra_arguments_in_plan_and_trials(tmp_path, c
     # Resuming without arguments reuses the plan's; different ones are refused (finished trials ran with these).
     dirs = prepare(parse_spec(yaml.safe_load(open(spec_file)), source=spec_file), sweep_dir)
     assert len(dirs) == 2
-    with pytest.raises(SweepError, match=r"planned with the trial arguments --trainer.max_steps=20 after `--`, "
-                                         r"not --trainer.max_steps=50"):
-        prepare(parse_spec(yaml.safe_load(open(spec_file)), source=spec_file), sweep_dir,
-                extra_args=["--trainer.max_steps=50"])
+    with pytest.raises(
+        SweepError,
+        match=r"planned with the trial arguments --trainer.max_steps=20 after `--`, "
+        r"not --trainer.max_steps=50",
+    ):
+        prepare(
+            parse_spec(yaml.safe_load(open(spec_file)), source=spec_file),
+            sweep_dir,
+            extra_args=["--trainer.max_steps=50"],
+        )

@@ -14,18 +14,28 @@ from tests.fixtures.training import TinyNet, TinyTokenNet
 
 
 def _trainer(**kw) -> pl.Trainer:
-    return pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      enable_checkpointing=False, **kw)
+    return pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        **kw,
+    )
 
 
 def _batches(n_batches: int, bs: int, num_classes: int, multilabel: bool = False, seed: int = 0) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n_batches):
-        target = ((torch.rand(bs, num_classes, generator=g) < 0.3).float() if multilabel
-                  else torch.randint(num_classes, (bs,), generator=g))
-        out.append({"inputs": torch.randn(bs, 4, 3, generator=g), "target": target,
-                    "key": [f"s{i}-{j}" for j in range(bs)]})
+        target = (
+            (torch.rand(bs, num_classes, generator=g) < 0.3).float()
+            if multilabel
+            else torch.randint(num_classes, (bs,), generator=g)
+        )
+        out.append(
+            {"inputs": torch.randn(bs, 4, 3, generator=g), "target": target, "key": [f"s{i}-{j}" for j in range(bs)]}
+        )
     return out
 
 
@@ -133,8 +143,15 @@ def test_mixup_and_cutmix_soft_targets():
 
 def test_training_with_mixing_and_lamb_runs_and_logs():
     torch.manual_seed(0)
-    task = Classification(TinyNet(num_classes=5), mixup_alpha=0.2, cutmix_alpha=0.2, optimizer="lamb",
-                          schedule="step", decay_epochs=[1], lr=0.01)
+    task = Classification(
+        TinyNet(num_classes=5),
+        mixup_alpha=0.2,
+        cutmix_alpha=0.2,
+        optimizer="lamb",
+        schedule="step",
+        decay_epochs=[1],
+        lr=0.01,
+    )
     trainer = _trainer(max_epochs=2)
     trainer.fit(task, train_dataloaders=_loader(_batches(3, 8, 5)), val_dataloaders=_loader(_batches(1, 8, 5)))
     assert trainer.global_step == 6
@@ -189,19 +206,19 @@ def test_split_mixing_is_deepminds_half_mixup_half_cutmix_with_a_ratio_per_sampl
     mixing = MixUpCutMix(mixup_alpha=0.2, cutmix_alpha=1.0, mode="split")
     mixed, soft = mixing(x, y, b, gen=torch.Generator().manual_seed(0))
     assert torch.allclose(soft.sum(-1), torch.ones(b))
-    own = soft[torch.arange(b), y]                                           # weight of each sample's own label
-    first, second = mixed[: b // 2], mixed[b // 2:]
+    own = soft[torch.arange(b), y]  # weight of each sample's own label
+    first, second = mixed[: b // 2], mixed[b // 2 :]
     # MixUp half: every pixel is the same blend own * lam + partner * (1 - lam), lam = the target's own weight.
     assert (first == first[:, :1, :1]).all()
-    partner = (soft - own[:, None] * F.one_hot(y, b)).argmax(-1)            # the other label (any, if own = 1)
+    partner = (soft - own[:, None] * F.one_hot(y, b)).argmax(-1)  # the other label (any, if own = 1)
     blend = own * (y + 1) + (1 - own) * (partner + 1)
     torch.testing.assert_close(first[:, 0, 0, 0], blend[: b // 2])
-    assert own[: b // 2].unique().numel() > 1                                # a ratio per sample, not per batch
+    assert own[: b // 2].unique().numel() > 1  # a ratio per sample, not per batch
     # CutMix half: pixels are either the sample's own or its partner's, and the own weight is the kept area.
-    kept = (second == x[b // 2:]).float().mean(dim=(1, 2, 3))
-    torch.testing.assert_close(own[b // 2:], kept)
-    pasted = (second == (partner[b // 2:] + 1).float()[:, None, None, None])
-    assert ((second == x[b // 2:]) | pasted).all() and not torch.equal(second, x[b // 2:])
+    kept = (second == x[b // 2 :]).float().mean(dim=(1, 2, 3))
+    torch.testing.assert_close(own[b // 2 :], kept)
+    pasted = second == (partner[b // 2 :] + 1).float()[:, None, None, None]
+    assert ((second == x[b // 2 :]) | pasted).all() and not torch.equal(second, x[b // 2 :])
     # Reproducible from the generator alone, and the global RNG is left alone.
     state = torch.get_rng_state()
     again, soft_again = mixing(x, y, b, gen=torch.Generator().manual_seed(0))
@@ -216,6 +233,7 @@ def test_cutmix_alpha_one_draws_a_uniform_area_where_alpha_point_two_draws_near_
     gen = torch.Generator().manual_seed(0)
     uniform, peaked = _beta(1.0, 20000, gen), _beta(0.2, 20000, gen)
     assert abs(uniform.mean().item() - 0.5) < 0.01 and abs((uniform > 0.9).float().mean().item() - 0.1) < 0.01
+
     def one_image(lam):  # the fraction of pairs with >90% from one image
         return (torch.maximum(lam, 1 - lam) > 0.9).float().mean().item()
 
@@ -228,11 +246,12 @@ def test_switch_mixing_applies_one_method_with_one_ratio_to_the_whole_batch():
     seen = set()
     for seed in range(8):
         mixed, soft = MixUpCutMix(mixup_alpha=0.2, cutmix_alpha=1.0, mode="switch")(
-            x, y, b, gen=torch.Generator().manual_seed(seed))
+            x, y, b, gen=torch.Generator().manual_seed(seed)
+        )
         own = soft[torch.arange(b), y]
-        if torch.equal(mixed, mixed.round()):        # CutMix: every pixel is some image's own value
+        if torch.equal(mixed, mixed.round()):  # CutMix: every pixel is some image's own value
             seen.add("cutmix")
-        else:                                        # MixUp: whole images blended, by one ratio for the batch
+        else:  # MixUp: whole images blended, by one ratio for the batch
             seen.add("mixup")
             assert (mixed == mixed[:, :1, :1]).all()
             assert own[own < 1].unique().numel() == 1  # (a sample paired with itself keeps weight 1)
@@ -258,8 +277,11 @@ class _BatchDataModule(pl.LightningDataModule):
 def test_fit_warns_when_the_global_batch_is_not_the_recipes(recwarn):
     torch.manual_seed(0)
     task = Classification(TinyNet(num_classes=5), schedule="constant", lr=0.004, reference_batch_size=1024)
-    with pytest.warns(UserWarning, match=r"Global batch 8 = 4 per device .* x 2 accumulated .*reference_batch_size"
-                                         r".*--model.init_args.lr 3.13e-05"):
+    with pytest.warns(
+        UserWarning,
+        match=r"Global batch 8 = 4 per device .* x 2 accumulated .*reference_batch_size"
+        r".*--model.init_args.lr 3.13e-05",
+    ):
         _trainer(max_epochs=1, accumulate_grad_batches=2).fit(task, datamodule=_BatchDataModule(4))
     assert task.global_batch_size()[0] == 8
     recwarn.clear()
