@@ -231,6 +231,18 @@ class Task(pl.LightningModule):
     def shared_step(self, batch: dict, stage: str, batch_idx: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def log_loss(self, stage: str, loss: torch.Tensor, batch_size: int) -> None:
+        """`<stage>/loss`: per step and per epoch in training, per epoch (averaged over ranks) in eval."""
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=stage != "train",
+        )
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.shared_step(batch, "train", batch_idx)
 

@@ -68,15 +68,6 @@ class Classification(Task):
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(logits.detach(), target)
         batch_size = target.shape[0]
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch_size,
-            sync_dist=stage != "train",
-        )
+        self.log_loss(stage, loss, batch_size)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=batch_size)
         return loss

@@ -140,16 +140,7 @@ class OpticalFlow(Task):
             pred = self.predict_flow(frames)  # (B, H, W, 2)
             target_q, valid_q = target, valid
         loss = self._loss(pred.flatten(1, -2), target_q.flatten(1, -2), valid_q.flatten(1))
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=B,
-            sync_dist=stage != "train",
-        )
+        self.log_loss(stage, loss, B)
         if stage == "train":
             with torch.no_grad():
                 epe, ok = end_point_error(pred.detach(), target_q, valid_q)

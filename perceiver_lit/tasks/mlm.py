@@ -87,15 +87,7 @@ class MaskedByteModelling(Task):
             / num_masked
         )
         batch_size = tokens.shape[0]
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=stage == "train",
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch_size,
-            sync_dist=stage != "train",
-        )
+        self.log_loss(stage, loss, batch_size)
         if f"{stage}_metrics" in self.metrics:
             metric = self.metrics[f"{stage}_metrics"]
             metric.update(logits.detach().flatten(0, 1), labels.flatten())

@@ -36,15 +36,7 @@ class MultilabelClassification(Task):
         logits = self(batch["inputs"], batch.get("pad_mask"))
         loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
         batch_size = target.shape[0]
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=stage == "train",
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch_size,
-            sync_dist=stage != "train",
-        )
+        self.log_loss(stage, loss, batch_size)
         if f"{stage}_metrics" in self.metrics:
             metric = self.metrics[f"{stage}_metrics"]
             metric.update(logits.detach().float(), target.long())
