@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from perceiver_lit.callbacks.media_schedule import logs_media_now
 from perceiver_lit.models.attention import CrossAttentionLayer
 from perceiver_lit.models.position import seeded_permutation
 
@@ -171,14 +172,7 @@ class AttentionMaps(pl.Callback):
             self._maps = (ids, w.float().cpu())  # computed under bf16 autocast: numpy/matplotlib need fp32
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        if (
-            self._logger is None
-            or batch_idx != 0
-            or dataloader_idx != 0
-            or trainer.sanity_checking
-            or not trainer.is_global_zero
-            or trainer.current_epoch % self.every_n_epochs
-        ):
+        if self._logger is None or not logs_media_now(trainer, batch_idx, dataloader_idx, self.every_n_epochs):
             return
         self.attach(first_cross_attention(pl_module))
 

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from perceiver_lit.callbacks.media_schedule import logs_media_now
 from perceiver_lit.flow_viz import flow_to_color, frame_to_uint8
 
 MIN_HEIGHT = 128  # small frames are enlarged (nearest neighbour) so the panels can be read on the dashboard
@@ -56,11 +57,7 @@ class FlowImages(pl.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if (
             self._logger is None
-            or batch_idx != 0
-            or dataloader_idx != 0
-            or trainer.sanity_checking
-            or not trainer.is_global_zero
-            or trainer.current_epoch % self.every_n_epochs
+            or not logs_media_now(trainer, batch_idx, dataloader_idx, self.every_n_epochs)
             or not isinstance(outputs, dict)
             or not isinstance(outputs.get("flow"), Tensor)
         ):

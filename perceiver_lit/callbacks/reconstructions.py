@@ -23,6 +23,8 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
+from perceiver_lit.callbacks.media_schedule import logs_media_now
+
 DEFAULT_FPS, DEFAULT_SAMPLE_RATE = 10.0, 16000
 
 
@@ -110,13 +112,9 @@ class ReconstructionMedia(pl.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if (
-            batch_idx != 0
-            or dataloader_idx != 0
-            or trainer.sanity_checking
-            or not trainer.is_global_zero
+            not logs_media_now(trainer, batch_idx, dataloader_idx, self.every_n_epochs)
             or not isinstance(outputs, dict)
             or "original_video" not in outputs
-            or trainer.current_epoch % self.every_n_epochs
         ):
             return
         logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
