@@ -6,6 +6,9 @@ a classification head, as for GLUE). Our image models take channels-last images
 (B, H, W, C); HF's take (B, C, H, W). Compare in eval mode: HF's attention_probs_dropout_prob defaults to 0.1.
 It is not carried over: the converted model has dropout 0, as DeepMind trained.
 
+(Over 400 lines because it is one weight map per HF family (seven), each read against the others: the
+shared layer maps sit at the top.)
+
     perceiver-lit-convert --hf /path/to/vision-perceiver-fourier --out fourier.pt
     model = load_converted("fourier.pt")
     model = perceiver_lit.models.pretrained("fourier.pt")   # the same, with num_classes / input_shape retargeting

@@ -14,6 +14,9 @@
   first step, so that no half-made run is left for later commands to mistake for one.
 - `check_resume`: a resume must continue the checkpoint's run exactly; settings that differ from the checkpoint's
   saved hyperparameters are refused, naming each key, except runtime-only ones (applied, and said so).
+
+(Over 400 lines because the lock, the outputs move, the resume check and the failed-start cleanup are one
+contract about one directory, and each reads the others' files.)
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ is bool (B, M) with True at padded elements, or None.
 permute_seed: the data module scrambled the elements with a fixed seeded permutation; the adapter computes its
 position features on the original grid and reorders them the same way, so each element keeps its true position
 (the paper's permuted ImageNet). The element granularity is the adapter's: pixels, patches, mel bins, bytes.
+
+(Over 400 lines because it holds one adapter per modality, each a short class with its `Args:`, which
+`perceiver-lit fit --help` prints; they share the position-feature helpers above them, and their class paths,
+`perceiver_lit.models.adapters.<Name>`, are in every shipped config and saved run config.)
 """
 
 from __future__ import annotations
