@@ -3,6 +3,7 @@
     from perceiver_lit import load
     model = load("runs/x/checkpoints/best.ckpt")           # CPU, or device="cuda"
     model.predict(["a.jpg", "b.jpg"], top_k=3)              # [{"key", "classes", "names", "probs"}, ...]
+    model = load("vision-perceiver-conv", data_config=...)  # a converted file or an HF folder: say the transforms
 
 `load` rebuilds the task and its net from the checkpoint's hyperparameters (saved by `perceiver-lit fit`) and the
 data module from the checkpoint's `datamodule_config` (the data config of the run, saved by perceiver-lit's
@@ -11,6 +12,11 @@ features, point sampling, byte tokens). `predict` reads the files like `perceive
 --data.init_args.predict_files ...` (unreadable files and files of another modality are skipped and counted, with
 one warning each) and returns the same rows as its JSONL file (perceiver_lit/callbacks/predictions.py). Nothing
 here imports W&B. The checkpoint is read with `torch.load(weights_only=True)`: nothing is unpickled.
+
+A pretrained net that no `perceiver-lit fit` saved (a `perceiver-lit-convert` file or an HF folder) is rebuilt by
+`perceiver_lit.models.pretrained` and wrapped in a Classification task; it records no data module, so `load` needs
+`data_config` (the eval transforms its inputs must go through), and its class names come from the HF folder's
+`id2label` when they are real names (HF writes LABEL_0... otherwise), or from `class_names`.
 """
 
 from __future__ import annotations
@@ -76,6 +82,46 @@ def build_task(ckpt: dict[str, Any], path: str) -> torch.nn.Module:
     if hp.get("class_names") and getattr(task, "class_names", None) is None:
         task.class_names = list(hp["class_names"])
     return task.eval()
+
+
+def _is_pretrained_net(path: str) -> bool:
+    """An HF folder, or a file `perceiver-lit-convert` wrote (its "format" key), rather than a fit checkpoint."""
+    from perceiver_lit.models.pretrained import CONVERTED_FORMAT
+
+    if os.path.isdir(path):
+        return True
+    if not os.path.isfile(path):
+        return False
+    try:
+        head = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - read_checkpoint names the problem
+        return False
+    return isinstance(head, dict) and head.get("format") == CONVERTED_FORMAT
+
+
+def _hf_class_names(path: str) -> list[str] | None:
+    """The HF folder's id2label when it holds real names (HF's default is LABEL_0, LABEL_1, ...)."""
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return None
+    import json
+
+    with open(config) as f:
+        id2label = json.load(f).get("id2label") or {}
+    names = [id2label.get(str(i), id2label.get(i)) for i in range(len(id2label))]
+    if not names or any(n is None for n in names) or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        return None
+    return [str(n) for n in names]
+
+
+def pretrained_task(path: str, class_names: Sequence[str] | None = None) -> torch.nn.Module:
+    """A Classification task around `perceiver_lit.models.pretrained(path)`, in eval mode."""
+    from perceiver_lit.models import pretrained
+    from perceiver_lit.tasks import Classification
+
+    net = pretrained(path)
+    names = list(class_names) if class_names is not None else (_hf_class_names(path) if os.path.isdir(path) else None)
+    return Classification(net=net, class_names=names).eval()
 
 
 def saved_data_config(ckpt: dict[str, Any], path: str) -> dict[str, Any]:
@@ -161,19 +207,34 @@ def _to(x: Any, device: torch.device) -> Any:
 
 
 def load(
-    path: str | os.PathLike, device: str | torch.device | None = None, data_config: dict[str, Any] | None = None
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    data_config: dict[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Predictor:
-    """Load a `perceiver-lit fit` checkpoint for inference.
+    """Load a `perceiver-lit fit` checkpoint, a `perceiver-lit-convert` file or an HF folder for inference.
 
     Args:
-        path: the .ckpt file (e.g. runs/x/checkpoints/best.ckpt).
+        path: the .ckpt file (e.g. runs/x/checkpoints/best.ckpt), a converted file, or an HF model folder.
         device: "cpu", "cuda", ...; default: CUDA when available, else CPU.
-        data_config: the data module's {"class_path", "init_args"}, for a checkpoint that does not carry it.
+        data_config: the data module's {"class_path", "init_args"}: required for a converted file or an HF folder
+            (they record no data module), and for a checkpoint that does not carry it.
+        class_names: the names of the output classes, for a pretrained net whose file has none.
     """
     path = os.fspath(path)
-    ckpt = read_checkpoint(path)
-    cfg = data_config if data_config is not None else saved_data_config(ckpt, path)
-    task = build_task(ckpt, path)
+    if _is_pretrained_net(path):
+        if data_config is None:
+            raise CheckpointError(
+                f"{path}: a pretrained net (converted file or HF folder) records no data module: pass "
+                "data_config={'class_path': ..., 'init_args': {...}}, the data module whose eval transforms its "
+                "inputs must go through (e.g. datamodules.image.ImageDataModule with image_size 224)"
+            )
+        task = pretrained_task(path, class_names)
+        cfg = data_config
+    else:
+        ckpt = read_checkpoint(path)
+        cfg = data_config if data_config is not None else saved_data_config(ckpt, path)
+        task = build_task(ckpt, path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return Predictor(task, cfg, device)

@@ -173,3 +173,59 @@ def test_a_bad_path_through_the_cli_fails_naming_it_before_training(fashion_shar
         with pytest.raises(ValueError, match=message):  # jsonargparse reports the net's error inside its own
             run_cli(["fit", "--config", write_config(tmp_path, config)], cwd=tmp_path)
         assert not (tmp_path / "runs" / "bad" / "checkpoints").exists()
+
+
+def test_load_an_hf_folder_predicts_like_the_cli_with_its_names(tmp_path):
+    """`perceiver_lit.load` on an HF folder (no fit checkpoint): the data config says the eval transforms, the names
+    come from the folder's id2label, and the rows equal `perceiver-lit predict` with the same net on the same files."""
+    from PIL import Image
+
+    from perceiver_lit import load
+    from perceiver_lit.inference import CheckpointError
+
+    names = {0: "cat", 1: "dog", 2: "fox"}
+    hf = hf_image_model(
+        "PerceiverForImageClassificationConvProcessing",
+        num_labels=3,
+        id2label=names,
+        label2id={v: k for k, v in names.items()},
+    )
+    hf.save_pretrained(tmp_path / "hf")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for i in range(4):
+        pixels = (torch.rand(20, 20, 3, generator=gen) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(photos / f"p{i}.png")
+    data = {"class_path": "datamodules.image.ImageDataModule", "init_args": {"image_size": 16, "num_classes": 3}}
+
+    with pytest.raises(CheckpointError, match="records no data module: pass data_config"):
+        load(tmp_path / "hf", device="cpu")
+    api = load(tmp_path / "hf", device="cpu", data_config=data).predict(str(photos), top_k=3, batch_size=3)
+
+    cfg = write_config(
+        tmp_path,
+        {
+            "name": "hfpred",
+            "trainer": TRAINER,
+            "model": task(str(tmp_path / "hf")),
+            "data": {**data, "init_args": {**data["init_args"], "predict_files": str(photos), "num_workers": 0}},
+        },
+    )
+    run_cli(["predict", "--config", cfg, "--prediction.top_k", "3"], cwd=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "runs/hfpred/predictions-rank0.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in api] == [r["key"] for r in rows] == [str(photos / f"p{i}.png") for i in range(4)]
+    for a, c in zip(api, rows):
+        assert a["classes"] == c["classes"] and a["names"] == [names[k] for k in a["classes"]]
+        torch.testing.assert_close(torch.tensor(a["probs"]), torch.tensor(c["probs"]), atol=2e-6, rtol=0)
+
+    # the same net as a perceiver-lit-convert file: no names in it, so they are given
+    from perceiver_lit.convert import from_huggingface, save_converted
+
+    net, spec = from_huggingface(hf, return_spec=True)
+    save_converted(net, spec, str(tmp_path / "conv.pt"))
+    converted = load(tmp_path / "conv.pt", device="cpu", data_config=data, class_names=["a", "b", "c"])
+    again = converted.predict(str(photos), top_k=3)
+    assert [r["classes"] for r in again] == [r["classes"] for r in api]
+    assert again[0]["names"] == ["abc"[k] for k in again[0]["classes"]]
+    torch.testing.assert_close(torch.tensor(again[0]["probs"]), torch.tensor(api[0]["probs"]), atol=2e-6, rtol=0)
