@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 
 from datamodules.class_names import write_class_names
+from datamodules.shards.cli import add_writer_parser
 from datamodules.shards.labels import index_labels, label_map_names, parse_labels, read_label_map, read_simple_csv
 from datamodules.shards.splits import add_split_args, write_split_shards
 from datamodules.shards.writer import ShardSummary
@@ -139,12 +140,7 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "audio",
-        help="audio files + label CSV (simple or AudioSet) -> shards",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_writer_parser(subparsers, "audio", "audio files + label CSV (simple or AudioSet) -> shards", __doc__)
     p.add_argument("root", help="folder holding the audio files")
     p.add_argument("--labels", required=True, help="label CSV: 'path,labels' or AudioSet segments")
     p.add_argument("--csv-format", default="auto", choices=("auto", "simple", "audioset"))

@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from datamodules.class_names import write_class_names
+from datamodules.shards.cli import add_writer_parser
 from datamodules.shards.labels import index_labels, label_map_names, read_label_map, read_simple_csv
 from datamodules.shards.splits import add_split_args, write_split_shards
 from datamodules.shards.writer import ShardSummary
@@ -81,12 +82,7 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "video",
-        help="video files (class-per-folder or label CSV) -> shards",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_writer_parser(subparsers, "video", "video files (class-per-folder or label CSV) -> shards", __doc__)
     p.add_argument("root", help="folder holding the videos (ROOT/<class>/*.mp4 without --labels)")
     p.add_argument("--labels", default=None, help="'path,labels' CSV instead of class folders")
     p.add_argument("--label-map", default=None, help="index,name CSV for name labels")
