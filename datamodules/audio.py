@@ -22,43 +22,19 @@ AUDIO_EXTS = ("flac", "wav", "ogg", "mp3")
 
 class AudioFeatures:
     """The audio half shared by the audio and audio+video data modules: rate check/resampling, crop/pad, features.
-    Its settings are declared (types, defaults, meaning) once, in `AudioInputs`."""
+    `AudioInputs` declares its settings (types, defaults, meaning) once and builds it.
 
-    def __init__(
-        self,
-        *,
-        sample_rate: int,
-        clip_samples: int,
-        resample: bool,
-        features: str,
-        n_fft: int,
-        win_length: int | None,
-        hop_length: int,
-        n_mels: int,
-        f_min: float,
-        f_max: float | None,
-        mel_scale: str,
-        mel_norm: str | None,
-    ):
-        if features not in ("raw", "mel"):
-            raise ValueError(f"features must be 'raw' or 'mel', got {features!r}")
+    Args:
+        sample_rate: the rate the model expects.
+        clip_samples: the output length S.
+        resample: resample clips at another rate (else they raise).
+        mel: the log-mel transform for mel features; None: raw waveforms.
+    """
+
+    def __init__(self, *, sample_rate: int, clip_samples: int, resample: bool, mel: A.LogMel | None):
         self.sample_rate, self.clip_samples = sample_rate, clip_samples
-        self.resample, self.features = resample, features
-        self.mel = (
-            A.LogMel(
-                sample_rate,
-                n_fft=n_fft,
-                win_length=win_length,
-                hop_length=hop_length,
-                n_mels=n_mels,
-                f_min=f_min,
-                f_max=f_max,
-                scale=mel_scale,
-                norm=mel_norm,
-            )
-            if features == "mel"
-            else None
-        )
+        self.resample, self.mel = resample, mel
+        self.features = "raw" if mel is None else "mel"
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -158,20 +134,15 @@ class AudioInputs:
         super().__init__(**kwargs)
         if clip_samples is None:
             clip_samples = self.default_clip_samples(sample_rate)
-        self.audio = AudioFeatures(
-            sample_rate=sample_rate,
-            clip_samples=clip_samples,
-            resample=resample,
-            features=features,
-            n_fft=n_fft,
-            win_length=win_length,
-            hop_length=hop_length,
-            n_mels=n_mels,
-            f_min=f_min,
-            f_max=f_max,
-            mel_scale=mel_scale,
-            mel_norm=mel_norm,
+        if features not in ("raw", "mel"):
+            raise ValueError(f"features must be 'raw' or 'mel', got {features!r}")
+        # LogMel's parameters are these settings, in this order
+        mel = (
+            A.LogMel(sample_rate, n_fft, win_length, hop_length, n_mels, f_min, f_max, mel_scale, mel_norm)
+            if features == "mel"
+            else None
         )
+        self.audio = AudioFeatures(sample_rate=sample_rate, clip_samples=clip_samples, resample=resample, mel=mel)
         self.sample_rate, self.clip_samples = sample_rate, clip_samples
 
     def default_clip_samples(self, sample_rate: int) -> int:
