@@ -19,7 +19,6 @@ class VideoFrames:
 
     def __init__(
         self,
-        *,
         num_frames: int,
         frame_stride: int,
         crop_size: int,
@@ -86,15 +85,7 @@ class VideoInputs:
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.video = VideoFrames(
-            num_frames=num_frames,
-            frame_stride=frame_stride,
-            crop_size=crop_size,
-            short_side=short_side,
-            mean=mean,
-            std=std,
-            backend=backend,
-        )
+        self.video = VideoFrames(num_frames, frame_stride, crop_size, short_side, mean, std, backend)  # same order
 
 
 class VideoDataModule(VideoInputs, StreamingDataModule):
