@@ -19,6 +19,7 @@ class VideoFrames:
 
     def __init__(
         self,
+        *,
         num_frames: int,
         frame_stride: int,
         crop_size: int,
@@ -85,7 +86,15 @@ class VideoInputs:
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.video = VideoFrames(num_frames, frame_stride, crop_size, short_side, mean, std, backend)  # same order
+        self.video = VideoFrames(
+            num_frames=num_frames,
+            frame_stride=frame_stride,
+            crop_size=crop_size,
+            short_side=short_side,
+            mean=mean,
+            std=std,
+            backend=backend,
+        )
 
 
 class VideoDataModule(VideoInputs, StreamingDataModule):
