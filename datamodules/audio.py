@@ -13,11 +13,13 @@ import torch
 
 from datamodules.buffers import BatchRows, batch_buffer, scratch_buffer
 from datamodules.errors import DataError
+from datamodules.keywords import declared_defaults, keyword_args
 from datamodules.sources import iter_tar_samples
 from datamodules.streaming import StreamingDataModule
 from datamodules.transforms import audio as A
 
 AUDIO_EXTS = ("flac", "wav", "ogg", "mp3")
+_MEL = declared_defaults(A.LogMel)  # AudioInputs' mel defaults are LogMel's, declared there once
 
 
 class AudioFeatures:
@@ -121,14 +123,14 @@ class AudioInputs:
         clip_samples: int | None = 61440,
         resample: bool = False,
         features: str = "raw",
-        n_fft: int = 2048,
-        win_length: int | None = 1200,
-        hop_length: int = 480,
-        n_mels: int = 128,
-        f_min: float = 0.0,
-        f_max: float | None = None,
-        mel_scale: str = "htk",
-        mel_norm: str | None = "slaney",
+        n_fft: int = _MEL["n_fft"],
+        win_length: int | None = 1200,  # 25 ms at 48 kHz; LogMel's default (None) would mean n_fft
+        hop_length: int = _MEL["hop_length"],
+        n_mels: int = _MEL["n_mels"],
+        f_min: float = _MEL["f_min"],
+        f_max: float | None = _MEL["f_max"],
+        mel_scale: str = _MEL["scale"],
+        mel_norm: str | None = _MEL["norm"],
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -136,11 +138,9 @@ class AudioInputs:
             clip_samples = self.default_clip_samples(sample_rate)
         if features not in ("raw", "mel"):
             raise ValueError(f"features must be 'raw' or 'mel', got {features!r}")
-        # LogMel's parameters are these settings, in this order
+        # by keyword: the settings LogMel declares under the same names, and the two named differently here
         mel = (
-            A.LogMel(sample_rate, n_fft, win_length, hop_length, n_mels, f_min, f_max, mel_scale, mel_norm)
-            if features == "mel"
-            else None
+            A.LogMel(**keyword_args(A.LogMel, locals()), scale=mel_scale, norm=mel_norm) if features == "mel" else None
         )
         self.audio = AudioFeatures(sample_rate=sample_rate, clip_samples=clip_samples, resample=resample, mel=mel)
         self.sample_rate, self.clip_samples = sample_rate, clip_samples
