@@ -13,52 +13,30 @@ import torch
 
 from datamodules.buffers import BatchRows, batch_buffer, scratch_buffer
 from datamodules.errors import DataError
+from datamodules.keywords import declared_defaults, keyword_args
 from datamodules.sources import iter_tar_samples
 from datamodules.streaming import StreamingDataModule
 from datamodules.transforms import audio as A
 
 AUDIO_EXTS = ("flac", "wav", "ogg", "mp3")
+_MEL = declared_defaults(A.LogMel)  # AudioInputs' mel defaults are LogMel's, declared there once
 
 
 class AudioFeatures:
     """The audio half shared by the audio and audio+video data modules: rate check/resampling, crop/pad, features.
-    Its settings are declared (types, defaults, meaning) once, in `AudioInputs`."""
+    `AudioInputs` declares its settings (types, defaults, meaning) once and builds it.
 
-    def __init__(
-        self,
-        *,
-        sample_rate: int,
-        clip_samples: int,
-        resample: bool,
-        features: str,
-        n_fft: int,
-        win_length: int | None,
-        hop_length: int,
-        n_mels: int,
-        f_min: float,
-        f_max: float | None,
-        mel_scale: str,
-        mel_norm: str | None,
-    ):
-        if features not in ("raw", "mel"):
-            raise ValueError(f"features must be 'raw' or 'mel', got {features!r}")
+    Args:
+        sample_rate: the rate the model expects.
+        clip_samples: the output length S.
+        resample: resample clips at another rate (else they raise).
+        mel: the log-mel transform for mel features; None: raw waveforms.
+    """
+
+    def __init__(self, *, sample_rate: int, clip_samples: int, resample: bool, mel: A.LogMel | None):
         self.sample_rate, self.clip_samples = sample_rate, clip_samples
-        self.resample, self.features = resample, features
-        self.mel = (
-            A.LogMel(
-                sample_rate,
-                n_fft=n_fft,
-                win_length=win_length,
-                hop_length=hop_length,
-                n_mels=n_mels,
-                f_min=f_min,
-                f_max=f_max,
-                scale=mel_scale,
-                norm=mel_norm,
-            )
-            if features == "mel"
-            else None
-        )
+        self.resample, self.mel = resample, mel
+        self.features = "raw" if mel is None else "mel"
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -145,33 +123,26 @@ class AudioInputs:
         clip_samples: int | None = 61440,
         resample: bool = False,
         features: str = "raw",
-        n_fft: int = 2048,
-        win_length: int | None = 1200,
-        hop_length: int = 480,
-        n_mels: int = 128,
-        f_min: float = 0.0,
-        f_max: float | None = None,
-        mel_scale: str = "htk",
-        mel_norm: str | None = "slaney",
+        n_fft: int = _MEL["n_fft"],
+        win_length: int | None = 1200,  # 25 ms at 48 kHz; LogMel's default (None) would mean n_fft
+        hop_length: int = _MEL["hop_length"],
+        n_mels: int = _MEL["n_mels"],
+        f_min: float = _MEL["f_min"],
+        f_max: float | None = _MEL["f_max"],
+        mel_scale: str = _MEL["scale"],
+        mel_norm: str | None = _MEL["norm"],
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         if clip_samples is None:
             clip_samples = self.default_clip_samples(sample_rate)
-        self.audio = AudioFeatures(
-            sample_rate=sample_rate,
-            clip_samples=clip_samples,
-            resample=resample,
-            features=features,
-            n_fft=n_fft,
-            win_length=win_length,
-            hop_length=hop_length,
-            n_mels=n_mels,
-            f_min=f_min,
-            f_max=f_max,
-            mel_scale=mel_scale,
-            mel_norm=mel_norm,
+        if features not in ("raw", "mel"):
+            raise ValueError(f"features must be 'raw' or 'mel', got {features!r}")
+        # by keyword: the settings LogMel declares under the same names, and the two named differently here
+        mel = (
+            A.LogMel(**keyword_args(A.LogMel, locals()), scale=mel_scale, norm=mel_norm) if features == "mel" else None
         )
+        self.audio = AudioFeatures(sample_rate=sample_rate, clip_samples=clip_samples, resample=resample, mel=mel)
         self.sample_rate, self.clip_samples = sample_rate, clip_samples
 
     def default_clip_samples(self, sample_rate: int) -> int:

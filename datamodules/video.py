@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from datamodules.buffers import batch_buffer
+from datamodules.keywords import keyword_args
 from datamodules.streaming import StreamingDataModule
 from datamodules.transforms import video as V
 
@@ -86,15 +87,7 @@ class VideoInputs:
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.video = VideoFrames(
-            num_frames=num_frames,
-            frame_stride=frame_stride,
-            crop_size=crop_size,
-            short_side=short_side,
-            mean=mean,
-            std=std,
-            backend=backend,
-        )
+        self.video = VideoFrames(**keyword_args(VideoFrames, locals()))  # every setting above, by its name
 
 
 class VideoDataModule(VideoInputs, StreamingDataModule):

@@ -26,7 +26,15 @@ from functools import partial
 from pathlib import Path
 
 from datamodules.class_names import write_class_names
-from datamodules.shards.labels import index_labels, label_map_names, parse_labels, read_label_map, read_simple_csv
+from datamodules.shards.cli import add_writer_parser
+from datamodules.shards.labels import (
+    add_label_args,
+    index_labels,
+    label_map_names,
+    parse_labels,
+    read_label_map,
+    read_simple_csv,
+)
 from datamodules.shards.splits import add_split_args, write_split_shards
 from datamodules.shards.writer import ShardSummary
 
@@ -130,25 +138,20 @@ def audio_items(
 
 def run(args: argparse.Namespace) -> list[ShardSummary]:
     items = audio_items(args.root, args.labels, args.csv_format, args.label_map, args.out)
-    return write_split_shards(
-        items,
-        partial(encode_audio, sample_rate=args.sample_rate),
-        args,
-        nothing=f"audio: no samples found from {args.labels} under {args.root}",
-    )
+    nothing = f"audio: no samples found from {args.labels} under {args.root}"
+    return write_split_shards(items, partial(encode_audio, sample_rate=args.sample_rate), args, nothing=nothing)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "audio",
-        help="audio files + label CSV (simple or AudioSet) -> shards",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_writer_parser(subparsers, "audio", "audio files + label CSV (simple or AudioSet) -> shards", __doc__)
+    add_label_args(
+        p,
+        labels_required=True,
+        csv_formats=("auto", "simple", "audioset"),
+        root_help="folder holding the audio files",
+        labels_help="label CSV: 'path,labels' or AudioSet segments",
+        label_map_help="index,mid,display_name CSV (AudioSet) or index,name",
     )
-    p.add_argument("root", help="folder holding the audio files")
-    p.add_argument("--labels", required=True, help="label CSV: 'path,labels' or AudioSet segments")
-    p.add_argument("--csv-format", default="auto", choices=("auto", "simple", "audioset"))
-    p.add_argument("--label-map", default=None, help="index,mid,display_name CSV (AudioSet) or index,name")
     p.add_argument("--sample-rate", type=int, default=None, help="re-encode to mono flac at this rate")
     add_split_args(p)
     p.set_defaults(func=run)

@@ -7,7 +7,7 @@
     perceiver-lit-shards flow sintel /data/MPI-Sintel --out data/sintel
 
 A subcommand is a module in datamodules/shards/ that exposes `add_parser(subparsers)`: it adds its parser
-(use `add_common_args` for --out/--maxcount/--maxsize/--workers/--seed/--no-shuffle), and sets
+with `add_writer_parser` (and `add_common_args` for --out/--maxcount/--maxsize/--workers/--seed/--no-shuffle), and sets
 `func=run`, where `run(args) -> list[ShardSummary]` writes the shards. The CLI prints each summary at the end.
 """
 
@@ -21,6 +21,22 @@ import sys
 from datamodules.optional import one_line_missing
 
 SUBCOMMANDS = ("image_folder", "fashion_mnist", "pointcloud", "text", "audio", "video", "flow", "synthetic")
+
+
+def add_writer_parser(
+    subparsers: argparse._SubParsersAction, name: str, help: str, doc: str | None = None
+) -> argparse.ArgumentParser:
+    """A writer's subparser.
+
+    Args:
+        subparsers: the CLI's subparsers.
+        name: the subcommand.
+        help: its line in the command list.
+        doc: the --help description (the writer's module docstring), printed with its own line breaks; None: none.
+    """
+    if doc is None:
+        return subparsers.add_parser(name, help=help)
+    return subparsers.add_parser(name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_common_args(p: argparse.ArgumentParser, prefix: str | None = "train") -> None:

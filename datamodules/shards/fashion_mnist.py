@@ -96,9 +96,9 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from datamodules.shards.cli import add_common_args
+    from datamodules.shards.cli import add_common_args, add_writer_parser
 
-    p = subparsers.add_parser("fashion-mnist", help="Fashion-MNIST IDX files -> train/test(/val) shards")
+    p = add_writer_parser(subparsers, "fashion-mnist", "Fashion-MNIST IDX files -> train/test(/val) shards")
     p.add_argument("--root", default=DEFAULT_DIR, help="directory with the (gzipped) IDX files")
     p.add_argument("--format", choices=["npy", "png"], default="npy", help="npy: raw uint8, fastest to decode")
     p.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of train as val-*")

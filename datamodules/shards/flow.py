@@ -267,13 +267,10 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from datamodules.shards.cli import add_common_args
+    from datamodules.shards.cli import add_common_args, add_writer_parser
 
-    p = subparsers.add_parser(
-        "flow",
-        help="optical flow (Sintel, KITTI, FlyingChairs, Middlebury, a list) -> shards",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_writer_parser(
+        subparsers, "flow", "optical flow (Sintel, KITTI, FlyingChairs, Middlebury, a list) -> shards", __doc__
     )
     p.add_argument("format", choices=FORMATS)
     p.add_argument("root", help="the dataset's folder (a list file for `list`)")

@@ -88,9 +88,9 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from datamodules.shards.cli import add_common_args
+    from datamodules.shards.cli import add_common_args, add_writer_parser
 
-    p = subparsers.add_parser("image-folder", help="root/<class>/<image> tree -> shards (jpg/png/webp + cls)")
+    p = add_writer_parser(subparsers, "image-folder", "root/<class>/<image> tree -> shards (jpg/png/webp + cls)")
     p.add_argument("root", help="directory with one subfolder per class")
     p.add_argument("--resize", type=int, default=None, help="re-encode as JPEG, shorter side at most this")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality with --resize")

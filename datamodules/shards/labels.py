@@ -3,6 +3,7 @@ names, `index,mid[,display_name]` maps, and the sorted vocabulary written to cla
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 
@@ -80,3 +81,27 @@ def read_simple_csv(
             except (ValueError, AttributeError) as e:
                 raise ValueError(f"{csv_path}, line {reader.line_num}: {e}") from None
         return rows
+
+
+def add_label_args(
+    p: argparse.ArgumentParser,
+    *,
+    root_help: str,
+    labels_help: str,
+    label_map_help: str,
+    labels_required: bool = False,
+    csv_formats: tuple[str, ...] = (),
+) -> None:
+    """A file writer's ROOT and label-CSV options, in this order: ROOT, --labels, --csv-format, --label-map.
+
+    Args:
+        p: the writer's subparser.
+        root_help, labels_help, label_map_help: the help texts of ROOT, --labels and --label-map.
+        labels_required: --labels must be given (else it defaults to None).
+        csv_formats: the --csv-format choices, the first being the default; empty: no --csv-format option.
+    """
+    p.add_argument("root", help=root_help)
+    p.add_argument("--labels", required=labels_required, default=None, help=labels_help)
+    if csv_formats:
+        p.add_argument("--csv-format", default=csv_formats[0], choices=csv_formats)
+    p.add_argument("--label-map", default=None, help=label_map_help)

@@ -129,9 +129,9 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from datamodules.shards.cli import add_common_args
+    from datamodules.shards.cli import add_common_args, add_writer_parser
 
-    p = subparsers.add_parser("pointcloud", help="root/<class>/{train,test}/<mesh>.off -> point-cloud shards")
+    p = add_writer_parser(subparsers, "pointcloud", "root/<class>/{train,test}/<mesh>.off -> point-cloud shards")
     p.add_argument("root", help="ModelNet40-style directory")
     p.add_argument("--num-points", type=int, default=2048, help="surface samples per mesh")
     add_common_args(p)

@@ -188,13 +188,10 @@ def run(args: argparse.Namespace) -> list:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from datamodules.shards.cli import add_common_args
+    from datamodules.shards.cli import add_common_args, add_writer_parser
 
-    p = subparsers.add_parser(
-        "synthetic",
-        help="seeded synthetic media (real files) -> shards, for tests/demos",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_writer_parser(
+        subparsers, "synthetic", "seeded synthetic media (real files) -> shards, for tests/demos", __doc__
     )
     p.add_argument("modality", choices=sorted(MODALITIES))
     p.add_argument("--num-samples", type=int, default=64)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.keywords import declared_defaults
+
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SHAPES = ("cube", "sphere", "cylinder", "cone", "torus")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -249,15 +251,19 @@ def make_audio(
     return csv_path
 
 
+# the audio+video clips take their video defaults from make_video and their audio defaults from make_audio
+_VIDEO, _AUDIO = declared_defaults(make_video), declared_defaults(make_audio)
+
+
 def make_audiovisual(
     root: Path,
     n: int,
     seed: int,
-    frames: int = 16,
-    size: int = 32,
-    fps: int = 10,
-    sample_rate: int = 16000,
-    engine: str = "auto",
+    frames: int = _VIDEO["frames"],
+    size: int = _VIDEO["size"],
+    fps: int = _VIDEO["fps"],
+    sample_rate: int = _AUDIO["sample_rate"],
+    engine: str = _AUDIO["engine"],
     separate: bool = False,
     **_,
 ) -> Path:

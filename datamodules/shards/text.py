@@ -125,9 +125,9 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from datamodules.shards.cli import add_common_args
+    from datamodules.shards.cli import add_common_args, add_writer_parser
 
-    p = subparsers.add_parser("text", help="text files/lines/fortunes -> txt (+ cls) shards")
+    p = add_writer_parser(subparsers, "text", "text files/lines/fortunes -> txt (+ cls) shards")
     p.add_argument("inputs", nargs="+", help="files or directories")
     p.add_argument("--unit", choices=["file", "line", "fortune"], default="line", help="what one sample is")
     p.add_argument("--label-from", choices=["dir", "file", "none"], default="none", help="where the label comes from")

@@ -18,7 +18,8 @@ from functools import partial
 from pathlib import Path
 
 from datamodules.class_names import write_class_names
-from datamodules.shards.labels import index_labels, label_map_names, read_label_map, read_simple_csv
+from datamodules.shards.cli import add_writer_parser
+from datamodules.shards.labels import add_label_args, index_labels, label_map_names, read_label_map, read_simple_csv
 from datamodules.shards.splits import add_split_args, write_split_shards
 from datamodules.shards.writer import ShardSummary
 
@@ -72,24 +73,18 @@ def video_items(
 
 def run(args: argparse.Namespace) -> list[ShardSummary]:
     items = video_items(args.root, args.labels, args.label_map, args.out)
-    return write_split_shards(
-        items,
-        partial(encode_video, audio_ext=args.with_audio),
-        args,
-        nothing=f"video: no {'/'.join(VIDEO_EXTS)} files found under {args.root}",
-    )
+    nothing = f"video: no {'/'.join(VIDEO_EXTS)} files found under {args.root}"
+    return write_split_shards(items, partial(encode_video, audio_ext=args.with_audio), args, nothing=nothing)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "video",
-        help="video files (class-per-folder or label CSV) -> shards",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_writer_parser(subparsers, "video", "video files (class-per-folder or label CSV) -> shards", __doc__)
+    add_label_args(
+        p,
+        root_help="folder holding the videos (ROOT/<class>/*.mp4 without --labels)",
+        labels_help="'path,labels' CSV instead of class folders",
+        label_map_help="index,name CSV for name labels",
     )
-    p.add_argument("root", help="folder holding the videos (ROOT/<class>/*.mp4 without --labels)")
-    p.add_argument("--labels", default=None, help="'path,labels' CSV instead of class folders")
-    p.add_argument("--label-map", default=None, help="index,name CSV for name labels")
     p.add_argument("--with-audio", default=None, metavar="EXT", help="also pack <stem>.EXT (e.g. flac)")
     add_split_args(p)
     p.set_defaults(func=run)

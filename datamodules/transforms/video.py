@@ -21,6 +21,8 @@ _AV = RequirementCache("av")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+Frames = np.ndarray | torch.Tensor  # a clip's pixels, `uint8 (T, H, W, C)`, as decoded (numpy) or as a tensor
+CropSize = int | tuple[int, int]  # an int: a square crop; else (H, W)
 
 
 def video_backend(preferred: str = "auto") -> str:
@@ -157,11 +159,7 @@ def decode_mp4_audio(data: bytes) -> tuple[np.ndarray, int, float]:
 
 
 def resize_crop(
-    frames: np.ndarray | torch.Tensor,
-    crop_size: int | tuple[int, int],
-    short_side: int | None,
-    train: bool,
-    rng: random.Random | None = None,
+    frames: Frames, crop_size: CropSize, short_side: int | None, train: bool, rng: random.Random | None = None
 ) -> torch.Tensor:
     """`uint8 (T, H, W, C)` -> `uint8 (T, h, w, C)`: resize the short side, then crop (random in train, center in
     eval). The same crop for every frame keeps the motion intact.
@@ -230,8 +228,8 @@ def _affine(mean: tuple[float, ...], std: tuple[float, ...], width: int) -> tupl
 
 
 def resize_crop_normalize(
-    frames: np.ndarray | torch.Tensor,
-    crop_size: int | tuple[int, int],
+    frames: Frames,
+    crop_size: CropSize,
     short_side: int | None,
     train: bool,
     rng: random.Random | None = None,
