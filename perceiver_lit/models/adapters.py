@@ -42,7 +42,17 @@ class InputAdapter(nn.Module):
 
 
 class _GridAdapter(InputAdapter):
-    """Shared part of grid modalities: position features (Fourier or learned) concatenated or added."""
+    """Shared part of grid modalities: position features (Fourier or learned) concatenated or added.
+
+    Its Args: are those of the grid adapters' arguments that mean the same in each (jsonargparse, and so
+    `perceiver-lit fit --help`, reads a base class's Args: for a subclass; a subclass's own line takes precedence).
+
+    Args:
+        num_frequency_bands: Fourier bands per axis; 0: raw positions only.
+        position_encoding: "fourier" or "learned".
+        permute_seed: the data module's element permutation seed (linked from `data.permute_seed`): the position
+            features are reordered by the same fixed permutation; null: unpermuted.
+    """
 
     def _init_positions(
         self,
@@ -103,6 +113,8 @@ class _GridAdapter(InputAdapter):
 class ImageAdapter(_GridAdapter):
     """Images (B, H, W, C) channels-last -> (B, H'W', C' + P).
 
+    permute_seed is documented on _GridAdapter.
+
     Args:
         input_shape: per-sample (H, W, C) (linked from the data module's `input_shape`).
         num_frequency_bands: Fourier bands per axis (paper: 64); 0: raw positions only.
@@ -116,8 +128,6 @@ class ImageAdapter(_GridAdapter):
         prep: "pixels" (C' = C), "conv1x1" (1x1 conv to prep_channels, HF's learned-position model) or "conv"
             (7x7/2 conv + BatchNorm + ReLU + 3x3/2 max-pool to prep_channels, HF's conv model: 224 -> 55).
         prep_channels: output channels of the "conv1x1" / "conv" prep.
-        permute_seed: the data module's element permutation seed (linked from `data.permute_seed`): the position
-            features are reordered by the same fixed permutation; null: unpermuted.
     """
 
     def __init__(
@@ -181,15 +191,13 @@ class ImageAdapter(_GridAdapter):
 class VideoAdapter(_GridAdapter):
     """Video (B, T, H, W, C) -> space-time patches (B, T'H'W', pt*ph*pw*C + P), 3-D Fourier positions.
 
+    num_frequency_bands, position_encoding and permute_seed are documented on _GridAdapter.
+
     Args:
         input_shape: per-sample (T, H, W, C) (linked from the data module's `input_shape`).
         patch_size: (pt, ph, pw) space-time patch; paper 2x8x8 for AudioSet; (1, 1, 1) keeps single voxels.
-        num_frequency_bands: Fourier bands per axis; 0: raw positions only.
         max_resolution: (T', H', W') patch grid that sets the top Fourier frequency; null: the patch grid.
-        position_encoding: "fourier" or "learned".
         concat_or_add: "concat" position features to the patch features, or "add" them.
-        permute_seed: the data module's element permutation seed (linked from `data.permute_seed`): the position
-            features are reordered by the same fixed permutation; null: unpermuted.
     """
 
     def __init__(
@@ -238,15 +246,13 @@ class AudioAdapter(_GridAdapter):
     """Audio: raw waveform (B, S) -> (B, S/p, p + P) patches of p samples (paper 128), 1-D positions;
     or log-mel (B, F, M) -> (B, F*M, 1 + P), every time-frequency bin an element with 2-D positions.
 
+    num_frequency_bands, position_encoding and permute_seed are documented on _GridAdapter.
+
     Args:
         input_shape: per-sample (S,) raw samples or (F, M) mel frames x bins (linked from the data module).
         samples_per_patch: raw waveform: samples per element (paper: 128); must divide S.
-        num_frequency_bands: Fourier bands per axis; 0: raw positions only.
         max_resolution: the grid that sets the top Fourier frequency; null: the element grid.
-        position_encoding: "fourier" or "learned".
         concat_or_add: "concat" position features to the audio features, or "add" them.
-        permute_seed: the data module's element permutation seed (linked from `data.permute_seed`): the position
-            features are reordered by the same fixed permutation; null: unpermuted.
     """
 
     def __init__(
