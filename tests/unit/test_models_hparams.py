@@ -17,6 +17,7 @@ import torch
 
 from perceiver_lit import models as M
 from perceiver_lit.models import presets
+from perceiver_lit.models.hparams import declared_defaults
 
 CONFIGS = [
     (M.Perceiver, M.PerceiverConfig),
@@ -137,3 +138,10 @@ def test_cli_help_explains_the_net(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "--model.net.num_latents NUM_LATENTS N, the rows of the learned latent array." in out
     assert "--model.net.input_keep INPUT_KEEP in training, the fraction of input elements" in out
+
+
+def test_declared_defaults_are_a_signatures_defaults_by_name():
+    def target(a, b: int = 1, *args, c: str | None = None, **kwargs):
+        return a, b, c, args, kwargs
+
+    assert declared_defaults(target) == {"b": 1, "c": None}
