@@ -2,7 +2,8 @@
 
 `perceiver_lit.convert` reads HF -> ours and `perceiver_lit.hf_export` writes ours -> HF from these tables, so the
 two cannot drift apart. `HF_CONFIGS` holds DeepMind's released models as HF config arguments (what the conversion
-tests and benchmarks build HF models from). No torch or transformers import: plain names.
+tests and benchmarks build HF models from, and, through `released`, the defaults of the models that reproduce them).
+No torch or transformers import: plain names.
 """
 
 from __future__ import annotations
@@ -141,3 +142,16 @@ HF_CONFIGS = {
     model: {**{field: values[i] for field, values in _LATENT_FIELDS.items()}, **_OTHER_FIELDS[model]}
     for i, model in enumerate(HF_MODELS)
 }
+
+
+def released(model: str, names: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """DeepMind's released `model` in our names: {our field: value} for each pair of `names` whose HF field
+    HF_CONFIGS[model] sets. PerceiverIO's and the dense models' signatures take their architecture defaults from it,
+    so each released model's settings are written once.
+
+    Args:
+        model: one of HF_MODELS, e.g. "optical_flow".
+        names: (HF field, our field) pairs, e.g. DENSE_NAMES.
+    """
+    config = HF_CONFIGS[model]
+    return {ours: config[hf] for hf, ours in names if hf in config}
