@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from perceiver_lit import models as M
+from perceiver_lit.hf_names import DENSE_NAMES, released
 from perceiver_lit.models import presets
 from perceiver_lit.models.hparams import declared_defaults
 
@@ -145,3 +146,14 @@ def test_declared_defaults_are_a_signatures_defaults_by_name():
         return a, b, c, args, kwargs
 
     assert declared_defaults(target) == {"b": 1, "c": None}
+
+
+def test_released_gives_a_released_models_settings_in_our_names_and_leaves_out_what_it_does_not_set():
+    # The widening factors are HF's defaults, not set by the release: they stay the model's own.
+    assert released("optical_flow", DENSE_NAMES) == {
+        "num_latents": 2048,
+        "latent_dim": 512,
+        "num_self_attention_heads": 16,
+        "num_cross_attention_heads": 1,
+        "num_self_attends": 24,
+    }
