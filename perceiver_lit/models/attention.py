@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .checks import check_sizes
+from .hparams import declared_defaults
 from .sdpa import attend_unprojected, attention
 
 
@@ -281,6 +282,10 @@ def projected_cross_attention(model: nn.Module) -> Iterator[nn.Module]:
             layer.absorb = absorb
 
 
+# The settings both layers take alike default as CrossAttentionLayer's, declared there once (num_heads differs).
+_CROSS = declared_defaults(CrossAttentionLayer)
+
+
 class SelfAttentionLayer(_Layer):
     """Latent self-attention: x (B, N, dim) -> (B, N, dim), fused qkv projection.
 
@@ -294,11 +299,11 @@ class SelfAttentionLayer(_Layer):
         self,
         dim: int,
         num_heads: int = 8,
-        qk_channels: int | None = None,
-        v_channels: int | None = None,
-        widening_factor: int = 1,
-        dropout: float = 0.0,
-        checkpoint: bool = False,
+        qk_channels: int | None = _CROSS["qk_channels"],
+        v_channels: int | None = _CROSS["v_channels"],
+        widening_factor: int = _CROSS["widening_factor"],
+        dropout: float = _CROSS["dropout"],
+        checkpoint: bool = _CROSS["checkpoint"],
     ):
         super().__init__()
         self._init_heads(dim, num_heads, qk_channels, v_channels, widening_factor, dim=dim)
