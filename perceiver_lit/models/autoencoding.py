@@ -92,7 +92,7 @@ class GridQueries(nn.Module):
 
 
 # HF's / DeepMind's multimodal autoencoder in our names (declared once, in hf_names.HF_CONFIGS): the defaults below.
-_RELEASED = released("multimodal_autoencoding", (*DENSE_NAMES, ("output_num_channels", "decoder_output_channels")))
+_AE_RELEASE = released("multimodal_autoencoding", (*DENSE_NAMES, ("output_num_channels", "decoder_output_channels")))
 
 
 class PerceiverIOMultimodalAutoencoder(LatentEncoderModel):
@@ -127,15 +127,15 @@ class PerceiverIOMultimodalAutoencoder(LatentEncoderModel):
     def __init__(
         self,
         adapter: MultimodalAdapter,
-        num_latents: int = _RELEASED["num_latents"],
-        latent_dim: int = _RELEASED["latent_dim"],
-        num_self_attends: int = _RELEASED["num_self_attends"],
-        num_self_attention_heads: int = _RELEASED["num_self_attention_heads"],
-        num_cross_attention_heads: int = _RELEASED["num_cross_attention_heads"],
+        num_latents: int = _AE_RELEASE["num_latents"],
+        latent_dim: int = _AE_RELEASE["latent_dim"],
+        num_self_attends: int = _AE_RELEASE["num_self_attends"],
+        num_self_attention_heads: int = _AE_RELEASE["num_self_attention_heads"],
+        num_cross_attention_heads: int = _AE_RELEASE["num_cross_attention_heads"],
         cross_attention_widening_factor: int = 1,
         self_attention_widening_factor: int = 1,
         decoder_num_heads: int = 1,
-        decoder_output_channels: int = _RELEASED["decoder_output_channels"],
+        decoder_output_channels: int = _AE_RELEASE["decoder_output_channels"],
         video_query_bands: int = 32,
         audio_query_bands: int = 192,
         label_query_channels: int = 1024,

@@ -106,7 +106,7 @@ class FlowPatchAdapter(InputAdapter):
 
 
 # HF's / DeepMind's flow model in our names (declared once, in hf_names.HF_CONFIGS): PerceiverIOFlow's defaults.
-_RELEASED = released("optical_flow", DENSE_NAMES)
+_FLOW_RELEASE = released("optical_flow", DENSE_NAMES)
 
 
 class PerceiverIOFlow(LatentEncoderModel):
@@ -129,11 +129,11 @@ class PerceiverIOFlow(LatentEncoderModel):
     def __init__(
         self,
         adapter: FlowPatchAdapter,
-        num_latents: int = _RELEASED["num_latents"],
-        latent_dim: int = _RELEASED["latent_dim"],
-        num_self_attends: int = _RELEASED["num_self_attends"],
-        num_self_attention_heads: int = _RELEASED["num_self_attention_heads"],
-        num_cross_attention_heads: int = _RELEASED["num_cross_attention_heads"],
+        num_latents: int = _FLOW_RELEASE["num_latents"],
+        latent_dim: int = _FLOW_RELEASE["latent_dim"],
+        num_self_attends: int = _FLOW_RELEASE["num_self_attends"],
+        num_self_attention_heads: int = _FLOW_RELEASE["num_self_attention_heads"],
+        num_cross_attention_heads: int = _FLOW_RELEASE["num_cross_attention_heads"],
         cross_attention_widening_factor: int = 1,
         self_attention_widening_factor: int = 1,
         decoder_num_heads: int = 1,

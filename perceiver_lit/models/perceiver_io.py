@@ -24,7 +24,7 @@ from .queries import QueryProvider, TrainableQueries
 from .weight_init import init_latents, init_linear_
 
 # HF's deepmind/vision-perceiver-fourier in our names (declared once, in hf_names.HF_CONFIGS): the defaults below.
-_RELEASED = released("vision", (*IO_NAMES, ("num_labels", "num_classes")))
+_VISION_RELEASE = released("vision", (*IO_NAMES, ("num_labels", "num_classes")))
 
 
 class PerceiverIO(nn.Module):
@@ -67,15 +67,15 @@ class PerceiverIO(nn.Module):
     def __init__(
         self,
         adapter: InputAdapter,
-        num_classes: int = _RELEASED["num_classes"],
+        num_classes: int = _VISION_RELEASE["num_classes"],
         queries: QueryProvider | None = None,
-        num_latents: int = _RELEASED["num_latents"],
-        latent_dim: int = _RELEASED["latent_dim"],
-        num_blocks: int = _RELEASED["num_blocks"],
-        num_self_attends_per_block: int = _RELEASED["num_self_attends_per_block"],
+        num_latents: int = _VISION_RELEASE["num_latents"],
+        latent_dim: int = _VISION_RELEASE["latent_dim"],
+        num_blocks: int = _VISION_RELEASE["num_blocks"],
+        num_self_attends_per_block: int = _VISION_RELEASE["num_self_attends_per_block"],
         share_blocks: bool = True,
-        num_cross_attention_heads: int = _RELEASED["num_cross_attention_heads"],
-        num_self_attention_heads: int = _RELEASED["num_self_attention_heads"],
+        num_cross_attention_heads: int = _VISION_RELEASE["num_cross_attention_heads"],
+        num_self_attention_heads: int = _VISION_RELEASE["num_self_attention_heads"],
         cross_attention_qk_channels: int | None = None,
         cross_attention_v_channels: int | None = None,
         self_attention_qk_channels: int | None = None,
