@@ -37,30 +37,10 @@ from typing import Any
 import torch
 
 from benchmarks import common
+from perceiver_lit.hf_names import HF_CONFIGS
 
-# HF PerceiverConfig kwargs of the official models (transformers' convert_perceiver_haiku_to_pytorch.py)
-FLOW = dict(
-    num_latents=2048,
-    d_latents=512,
-    d_model=322,
-    num_blocks=1,
-    num_self_attends_per_block=24,
-    num_self_attention_heads=16,
-    num_cross_attention_heads=1,
-)
-AE = dict(
-    num_latents=784,
-    d_latents=512,
-    d_model=704,
-    num_blocks=1,
-    num_self_attends_per_block=8,
-    num_self_attention_heads=8,
-    num_cross_attention_heads=1,
-    num_labels=700,
-    samples_per_patch=16,
-    audio_samples_per_frame=1920,
-    output_num_channels=512,
-)
+# HF PerceiverConfig kwargs of the official models
+FLOW, AE = HF_CONFIGS["optical_flow"], HF_CONFIGS["multimodal_autoencoding"]
 FLOW_TOY = dict(FLOW, num_latents=8, d_latents=32, num_self_attends_per_block=2, num_self_attention_heads=4)
 AE_TOY = dict(
     AE,

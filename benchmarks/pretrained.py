@@ -24,22 +24,14 @@ from typing import Any
 import torch
 
 from benchmarks import common
+from perceiver_lit.hf_names import HF_CONFIGS
 
 FAMILIES = {
     "fourier": ("PerceiverForImageClassificationFourier", 261),
     "learned": ("PerceiverForImageClassificationLearned", 512),
     "conv": ("PerceiverForImageClassificationConvProcessing", 322),
 }
-REAL = dict(
-    num_latents=512,
-    d_latents=1024,
-    num_blocks=8,
-    num_self_attends_per_block=6,
-    num_self_attention_heads=8,
-    num_cross_attention_heads=1,
-    num_labels=1000,
-    image_size=224,
-)
+REAL = HF_CONFIGS["vision"]
 ROW_NAMES = {**{(f, "forward"): f for f in FAMILIES}, ("conv", "train"): "conv-step"}  # for --only
 TOY = dict(
     num_latents=8,

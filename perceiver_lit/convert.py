@@ -6,8 +6,8 @@ a classification head, as for GLUE). Our image models take channels-last images
 (B, H, W, C); HF's take (B, C, H, W). Compare in eval mode: HF's attention_probs_dropout_prob defaults to 0.1.
 It is not carried over: the converted model has dropout 0, as DeepMind trained.
 
-(Over 400 lines because it is one weight map per HF family (seven), each read against the others: the
-shared layer maps sit at the top.)
+The names HF and we give the same settings and tensors are declared once, in `perceiver_lit.hf_names`, which
+`hf_export` (the inverse direction) reads too.
 
     perceiver-lit-convert --hf /path/to/vision-perceiver-fourier --out fourier.pt
     model = load_converted("fourier.pt")
@@ -27,6 +27,17 @@ import torch
 from torch import Tensor, nn
 
 from perceiver_lit import models
+from perceiver_lit.hf_names import (
+    DENSE_NAMES,
+    IO_NAMES,
+    QKV,
+    TEXT_CLASSES,
+    WEIGHT_BIAS,
+    io_layers,
+    io_names,
+    layer_names,
+    ours_from_hf,
+)
 from perceiver_lit.models.pretrained import CONVERTED_FORMAT
 
 FORMAT = CONVERTED_FORMAT
@@ -35,7 +46,6 @@ IMAGE_CLASSES = (
     "PerceiverForImageClassificationLearned",
     "PerceiverForImageClassificationConvProcessing",
 )
-TEXT_CLASSES = ("PerceiverForMaskedLM", "PerceiverForSequenceClassification")
 SUPPORTED = (*IMAGE_CLASSES, *TEXT_CLASSES)
 
 
@@ -76,49 +86,33 @@ def _hf_spec(hf_model: nn.Module, image_size: int | None) -> dict[str, Any]:
     cross_qk = cfg.qk_channels or (kv_dim if cfg.cross_attention_shape_for_attention == "kv" else cfg.d_latents)
     config = models.PerceiverIOConfig(
         num_classes=cfg.vocab_size if name == "PerceiverForMaskedLM" else cfg.num_labels,
-        num_latents=cfg.num_latents,
-        latent_dim=cfg.d_latents,
-        num_blocks=cfg.num_blocks,
-        num_self_attends_per_block=cfg.num_self_attends_per_block,
-        num_cross_attention_heads=cfg.num_cross_attention_heads,
-        num_self_attention_heads=cfg.num_self_attention_heads,
+        **ours_from_hf(cfg, IO_NAMES),
         cross_attention_qk_channels=cross_qk,
         cross_attention_v_channels=cfg.v_channels,
         self_attention_qk_channels=cfg.qk_channels,
         self_attention_v_channels=cfg.v_channels,
-        cross_attention_widening_factor=cfg.cross_attention_widening_factor,
-        self_attention_widening_factor=cfg.self_attention_widening_factor,
     )
-    if name == "PerceiverForMaskedLM":
-        dec = hf_model.perceiver.decoder
-        att = dec.decoding_cross_attention.attention.self
+    queries = {"class": "TrainableQueries", "kwargs": dict(num_queries=1, num_channels=cfg.d_latents)}
+    if name in TEXT_CLASSES:
         n_pos = cfg.max_position_embeddings
-        config.decoder_num_heads, config.decoder_qk_channels = att.num_heads, att.qk_channels
-        config.decoder_v_channels, config.decoder_query_residual = att.v_channels, False
-        config.output_head = "tied_embedding"
-        adapter = {
-            "class": "TextAdapter",
-            "kwargs": dict(
-                input_shape=(n_pos,), vocab_size=cfg.vocab_size, num_channels=cfg.d_model, max_seq_len=n_pos
-            ),
-        }
-        queries = {
-            "class": "TrainableQueries",
-            "kwargs": dict(num_queries=n_pos, num_channels=cfg.d_model, match_input_length=True),
-        }
-        return {"model": "PerceiverIO", "config": asdict(config), "adapter": adapter, "queries": queries}
+        kw = dict(input_shape=(n_pos,), vocab_size=cfg.vocab_size, num_channels=cfg.d_model, max_seq_len=n_pos)
+        if name == "PerceiverForMaskedLM":  # one query per byte, logits against the tied embedding
+            att = hf_model.perceiver.decoder.decoding_cross_attention.attention.self
+            config.decoder_num_heads, config.decoder_qk_channels = att.num_heads, att.qk_channels
+            config.decoder_v_channels, config.decoder_query_residual = att.v_channels, False
+            config.output_head = "tied_embedding"
+            queries = {
+                "class": "TrainableQueries",
+                "kwargs": dict(num_queries=n_pos, num_channels=cfg.d_model, match_input_length=True),
+            }
+        adapter = {"class": "TextAdapter", "kwargs": kw}
+    else:
+        adapter = {"class": "ImageAdapter", "kwargs": _image_adapter_kwargs(pre, cfg, image_size)}
+    return {"model": "PerceiverIO", "config": asdict(config), "adapter": adapter, "queries": queries}
 
-    if name == "PerceiverForSequenceClassification":
-        n_pos = cfg.max_position_embeddings
-        adapter = {
-            "class": "TextAdapter",
-            "kwargs": dict(
-                input_shape=(n_pos,), vocab_size=cfg.vocab_size, num_channels=cfg.d_model, max_seq_len=n_pos
-            ),
-        }
-        queries = {"class": "TrainableQueries", "kwargs": dict(num_queries=1, num_channels=cfg.d_latents)}
-        return {"model": "PerceiverIO", "config": asdict(config), "adapter": adapter, "queries": queries}
 
+def _image_adapter_kwargs(pre: nn.Module, cfg: Any, image_size: int | None) -> dict[str, Any]:
+    """Our ImageAdapter's arguments from HF's PerceiverImagePreprocessor `pre` (prep and position features)."""
     size = image_size or (cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0])
     kw: dict[str, Any] = dict(input_shape=(size, size, pre.in_channels))
     if pre.prep_type == "pixels":
@@ -138,74 +132,35 @@ def _hf_spec(hf_model: nn.Module, image_size: int | None) -> dict[str, Any]:
         if pre.concat_or_add_pos != "concat":
             raise ValueError("from_huggingface: only concatenated learned positions are mapped")
         kw.update(position_encoding="learned", num_position_channels=pre.project_pos_dim)
-    queries = {"class": "TrainableQueries", "kwargs": dict(num_queries=1, num_channels=cfg.d_latents)}
-    return {
-        "model": "PerceiverIO",
-        "config": asdict(config),
-        "adapter": {"class": "ImageAdapter", "kwargs": kw},
-        "queries": queries,
-    }
+    return kw
 
 
 def _layer(sd: dict[str, Tensor], hf: str, ours: str, self_attention: bool) -> dict[str, Tensor]:
     """One HF PerceiverLayer -> our CrossAttentionLayer / SelfAttentionLayer (fusing q/k/v weights)."""
-    a, out = f"{hf}.attention.self", {}
-    for p in ("weight", "bias"):
-        q, k, v = (sd[f"{a}.{n}.{p}"] for n in ("query", "key", "value"))
+    out = {o: sd[h] for h, o in layer_names(hf, ours, self_attention)}
+    for p in WEIGHT_BIAS:
+        q, k, v = (sd[f"{hf}.attention.self.{n}.{p}"] for n in QKV)
         if self_attention:
-            out[f"{ours}.norm.{p}"] = sd[f"{a}.layernorm1.{p}"]
             out[f"{ours}.to_qkv.{p}"] = torch.cat([q, k, v])
         else:
-            out[f"{ours}.norm_q.{p}"] = sd[f"{a}.layernorm1.{p}"]
-            out[f"{ours}.norm_kv.{p}"] = sd[f"{a}.layernorm2.{p}"]
             out[f"{ours}.to_q.{p}"] = q
             out[f"{ours}.to_kv.{p}"] = torch.cat([k, v])
-        out[f"{ours}.proj.{p}"] = sd[f"{hf}.attention.output.dense.{p}"]
-        out[f"{ours}.norm_mlp.{p}"] = sd[f"{hf}.layernorm.{p}"]
-        out[f"{ours}.mlp.0.{p}"] = sd[f"{hf}.mlp.dense1.{p}"]
-        out[f"{ours}.mlp.2.{p}"] = sd[f"{hf}.mlp.dense2.{p}"]
     return out
 
 
 def _state_dict(hf_model: nn.Module, num_self_attends: int) -> dict[str, Tensor]:
     sd = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
-    name, P = type(hf_model).__name__, "perceiver"
-    out = {"latents": sd[f"{P}.embeddings.latents"]}
-    out |= _layer(sd, f"{P}.encoder.cross_attention", "encoder", self_attention=False)
-    for i in range(num_self_attends):
-        out |= _layer(sd, f"{P}.encoder.self_attends.{i}", f"processor.0.{i}", self_attention=True)
-    pre = f"{P}.input_preprocessor"
-    if name == "PerceiverForMaskedLM":
-        dec = f"{P}.decoder"
-        out["adapter.embedding.weight"] = sd[f"{pre}.embeddings.weight"]
-        out["adapter.pos.embeddings"] = sd[f"{pre}.position_embeddings.weight"]
-        out["head_bias"] = sd["embedding_decoder.bias"]
-    elif name == "PerceiverForSequenceClassification":
-        dec = f"{P}.decoder.decoder"
-        out["adapter.embedding.weight"] = sd[f"{pre}.embeddings.weight"]
-        out["adapter.pos.embeddings"] = sd[f"{pre}.position_embeddings.weight"]
-        out["head.weight"], out["head.bias"] = sd[f"{dec}.final_layer.weight"], sd[f"{dec}.final_layer.bias"]
-    else:
-        dec = f"{P}.decoder.decoder"
-        out["head.weight"], out["head.bias"] = sd[f"{dec}.final_layer.weight"], sd[f"{dec}.final_layer.bias"]
+    name = type(hf_model).__name__
+    out = {ours: sd[hf] for hf, ours in io_names(name)}
+    for hf, ours, self_attention in io_layers(name, num_self_attends):
+        out |= _layer(sd, hf, ours, self_attention)
+    if name.endswith("Learned"):
+        # HF projects its learned table through a Linear every forward; fold it into the table once.
         prep = hf_model.perceiver.input_preprocessor
-        if prep.prep_type == "conv1x1":
-            out["adapter.prep.weight"], out["adapter.prep.bias"] = (
-                sd[f"{pre}.convnet_1x1.weight"],
-                sd[f"{pre}.convnet_1x1.bias"],
+        with torch.no_grad():
+            out["adapter.pos.embeddings"] = (
+                prep.positions_projection(prep.position_embeddings.position_embeddings).detach().clone()
             )
-        elif prep.prep_type == "conv":
-            out["adapter.prep.0.weight"] = sd[f"{pre}.convnet.conv.weight"]
-            for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-                out[f"adapter.prep.1.{k}"] = sd[f"{pre}.convnet.batchnorm.{k}"]
-        if prep.position_encoding_type == "trainable":
-            # HF projects its learned table through a Linear every forward; fold it into the table once.
-            with torch.no_grad():
-                out["adapter.pos.embeddings"] = (
-                    prep.positions_projection(prep.position_embeddings.position_embeddings).detach().clone()
-                )
-    out["queries.queries"] = sd[f"{dec}.output_position_encodings.position_embeddings"]
-    out |= _layer(sd, f"{dec}.decoding_cross_attention", "decoder", self_attention=False)
     return out
 
 
@@ -253,19 +208,6 @@ def _self_attends(sd: dict[str, Tensor], cfg, prefix: str = "processor") -> dict
     return out
 
 
-def _dense_encoder_kwargs(cfg: Any) -> dict[str, Any]:
-    """The encoder and latent settings the flow and autoencoding configs share, from an HF PerceiverConfig."""
-    return dict(
-        num_latents=cfg.num_latents,
-        latent_dim=cfg.d_latents,
-        num_self_attends=cfg.num_self_attends_per_block,
-        num_self_attention_heads=cfg.num_self_attention_heads,
-        num_cross_attention_heads=cfg.num_cross_attention_heads,
-        cross_attention_widening_factor=cfg.cross_attention_widening_factor,
-        self_attention_widening_factor=cfg.self_attention_widening_factor,
-    )
-
-
 def _flow(hf_model: nn.Module, image_size: int | tuple[int, int] | None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """PerceiverForOpticalFlow -> our PerceiverIOFlow: spec and weights. image_size: (H, W) of the frames the
     model will see (default config.train_size, which also stays the Fourier features' max resolution)."""
@@ -291,7 +233,7 @@ def _flow(hf_model: nn.Module, image_size: int | tuple[int, int] | None) -> tupl
     }
     dec = hf_model.perceiver.decoder
     config = models.PerceiverIOFlowConfig(
-        **_dense_encoder_kwargs(cfg),
+        **ours_from_hf(cfg, DENSE_NAMES),
         decoder_num_heads=dec.decoder.decoding_cross_attention.attention.self.num_heads,
         output_channels=dec.output_num_channels,
         rescale_factor=float(dec.rescale_factor),
@@ -354,7 +296,7 @@ def _multimodal_autoencoding(hf_model: nn.Module, image_size: int | None) -> tup
     }
     ours = {"image": "video", "audio": "audio", "label": "label"}
     config = models.MultimodalAutoencoderConfig(
-        **_dense_encoder_kwargs(cfg),
+        **ours_from_hf(cfg, DENSE_NAMES),
         decoder_num_heads=dec.decoder.decoding_cross_attention.attention.self.num_heads,
         decoder_output_channels=cfg.output_num_channels,
         video_query_bands=img_q.num_bands,

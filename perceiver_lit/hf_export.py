@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from perceiver_lit.hf_names import IO_NAMES, QKV, WEIGHT_BIAS, hf_from_ours, io_layers, io_names, layer_names
 from perceiver_lit.models import (
     FourierPositionEncoding,
     ImageAdapter,
@@ -148,15 +149,8 @@ def hf_config(net: PerceiverIO, arch: str) -> Any:
 
     cfg, adapter = net.config, net.adapter
     kw: dict[str, Any] = dict(
-        num_latents=cfg.num_latents,
-        d_latents=cfg.latent_dim,
+        **hf_from_ours(cfg, IO_NAMES),
         d_model=adapter.num_output_channels,
-        num_blocks=cfg.num_blocks,
-        num_self_attends_per_block=cfg.num_self_attends_per_block,
-        num_self_attention_heads=cfg.num_self_attention_heads,
-        num_cross_attention_heads=cfg.num_cross_attention_heads,
-        self_attention_widening_factor=cfg.self_attention_widening_factor,
-        cross_attention_widening_factor=cfg.cross_attention_widening_factor,
         hidden_act="gelu",
         attention_probs_dropout_prob=cfg.dropout,
         use_query_residual=True,
@@ -174,54 +168,32 @@ def hf_config(net: PerceiverIO, arch: str) -> Any:
 
 def _unlayer(sd: dict[str, Tensor], ours: str, hf: str, self_attention: bool, qk: int) -> dict[str, Tensor]:
     """Our CrossAttentionLayer / SelfAttentionLayer -> one HF PerceiverLayer (splitting the fused projections)."""
-    a, out = f"{hf}.attention.self", {}
-    for p in ("weight", "bias"):
+    out = {h: sd[o] for h, o in layer_names(hf, ours, self_attention)}
+    for p in WEIGHT_BIAS:
         if self_attention:
-            out[f"{a}.layernorm1.{p}"] = sd[f"{ours}.norm.{p}"]
-            q, k, v = sd[f"{ours}.to_qkv.{p}"].split([qk, qk, sd[f"{ours}.to_qkv.{p}"].shape[0] - 2 * qk])
+            qkv = sd[f"{ours}.to_qkv.{p}"]
+            q, k, v = qkv.split([qk, qk, qkv.shape[0] - 2 * qk])
         else:
-            out[f"{a}.layernorm1.{p}"] = sd[f"{ours}.norm_q.{p}"]
-            out[f"{a}.layernorm2.{p}"] = sd[f"{ours}.norm_kv.{p}"]
-            q = sd[f"{ours}.to_q.{p}"]
-            k, v = sd[f"{ours}.to_kv.{p}"].split([qk, sd[f"{ours}.to_kv.{p}"].shape[0] - qk])
-        out[f"{a}.query.{p}"], out[f"{a}.key.{p}"], out[f"{a}.value.{p}"] = q, k, v
-        out[f"{hf}.attention.output.dense.{p}"] = sd[f"{ours}.proj.{p}"]
-        out[f"{hf}.layernorm.{p}"] = sd[f"{ours}.norm_mlp.{p}"]
-        out[f"{hf}.mlp.dense1.{p}"] = sd[f"{ours}.mlp.0.{p}"]
-        out[f"{hf}.mlp.dense2.{p}"] = sd[f"{ours}.mlp.2.{p}"]
+            q, kv = sd[f"{ours}.to_q.{p}"], sd[f"{ours}.to_kv.{p}"]
+            k, v = kv.split([qk, kv.shape[0] - qk])
+        for n, t in zip(QKV, (q, k, v)):
+            out[f"{hf}.attention.self.{n}.{p}"] = t
     return out
 
 
 def hf_state_dict(net: PerceiverIO, arch: str) -> dict[str, Tensor]:
     """Our state dict under HF's names for `arch`."""
     sd = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    P, pre = "perceiver", "perceiver.input_preprocessor"
-    out = {f"{P}.embeddings.latents": sd["latents"]}
-    out |= _unlayer(sd, "encoder", f"{P}.encoder.cross_attention", False, net.encoder.qk_channels)
-    for i, layer in enumerate(net.processor[0]):
-        out |= _unlayer(sd, f"processor.0.{i}", f"{P}.encoder.self_attends.{i}", True, layer.qk_channels)
-    dec = f"{P}.decoder" if arch == "PerceiverForMaskedLM" else f"{P}.decoder.decoder"
-    out[f"{dec}.output_position_encodings.position_embeddings"] = sd["queries.queries"]
-    out |= _unlayer(sd, "decoder", f"{dec}.decoding_cross_attention", False, net.decoder.qk_channels)
-    if arch in ("PerceiverForMaskedLM", "PerceiverForSequenceClassification"):
-        out[f"{pre}.embeddings.weight"] = sd["adapter.embedding.weight"]
-        out[f"{pre}.position_embeddings.weight"] = sd["adapter.pos.embeddings"]
-    if arch == "PerceiverForMaskedLM":
-        out["embedding_decoder.bias"] = sd["head_bias"]
-    else:
-        out[f"{dec}.final_layer.weight"], out[f"{dec}.final_layer.bias"] = sd["head.weight"], sd["head.bias"]
+    out = {hf: sd[ours] for hf, ours in io_names(arch)}
+    layers = [net.encoder, *net.processor[0], net.decoder]
+    for (hf, ours, self_attention), layer in zip(io_layers(arch, len(net.processor[0])), layers):
+        out |= _unlayer(sd, ours, hf, self_attention, layer.qk_channels)
     if arch.endswith("Learned"):
-        out[f"{pre}.convnet_1x1.weight"] = sd["adapter.prep.weight"]
-        out[f"{pre}.convnet_1x1.bias"] = sd["adapter.prep.bias"]
         # HF projects its table through a Linear every forward; ours has it folded in: an identity projection.
-        table = sd["adapter.pos.embeddings"]
+        pre, table = "perceiver.input_preprocessor", sd["adapter.pos.embeddings"]
         out[f"{pre}.position_embeddings.position_embeddings"] = table
         out[f"{pre}.positions_projection.weight"] = torch.eye(table.shape[1], dtype=table.dtype)
         out[f"{pre}.positions_projection.bias"] = torch.zeros(table.shape[1], dtype=table.dtype)
-    elif arch.endswith("ConvProcessing"):
-        out[f"{pre}.convnet.conv.weight"] = sd["adapter.prep.0.weight"]
-        for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-            out[f"{pre}.convnet.batchnorm.{k}"] = sd[f"adapter.prep.1.{k}"]
     return out
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_sizes
+from .hparams import declared_defaults
 from .position import FourierPositionEncoding, LearnedPositionEncoding, fourier_features, num_fourier_channels
 from .weight_init import trunc_normal_
 
@@ -42,19 +43,30 @@ class InputAdapter(nn.Module):
 
 
 class _GridAdapter(InputAdapter):
-    """Shared part of grid modalities: position features (Fourier or learned) concatenated or added."""
+    """Shared part of grid modalities: position features (Fourier or learned) concatenated or added.
+
+    Its Args: are those of the grid adapters' arguments that mean the same in each (jsonargparse, and so
+    `perceiver-lit fit --help`, reads a base class's Args: for a subclass; a subclass's own line takes precedence).
+
+    Args:
+        num_frequency_bands: Fourier bands per axis; 0: raw positions only.
+        position_encoding: "fourier" or "learned".
+        permute_seed: the data module's element permutation seed (linked from `data.permute_seed`): the position
+            features are reordered by the same fixed permutation; null: unpermuted.
+    """
 
     def _init_positions(
         self,
         grid: Sequence[int],
         feature_channels: int,
-        position_encoding: str,
-        num_frequency_bands: int,
-        max_resolution: Sequence[int] | None,
-        num_position_channels: int | None,
-        concat_or_add: str,
-        permute_seed: int | None,
+        position_encoding: str = "fourier",
+        num_frequency_bands: int = 64,
+        max_resolution: Sequence[int] | None = None,
+        num_position_channels: int | None = None,
+        concat_or_add: str = "concat",
+        permute_seed: int | None = None,
     ) -> None:
+        """The position features of `grid`; its defaults are every grid adapter's (`_POSITION`), declared here once."""
         check_sizes(type(self).__name__, max_resolution=max_resolution, num_position_channels=num_position_channels)
         check_sizes(type(self).__name__, minimum=0, num_frequency_bands=num_frequency_bands)
         if concat_or_add not in ("concat", "add"):
@@ -100,8 +112,15 @@ class _GridAdapter(InputAdapter):
         return torch.cat([x, pos.expand(x.shape[0], -1, -1)], dim=-1)
 
 
+# The position settings' defaults, which each grid adapter's signature takes by name (one declaration per setting);
+# permute_seed's is every adapter's (the data module's permutation, linked to each).
+_POSITION = declared_defaults(_GridAdapter._init_positions)
+
+
 class ImageAdapter(_GridAdapter):
     """Images (B, H, W, C) channels-last -> (B, H'W', C' + P).
+
+    permute_seed is documented on _GridAdapter.
 
     Args:
         input_shape: per-sample (H, W, C) (linked from the data module's `input_shape`).
@@ -116,21 +135,19 @@ class ImageAdapter(_GridAdapter):
         prep: "pixels" (C' = C), "conv1x1" (1x1 conv to prep_channels, HF's learned-position model) or "conv"
             (7x7/2 conv + BatchNorm + ReLU + 3x3/2 max-pool to prep_channels, HF's conv model: 224 -> 55).
         prep_channels: output channels of the "conv1x1" / "conv" prep.
-        permute_seed: the data module's element permutation seed (linked from `data.permute_seed`): the position
-            features are reordered by the same fixed permutation; null: unpermuted.
     """
 
     def __init__(
         self,
         input_shape: Sequence[int],
-        num_frequency_bands: int = 64,
-        max_resolution: Sequence[int] | None = None,
-        position_encoding: str = "fourier",
-        num_position_channels: int | None = None,
-        concat_or_add: str = "concat",
+        num_frequency_bands: int = _POSITION["num_frequency_bands"],
+        max_resolution: Sequence[int] | None = _POSITION["max_resolution"],
+        position_encoding: str = _POSITION["position_encoding"],
+        num_position_channels: int | None = _POSITION["num_position_channels"],
+        concat_or_add: str = _POSITION["concat_or_add"],
         prep: str = "pixels",
         prep_channels: int = 64,
-        permute_seed: int | None = None,
+        permute_seed: int | None = _POSITION["permute_seed"],
     ):
         super().__init__()
         if len(input_shape) != 3:
@@ -181,28 +198,25 @@ class ImageAdapter(_GridAdapter):
 class VideoAdapter(_GridAdapter):
     """Video (B, T, H, W, C) -> space-time patches (B, T'H'W', pt*ph*pw*C + P), 3-D Fourier positions.
 
+    num_frequency_bands, position_encoding and permute_seed are documented on _GridAdapter.
+
     Args:
         input_shape: per-sample (T, H, W, C) (linked from the data module's `input_shape`).
         patch_size: (pt, ph, pw) space-time patch; paper 2x8x8 for AudioSet; (1, 1, 1) keeps single voxels.
-        num_frequency_bands: Fourier bands per axis; 0: raw positions only.
         max_resolution: (T', H', W') patch grid that sets the top Fourier frequency; null: the patch grid.
-        position_encoding: "fourier" or "learned".
         concat_or_add: "concat" position features to the patch features, or "add" them.
-        permute_seed: the data module's element permutation seed (linked from `data.permute_seed`): the position
-            features are reordered by the same fixed permutation; null: unpermuted.
     """
 
     def __init__(
         self,
         input_shape: Sequence[int],
         patch_size: Sequence[int] = (2, 8, 8),
-        num_frequency_bands: int = 64,
-        max_resolution: Sequence[int] | None = None,
-        position_encoding: str = "fourier",
-        concat_or_add: str = "concat",
-        permute_seed: int | None = None,
+        num_frequency_bands: int = _POSITION["num_frequency_bands"],
+        max_resolution: Sequence[int] | None = _POSITION["max_resolution"],
+        position_encoding: str = _POSITION["position_encoding"],
+        concat_or_add: str = _POSITION["concat_or_add"],
+        permute_seed: int | None = _POSITION["permute_seed"],
     ):
-        super().__init__()
         if len(input_shape) != 4 or len(patch_size) != 3:
             raise ValueError(
                 f"VideoAdapter: input_shape must be (T, H, W, C) and patch_size (pt, ph, pw), "
@@ -213,6 +227,7 @@ class VideoAdapter(_GridAdapter):
             raise ValueError(
                 f"VideoAdapter: input_shape {tuple(input_shape)} not divisible by patch_size {tuple(patch_size)}"
             )
+        super().__init__()  # after the checks above, which read only the arguments
         self.patch_size = tuple(patch_size)
         grid = [s // p for s, p in zip(input_shape[:3], patch_size)]
         self._init_positions(
@@ -238,26 +253,24 @@ class AudioAdapter(_GridAdapter):
     """Audio: raw waveform (B, S) -> (B, S/p, p + P) patches of p samples (paper 128), 1-D positions;
     or log-mel (B, F, M) -> (B, F*M, 1 + P), every time-frequency bin an element with 2-D positions.
 
+    num_frequency_bands, position_encoding and permute_seed are documented on _GridAdapter.
+
     Args:
         input_shape: per-sample (S,) raw samples or (F, M) mel frames x bins (linked from the data module).
         samples_per_patch: raw waveform: samples per element (paper: 128); must divide S.
-        num_frequency_bands: Fourier bands per axis; 0: raw positions only.
         max_resolution: the grid that sets the top Fourier frequency; null: the element grid.
-        position_encoding: "fourier" or "learned".
         concat_or_add: "concat" position features to the audio features, or "add" them.
-        permute_seed: the data module's element permutation seed (linked from `data.permute_seed`): the position
-            features are reordered by the same fixed permutation; null: unpermuted.
     """
 
     def __init__(
         self,
         input_shape: Sequence[int],
         samples_per_patch: int = 128,
-        num_frequency_bands: int = 64,
-        max_resolution: Sequence[int] | None = None,
-        position_encoding: str = "fourier",
-        concat_or_add: str = "concat",
-        permute_seed: int | None = None,
+        num_frequency_bands: int = _POSITION["num_frequency_bands"],
+        max_resolution: Sequence[int] | None = _POSITION["max_resolution"],
+        position_encoding: str = _POSITION["position_encoding"],
+        concat_or_add: str = _POSITION["concat_or_add"],
+        permute_seed: int | None = _POSITION["permute_seed"],
     ):
         super().__init__()
         check_sizes("AudioAdapter", input_shape=tuple(input_shape), samples_per_patch=samples_per_patch)
@@ -305,7 +318,7 @@ class PointCloudAdapter(InputAdapter):
         input_shape: Sequence[int],
         num_frequency_bands: int = 64,
         max_frequency: float = 1120.0,
-        permute_seed: int | None = None,
+        permute_seed: int | None = _POSITION["permute_seed"],
     ):
         super().__init__()
         if len(input_shape) != 2:
@@ -338,7 +351,7 @@ class TextAdapter(InputAdapter):
         vocab_size: int = 262,
         num_channels: int = 768,
         max_seq_len: int | None = None,
-        permute_seed: int | None = None,
+        permute_seed: int | None = _POSITION["permute_seed"],
     ):
         super().__init__()
         if len(input_shape) != 1:
@@ -417,7 +430,7 @@ class MultimodalAdapter(InputAdapter):
         adapters: Mapping[str, Mapping[str, Any] | InputAdapter] | None = None,
         min_padding_size: int = 4,
         modality_dropout: Mapping[str, float] | None = None,
-        permute_seed: int | None = None,
+        permute_seed: int | None = _POSITION["permute_seed"],
     ):
         super().__init__()
         check_sizes("MultimodalAdapter", minimum=0, min_padding_size=min_padding_size)

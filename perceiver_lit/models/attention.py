@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .checks import check_sizes
+from .hparams import declared_defaults
 from .sdpa import attend_unprojected, attention
 
 
@@ -52,9 +53,48 @@ class MLP(nn.Sequential):
 
 
 class _Layer(nn.Module):
-    """Shared tail of both layers: the MLP residual, dropout and the activation-checkpointing switch."""
+    """Shared part of both layers: their size checks and head widths, the output projection, the MLP residual,
+    dropout and the activation-checkpointing switch.
+
+    Its Args: are the arguments both layers take alike (jsonargparse reads a base class's Args: for a subclass).
+
+    Args:
+        num_heads: attention heads; qk_channels and v_channels must be divisible by it.
+        v_channels: v width; None: qk_channels.
+        dropout: on the attention probabilities and the residual branches.
+        checkpoint: recompute the layer's activations in backward (activation checkpointing).
+    """
 
     checkpoint: bool
+
+    def _init_heads(
+        self,
+        default_qk: int,
+        num_heads: int,
+        qk_channels: int | None,
+        v_channels: int | None,
+        widening_factor: int,
+        **dims: int,
+    ) -> None:
+        """Check the sizes (the layer's `dims` first), set num_heads, qk_channels and v_channels (head_channels)."""
+        owner = type(self).__name__
+        check_sizes(
+            owner,
+            **dims,
+            num_heads=num_heads,
+            qk_channels=qk_channels,
+            v_channels=v_channels,
+            widening_factor=widening_factor,
+        )
+        self.num_heads = num_heads
+        self.qk_channels, self.v_channels = head_channels(owner, default_qk, num_heads, qk_channels, v_channels)
+
+    def _init_output(self, dim: int, widening_factor: int, dropout: float) -> None:
+        """After the q/k/v projections: the output projection (v_channels -> dim), its dropout and the MLP."""
+        self.proj = nn.Linear(self.v_channels, dim)
+        self.proj_drop = nn.Dropout(dropout)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, widening_factor, dropout)
 
     def forward(self, *args, **kwargs) -> Tensor:
         if self.checkpoint and self.training and torch.is_grad_enabled():
@@ -71,14 +111,10 @@ class CrossAttentionLayer(_Layer):
     Args:
         q_dim: channels of the queries (and of the output).
         kv_dim: channels of the inputs.
-        num_heads: attention heads; qk_channels and v_channels must be divisible by it.
         qk_channels: q/k width; None: kv_dim (DeepMind's "kv" shape for attention).
-        v_channels: v width; None: qk_channels.
         widening_factor: the MLP's hidden width / q_dim.
-        dropout: on the attention probabilities and the residual branches.
         use_query_residual: add the attention output to the queries; False drops that residual (decoders whose
             queries are positions, not outputs).
-        checkpoint: recompute the layer's activations in backward (activation checkpointing).
     """
 
     def __init__(
@@ -94,27 +130,14 @@ class CrossAttentionLayer(_Layer):
         checkpoint: bool = False,
     ):
         super().__init__()
-        check_sizes(
-            "CrossAttentionLayer",
-            q_dim=q_dim,
-            kv_dim=kv_dim,
-            num_heads=num_heads,
-            qk_channels=qk_channels,
-            v_channels=v_channels,
-            widening_factor=widening_factor,
-        )
-        qk_channels, v_channels = head_channels("CrossAttentionLayer", kv_dim, num_heads, qk_channels, v_channels)
-        self.num_heads, self.qk_channels, self.v_channels = num_heads, qk_channels, v_channels
+        self._init_heads(kv_dim, num_heads, qk_channels, v_channels, widening_factor, q_dim=q_dim, kv_dim=kv_dim)
         self.use_query_residual, self.dropout, self.checkpoint = use_query_residual, dropout, checkpoint
         self.absorb: bool | None = None  # see absorbs(); None: by cost
         self.norm_q = nn.LayerNorm(q_dim)
         self.norm_kv = nn.LayerNorm(kv_dim)
-        self.to_q = nn.Linear(q_dim, qk_channels)
-        self.to_kv = nn.Linear(kv_dim, qk_channels + v_channels)  # fused [k; v]
-        self.proj = nn.Linear(v_channels, q_dim)
-        self.proj_drop = nn.Dropout(dropout)
-        self.norm_mlp = nn.LayerNorm(q_dim)
-        self.mlp = MLP(q_dim, widening_factor, dropout)
+        self.to_q = nn.Linear(q_dim, self.qk_channels)
+        self.to_kv = nn.Linear(kv_dim, self.qk_channels + self.v_channels)  # fused [k; v]
+        self._init_output(q_dim, widening_factor, dropout)
 
     def _forward(
         self,
@@ -259,47 +282,35 @@ def projected_cross_attention(model: nn.Module) -> Iterator[nn.Module]:
             layer.absorb = absorb
 
 
+# The settings both layers take alike default as CrossAttentionLayer's, declared there once (num_heads differs).
+_CROSS = declared_defaults(CrossAttentionLayer)
+
+
 class SelfAttentionLayer(_Layer):
     """Latent self-attention: x (B, N, dim) -> (B, N, dim), fused qkv projection.
 
     Args:
         dim: channels of the latents.
-        num_heads: attention heads; qk_channels and v_channels must be divisible by it.
         qk_channels: q/k width; None: dim.
-        v_channels: v width; None: qk_channels.
         widening_factor: the MLP's hidden width / dim.
-        dropout: on the attention probabilities and the residual branches.
-        checkpoint: recompute the layer's activations in backward (activation checkpointing).
     """
 
     def __init__(
         self,
         dim: int,
         num_heads: int = 8,
-        qk_channels: int | None = None,
-        v_channels: int | None = None,
-        widening_factor: int = 1,
-        dropout: float = 0.0,
-        checkpoint: bool = False,
+        qk_channels: int | None = _CROSS["qk_channels"],
+        v_channels: int | None = _CROSS["v_channels"],
+        widening_factor: int = _CROSS["widening_factor"],
+        dropout: float = _CROSS["dropout"],
+        checkpoint: bool = _CROSS["checkpoint"],
     ):
         super().__init__()
-        check_sizes(
-            "SelfAttentionLayer",
-            dim=dim,
-            num_heads=num_heads,
-            qk_channels=qk_channels,
-            v_channels=v_channels,
-            widening_factor=widening_factor,
-        )
-        qk_channels, v_channels = head_channels("SelfAttentionLayer", dim, num_heads, qk_channels, v_channels)
-        self.num_heads, self.qk_channels, self.v_channels = num_heads, qk_channels, v_channels
+        self._init_heads(dim, num_heads, qk_channels, v_channels, widening_factor, dim=dim)
         self.dropout, self.checkpoint = dropout, checkpoint
         self.norm = nn.LayerNorm(dim)
-        self.to_qkv = nn.Linear(dim, 2 * qk_channels + v_channels)  # fused [q; k; v]
-        self.proj = nn.Linear(v_channels, dim)
-        self.proj_drop = nn.Dropout(dropout)
-        self.norm_mlp = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, widening_factor, dropout)
+        self.to_qkv = nn.Linear(dim, 2 * self.qk_channels + self.v_channels)  # fused [q; k; v]
+        self._init_output(dim, widening_factor, dropout)
 
     def _forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         q, k, v = self.to_qkv(self.norm(x)).split([self.qk_channels, self.qk_channels, self.v_channels], dim=-1)

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver_lit.hf_names import DENSE_NAMES, released
+
 from .adapters import InputAdapter, MultimodalAdapter, PadMask
 from .decoders import DenseDecoder
 from .hparams import config_class, record
@@ -89,6 +91,10 @@ class GridQueries(nn.Module):
         return fourier_features(pos, [r / 2 for r in self.max_resolution], self.num_bands).to(dtype)
 
 
+# HF's / DeepMind's multimodal autoencoder in our names (declared once, in hf_names.HF_CONFIGS): the defaults below.
+_AE_RELEASE = released("multimodal_autoencoding", (*DENSE_NAMES, ("output_num_channels", "decoder_output_channels")))
+
+
 class PerceiverIOMultimodalAutoencoder(LatentEncoderModel):
     """Video + audio + label autoencoder through the latent bottleneck (see the module docstring).
 
@@ -121,15 +127,15 @@ class PerceiverIOMultimodalAutoencoder(LatentEncoderModel):
     def __init__(
         self,
         adapter: MultimodalAdapter,
-        num_latents: int = 784,
-        latent_dim: int = 512,
-        num_self_attends: int = 8,
-        num_self_attention_heads: int = 8,
-        num_cross_attention_heads: int = 1,
+        num_latents: int = _AE_RELEASE["num_latents"],
+        latent_dim: int = _AE_RELEASE["latent_dim"],
+        num_self_attends: int = _AE_RELEASE["num_self_attends"],
+        num_self_attention_heads: int = _AE_RELEASE["num_self_attention_heads"],
+        num_cross_attention_heads: int = _AE_RELEASE["num_cross_attention_heads"],
         cross_attention_widening_factor: int = 1,
         self_attention_widening_factor: int = 1,
         decoder_num_heads: int = 1,
-        decoder_output_channels: int = 512,
+        decoder_output_channels: int = _AE_RELEASE["decoder_output_channels"],
         video_query_bands: int = 32,
         audio_query_bands: int = 192,
         label_query_channels: int = 1024,

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver_lit.hf_names import DENSE_NAMES, released
+
 from .adapters import InputAdapter, PadMask
 from .decoders import DenseDecoder, take_rows
 from .hparams import config_class, record
@@ -103,6 +105,10 @@ class FlowPatchAdapter(InputAdapter):
         return 2 * self.num_elements * self.patch_proj.in_features * self.patch_proj.out_features
 
 
+# HF's / DeepMind's flow model in our names (declared once, in hf_names.HF_CONFIGS): PerceiverIOFlow's defaults.
+_FLOW_RELEASE = released("optical_flow", DENSE_NAMES)
+
+
 class PerceiverIOFlow(LatentEncoderModel):
     """Optical flow from two frames: adapter -> cross-attend -> self-attends -> dense decoder -> flow.
 
@@ -123,11 +129,11 @@ class PerceiverIOFlow(LatentEncoderModel):
     def __init__(
         self,
         adapter: FlowPatchAdapter,
-        num_latents: int = 2048,
-        latent_dim: int = 512,
-        num_self_attends: int = 24,
-        num_self_attention_heads: int = 16,
-        num_cross_attention_heads: int = 1,
+        num_latents: int = _FLOW_RELEASE["num_latents"],
+        latent_dim: int = _FLOW_RELEASE["latent_dim"],
+        num_self_attends: int = _FLOW_RELEASE["num_self_attends"],
+        num_self_attention_heads: int = _FLOW_RELEASE["num_self_attention_heads"],
+        num_cross_attention_heads: int = _FLOW_RELEASE["num_cross_attention_heads"],
         cross_attention_widening_factor: int = 1,
         self_attention_widening_factor: int = 1,
         decoder_num_heads: int = 1,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # Constructor arguments that are sub-modules built by the caller, not hyperparameters.
@@ -45,6 +45,17 @@ def config_class(model: type, name: str | None = None, exclude: tuple[str, ...] 
         f"(see {model.__name__}'s Args)."
     )
     return cls
+
+
+def declared_defaults(target: Callable) -> dict[str, Any]:
+    """{name: default} of each parameter `target` declares a default for (a class: its `__init__`'s), so that another
+    signature can take a default that means the same from this one declaration (`x: int = DEFAULTS["x"]`).
+
+    Args:
+        target: the function or class whose signature declares the defaults.
+    """
+    params = inspect.signature(target).parameters.values()
+    return {p.name: p.default for p in params if p.default is not p.empty}
 
 
 def record(config_cls: type, arguments: Mapping[str, Any]) -> Any:

@@ -13,6 +13,8 @@ from dataclasses import asdict
 import torch
 from torch import Tensor, nn
 
+from perceiver_lit.hf_names import IO_NAMES, released
+
 from .adapters import InputAdapter
 from .attention import CrossAttentionLayer, SelfAttentionBlock
 from .checks import check_sizes
@@ -20,6 +22,9 @@ from .hparams import config_class, record, sizes
 from .param_groups import no_weight_decay_names
 from .queries import QueryProvider, TrainableQueries
 from .weight_init import init_latents, init_linear_
+
+# HF's deepmind/vision-perceiver-fourier in our names (declared once, in hf_names.HF_CONFIGS): the defaults below.
+_VISION_RELEASE = released("vision", (*IO_NAMES, ("num_labels", "num_classes")))
 
 
 class PerceiverIO(nn.Module):
@@ -62,15 +67,15 @@ class PerceiverIO(nn.Module):
     def __init__(
         self,
         adapter: InputAdapter,
-        num_classes: int = 1000,
+        num_classes: int = _VISION_RELEASE["num_classes"],
         queries: QueryProvider | None = None,
-        num_latents: int = 512,
-        latent_dim: int = 1024,
-        num_blocks: int = 8,
-        num_self_attends_per_block: int = 6,
+        num_latents: int = _VISION_RELEASE["num_latents"],
+        latent_dim: int = _VISION_RELEASE["latent_dim"],
+        num_blocks: int = _VISION_RELEASE["num_blocks"],
+        num_self_attends_per_block: int = _VISION_RELEASE["num_self_attends_per_block"],
         share_blocks: bool = True,
-        num_cross_attention_heads: int = 1,
-        num_self_attention_heads: int = 8,
+        num_cross_attention_heads: int = _VISION_RELEASE["num_cross_attention_heads"],
+        num_self_attention_heads: int = _VISION_RELEASE["num_self_attention_heads"],
         cross_attention_qk_channels: int | None = None,
         cross_attention_v_channels: int | None = None,
         self_attention_qk_channels: int | None = None,

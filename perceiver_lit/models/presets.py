@@ -22,35 +22,24 @@ from .perceiver import Perceiver
 from .perceiver_io import PerceiverIO
 from .queries import TrainableQueries
 
-PERCEIVER_IMAGENET_ARGS = dict(
-    num_classes=1000,
-    num_latents=512,
-    latent_dim=1024,
-    num_cross_attends=8,
-    num_self_attends_per_block=6,
-    num_cross_attention_heads=1,
-    num_self_attention_heads=8,
-)
-PERCEIVER_IO_IMAGENET_ARGS = dict(
-    num_classes=1000,
-    num_latents=512,
-    latent_dim=1024,
-    num_blocks=8,
-    num_self_attends_per_block=6,
-    num_cross_attention_heads=1,
-    num_self_attention_heads=8,
-)
+PERCEIVER_IMAGENET_ARGS: dict = {}  # Perceiver's defaults are the paper's ImageNet model
+PERCEIVER_IO_IMAGENET_ARGS: dict = {}  # PerceiverIO's defaults are the paper's ImageNet model
 PERCEIVER_AUDIOSET_ARGS = dict(
     num_classes=527,
-    num_latents=512,
-    latent_dim=1024,
     num_cross_attends=2,
     num_self_attends_per_block=8,
     share_cross_attends=False,
     share_latent_blocks=False,
 )
-PERCEIVER_MODELNET40_ARGS = dict(
-    num_classes=40, num_latents=512, latent_dim=1024, num_cross_attends=2, num_self_attends_per_block=6
+PERCEIVER_MODELNET40_ARGS = dict(num_classes=40, num_cross_attends=2, num_self_attends_per_block=6)
+# HF's masked-LM decoder (PerceiverForMaskedLM): 8 heads, q/k 256, v = the bytes' width (768), no query residual,
+# logits against the tied byte embedding.
+_MASKED_LM_DECODER = dict(
+    decoder_num_heads=8,
+    decoder_qk_channels=256,
+    decoder_v_channels=768,
+    decoder_query_residual=False,
+    output_head="tied_embedding",
 )
 PERCEIVER_IO_LANGUAGE_ARGS = dict(
     num_classes=262,
@@ -59,16 +48,11 @@ PERCEIVER_IO_LANGUAGE_ARGS = dict(
     num_blocks=1,
     num_self_attends_per_block=26,
     num_cross_attention_heads=8,
-    num_self_attention_heads=8,
     cross_attention_qk_channels=256,
     cross_attention_v_channels=1280,
     self_attention_qk_channels=256,
     self_attention_v_channels=1280,
-    decoder_num_heads=8,
-    decoder_qk_channels=256,
-    decoder_v_channels=768,
-    decoder_query_residual=False,
-    output_head="tied_embedding",
+    **_MASKED_LM_DECODER,
 )
 
 

@@ -75,14 +75,9 @@ class pretrained(nn.Module):  # noqa: N801 - a factory with a class's face, name
         tree, state = read_pretrained(path, hf_class)
         return build_pretrained(tree, state, path, num_classes, input_shape)
 
-    def __init__(
-        self,
-        path: str,
-        num_classes: int | None = None,
-        input_shape: Sequence[int] | None = None,
-        hf_class: str | None = None,
-    ) -> None:  # pragma: no cover - __new__ returns the net
-        super().__init__()
+    # What reads a class's arguments from __init__ (inspect, the CLI's links) sees __new__'s; it never runs, as
+    # __new__ returns the net, not an instance of this class.
+    __init__ = __new__
 
 
 # ---------------------------------------------------------------------------------------------------- reading

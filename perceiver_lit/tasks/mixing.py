@@ -16,6 +16,7 @@ onehot(y[perm]), lam per sample.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -59,24 +60,22 @@ def _cutmix_boxes(
     return inside, 1.0 - ((y1 - y0) * (x1 - x0)).float() / (h * w)
 
 
+@dataclass(eq=False)
 class MixUpCutMix:
     """MixUp (`mixup_alpha`) and / or CutMix (`cutmix_alpha`; 0 turns either off) on a training batch, applied
     with probability `prob`; `mode` "split" or "switch" combines the two (module docstring)."""
 
-    def __init__(
-        self,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        prob: float = 1.0,
-        switch_prob: float = 0.5,
-        mode: Literal["split", "switch"] = "switch",
-    ) -> None:
-        if mixup_alpha < 0 or cutmix_alpha < 0:
-            raise ValueError(f"mixup_alpha / cutmix_alpha must be >= 0, got {mixup_alpha} / {cutmix_alpha}")
-        if mode not in ("split", "switch"):
-            raise ValueError(f"model.init_args.mix_mode: expected 'split' or 'switch', got {mode!r}")
-        self.mixup_alpha, self.cutmix_alpha, self.prob, self.switch_prob = mixup_alpha, cutmix_alpha, prob, switch_prob
-        self.mode = mode
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    prob: float = 1.0
+    switch_prob: float = 0.5
+    mode: Literal["split", "switch"] = "switch"
+
+    def __post_init__(self) -> None:
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise ValueError(f"mixup_alpha / cutmix_alpha must be >= 0, got {self.mixup_alpha} / {self.cutmix_alpha}")
+        if self.mode not in ("split", "switch"):
+            raise ValueError(f"model.init_args.mix_mode: expected 'split' or 'switch', got {self.mode!r}")
 
     @property
     def enabled(self) -> bool:

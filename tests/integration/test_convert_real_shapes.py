@@ -12,33 +12,12 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from perceiver_lit.convert import from_huggingface  # noqa: E402
+from perceiver_lit.hf_names import HF_CONFIGS  # noqa: E402
 from perceiver_lit.models import perceiver_io_imagenet, perceiver_io_language  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-VISION = dict(
-    num_latents=512,
-    d_latents=1024,
-    num_blocks=8,
-    num_self_attends_per_block=6,
-    num_self_attention_heads=8,
-    num_cross_attention_heads=1,
-    num_labels=1000,
-    image_size=224,
-)
-LANGUAGE = dict(
-    num_latents=256,
-    d_latents=1280,
-    d_model=768,
-    num_blocks=1,
-    num_self_attends_per_block=26,
-    num_self_attention_heads=8,
-    num_cross_attention_heads=8,
-    qk_channels=256,
-    v_channels=1280,
-    max_position_embeddings=2048,
-    vocab_size=262,
-)
+VISION, LANGUAGE = HF_CONFIGS["vision"], HF_CONFIGS["language"]
 
 
 def shapes(model):

@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from perceiver_lit import models as M
+from perceiver_lit.hf_names import DENSE_NAMES, released
 from perceiver_lit.models import presets
+from perceiver_lit.models.hparams import declared_defaults
 
 CONFIGS = [
     (M.Perceiver, M.PerceiverConfig),
@@ -137,3 +139,21 @@ def test_cli_help_explains_the_net(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "--model.net.num_latents NUM_LATENTS N, the rows of the learned latent array." in out
     assert "--model.net.input_keep INPUT_KEEP in training, the fraction of input elements" in out
+
+
+def test_declared_defaults_are_a_signatures_defaults_by_name():
+    def target(a, b: int = 1, *args, c: str | None = None, **kwargs):
+        return a, b, c, args, kwargs
+
+    assert declared_defaults(target) == {"b": 1, "c": None}
+
+
+def test_released_gives_a_released_models_settings_in_our_names_and_leaves_out_what_it_does_not_set():
+    # The widening factors are HF's defaults, not set by the release: they stay the model's own.
+    assert released("optical_flow", DENSE_NAMES) == {
+        "num_latents": 2048,
+        "latent_dim": 512,
+        "num_self_attention_heads": 16,
+        "num_cross_attention_heads": 1,
+        "num_self_attends": 24,
+    }
