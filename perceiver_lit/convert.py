@@ -29,10 +29,16 @@ from torch import Tensor, nn
 from perceiver_lit import models
 from perceiver_lit.hf_names import (
     DENSE_NAMES,
+    FLOW_CLASS,
+    HF_MODALITIES,
     IO_NAMES,
+    MULTIMODAL_CLASS,
     QKV,
     TEXT_CLASSES,
     WEIGHT_BIAS,
+    dense_layers,
+    dense_names,
+    dense_rows,
     io_layers,
     io_names,
     layer_names,
@@ -197,14 +203,17 @@ def _check_dense_config(name: str, cfg) -> None:
         )
 
 
-def _self_attends(sd: dict[str, Tensor], cfg, prefix: str = "processor") -> dict[str, Tensor]:
-    """HF's num_self_attends_per_block layers -> our SelfAttentionBlock `prefix`.{i} (HF's block is applied
-    num_blocks times with shared weights; the official dense models have num_blocks = 1)."""
+def _dense_state_dict(hf_model: nn.Module) -> dict[str, Tensor]:
+    """An HF dense model's weights under our names (hf_names' dense tables; q/k/v fused). HF's block is applied
+    num_blocks times with shared weights; the official dense models have num_blocks = 1, which ours map."""
+    cfg, name = hf_model.config, type(hf_model).__name__
     if cfg.num_blocks != 1:
         raise ValueError(f"from_huggingface: num_blocks={cfg.num_blocks}; the dense models map num_blocks=1")
-    out = {}
-    for i in range(cfg.num_self_attends_per_block):
-        out |= _layer(sd, f"perceiver.encoder.self_attends.{i}", f"{prefix}.{i}", self_attention=True)
+    sd = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
+    out = {ours: sd[hf] for hf, ours in dense_names(name)}
+    out |= {ours: sd[hf].reshape(-1) for hf, ours in dense_rows(name)}
+    for hf, ours, self_attention in dense_layers(cfg.num_self_attends_per_block):
+        out |= _layer(sd, hf, ours, self_attention)
     return out
 
 
@@ -239,20 +248,7 @@ def _flow(hf_model: nn.Module, image_size: int | tuple[int, int] | None) -> tupl
         rescale_factor=float(dec.rescale_factor),
     )
     spec = {"model": "PerceiverIOFlow", "config": asdict(config), "adapter": adapter, "queries": None}
-
-    sd = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
-    P, D = "perceiver", "perceiver.decoder.decoder"
-    out = {
-        "latents": sd[f"{P}.embeddings.latents"],
-        "adapter.patch_proj.weight": sd[f"{P}.input_preprocessor.conv_after_patches.weight"],
-        "adapter.patch_proj.bias": sd[f"{P}.input_preprocessor.conv_after_patches.bias"],
-        "decoder.head.weight": sd[f"{D}.final_layer.weight"],
-        "decoder.head.bias": sd[f"{D}.final_layer.bias"],
-    }
-    out |= _layer(sd, f"{P}.encoder.cross_attention", "encoder", self_attention=False)
-    out |= _self_attends(sd, cfg)
-    out |= _layer(sd, f"{D}.decoding_cross_attention", "decoder.cross", self_attention=False)
-    return spec, out
+    return spec, _dense_state_dict(hf_model)
 
 
 def _multimodal_autoencoding(hf_model: nn.Module, image_size: int | None) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -294,7 +290,7 @@ def _multimodal_autoencoding(hf_model: nn.Module, image_size: int | None) -> tup
         "class": "MultimodalAdapter",
         "kwargs": dict(input_shape=input_shape, adapters=adapters, min_padding_size=pre.min_padding_size),
     }
-    ours = {"image": "video", "audio": "audio", "label": "label"}
+    ours = {hf: n for n, hf in HF_MODALITIES.items()}
     config = models.MultimodalAutoencoderConfig(
         **ours_from_hf(cfg, DENSE_NAMES),
         decoder_num_heads=dec.decoder.decoding_cross_attention.attention.self.num_heads,
@@ -306,29 +302,11 @@ def _multimodal_autoencoding(hf_model: nn.Module, image_size: int | None) -> tup
         mask_probs={ours[k]: float(v) for k, v in pre.mask_probs.items()},
     )
     spec = {"model": "PerceiverIOMultimodalAutoencoder", "config": asdict(config), "adapter": adapter, "queries": None}
-
-    sd = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
-    P, D, OUT = "perceiver", "perceiver.decoder", "perceiver.output_postprocessor.modalities"
-    out = {
-        "latents": sd[f"{P}.embeddings.latents"],
-        "label_query": sd[f"{D}.modalities.label.decoder.output_position_encodings.position_embeddings"],
-        "decoder.head.weight": sd[f"{D}.decoder.final_layer.weight"],
-        "decoder.head.bias": sd[f"{D}.decoder.final_layer.bias"],
-    }
-    for hf_name, n in ours.items():
-        out[f"adapter.padding.{n}"] = sd[f"{P}.input_preprocessor.padding.{hf_name}"].reshape(-1)
-        out[f"mask_tokens.{n}"] = sd[f"{P}.input_preprocessor.mask.{hf_name}"].reshape(-1)
-        out[f"query_padding.{n}"] = sd[f"{D}.padding.{hf_name}"].reshape(-1)
-        out[f"heads.{n}.weight"] = sd[f"{OUT}.{hf_name}.classifier.weight"]
-        out[f"heads.{n}.bias"] = sd[f"{OUT}.{hf_name}.classifier.bias"]
-    out |= _layer(sd, f"{P}.encoder.cross_attention", "encoder", self_attention=False)
-    out |= _self_attends(sd, cfg)
-    out |= _layer(sd, f"{D}.decoder.decoding_cross_attention", "decoder.cross", self_attention=False)
-    return spec, out
+    return spec, _dense_state_dict(hf_model)
 
 
 # HF class name -> (hf_model, image_size) -> (spec, state_dict)
-DENSE_CONVERTERS = {"PerceiverForOpticalFlow": _flow, "PerceiverForMultimodalAutoencoding": _multimodal_autoencoding}
+DENSE_CONVERTERS = {FLOW_CLASS: _flow, MULTIMODAL_CLASS: _multimodal_autoencoding}
 SUPPORTED = (*SUPPORTED, *DENSE_CONVERTERS)
 
 

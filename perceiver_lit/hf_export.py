@@ -14,11 +14,16 @@ model.safetensors (HF's `save_pretrained`). Every architecture HF has a class fo
 | PerceiverIO, ImageAdapter conv (64) + Fourier (64 bands, max res. 56) | ...ImageClassificationConvProcessing |
 | PerceiverIO, TextAdapter, one query per byte, tied-embedding head | PerceiverForMaskedLM |
 | PerceiverIO, TextAdapter, 1 query, linear head | PerceiverForSequenceClassification |
+| PerceiverIOFlow, FlowPatchAdapter 3x3 / 64 + Fourier (64 bands), 1-head decoder, / 100 | PerceiverForOpticalFlow |
+| PerceiverIOMultimodalAutoencoder, video 1x4x4 + 32 bands, audio + 192, one-hot label | ...MultimodalAutoencoding |
 
 HF's Perceiver is Perceiver IO (one cross-attend, a decoder): an iterative `Perceiver` (cross-attends repeated,
 mean-pooled head) has no HF class, and neither has any other variant (permuted positions, other Fourier
-settings, unshared processor blocks); those are a one-line ValueError. Needs transformers (`pip install
-'perceiver-lit[hf]'`). `perceiver-lit-export --format hf` (perceiver_lit/export.py) calls this function.
+settings, unshared processor blocks, other patch or padding sizes, decoder heads, masking); those are a one-line
+NotExportable (a ValueError) naming what HF's class fixes. HF's flow model runs on frames of its `train_size`
+(our Fourier max resolution); the multimodal one always masks the label input (our eval with
+`masked=("label",)`). Needs transformers (`pip install 'perceiver-lit[hf]'`). `perceiver-lit-export --format hf`
+(perceiver_lit/export.py) calls this function.
 """
 
 from __future__ import annotations
@@ -29,13 +34,34 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from perceiver_lit.hf_names import IO_NAMES, QKV, WEIGHT_BIAS, hf_from_ours, io_layers, io_names, layer_names
+from perceiver_lit.hf_names import (
+    DENSE_CLASSES,
+    DENSE_NAMES,
+    FLOW_CLASS,
+    IO_NAMES,
+    MULTIMODAL_CLASS,
+    QKV,
+    WEIGHT_BIAS,
+    dense_layers,
+    dense_names,
+    dense_rows,
+    hf_from_ours,
+    io_layers,
+    io_names,
+    layer_names,
+)
 from perceiver_lit.models import (
+    AudioAdapter,
+    FlowPatchAdapter,
     FourierPositionEncoding,
     ImageAdapter,
     LearnedPositionEncoding,
+    OneHotAdapter,
     PerceiverIO,
+    PerceiverIOFlow,
+    PerceiverIOMultimodalAutoencoder,
     TextAdapter,
+    VideoAdapter,
 )
 from perceiver_lit.models.queries import TrainableQueries
 
@@ -45,6 +71,8 @@ EXPORTABLE = (
     "PerceiverForImageClassificationConvProcessing",
     "PerceiverForMaskedLM",
     "PerceiverForSequenceClassification",
+    FLOW_CLASS,
+    MULTIMODAL_CLASS,
 )
 
 
@@ -75,6 +103,10 @@ def _fourier_ok(adapter: ImageAdapter, max_resolution: tuple[int, int]) -> bool:
 
 def hf_architecture(net: nn.Module) -> str:
     """The HF class that represents `net`, or NotExportable (one line) saying why there is none."""
+    if isinstance(net, PerceiverIOFlow):
+        return _flow_architecture(net)
+    if isinstance(net, PerceiverIOMultimodalAutoencoder):
+        return _multimodal_architecture(net)
     if not isinstance(net, PerceiverIO):
         if hasattr(net, "cross_attends"):
             n = getattr(getattr(net, "config", None), "num_cross_attends", len(net.cross_attends))
@@ -121,6 +153,102 @@ def hf_architecture(net: nn.Module) -> str:
     )
 
 
+def _fourier_is(pos: nn.Module, num_bands: int, max_resolution: tuple[int, ...]) -> bool:
+    """HF's Fourier features: concatenated positions, sines and cosines, unpermuted, at these settings."""
+    return (
+        isinstance(pos, FourierPositionEncoding)
+        and pos.num_bands == num_bands
+        and pos.concat_pos
+        and not pos.sine_only
+        and pos.perm is None
+        and pos.max_resolution is not None
+        and tuple(float(r) for r in pos.max_resolution) == tuple(float(r) for r in max_resolution)
+    )
+
+
+def _refuse_unless(net: nn.Module, checks: list[tuple[bool, str]]) -> None:
+    """One NotExportable naming every setting HF's class fixes otherwise (checks: (holds, what HF needs))."""
+    failed = [what for ok, what in checks if not ok]
+    if failed:
+        raise _refuse(net, f"with settings HF's class fixes otherwise ({'; '.join(failed)})")
+
+
+def _flow_architecture(net: PerceiverIOFlow) -> str:
+    """PerceiverForOpticalFlow hard-codes its preprocessor (3x3 patches of two RGB frames, a Linear to 64, 64
+    Fourier bands at train_size) and its decoder (1 head, widening 1, 2 channels divided by 100)."""
+    a, c = net.adapter, net.config
+    if not isinstance(a, FlowPatchAdapter):
+        raise _refuse(net, f"with a {type(a).__name__} (HF's flow model: FlowPatchAdapter)")
+    _refuse_unless(
+        net,
+        [
+            (
+                a.patch_size == 3 and a.in_channels == 3,
+                f"3x3 patches of RGB frames, not {a.patch_size}x{a.patch_size} of {a.in_channels} channels",
+            ),
+            (a.patch_proj.out_features == 64, f"a Linear to 64 after patching, not {a.patch_proj.out_features}"),
+            (_fourier_is(a.pos, 64, a.pos.max_resolution or ()), "64 unpermuted Fourier bands"),
+            (c.decoder_num_heads == 1, f"1 decoder head, not {c.decoder_num_heads}"),
+            (c.decoder_widening_factor == 1, f"decoder widening 1, not {c.decoder_widening_factor}"),
+            (c.output_channels == 2, f"2 output channels, not {c.output_channels}"),
+            (float(c.rescale_factor) == 100.0, f"rescale_factor 100, not {c.rescale_factor}"),
+        ],
+    )
+    return FLOW_CLASS
+
+
+def _multimodal_architecture(net: PerceiverIOMultimodalAutoencoder) -> str:
+    """PerceiverForMultimodalAutoencoding hard-codes its modalities (1x4x4 patches of RGB video with 32 Fourier
+    bands at (frames, size, size); audio patches with 192 bands at the sample count; a one-hot label), the same
+    Fourier settings for the queries, paddings of 4 (inputs) and 2 (queries), one decoder head, and the masking:
+    the label always, video and audio never. Training-only settings go out as HF's: modality_dropout is dropped,
+    a video / audio mask probability below 1 is HF's 0, a label one above 0 is HF's 1 (our eval with
+    `masked=("label",)`, as the task evaluates)."""
+    a, c = net.adapter, net.config
+    video, audio, label = (a.adapters[n] for n in ("video", "audio", "label"))
+    T, H, W = net.video_shape
+    S = net.num_queries("audio") * net.samples_per_patch
+    video_res, audio_res = (T, H, W), (S,)
+    widest = max(m.num_output_channels for m in a.adapters.values())
+    probs = c.mask_probs
+    _refuse_unless(
+        net,
+        [
+            (isinstance(video, VideoAdapter) and video.patch_size == (1, 4, 4), "video patches 1x4x4"),
+            (net.video_channels == 3, f"RGB video, not {net.video_channels} channels"),
+            (H == W, f"square frames, not {H}x{W}"),
+            (S % T == 0, f"audio samples a multiple of the {T} frames, not {S}"),
+            (
+                getattr(video, "concat_or_add", None) == "concat" and _fourier_is(video.pos, 32, video_res),
+                f"32 concatenated unpermuted video Fourier bands at max resolution {video_res}",
+            ),
+            (
+                isinstance(audio, AudioAdapter)
+                and audio.concat_or_add == "concat"
+                and _fourier_is(audio.pos, 192, audio_res),
+                f"192 concatenated unpermuted audio Fourier bands at max resolution {audio_res}",
+            ),
+            (isinstance(label, OneHotAdapter), f"a OneHotAdapter label, not {type(label).__name__}"),
+            (a.num_output_channels - widest == 4, f"input padding 4, not {a.num_output_channels - widest}"),
+            (
+                net.queries["video"].num_bands == 32 and net.queries["video"].max_resolution == video_res,
+                f"video queries of 32 bands at {video_res}",
+            ),
+            (
+                net.queries["audio"].num_bands == 192 and net.queries["audio"].max_resolution == audio_res,
+                f"audio queries of 192 bands at {audio_res}",
+            ),
+            (c.query_padding_size == 2, f"query padding 2, not {c.query_padding_size}"),
+            (c.decoder_num_heads == 1, f"1 decoder head, not {c.decoder_num_heads}"),
+            (
+                probs.get("label", 0.0) > 0 and probs.get("video", 0.0) < 1 and probs.get("audio", 0.0) < 1,
+                f"the label masked and video and audio not (mask_probs {probs})",
+            ),
+        ],
+    )
+    return MULTIMODAL_CLASS
+
+
 def _attention_channels(net: PerceiverIO) -> dict[str, Any]:
     """HF's qk_channels / v_channels / cross_attention_shape_for_attention that give our layers' widths (HF shares
     qk/v between the cross- and self-attention, and derives the defaults per layer)."""
@@ -144,9 +272,17 @@ def _attention_channels(net: PerceiverIO) -> dict[str, Any]:
     )
 
 
-def hf_config(net: PerceiverIO, arch: str) -> Any:
+def hf_config(net: nn.Module, arch: str) -> Any:
+    """HF's PerceiverConfig for `net` as the HF class `arch` (from hf_architecture).
+
+    Args:
+        net: the perceiver-lit net.
+        arch: its HF class name.
+    """
     import transformers
 
+    if arch in DENSE_CLASSES:
+        return transformers.PerceiverConfig(**_dense_config(net, arch))
     cfg, adapter = net.config, net.adapter
     kw: dict[str, Any] = dict(
         **hf_from_ours(cfg, IO_NAMES),
@@ -166,6 +302,38 @@ def hf_config(net: PerceiverIO, arch: str) -> Any:
     return transformers.PerceiverConfig(**kw)
 
 
+def _dense_config(net: PerceiverIOFlow | PerceiverIOMultimodalAutoencoder, arch: str) -> dict[str, Any]:
+    """PerceiverConfig arguments of a dense model: one block, the official "kv" attention widths (what our
+    encoder builds), and the shapes HF's class reads from its config."""
+    cfg, adapter = net.config, net.adapter
+    kw: dict[str, Any] = dict(
+        **hf_from_ours(cfg, DENSE_NAMES),
+        num_blocks=1,
+        d_model=adapter.num_output_channels,
+        qk_channels=None,
+        v_channels=None,
+        cross_attention_shape_for_attention="kv",
+        hidden_act="gelu",
+        attention_probs_dropout_prob=cfg.dropout,
+        use_query_residual=True,
+        architectures=[arch],
+    )
+    if arch == FLOW_CLASS:  # HF's output has train_size's shape: the frames the Fourier resolution is set for
+        return kw | dict(train_size=[int(r) for r in adapter.pos.max_resolution])
+    T, H, W = net.video_shape
+    S = net.num_queries("audio") * net.samples_per_patch
+    return kw | dict(
+        num_labels=net.num_classes,
+        num_frames=T,
+        image_size=H,
+        audio_samples_per_frame=S // T,
+        samples_per_patch=net.samples_per_patch,
+        output_shape=[1, T, H, W],
+        output_num_channels=cfg.decoder_output_channels,
+        _label_trainable_num_channels=cfg.label_query_channels,
+    )
+
+
 def _unlayer(sd: dict[str, Tensor], ours: str, hf: str, self_attention: bool, qk: int) -> dict[str, Tensor]:
     """Our CrossAttentionLayer / SelfAttentionLayer -> one HF PerceiverLayer (splitting the fused projections)."""
     out = {h: sd[o] for h, o in layer_names(hf, ours, self_attention)}
@@ -181,9 +349,21 @@ def _unlayer(sd: dict[str, Tensor], ours: str, hf: str, self_attention: bool, qk
     return out
 
 
-def hf_state_dict(net: PerceiverIO, arch: str) -> dict[str, Tensor]:
-    """Our state dict under HF's names for `arch`."""
+def hf_state_dict(net: nn.Module, arch: str) -> dict[str, Tensor]:
+    """Our state dict under HF's names for `arch`.
+
+    Args:
+        net: the perceiver-lit net.
+        arch: its HF class name (from hf_architecture).
+    """
     sd = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    if arch in DENSE_CLASSES:
+        out = {hf: sd[ours] for hf, ours in dense_names(arch)}
+        out |= {hf: sd[ours][None] for hf, ours in dense_rows(arch)}  # HF's (1, C) rows
+        layers = [net.encoder, *net.processor, net.decoder.cross]
+        for (hf, ours, self_attention), layer in zip(dense_layers(len(net.processor)), layers):
+            out |= _unlayer(sd, ours, hf, self_attention, layer.qk_channels)
+        return out
     out = {hf: sd[ours] for hf, ours in io_names(arch)}
     layers = [net.encoder, *net.processor[0], net.decoder]
     for (hf, ours, self_attention), layer in zip(io_layers(arch, len(net.processor[0])), layers):

@@ -118,6 +118,70 @@ def io_names(arch: str) -> list[tuple[str, str]]:
     return pairs
 
 
+# ---- the dense-output models: HF's PerceiverForOpticalFlow / PerceiverForMultimodalAutoencoding and our
+# PerceiverIOFlow / PerceiverIOMultimodalAutoencoder (one cross-attend, one unshared block, a dense decoder)
+FLOW_CLASS, MULTIMODAL_CLASS = "PerceiverForOpticalFlow", "PerceiverForMultimodalAutoencoding"
+DENSE_CLASSES = (FLOW_CLASS, MULTIMODAL_CLASS)
+HF_MODALITIES = {"audio": "audio", "label": "label", "video": "image"}  # our modality: HF's (HF's video is "image")
+
+
+def dense_layers(num_self_attends: int) -> list[tuple[str, str, bool]]:
+    """(HF prefix, our prefix, self_attention) of every attention layer of an HF dense model (num_blocks 1) and
+    ours: encoder, self-attends, the decoder's cross-attend.
+
+    Args:
+        num_self_attends: self-attention layers (HF's num_self_attends_per_block).
+    """
+    return [
+        ("perceiver.encoder.cross_attention", "encoder", False),
+        *[(f"perceiver.encoder.self_attends.{i}", f"processor.{i}", True) for i in range(num_self_attends)],
+        ("perceiver.decoder.decoder.decoding_cross_attention", "decoder.cross", False),
+    ]
+
+
+def dense_names(arch: str) -> list[tuple[str, str]]:
+    """The tensors outside the attention layers that map one to one between HF's dense `arch` and ours.
+
+    Args:
+        arch: FLOW_CLASS or MULTIMODAL_CLASS.
+    """
+    pairs = [("perceiver.embeddings.latents", "latents")]
+    pairs += [(f"perceiver.decoder.decoder.final_layer.{p}", f"decoder.head.{p}") for p in WEIGHT_BIAS]
+    if arch == FLOW_CLASS:  # the Linear after patching
+        pairs += [
+            (f"perceiver.input_preprocessor.conv_after_patches.{p}", f"adapter.patch_proj.{p}") for p in WEIGHT_BIAS
+        ]
+        return pairs
+    label_query = "perceiver.decoder.modalities.label.decoder.output_position_encodings.position_embeddings"
+    pairs += [(label_query, "label_query")]
+    for ours, hf in HF_MODALITIES.items():  # the modality postprocessors
+        pairs += [
+            (f"perceiver.output_postprocessor.modalities.{hf}.classifier.{p}", f"heads.{ours}.{p}") for p in WEIGHT_BIAS
+        ]
+    return pairs
+
+
+def dense_rows(arch: str) -> list[tuple[str, str]]:
+    """HF's (1, C) parameters that are (C,) vectors in ours: the multimodal model's learned modality paddings (of
+    the inputs and of the queries) and mask tokens; none in the flow model.
+
+    Args:
+        arch: FLOW_CLASS or MULTIMODAL_CLASS.
+    """
+    if arch != MULTIMODAL_CLASS:
+        return []
+    pre = "perceiver.input_preprocessor"
+    return [
+        pair
+        for ours, hf in HF_MODALITIES.items()
+        for pair in (
+            (f"{pre}.padding.{hf}", f"adapter.padding.{ours}"),
+            (f"{pre}.mask.{hf}", f"mask_tokens.{ours}"),
+            (f"perceiver.decoder.padding.{hf}", f"query_padding.{ours}"),
+        )
+    ]
+
+
 # ---- DeepMind's released models as HF PerceiverConfig arguments (transformers' convert_perceiver_haiku_to_pytorch.py)
 HF_MODELS = ("vision", "language", "optical_flow", "multimodal_autoencoding")
 # HF field: its value in each of HF_MODELS, side by side

@@ -424,6 +424,10 @@ class MultimodalAdapter(InputAdapter):
         permute_seed: passed to every modality's adapter given by keyword arguments (see ImageAdapter).
     """
 
+    # `adapters` may hold {"class_path", ...} specs without input_shape, which this class builds with each
+    # modality's shape: `perceiver_lit.models.pretrained` hands them over unbuilt
+    builds_own_specs = ("adapters",)
+
     def __init__(
         self,
         input_shape: Mapping[str, Sequence[int]],

@@ -252,8 +252,12 @@ def build_net(tree: Any) -> Any:
     if isinstance(tree, dict) and "class_path" in tree:
         if tree["class_path"] in SELF:
             raise ValueError("pretrained: a recorded architecture cannot itself be perceiver_lit.models.pretrained")
-        kwargs = {k: build_net(v) for k, v in (tree.get("init_args") or {}).items()}
-        return _import_target(tree["class_path"])(**kwargs)
+        target = _import_target(tree["class_path"])
+        # arguments whose class specs the class builds itself (MultimodalAdapter's `adapters`, each with its
+        # modality's input_shape) go in as written, as jsonargparse leaves them
+        own = getattr(target, "builds_own_specs", ())
+        kwargs = {k: v if k in own else build_net(v) for k, v in (tree.get("init_args") or {}).items()}
+        return target(**kwargs)
     if isinstance(tree, dict):
         return {k: build_net(v) for k, v in tree.items()}
     return tree
