@@ -56,6 +56,10 @@ class FlowPatchAdapter(InputAdapter):
         num_channels: width of the Linear after patching (HF's out_channels, 64).
         num_frequency_bands: Fourier bands per axis (64).
         max_resolution: (H, W) that sets the top frequency: the training size (368, 496); defaults to (H, W).
+        correlation_radius: 0 (DeepMind's model): none. r > 0: also give each pixel its correlation with frame 2's
+            pixels displaced by up to r in each axis, (2r + 1)^2 channels (the cost volume of PWC-Net and RAFT).
+            Not in the paper, and no HF class has it: an addition for small models trained briefly, which cannot
+            learn matching from 3x3 patches in minutes (docs/training.md, "Optical flow").
     """
 
     def __init__(
@@ -65,19 +69,23 @@ class FlowPatchAdapter(InputAdapter):
         num_channels: int = 64,
         num_frequency_bands: int = 64,
         max_resolution: Sequence[int] | None = None,
+        correlation_radius: int = 0,
     ):
         super().__init__()
         if len(input_shape) != 4 or input_shape[0] != 2:
             raise ValueError(f"FlowPatchAdapter: input_shape must be (2, H, W, C), got {tuple(input_shape)}")
         if patch_size % 2 != 1:
             raise ValueError(f"FlowPatchAdapter: patch_size must be odd, got {patch_size}")
+        if correlation_radius < 0:
+            raise ValueError(f"FlowPatchAdapter: correlation_radius must be >= 0, got {correlation_radius}")
         t, h, w, c = input_shape
         self.input_shape, self.patch_size, self.in_channels = tuple(input_shape), patch_size, c
         # HF's conv_after_patches: Linear over the (frame, row, column, colour) patch vector.
         self.patch_proj = nn.Linear(t * patch_size * patch_size * c, num_channels)
         self.pos = FourierPositionEncoding(2, num_frequency_bands, max_resolution or (h, w))
-        self.num_features = num_channels
-        self.num_output_channels = num_channels + self.pos.num_channels
+        self.correlation_radius = correlation_radius
+        self.num_features = num_channels + (2 * correlation_radius + 1) ** 2 * (correlation_radius > 0)
+        self.num_output_channels = self.num_features + self.pos.num_channels
         self.num_elements = h * w
 
     def conv_weight(self) -> Tensor:
@@ -91,7 +99,19 @@ class FlowPatchAdapter(InputAdapter):
         B, T, H, W, C = frames.shape
         x = frames.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W)  # (B, 2C, H, W)
         x = F.conv2d(x, self.conv_weight(), self.patch_proj.bias, padding=self.patch_size // 2)  # (B, out, H, W)
-        return x.flatten(2).transpose(1, 2)  # (B, HW, out)
+        x = x.flatten(2).transpose(1, 2)  # (B, HW, out)
+        return torch.cat([x, self.correlation(frames)], dim=-1) if self.correlation_radius else x
+
+    def correlation(self, frames: Tensor) -> Tensor:
+        """(B, 2, H, W, C) -> (B, HW, (2r+1)^2): the mean over colour of frame 1's pixel times frame 2's pixel at
+        each displacement (dy, dx) in [-r, r]^2 (row-major; zero outside the frame). Each frame is standardised
+        first (zero mean, unit variance over its pixels), so the values do not depend on brightness or contrast."""
+        B, T, H, W, C = frames.shape
+        r, k = self.correlation_radius, 2 * self.correlation_radius + 1
+        x = frames.permute(0, 1, 4, 2, 3)  # (B, 2, C, H, W)
+        x = (x - x.mean(dim=(2, 3, 4), keepdim=True)) / x.std(dim=(2, 3, 4), keepdim=True).clamp(min=1e-3)
+        window = F.unfold(x[:, 1], k, padding=r).view(B, C, k * k, H * W)  # frame 2 around each pixel
+        return (x[:, 0].reshape(B, C, 1, H * W) * window).mean(1).transpose(1, 2)  # (B, HW, k^2)
 
     def forward(self, frames: Tensor, pad_mask: PadMask = None) -> tuple[Tensor, PadMask]:
         if frames.ndim != 5 or frames.shape[1] != 2:
@@ -101,7 +121,7 @@ class FlowPatchAdapter(InputAdapter):
         pos = self.pos((H, W), x.device, x.dtype).expand(x.shape[0], -1, -1)  # (B, HW, P)
         return torch.cat([x, pos], dim=-1), pad_mask  # (B, HW, 64 + P)
 
-    def flops(self) -> int:
+    def flops(self) -> int:  # the matmuls' (the correlation is elementwise, as FlopCounterMode counts)
         return 2 * self.num_elements * self.patch_proj.in_features * self.patch_proj.out_features
 
 
@@ -121,6 +141,8 @@ class PerceiverIOFlow(LatentEncoderModel):
         decoder_widening_factor: the decoder MLP's hidden width / the query channels (1).
         output_channels: channels of each output pixel: 2 (u, v).
         rescale_factor: the decoder's output is divided by it (HF / DeepMind: 100).
+        decoder_query_residual: add the decoder's attention output to its queries, so each pixel's own features
+            reach its output directly (HF / DeepMind: False; True suits `correlation_radius`).
 
     forward(frames (B, 2, H, W, C), query_indices=None) -> flow (B, H, W, 2); with query_indices ((Q,) or (B, Q)
     flat pixel indices, row-major) only those pixels are decoded: (B, Q, 2).
@@ -140,6 +162,7 @@ class PerceiverIOFlow(LatentEncoderModel):
         decoder_widening_factor: int = 1,
         output_channels: int = 2,
         rescale_factor: float = 100.0,
+        decoder_query_residual: bool = False,
         decode_chunk_size: int | None = 8192,
         dropout: float = 0.0,
         activation_checkpointing: bool = False,
@@ -156,7 +179,7 @@ class PerceiverIOFlow(LatentEncoderModel):
             output_channels,
             decoder_num_heads,
             widening_factor=decoder_widening_factor,
-            use_query_residual=False,
+            use_query_residual=decoder_query_residual,
             chunk_size=decode_chunk_size,
             dropout=dropout,
             checkpoint=ckpt,

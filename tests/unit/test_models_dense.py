@@ -58,6 +58,52 @@ def test_flow_trains_on_a_query_subset():
     assert m.adapter.patch_proj.weight.grad.abs().sum() > 0 and m.latents.grad.abs().sum() > 0
 
 
+def test_flow_correlation_is_each_pixels_product_with_the_displaced_frame():
+    """correlation_radius: channel (dy, dx) at pixel (y, x) is the colour-mean of standardised frame 1 at (y, x)
+    times standardised frame 2 at (y + dy, x + dx), zero outside; for a shifted copy it peaks at the shift."""
+    adapter = FlowPatchAdapter((2, 6, 7, 3), num_channels=8, num_frequency_bands=4, correlation_radius=2)
+    assert adapter.num_features == 8 + 25 and adapter.num_output_channels == 8 + 25 + adapter.pos.num_channels
+    frames = torch.rand(2, 2, 6, 7, 3)
+    corr = adapter.correlation(frames).view(2, 6, 7, 5, 5)  # (B, H, W, dy, dx)
+    z = (
+        [(f - f.mean()) / f.std() for f in frames.unbind(1)[0].unbind(0)],
+        [(f - f.mean()) / f.std() for f in frames.unbind(1)[1].unbind(0)],
+    )
+    for b, y, x, dy, dx in [(0, 0, 0, 0, 0), (1, 3, 4, -2, 1), (0, 5, 6, 1, 1), (1, 2, 2, 2, -2)]:
+        inside = 0 <= y + dy < 6 and 0 <= x + dx < 7
+        want = (z[0][b][y, x] * z[1][b][y + dy, x + dx]).mean() if inside else torch.tensor(0.0)
+        torch.testing.assert_close(corr[b, y, x, dy + 2, dx + 2], want, atol=1e-5, rtol=1e-5)
+    big = FlowPatchAdapter((2, 16, 16, 3), num_channels=8, num_frequency_bands=4, correlation_radius=2)
+    first = torch.rand(2, 1, 16, 16, 3)
+    moved = torch.roll(first, shifts=(1, -1), dims=(2, 3))  # frame 2 = frame 1 moved by (+1, -1)
+    corr = big.correlation(torch.cat([first, moved], 1)).view(2, 16, 16, 25)[:, 3:-3, 3:-3]  # away from borders
+    assert (corr.mean(dim=(1, 2)).argmax(-1) == (1 + 2) * 5 + (-1 + 2)).all()  # the matching displacement wins
+    with pytest.raises(ValueError, match="correlation_radius must be >= 0"):
+        FlowPatchAdapter((2, 6, 7, 3), correlation_radius=-1)
+
+
+def test_flow_with_correlation_and_query_residual_decodes_subsets_and_chunks_exactly():
+    torch.manual_seed(0)
+    adapter = FlowPatchAdapter((2, 6, 7, 3), num_channels=8, num_frequency_bands=4, correlation_radius=1)
+    m = PerceiverIOFlow(
+        adapter,
+        num_latents=4,
+        latent_dim=16,
+        num_self_attends=1,
+        num_self_attention_heads=2,
+        decoder_query_residual=True,
+        decode_chunk_size=None,
+    ).eval()
+    assert m.decoder.cross.use_query_residual
+    frames = torch.randn(2, 2, 6, 7, 3)
+    with torch.no_grad():
+        full = m(frames)
+        idx = torch.tensor([41, 0, 17, 5])
+        torch.testing.assert_close(m(frames, query_indices=idx), full.reshape(2, 42, 2)[:, idx], atol=1e-6, rtol=1e-6)
+        m.decoder.chunk_size = 5
+        torch.testing.assert_close(m(frames), full, atol=1e-6, rtol=1e-6)
+
+
 def test_flow_rejects_bad_frames():
     with pytest.raises(ValueError, match=r"input_shape must be \(2, H, W, C\)"):
         FlowPatchAdapter((3, 6, 7, 3))
