@@ -56,8 +56,8 @@ class FlowPatchAdapter(InputAdapter):
         num_channels: width of the Linear after patching (HF's out_channels, 64).
         num_frequency_bands: Fourier bands per axis (64).
         max_resolution: (H, W) that sets the top frequency: the training size (368, 496); defaults to (H, W).
-        correlation_radius: 0 (DeepMind's model): none. r > 0: also give each pixel its correlation with frame 2's
-            pixels displaced by up to r in each axis, (2r + 1)^2 channels (the cost volume of PWC-Net and RAFT).
+        correlation_radius: 0 (DeepMind's model): none. r > 0: also give each pixel its matching cost against frame
+            2's pixels displaced by up to r in each axis, (2r + 1)^2 channels (a cost volume, as PWC-Net and RAFT).
             Not in the paper, and no HF class has it: an addition for small models trained briefly, which cannot
             learn matching from 3x3 patches in minutes (docs/training.md, "Optical flow").
     """
@@ -103,15 +103,19 @@ class FlowPatchAdapter(InputAdapter):
         return torch.cat([x, self.correlation(frames)], dim=-1) if self.correlation_radius else x
 
     def correlation(self, frames: Tensor) -> Tensor:
-        """(B, 2, H, W, C) -> (B, HW, (2r+1)^2): the mean over colour of frame 1's pixel times frame 2's pixel at
-        each displacement (dy, dx) in [-r, r]^2 (row-major; zero outside the frame). Each frame is standardised
-        first (zero mean, unit variance over its pixels), so the values do not depend on brightness or contrast."""
+        """(B, 2, H, W, C) -> (B, HW, (2r+1)^2): minus the mean over colour of the squared difference between frame
+        1's pixel and frame 2's pixel at each displacement (dy, dx) in [-r, r]^2 (row-major; frame 2 is zero outside
+        its borders). Each frame is standardised first (zero mean, unit variance over its pixels), so the cost does
+        not depend on brightness or contrast. A squared difference, not a product: a product favours bright pixels
+        over the matching one (measured: a per-pixel MLP on products reached 0.90 of the zero-flow EPE, on squared
+        differences 0.75)."""
         B, T, H, W, C = frames.shape
         r, k = self.correlation_radius, 2 * self.correlation_radius + 1
         x = frames.permute(0, 1, 4, 2, 3)  # (B, 2, C, H, W)
         x = (x - x.mean(dim=(2, 3, 4), keepdim=True)) / x.std(dim=(2, 3, 4), keepdim=True).clamp(min=1e-3)
         window = F.unfold(x[:, 1], k, padding=r).view(B, C, k * k, H * W)  # frame 2 around each pixel
-        return (x[:, 0].reshape(B, C, 1, H * W) * window).mean(1).transpose(1, 2)  # (B, HW, k^2)
+        diff = x[:, 0].reshape(B, C, 1, H * W) - window  # (B, C, k^2, HW)
+        return -(diff * diff).mean(1).transpose(1, 2)  # (B, HW, k^2)
 
     def forward(self, frames: Tensor, pad_mask: PadMask = None) -> tuple[Tensor, PadMask]:
         if frames.ndim != 5 or frames.shape[1] != 2:

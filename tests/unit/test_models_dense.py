@@ -58,9 +58,10 @@ def test_flow_trains_on_a_query_subset():
     assert m.adapter.patch_proj.weight.grad.abs().sum() > 0 and m.latents.grad.abs().sum() > 0
 
 
-def test_flow_correlation_is_each_pixels_product_with_the_displaced_frame():
-    """correlation_radius: channel (dy, dx) at pixel (y, x) is the colour-mean of standardised frame 1 at (y, x)
-    times standardised frame 2 at (y + dy, x + dx), zero outside; for a shifted copy it peaks at the shift."""
+def test_flow_correlation_is_each_pixels_matching_cost_against_the_displaced_frame():
+    """correlation_radius: channel (dy, dx) at pixel (y, x) is minus the colour-mean of (standardised frame 1 at
+    (y, x) - standardised frame 2 at (y + dy, x + dx))^2, frame 2 zero outside; for a shifted copy it peaks at the
+    shift."""
     adapter = FlowPatchAdapter((2, 6, 7, 3), num_channels=8, num_frequency_bands=4, correlation_radius=2)
     assert adapter.num_features == 8 + 25 and adapter.num_output_channels == 8 + 25 + adapter.pos.num_channels
     frames = torch.rand(2, 2, 6, 7, 3)
@@ -71,7 +72,8 @@ def test_flow_correlation_is_each_pixels_product_with_the_displaced_frame():
     )
     for b, y, x, dy, dx in [(0, 0, 0, 0, 0), (1, 3, 4, -2, 1), (0, 5, 6, 1, 1), (1, 2, 2, 2, -2)]:
         inside = 0 <= y + dy < 6 and 0 <= x + dx < 7
-        want = (z[0][b][y, x] * z[1][b][y + dy, x + dx]).mean() if inside else torch.tensor(0.0)
+        second = z[1][b][y + dy, x + dx] if inside else torch.zeros(3)
+        want = -(z[0][b][y, x] - second).square().mean()
         torch.testing.assert_close(corr[b, y, x, dy + 2, dx + 2], want, atol=1e-5, rtol=1e-5)
     big = FlowPatchAdapter((2, 16, 16, 3), num_channels=8, num_frequency_bands=4, correlation_radius=2)
     first = torch.rand(2, 1, 16, 16, 3)
