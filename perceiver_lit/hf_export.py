@@ -24,6 +24,9 @@ NotExportable (a ValueError) naming what HF's class fixes. HF's flow model runs 
 (our Fourier max resolution); the multimodal one always masks the label input (our eval with
 `masked=("label",)`). Needs transformers (`pip install 'perceiver-lit[hf]'`). `perceiver-lit-export --format hf`
 (perceiver_lit/export.py) calls this function.
+
+(About 400 lines because it holds one architecture check and one weight map per HF class, seven, which are read
+against each other and against convert.py's.)
 """
 
 from __future__ import annotations
@@ -34,7 +37,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from perceiver_lit.hf_names import (
+from perceiver_lit.models import (
+    AudioAdapter,
+    FlowPatchAdapter,
+    FourierPositionEncoding,
+    ImageAdapter,
+    LearnedPositionEncoding,
+    OneHotAdapter,
+    PerceiverIO,
+    PerceiverIOFlow,
+    PerceiverIOMultimodalAutoencoder,
+    TextAdapter,
+    VideoAdapter,
+)
+from perceiver_lit.models.hf_names import (
     DENSE_CLASSES,
     DENSE_NAMES,
     FLOW_CLASS,
@@ -49,19 +65,6 @@ from perceiver_lit.hf_names import (
     io_layers,
     io_names,
     layer_names,
-)
-from perceiver_lit.models import (
-    AudioAdapter,
-    FlowPatchAdapter,
-    FourierPositionEncoding,
-    ImageAdapter,
-    LearnedPositionEncoding,
-    OneHotAdapter,
-    PerceiverIO,
-    PerceiverIOFlow,
-    PerceiverIOMultimodalAutoencoder,
-    TextAdapter,
-    VideoAdapter,
 )
 from perceiver_lit.models.queries import TrainableQueries
 
@@ -192,6 +195,8 @@ def _flow_architecture(net: PerceiverIOFlow) -> str:
             (c.decoder_widening_factor == 1, f"decoder widening 1, not {c.decoder_widening_factor}"),
             (c.output_channels == 2, f"2 output channels, not {c.output_channels}"),
             (float(c.rescale_factor) == 100.0, f"rescale_factor 100, not {c.rescale_factor}"),
+            (a.correlation_radius == 0, f"no matching cost (correlation_radius 0), not radius {a.correlation_radius}"),
+            (not c.decoder_query_residual, "no decoder query residual"),
         ],
     )
     return FLOW_CLASS
