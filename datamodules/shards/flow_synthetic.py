@@ -17,6 +17,8 @@ by a layer in front, or moved out of the frame), as in Sintel's and FlyingChairs
 The files are written in FlyingChairs' layout (`data/NNNNN_img1.ppm`, `_img2.ppm`, `_flow.flo`,
 `FlyingChairs_train_val.txt`: 1 = train, 2 = val) and sharded by `perceiver-lit-shards flow chairs`' encoder: the
 synthetic data takes the path real FlyingChairs takes.
+
+(About 400 lines because textures, motions, layers and the renderer are one generator, read together.)
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@
 - a perceiver-lit Lightning checkpoint of any task: the net's weights (`state_dict["net.*"]`) and its architecture
   (`net_spec`, or the `hyper_parameters.net` the CLI recorded). A checkpoint is read as a plain dict.
 
+(About 400 lines because reading the three kinds and retargeting a net (classes, input shape, channels) share
+one set of checks and error messages.)
+
 The architecture is rebuilt from what the file records. `num_classes` / `input_shape` (the CLI links them from the
 data module) retarget it: a new class count re-initialises the output layer; a new input shape recomputes Fourier
 positions and resamples learned position tables on their grid (bicubic in 2-D, as HF's `interpolate_pos_encoding`
