@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from benchmarks import common
-from perceiver_lit.hf_names import HF_CONFIGS
+from perceiver_lit.models.hf_names import HF_CONFIGS
 
 # HF PerceiverConfig kwargs of the official models
 FLOW, AE = HF_CONFIGS["optical_flow"], HF_CONFIGS["multimodal_autoencoding"]

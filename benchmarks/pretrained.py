@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from benchmarks import common
-from perceiver_lit.hf_names import HF_CONFIGS
+from perceiver_lit.models.hf_names import HF_CONFIGS
 
 FAMILIES = {
     "fourier": ("PerceiverForImageClassificationFourier", 261),

@@ -6,7 +6,7 @@ a classification head, as for GLUE). Our image models take channels-last images
 (B, H, W, C); HF's take (B, C, H, W). Compare in eval mode: HF's attention_probs_dropout_prob defaults to 0.1.
 It is not carried over: the converted model has dropout 0, as DeepMind trained.
 
-The names HF and we give the same settings and tensors are declared once, in `perceiver_lit.hf_names`, which
+The names HF and we give the same settings and tensors are declared once, in `perceiver_lit.models.hf_names`, which
 `hf_export` (the inverse direction) reads too.
 
     perceiver-lit-convert --hf /path/to/vision-perceiver-fourier --out fourier.pt
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from perceiver_lit import models
-from perceiver_lit.hf_names import (
+from perceiver_lit.models.hf_names import (
     DENSE_NAMES,
     FLOW_CLASS,
     HF_MODALITIES,

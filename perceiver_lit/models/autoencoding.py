@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceiver_lit.hf_names import DENSE_NAMES, released
-
 from .adapters import InputAdapter, MultimodalAdapter, PadMask
 from .decoders import DenseDecoder
+from .hf_names import DENSE_NAMES, released
 from .hparams import config_class, record
 from .latent_encoder import LatentEncoderModel
 from .param_groups import no_weight_decay_names

@@ -13,11 +13,10 @@ from dataclasses import asdict
 import torch
 from torch import Tensor, nn
 
-from perceiver_lit.hf_names import IO_NAMES, released
-
 from .adapters import InputAdapter
 from .attention import CrossAttentionLayer, SelfAttentionBlock
 from .checks import check_sizes
+from .hf_names import IO_NAMES, released
 from .hparams import config_class, record, sizes
 from .param_groups import no_weight_decay_names
 from .queries import QueryProvider, TrainableQueries

@@ -12,8 +12,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from perceiver_lit.convert import from_huggingface  # noqa: E402
-from perceiver_lit.hf_names import HF_CONFIGS  # noqa: E402
 from perceiver_lit.models import perceiver_io_imagenet, perceiver_io_language  # noqa: E402
+from perceiver_lit.models.hf_names import HF_CONFIGS  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

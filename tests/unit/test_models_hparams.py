@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from perceiver_lit import models as M
-from perceiver_lit.hf_names import DENSE_NAMES, released
 from perceiver_lit.models import presets
+from perceiver_lit.models.hf_names import DENSE_NAMES, released
 from perceiver_lit.models.hparams import declared_defaults
 
 CONFIGS = [
