@@ -174,9 +174,11 @@ def test_train_sbatch_requeued_twice_resumes_from_the_newest_checkpoint(
     assert {f["job_type"] for f in recorded} == {"fit"} and len({f["group"] for f in recorded}) == 1, folders
     logged = [f["steps"] for f in folders if f["steps"]]
     assert logged[0] == list(range(k1)), folders  # finished before the requeue: every row is there
-    assert logged[-1] == list(range(k2, max_steps)), folders  # the end: every row
     middle = [s for steps in logged[1:-1] for s in steps]  # the SIGTERM'd attempt: a prefix of its rows, or none
-    assert middle == list(range(k1, k1 + len(middle))) and k1 + len(middle) <= k2, folders
+    assert middle == list(range(k1, k1 + len(middle))) and k1 + len(middle) <= k2 + 1, folders
+    # The SIGTERM'd attempt may have written the row of the step it checkpointed (k2) before it stopped; W&B keeps
+    # a step's first row, so the last attempt's copy of it is dropped. Either way every step has exactly one row.
+    assert logged[-1] == list(range(max(k2, k1 + len(middle)), max_steps)), folders  # the end: every row
     # Every attempt ended its run with an exit record: USR1 (0), SIGTERM (143, in the reopened run), the end (0).
     assert [f["exit"] for f in folders if f["exit"] is not None] == [0, 143, 0], folders
     bad = [line for line in out.splitlines() if TRACEBACK.search(line)]
