@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> list[ShardSummary]:
             EncodePair(),
             args.out,
             args.prefix if split == "train" else split,
-            **(kwargs if split == "train" else {**kwargs, "shuffle": False}),
+            **kwargs,
         )
         for split, items in splits.items()
         if items

@@ -25,6 +25,6 @@ def write_split_shards(items: list, encode, args: argparse.Namespace, nothing: s
         train, val = split_items(items, args.val_fraction, seed=args.seed)
         return [
             write_shards(train, encode, args.out, args.prefix, **kwargs),
-            write_shards(val, encode, args.out, "val", **{**kwargs, "shuffle": False}),
+            write_shards(val, encode, args.out, "val", **kwargs),
         ]
     return [write_shards(items, encode, args.out, args.prefix, **kwargs)]

@@ -53,8 +53,8 @@ def _encode_file(item: tuple[str, int]) -> dict[str, bytes]:
 def _write(args: argparse.Namespace, splits: dict[str, list], encode: Callable[[Any], Any]) -> list:
     """The one place synthetic shards are written: `splits` {"train"|"val"|"test": items}; "train" is written under
     `--prefix`, every split with the common writer options (--maxcount, --maxsize, --workers, --seed, --no-shuffle,
-    --no-progress), so no modality can drop one. Held-out splits are written in source order, as the other writers
-    do."""
+    --no-progress), so no modality can drop one. Held-out splits are shuffled too (seeded), as the other writers
+    do: any prefix of them (`limit_val_batches`) is a random sample, not the first classes."""
     from datamodules.shards import writer
     from datamodules.shards.cli import writer_kwargs
 
@@ -65,7 +65,7 @@ def _write(args: argparse.Namespace, splits: dict[str, list], encode: Callable[[
             encode,
             args.out,
             args.prefix if split == "train" else split,
-            **(kwargs if split == "train" else {**kwargs, "shuffle": False}),
+            **kwargs,
         )
         for split, items in splits.items()
         if items
