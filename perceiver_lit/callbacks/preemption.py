@@ -16,10 +16,18 @@ schedulers and loop counters, but no RNG state.
   agree (any rank signalled), save `hpc_ckpt_<n>.ckpt` together and stop; in teardown, once Lightning has logged
   that step's and the epoch's metrics, the W&B run is finished (perceiver_lit.wandb_run) and rank 0 runs
   `scontrol requeue`. This works for every strategy, SingleDeviceStrategy included (sweep trials, 1-GPU jobs);
-- on that path (`SIGTERMException`) it saves `last.ckpt` into each `ModelCheckpoint(save_last=True)` folder (or
-  `<default_root_dir>/checkpoints/last.ckpt` without one), written to a temp name and renamed, so a SIGKILL during
-  the write never leaves a torn `last.ckpt`, then finishes the W&B run; `fit --ckpt_path last` resumes from it at
-  the same global step;
+- on that path, at the end of the step where the ranks agree on SIGTERM, it saves `last.ckpt` into each
+  `ModelCheckpoint(save_last=True)` folder (or `<default_root_dir>/checkpoints/last.ckpt` without one), written to
+  a temp name and renamed, so a SIGKILL during the write never leaves a torn `last.ckpt`; once Lightning has raised
+  `SIGTERMException` it finishes the W&B run. `fit --ckpt_path last` resumes from it at the same global step;
+- both (hpc and `last`) are saved in `on_train_batch_end`, like Lightning's periodic checkpoints, whose resume
+  Lightning gets right. A checkpoint saved after Lightning's end-of-step bookkeeping (`_batches_that_stepped += 1`:
+  in `on_exception` when the exception comes after the step's validation, or at `on_train_end` after a requeue
+  stop) at a step where validation was due is resumed with that step counted twice (Lightning takes it for one
+  saved at the end of that validation): the logger step (`_batches_that_stepped`, W&B's `trainer/global_step`) is
+  then one ahead of the global step in that attempt and every later one. For the same reason `Checkpoint` writes
+  no `last.ckpt` at the end of a fit stopped for a requeue (`stopping_for_requeue`), and `newest_checkpoint`
+  prefers the hpc checkpoint to a `last.ckpt` of the same step;
 - a restarted fit resumes from the run's newest checkpoint by global step, hpc or last (`resume_path`, called by
   the CLI): a Slurm job requeued after USR1 and again after SIGTERM continues from the later one;
 - every checkpoint (its own, ModelCheckpoint's, Slurm's hpc one) carries each rank's torch/CUDA/numpy/python RNG
@@ -95,6 +103,7 @@ class PreemptionCheckpoint(Callback):
         self._requeue_pending = False  # saved; `scontrol requeue` waits until this step's metrics are logged
         self._handles_sigterm = False
         self._sigterm_requested = False
+        self._sigterm_saved = False  # last.ckpt saved at the end of the step where the ranks agreed on SIGTERM
         self._trainer: Trainer | None = None
         self._pending_rng: dict[str, Any] | None = None  # restored again at the first training step after a resume
         self.saved_path: str | None = None
@@ -158,7 +167,10 @@ class PreemptionCheckpoint(Callback):
             flags = torch.tensor([float(requeue), float(term)], device=trainer.strategy.root_device)
             requeue, term = (bool(v > 0) for v in trainer.strategy.reduce(flags, reduce_op="sum").tolist())
         if term:
-            # Lightning raises SIGTERMException on every rank after this hook; on_exception saves last.ckpt.
+            # Saved here, not in on_exception: see the module docstring (a later save can miscount the logger step).
+            if not self._requeued and not self._sigterm_saved:
+                self._save_last(trainer)
+            # Lightning raises SIGTERMException on every rank after this step; on_exception finishes the W&B run.
             mark_sigterm_received(trainer)
             return
         if not (requeue and may_requeue):
@@ -170,6 +182,14 @@ class PreemptionCheckpoint(Callback):
         rank_zero_info(f"Slurm requeue signal: saved {path} at global step {trainer.global_step}")
         self._requeue_pending = True
         trainer.should_stop = True  # Slurm stops this attempt now; the requeued job goes on from `path`
+
+    @property
+    def stopping_for_requeue(self) -> bool:
+        """True from the hpc save on SIGUSR1 until teardown: the fit stops for a requeue, and the requeued job
+        resumes from the hpc checkpoint. `Checkpoint` then writes no `last.ckpt` at train end: saved after Lightning
+        closed the epoch, it would be resumed with the cut epoch counted complete (and, when validation was due at
+        the step, with the step counted twice)."""
+        return self._requeue_pending
 
     def _requeue(self, trainer: Trainer) -> None:
         """Finish the W&B run, then requeue: in teardown, after Lightning has logged the saved step's metrics and
@@ -186,12 +206,17 @@ class PreemptionCheckpoint(Callback):
         self._restore_signals()
         if not isinstance(exception, SIGTERMException):
             return  # a crash mid-step: its state may be half-updated, so we keep the last regular checkpoint
-        if not self._requeued:  # else the hpc checkpoint of this step is saved already
-            for path in self._last_paths(trainer):
-                _save_atomic(trainer, path)
-                self.saved_path = path
-                rank_zero_info(f"Preempted at global step {trainer.global_step}: saved {path}")
+        if not (self._requeued or self._sigterm_saved):
+            # SIGTERMException without our flag (Lightning's own handler, before on_train_start): no step ran here.
+            self._save_last(trainer)
         finish_runs(trainer.loggers, exit_code=interrupted_exit_status())
+
+    def _save_last(self, trainer: Trainer) -> None:
+        for path in self._last_paths(trainer):
+            _save_atomic(trainer, path)
+            self.saved_path = path
+            rank_zero_info(f"Preempted at global step {trainer.global_step}: saved {path}")
+        self._sigterm_saved = True
 
     def _last_paths(self, trainer: Trainer) -> list[str]:
         paths = [
@@ -256,12 +281,20 @@ def run_checkpoints(trainer: Trainer) -> list[str]:
 
 
 def newest_checkpoint(paths: list[str]) -> tuple[str, int] | None:
-    """(path, global step) of the checkpoint with the highest global step (ties: the newer file); None if none
-    of `paths` is readable."""
-    steps = [(step, os.path.getmtime(p), p) for p in paths if (step := checkpoint_step(p)) is not None]
+    """(path, global step) of the checkpoint with the highest global step; None if none of `paths` is readable.
+
+    Ties: an `hpc_ckpt_<n>.ckpt`, then the newer file. The hpc checkpoint was saved at the end of its training step
+    (PreemptionCheckpoint on SIGUSR1); a `last.ckpt` of the same step may have been saved later in that step (at
+    the end of its validation or of the fit), which Lightning can resume with the logger step one off.
+    """
+    steps = [
+        (step, Path(p).name.startswith("hpc_ckpt_"), os.path.getmtime(p), p)
+        for p in paths
+        if (step := checkpoint_step(p)) is not None
+    ]
     if not steps:
         return None
-    step, _, path = max(steps)
+    step, _, _, path = max(steps)
     return path, step
 
 

@@ -28,7 +28,7 @@ from tests.fixtures.slurm import QUICKSTART, REPO, processes_with_env, tiny_fit_
 CLI = str(REPO / ".venv" / "bin" / "perceiver-lit")
 
 
-def _fit(run: Path, config: Path, *extra: str, marker: str) -> subprocess.Popen:
+def _fit(run: Path, config: Path, *extra: str, marker: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     # the repo's venv, else this interpreter's (a worktree without its own .venv), else PATH
     beside = Path(sys.executable).parent / "perceiver-lit"
     cli = CLI if os.path.exists(CLI) else str(beside) if beside.exists() else "perceiver-lit"
@@ -45,7 +45,7 @@ def _fit(run: Path, config: Path, *extra: str, marker: str) -> subprocess.Popen:
     ]  # PreemptionCheckpoint is a CLI default
     # PYTHONPATH: the repo, for the tests' probe callback (tests.fixtures.slurm.RngProbe)
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PLIT_TEST_RUN": marker, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+    env = {**os.environ, **(env or {}), "PLIT_TEST_RUN": marker, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
     return subprocess.Popen(cmd, cwd=run, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -119,6 +119,38 @@ def test_sigterm_and_sigint_save_and_resume_at_the_same_step(tmp_path: Path, fas
     first, second = (f["steps"] for f in folders)
     assert first == list(range(n1)) and second == list(range(n1, n2)), (n1, n2, first, second)
     assert "Traceback" not in out
+    assert not processes_with_env("PLIT_TEST_RUN", marker), "a fit process was left behind"
+
+
+@pytest.mark.integration
+def test_sigterm_at_a_validation_step_resumes_with_every_wandb_row_once(tmp_path: Path, fashion_shards) -> None:
+    """SIGTERM lands in step 8, where validation is due (every 4 steps) and takes one batch, so it finishes before
+    Lightning stops the fit. last.ckpt is saved at the end of the step, where Lightning's resume counts it once:
+    saved after the step's validation and bookkeeping instead, it was resumed with step 8 counted twice, and every
+    W&B row of the resumed run carried the next step's number (rows 9..max_steps, none for step 8)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    max_steps, cut = 12, 8
+    config = tiny_fit_config(tmp_path / "tiny.yaml", fashion_shards, max_steps=max_steps, log_dir=run, logger="wandb")
+    args = [
+        "--trainer.callbacks+=tests.fixtures.slurm.SigtermAt",
+        "--trainer.val_check_interval",
+        "4",
+        "--trainer.limit_val_batches",
+        "1",
+    ]
+    marker = uuid.uuid4().hex
+    proc = _fit(run, config, *args, marker=marker, env={"PLIT_SIGTERM_AT": str(cut)})
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 128 + signal.SIGTERM and _preempted_step(out) == cut, out[-4000:]
+    proc = _fit(run, config, *args, "--ckpt_path", "last", marker=marker)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-4000:]
+    assert f"Restored all states from the checkpoint at {run / 'checkpoints' / 'last.ckpt'}" in out, out[-4000:]
+
+    (folders,) = wandb_runs(run).values()
+    assert [f["exit"] for f in folders] == [143, 0], folders
+    assert [f["steps"] for f in folders] == [list(range(cut)), list(range(cut, max_steps))], folders
     assert not processes_with_env("PLIT_TEST_RUN", marker), "a fit process was left behind"
 
 
@@ -214,7 +246,7 @@ def _roundtrip(obj: object) -> object:
 
 def test_newest_checkpoint_is_chosen_by_global_step(tmp_path: Path) -> None:
     """hpc_ckpt_2 is the newest hpc file by number, but last.ckpt holds the later step; a torn (empty) file and a
-    foreign one are no candidates; a sharded folder is read from its meta.pt."""
+    foreign one are no candidates; a sharded folder is read from its meta.pt; ties go to the hpc checkpoint."""
     from perceiver_lit.callbacks.preemption import checkpoint_step, newest_checkpoint
 
     def save(name: str, step: int) -> str:
@@ -237,3 +269,11 @@ def test_newest_checkpoint_is_chosen_by_global_step(tmp_path: Path) -> None:
     assert newest_checkpoint(candidates) == (paths[2], 61)
     assert newest_checkpoint(paths[:2]) == (paths[1], 40)
     assert newest_checkpoint([str(tmp_path / "torn.ckpt")]) is None
+    # A tie goes to the hpc checkpoint (saved at the end of its step), even when a last.ckpt of that step is newer
+    # (a Slurm requeue after SIGUSR1); between two last checkpoints, to the newer file.
+    tie = save("tie/checkpoints/last.ckpt", 40)
+    os.utime(tie, (time.time() + 10, time.time() + 10))
+    assert newest_checkpoint([paths[1], tie]) == (paths[1], 40)
+    newer = save("tie/other/last.ckpt", 40)
+    os.utime(newer, (time.time() + 20, time.time() + 20))
+    assert newest_checkpoint([tie, newer]) == (newer, 40)

@@ -156,10 +156,11 @@ def test_train_sbatch_requeued_twice_resumes_from_the_newest_checkpoint(
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["precision"] == "bf16-mixed"
     assert out.count("Using bfloat16 Automatic Mixed Precision (AMP)") == 3
 
-    # Restart 1 resumed at k1 (hpc_ckpt_1, or a periodic last.ckpt of that same step); restart 2 at k2 from the
-    # later last.ckpt, not from hpc_ckpt_1 again.
+    # Restart 1 resumed at k1 from hpc_ckpt_1, saved at the end of that step (it wins a tie with a last.ckpt of the
+    # same step, which may have been saved later in the step: Lightning can resume that with the logger step one
+    # off); restart 2 at k2 from the later last.ckpt, not from hpc_ckpt_1 again.
     resumed = re.findall(r"Resuming from (\S+) \(global step (\d+)\)", out)
-    assert [int(s) for _, s in resumed] == [k1, k2] and resumed[1][0] == str(last), resumed
+    assert [int(s) for _, s in resumed] == [k1, k2] and [p for p, _ in resumed] == [str(hpc), str(last)], resumed
     restored = re.findall(r"Restored all states from the checkpoint at (\S+)", out)
     assert restored == [p for p, _ in resumed], restored
     assert _step(last) == max_steps and (run / "checkpoints" / "best.ckpt").exists()
@@ -175,12 +176,10 @@ def test_train_sbatch_requeued_twice_resumes_from_the_newest_checkpoint(
     logged = [f["steps"] for f in folders if f["steps"]]
     assert logged[0] == list(range(k1)), folders  # finished before the requeue: every row is there
     middle = [s for steps in logged[1:-1] for s in steps]  # the SIGTERM'd attempt: a prefix of its rows, or none
-    assert middle == list(range(k1, k1 + len(middle))) and k1 + len(middle) <= k2 + 1, folders
-    # The last attempt's rows run to the end from k2, or from k2 + 1: in 2 of 3 clean-clone runs (session ten) the
-    # row of the resumed step k2 was in no folder. Known defect, not yet explained (docs/cluster.md); no step twice.
-    start = logged[-1][0]
-    assert start in (k2, k2 + 1) and logged[-1] == list(range(start, max_steps)), folders
-    assert not set(middle) & set(logged[-1]), folders
+    assert middle == list(range(k1, k1 + len(middle))) and k1 + len(middle) <= k2, folders
+    # The end: every row from the step the last attempt resumed at, numbered by the global step. (A last.ckpt that
+    # Lightning resumed with a step counted twice numbered every row from there one ahead: k2 + 1 .. max_steps.)
+    assert logged[-1] == list(range(k2, max_steps)), folders
     # Every attempt ended its run with an exit record: USR1 (0), SIGTERM (143, in the reopened run), the end (0).
     assert [f["exit"] for f in folders if f["exit"] is not None] == [0, 143, 0], folders
     bad = [line for line in out.splitlines() if TRACEBACK.search(line)]
