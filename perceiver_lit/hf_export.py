@@ -169,6 +169,16 @@ def _fourier_is(pos: nn.Module, num_bands: int, max_resolution: tuple[int, ...])
     )
 
 
+def _fourier_has(adapter: nn.Module) -> str:
+    """What an adapter's Fourier features are, for a refusal: bands and max resolution (None: its own grid, which
+    for patches is the patch grid, not HF's pixel / sample grid)."""
+    pos = getattr(adapter, "pos", None)
+    if not isinstance(pos, FourierPositionEncoding):
+        return f"{type(pos).__name__} positions"
+    res = pos.max_resolution if pos.max_resolution is not None else f"None (its grid {getattr(adapter, 'grid', '?')})"
+    return f"{pos.num_bands} bands at max resolution {res}"
+
+
 def _refuse_unless(net: nn.Module, checks: list[tuple[bool, str]]) -> None:
     """One NotExportable naming every setting HF's class fixes otherwise (checks: (holds, what HF needs))."""
     failed = [what for ok, what in checks if not ok]
@@ -225,13 +235,15 @@ def _multimodal_architecture(net: PerceiverIOMultimodalAutoencoder) -> str:
             (S % T == 0, f"audio samples a multiple of the {T} frames, not {S}"),
             (
                 getattr(video, "concat_or_add", None) == "concat" and _fourier_is(video.pos, 32, video_res),
-                f"32 concatenated unpermuted video Fourier bands at max resolution {video_res}",
+                f"32 concatenated unpermuted video Fourier bands at max resolution {video_res}, not "
+                f"{_fourier_has(video)}",
             ),
             (
                 isinstance(audio, AudioAdapter)
                 and audio.concat_or_add == "concat"
                 and _fourier_is(audio.pos, 192, audio_res),
-                f"192 concatenated unpermuted audio Fourier bands at max resolution {audio_res}",
+                f"192 concatenated unpermuted audio Fourier bands at max resolution {audio_res}, not "
+                f"{_fourier_has(audio)}",
             ),
             (isinstance(label, OneHotAdapter), f"a OneHotAdapter label, not {type(label).__name__}"),
             (a.num_output_channels - widest == 4, f"input padding 4, not {a.num_output_channels - widest}"),

@@ -223,7 +223,9 @@ def test_an_autoencoder_trained_here_exports_with_its_classes_and_hf_gives_our_o
         ("flow correlation", "no matching cost (correlation_radius 0), not radius 2"),
         ("flow query residual", "no decoder query residual"),
         ("mm patches", "video patches 1x4x4"),
-        ("mm bands", "192 concatenated unpermuted audio Fourier bands"),
+        ("mm bands", "192 concatenated unpermuted audio Fourier bands at max resolution (64,), not 16 bands"),
+        # our default max resolution is the patch grid; HF's top frequency is set by the samples
+        ("mm resolution", "at max resolution (64,), not 192 bands at max resolution None (its grid (4,))"),
         ("mm padding", "input padding 4, not 2"),
         ("mm masking", "the label masked and video and audio not"),
     ],
@@ -237,6 +239,9 @@ def test_dense_variants_hf_cannot_represent_are_refused_in_one_line(case, why, t
         "flow query residual": lambda: our_flow(decoder_query_residual=True),
         "mm patches": lambda: our_autoencoder(adapters={"video": dict(patch_size=(2, 4, 4), num_frequency_bands=32)}),
         "mm bands": lambda: our_autoencoder(adapters={"audio": dict(samples_per_patch=16, num_frequency_bands=16)}),
+        "mm resolution": lambda: our_autoencoder(
+            adapters={"audio": dict(samples_per_patch=16, num_frequency_bands=192)}
+        ),
         "mm padding": lambda: our_autoencoder(min_padding_size=2),
         "mm masking": lambda: our_autoencoder(mask_probs={"video": 1.0, "label": 1.0}),
     }[case]()
