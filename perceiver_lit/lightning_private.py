@@ -12,6 +12,9 @@ changes one, instead of the behaviour silently falling back to Lightning's.
   fills in its run-directory default first (`before_find_last_checkpoints`).
 - `Trainer._signal_connector.received_sigterm`: once set, Lightning raises SIGTERMException on every rank after
   the running batch (`mark_sigterm_received`; `Trainer.received_sigterm` is a read-only property).
+- `_TrainingEpochLoop._batches_that_stepped` and `_should_check_val_fx`, `_FitLoop._data_fetcher`: the logger step
+  and whether validation is due at the restored batch, to take back the step Lightning counts twice when it resumes
+  a checkpoint saved at the end of an epoch or of the fit (`uncount_restored_step`).
 - `torch._dynamo.eval_frame.OptimizedModule`: what torch.compile returns for a module (`is_compiled`).
 - `torch.distributed._composable.checkpoint`: activation checkpointing of a module that composes with FSDP2's
   fully_shard (`checkpoint_activations`; torch.utils.checkpoint wraps a function, not a module).
@@ -72,6 +75,30 @@ def last_checkpoints(callback: ModelCheckpoint, trainer: Trainer) -> set[str]:
 def mark_sigterm_received(trainer: Trainer) -> None:
     """Make Lightning stop as after a SIGTERM: SIGTERMException on every rank after the running batch."""
     trainer._signal_connector.received_sigterm = True
+
+
+def uncount_restored_step(trainer: Trainer) -> bool:
+    """Call at `on_train_start` of a resumed fit: make the logger step (`_batches_that_stepped`, W&B's
+    `trainer/global_step`) of the first new step the global step again, where Lightning would make it one more.
+    Returns whether it did.
+
+    Under `max_steps` (iteration-based training) Lightning restarts the loops of any restored checkpoint. When the
+    checkpoint's last batch was finished (batch progress completed == processed) and validation was due at it,
+    Lightning takes the checkpoint for one saved at the end of that validation, before its end-of-step bookkeeping,
+    and does that bookkeeping (`_batches_that_stepped += 1`) again before the next step. A checkpoint saved once the
+    fit loop had closed the epoch (its epoch progress processed == started: `on_train_epoch_end`, where
+    ModelCheckpoint saves at the end of every epoch, or `on_train_end`, where `Checkpoint` saves the end of a fit)
+    had that step counted already: every later logger step would be one ahead of the global step.
+    """
+    fit_loop = trainer.fit_loop
+    epoch_loop = fit_loop.epoch_loop
+    epochs = fit_loop.epoch_progress.total
+    if not (fit_loop.restarting and epoch_loop.restarted_on_last and 0 < epochs.processed == epochs.started):
+        return False
+    if not epoch_loop._should_check_val_fx(fit_loop._data_fetcher):
+        return False  # a real batch comes next: Lightning adds nothing before it
+    epoch_loop._batches_that_stepped -= 1
+    return True
 
 
 def hparams_given_by_cli() -> bool:

@@ -87,11 +87,11 @@ class Checkpoint(ModelCheckpointHooks):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if any(getattr(cb, "stopping_for_requeue", False) for cb in trainer.callbacks):
             # SIGUSR1 stopped the fit mid-epoch; the requeued job resumes from the hpc checkpoint of this step. A
-            # last.ckpt saved now would count the cut epoch as complete (the resumed fit one epoch ahead) and, when
-            # validation was due at this step, this step twice: every later logger step (W&B's
-            # trainer/global_step) one ahead of the global step.
+            # last.ckpt saved now would count the cut epoch as complete (the resumed fit one epoch ahead).
             return
-        # `max_steps` can stop training mid-epoch, after the last save: keep last.ckpt at the final step.
+        # `max_steps` can stop training mid-epoch, after the last save: keep last.ckpt at the final step. Saved after
+        # Lightning's end-of-step bookkeeping; where validation was due at this step, Lightning would count it twice
+        # on resume, which PreemptionCheckpoint.on_train_start takes back (lightning_private.uncount_restored_step).
         if self.save_last and trainer.global_step != self._last_global_step_saved:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         super().on_train_end(trainer, pl_module)

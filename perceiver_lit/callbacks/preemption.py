@@ -21,13 +21,17 @@ schedulers and loop counters, but no RNG state.
   a temp name and renamed, so a SIGKILL during the write never leaves a torn `last.ckpt`; once Lightning has raised
   `SIGTERMException` it finishes the W&B run. `fit --ckpt_path last` resumes from it at the same global step;
 - both (hpc and `last`) are saved in `on_train_batch_end`, like Lightning's periodic checkpoints, whose resume
-  Lightning gets right. A checkpoint saved after Lightning's end-of-step bookkeeping (`_batches_that_stepped += 1`:
-  in `on_exception` when the exception comes after the step's validation, or at `on_train_end` after a requeue
-  stop) at a step where validation was due is resumed with that step counted twice (Lightning takes it for one
-  saved at the end of that validation): the logger step (`_batches_that_stepped`, W&B's `trainer/global_step`) is
-  then one ahead of the global step in that attempt and every later one. For the same reason `Checkpoint` writes
-  no `last.ckpt` at the end of a fit stopped for a requeue (`stopping_for_requeue`), and `newest_checkpoint`
-  prefers the hpc checkpoint to a `last.ckpt` of the same step;
+  Lightning gets right. Under `max_steps`, Lightning resumes a checkpoint saved after its end-of-step bookkeeping
+  (`_batches_that_stepped += 1`) at a step where validation was due with that step counted twice (it takes it for
+  one saved at the end of that validation): the logger step (`_batches_that_stepped`, W&B's `trainer/global_step`)
+  would then be one ahead of the global step in that attempt and every later one. Such are ModelCheckpoint's
+  end-of-epoch checkpoints (saved in `on_train_epoch_end`, after the epoch's validation) and `Checkpoint`'s
+  `last.ckpt` at the end of a fit: `on_train_start` takes that step back (`lightning_private.uncount_restored_step`),
+  so every resume logs its steps at their global steps. A save in `on_exception` after the step's validation is
+  not covered (the epoch is still open there, as at the end of that validation), hence the saves at the end of the
+  step. A `last.ckpt` saved at the end of a fit stopped for a requeue would count the cut epoch as complete:
+  `Checkpoint` writes none then (`stopping_for_requeue`), and `newest_checkpoint` prefers the hpc checkpoint to a
+  `last.ckpt` of the same step;
 - a restarted fit resumes from the run's newest checkpoint by global step, hpc or last (`resume_path`, called by
   the CLI): a Slurm job requeued after USR1 and again after SIGTERM continues from the later one;
 - every checkpoint (its own, ModelCheckpoint's, Slurm's hpc one) carries each rank's torch/CUDA/numpy/python RNG
@@ -55,7 +59,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from perceiver_lit.lightning_private import last_checkpoints, mark_sigterm_received
+from perceiver_lit.lightning_private import last_checkpoints, mark_sigterm_received, uncount_restored_step
 from perceiver_lit.wandb_run import finish_runs
 
 
@@ -138,6 +142,9 @@ class PreemptionCheckpoint(Callback):
         self._previous = {}
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A resume from a checkpoint saved at the end of an epoch or of the fit: Lightning would count its last step
+        # twice when validation was due there (module docstring). Here, once per fit: this callback is registered once.
+        uncount_restored_step(trainer)
         # Lightning's SIGTERM handler (registered after setup) runs a broadcast inside the handler: under Slurm every
         # rank gets SIGTERM at a different point of its step, and that broadcast then meets another rank's training
         # collective and hangs until SIGKILL, with nothing saved. Here the handler only sets a flag, and the ranks
@@ -187,8 +194,7 @@ class PreemptionCheckpoint(Callback):
     def stopping_for_requeue(self) -> bool:
         """True from the hpc save on SIGUSR1 until teardown: the fit stops for a requeue, and the requeued job
         resumes from the hpc checkpoint. `Checkpoint` then writes no `last.ckpt` at train end: saved after Lightning
-        closed the epoch, it would be resumed with the cut epoch counted complete (and, when validation was due at
-        the step, with the step counted twice)."""
+        closed the epoch, it would be resumed with the cut epoch counted complete."""
         return self._requeue_pending
 
     def _requeue(self, trainer: Trainer) -> None:
@@ -285,7 +291,7 @@ def newest_checkpoint(paths: list[str]) -> tuple[str, int] | None:
 
     Ties: an `hpc_ckpt_<n>.ckpt`, then the newer file. The hpc checkpoint was saved at the end of its training step
     (PreemptionCheckpoint on SIGUSR1); a `last.ckpt` of the same step may have been saved later in that step (at
-    the end of its validation or of the fit), which Lightning can resume with the logger step one off.
+    the end of its validation, of the epoch or of the fit), with that step's epoch closed.
     """
     steps = [
         (step, Path(p).name.startswith("hpc_ckpt_"), os.path.getmtime(p), p)

@@ -1,4 +1,5 @@
-"""Resuming from last.ckpt continues at the saved global step, with the optimizer and scheduler state."""
+"""Resuming from last.ckpt continues at the saved global step, with the optimizer and scheduler state, and logs its
+steps at their global steps."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from tests.fixtures.slurm import QUICKSTART, csv_steps, tiny_fit_config
 from tests.fixtures.training import fashion_data, run_cli, tiny_perceiver, write_config
 
 pytestmark = pytest.mark.integration
@@ -64,3 +66,42 @@ def test_resume_from_last_continues_optimizer_and_schedule(fashion_shards, tmp_p
     assert final["global_step"] == 4 and final["lr_schedulers"][0]["last_epoch"] == 4
     steps = {float(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
     assert steps == {4.0}
+
+
+@pytest.mark.parametrize(
+    "saved_by",
+    [
+        # ModelCheckpoint saves last.ckpt and best.ckpt in on_train_epoch_end after the epoch's validation
+        "epoch_end",
+        # no top-k save at that validation: Checkpoint.on_train_end saves last.ckpt at the end of the fit
+        "fit_end",
+    ],
+)
+def test_resume_at_an_epoch_end_logs_steps_from_the_global_step(fashion_shards, tmp_path, saved_by):
+    # Both checkpoints are saved after Lightning's end-of-step bookkeeping at a step where validation was due (the
+    # last of the epoch); under max_steps Lightning used to count that step again on resume, and every step of the
+    # resumed fit was logged (CSV, W&B's trainer/global_step) one ahead of its global step.
+    steps = fashion_shards.num_train // 16  # one epoch: ends with validation
+    config = tiny_fit_config(tmp_path / "tiny.yaml", fashion_shards, max_steps=steps, log_dir=tmp_path)
+    run = tmp_path / "run"
+    cmd = ["fit", "--config", str(QUICKSTART), "--config", str(config), "--trainer.default_root_dir", str(run)]
+    if saved_by == "fit_end":
+        cmd += ["--checkpoint.save_top_k", "0"]
+    run_cli(cmd, cwd=tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    loop = saved["loops"]["fit_loop"]
+    assert saved["global_step"] == steps and loop["epoch_loop.batch_progress"]["is_last_batch"]
+    epochs = loop["epoch_progress"]["total"]
+    # after the fit loop closed the epoch (on_train_epoch_end: not yet completed; on_train_end: completed)
+    assert (epochs["processed"], epochs["completed"]) == ((1, 0) if saved_by == "epoch_end" else (1, 1)), epochs
+    assert loop["epoch_loop.state_dict"]["_batches_that_stepped"] == steps
+
+    more = 3
+    run_cli([*cmd, "--ckpt_path", str(last), "--trainer.max_steps", str(steps + more)], cwd=tmp_path)
+    first, second = csv_steps(tmp_path).values()
+    assert first == list(range(steps))
+    assert second == list(range(steps, steps + more))
+    resumed = torch.load(last, map_location="cpu", weights_only=False)
+    assert resumed["global_step"] == steps + more
+    assert resumed["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == steps + more
