@@ -161,13 +161,18 @@ class CrossAttentionLayer(_Layer):
         else:
             if kv is None:
                 kv = self.project_kv(inputs)  # (B, M, Cqk + Cv)
-            k, v = kv.split([self.qk_channels, self.v_channels], dim=-1)
-            q = self.to_q(self.norm_q(x))  # (B, N, Cqk)
-            a = attention(q, k, v, self.num_heads, pad_mask, self.dropout if self.training else 0.0)  # (B, N, Cv)
+            a = self.attend(x, kv, pad_mask)  # (B, N, Cv)
         a = self.proj_drop(self.proj(a))  # (B, N, q_dim)
         x = x + a if self.use_query_residual else a
         x = self._mlp_residual(x)
         return (x, kv) if return_kv else x
+
+    def attend(self, x: Tensor, kv: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+        """The projected path's attention, before the output projection: queries x (B, N, q_dim) and the inputs'
+        projected [k; v] (B, M, Cqk + Cv) (`project_kv`) -> (B, N, Cv)."""
+        k, v = kv.split([self.qk_channels, self.v_channels], dim=-1)
+        q = self.to_q(self.norm_q(x))  # (B, N, Cqk)
+        return attention(q, k, v, self.num_heads, pad_mask, self.dropout if self.training else 0.0)
 
     def absorbs(self, num_queries: int, num_inputs: int) -> bool:
         """Whether to run attention on the normalised inputs with k and v's projections moved to the query side:

@@ -290,7 +290,7 @@ class PerceiverIOMultimodalAutoencoder(LatentEncoderModel):
         n, flops = self.config.num_latents, 0
         for name in self.MODALITIES:
             q, head = self.num_queries(name), self.heads[name]
-            flops += self.decoder.flops(q, n) + 2 * q * head.in_features * head.out_features
+            flops += self.decoder.flops(q, n, postprocess=head)
         return flops
 
     def flops_per_sample(self) -> int:

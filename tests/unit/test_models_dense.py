@@ -267,3 +267,45 @@ def test_latent_side_absorbed_decode_equals_the_plain_layer(heads, residual):
     flow.eval(), ae.eval()
     assert flow.decoder.absorbs_latent_side(8192, 2048) and not ae.decoder.absorbs_latent_side(8192, 784)
     assert not flow.train().decoder.absorbs_latent_side(8192, 2048)  # training: the plain layer's backend choice
+
+
+@pytest.mark.parametrize(
+    "head, post, widening, approximate",
+    [(3, 2, 1, "none"), (4, None, 2, "tanh"), (None, 3, 1, "none"), (None, None, 1, "none")],
+)
+def test_folded_output_decode_equals_the_plain_layer(head, post, widening, approximate):
+    """The decoder's folded output side (decoders.FoldedOutput: output projection, MLP with its LayerNorm, head and
+    postprocessor as two matrices) gives the plain layer's outputs, with every LayerNorm affine and bias
+    non-trivial and the layer's mean far from 0 (the variance is taken about it)."""
+    from torch import nn
+
+    from perceiver_lit.models.decoders import DenseDecoder
+
+    torch.manual_seed(0)
+    dec = DenseDecoder(6, 16, head, widening_factor=widening).eval()
+    dec.cross.mlp[1].approximate = approximate
+    postprocess = nn.Linear(head or 6, post) if post else None
+    with torch.no_grad():
+        for p in [*dec.parameters(), *(postprocess.parameters() if postprocess else ())]:
+            p.add_(torch.randn_like(p) * 0.3)
+        dec.cross.proj.bias.add_(5.0)  # a large mean of the layer's output
+    z, q = torch.randn(2, 5, 16), torch.randn(2, 9, 6)
+    dec.latent_side_absorb = False
+    out = {}
+    for fold in (False, True):
+        dec.fold_output = fold
+        with torch.no_grad():
+            out[fold] = dec(z, lambda idx: q[:, idx], 9, postprocess=postprocess)
+    torch.testing.assert_close(out[True], out[False], atol=1e-5, rtol=1e-5)
+    assert dec.folds_output(9, postprocess) and not dec.train().folds_output(9, postprocess)  # eval only
+
+
+def test_official_autoencoder_folds_its_video_and_audio_decode():
+    """By cost: the official autoencoder's video (802,816 pixels) and audio (1,920 patches) decodes fold their
+    output side, the label's single query does not; the official flow decoder takes the latent-side path."""
+    with torch.device("meta"):
+        ae, flow = build_preset("perceiver_io_multimodal_autoencoding"), build_preset("perceiver_io_optical_flow")
+    ae.eval(), flow.eval()
+    folds = {n: ae.decoder.folds_output(ae.num_queries(n), ae.heads[n]) for n in ae.MODALITIES}
+    assert folds == {"video": True, "audio": True, "label": False}
+    assert flow.decoder.absorbs_latent_side(182_528, 2048)
