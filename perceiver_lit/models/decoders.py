@@ -143,10 +143,9 @@ class DenseDecoder(nn.Module):
         kv = self.cross.project_kv(z)  # (B, N, Cqk + Cv), once
         n = idx.shape[-1]
         chunk = self.chunk_size if (self.chunk_size and (not self.training or not torch.is_grad_enabled())) else n
-        latent_side = LatentSideWeights(self.cross, kv) if self.absorbs_latent_side(n, z.shape[1]) else None
-        folded = None
-        if latent_side is None and self.folds_output(n, postprocess):
-            folded = FoldedOutput(self.cross, self.head, postprocess)
+        path = self.decode_path(n, z.shape[1], postprocess)
+        latent_side = LatentSideWeights(self.cross, kv) if path == "latent_side" else None
+        folded = FoldedOutput(self.cross, self.head, postprocess) if path == "folded" else None
         outs = []
         for start in range(0, n, chunk):
             # in the latents' dtype: under FSDP2 the unit's inputs come cast to bf16, queries built here do not
@@ -158,6 +157,13 @@ class DenseDecoder(nn.Module):
             x = self.head(x)  # (B, q, output_channels)
             outs.append(x if postprocess is None else postprocess(x))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # (B, Q, output_channels)
+
+    def decode_path(self, num_queries: int, num_latents: int, postprocess: nn.Module | None = None) -> str:
+        """Which path decodes `num_queries` against `num_latents` (forward and `flops` both ask here):
+        "latent_side" (`absorbs_latent_side`), else "folded" (`folds_output`), else "plain"."""
+        if self.absorbs_latent_side(num_queries, num_latents):
+            return "latent_side"
+        return "folded" if self.folds_output(num_queries, postprocess) else "plain"
 
     def folds_output(self, num_queries: int, postprocess: Callable[[Tensor], Tensor] | None) -> bool:
         """Whether `FoldedOutput` decodes: outside training (its folds are made per forward, and training keeps
@@ -199,14 +205,15 @@ class DenseDecoder(nn.Module):
         if isinstance(postprocess, nn.Linear):
             post = 2 * num_queries * postprocess.in_features * postprocess.out_features
         cross, q, n = self.cross, num_queries, num_latents
-        if not self.absorbs_latent_side(q, n) and self.folds_output(q, postprocess):
+        path = self.decode_path(q, n, postprocess)
+        if path == "folded":
             _, folded, folds = FoldedOutput.macs(cross, self.head, postprocess)
             attend = q * cross.to_q.in_features * cross.qk_channels + cross._projected_macs(q, n)
             return 2 * (attend + q * folded + folds)
         head = 0
         if isinstance(self.head, nn.Linear):
             head = 2 * num_queries * self.head.in_features * self.head.out_features
-        if not self.absorbs_latent_side(num_queries, num_latents):
+        if path == "plain":
             return self.cross.flops(num_queries, num_latents) + head + post
         c = cross.to_q.in_features
         kv = n * cross.to_kv.in_features * (cross.qk_channels + cross.v_channels)  # k, v of the latents
