@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from tests.fixtures.training import run_cli, write_config
-from tests.integration.test_multimodal_autoencoding import FRAMES, SAMPLES
+from tests.integration.test_multimodal_autoencoding import FRAMES, SAMPLES, data_overrides
 from tests.integration.test_multimodal_autoencoding import SIZE as AE_SIZE
 
 pytestmark = pytest.mark.integration
@@ -150,22 +150,9 @@ def ae_overrides(shards: tuple[str, str]) -> dict:
     adapters = net["init_args"]["adapter"]["init_args"]["adapters"]
     adapters["video"].update(patch_size=[1, 4, 4], num_frequency_bands=32, max_resolution=[FRAMES, AE_SIZE, AE_SIZE])
     adapters["audio"].update(samples_per_patch=SAMPLES_PER_PATCH, num_frequency_bands=192, max_resolution=[SAMPLES])
-    train_urls, eval_urls = shards
     return {
         "model": {"init_args": {"net": net, "train_video_queries": 64, "train_audio_queries": 8}},
-        "data": {
-            "init_args": {
-                "train_urls": train_urls,
-                "val_urls": eval_urls,
-                "test_urls": eval_urls,
-                "num_frames": FRAMES,
-                "crop_size": AE_SIZE,
-                "batch_size": 2,
-                "samples_per_epoch": 4,
-                "shuffle_buffer": 4,
-                "num_workers": 0,
-            }
-        },
+        "data": data_overrides(shards),
     }
 
 

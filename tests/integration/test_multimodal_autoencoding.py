@@ -45,7 +45,6 @@ METRICS = [
 def overrides(tmp_path: Path, shards: tuple[str, str], run: Path, **trainer) -> str:
     net = shrink(yaml.safe_load(RECIPE.read_text())["model"]["init_args"]["net"])
     net["init_args"].update(decoder_output_channels=16, label_query_channels=16, num_self_attends=1)
-    train_urls, eval_urls = shards
     cfg = {
         "trainer": {
             "max_steps": 2,
@@ -61,21 +60,28 @@ def overrides(tmp_path: Path, shards: tuple[str, str], run: Path, **trainer) -> 
             **trainer,
         },
         "model": {"init_args": {"net": net, "train_video_queries": 64, "train_audio_queries": 8}},
-        "data": {
-            "init_args": {
-                "train_urls": train_urls,
-                "val_urls": eval_urls,
-                "test_urls": eval_urls,
-                "num_frames": FRAMES,
-                "crop_size": SIZE,
-                "batch_size": 2,
-                "samples_per_epoch": 4,
-                "shuffle_buffer": 4,
-                "num_workers": 0,
-            }
-        },
+        "data": data_overrides(shards),
     }
     return write_config(tmp_path, cfg, f"{run.name}.yaml")
+
+
+def data_overrides(shards: tuple[str, str]) -> dict:
+    """The recipe's data module on the synthetic_shards fixture's clips: (train, eval) shard patterns, 8 frames
+    cropped to 16 x 16, batches of 2, 4 samples an epoch, no workers."""
+    train_urls, eval_urls = shards
+    return {
+        "init_args": {
+            "train_urls": train_urls,
+            "val_urls": eval_urls,
+            "test_urls": eval_urls,
+            "num_frames": FRAMES,
+            "crop_size": SIZE,
+            "batch_size": 2,
+            "samples_per_epoch": 4,
+            "shuffle_buffer": 4,
+            "num_workers": 0,
+        }
+    }
 
 
 def test_fit_logs_psnr_baselines_and_media_then_predict_writes_media(synthetic_shards, tmp_path):
