@@ -59,6 +59,16 @@ class FlowPatchAdapter(InputAdapter):
             2's pixels displaced by up to r in each axis, (2r + 1)^2 channels (a cost volume, as PWC-Net and RAFT).
             Not in the paper, and no HF class has it: an addition for small models trained briefly, which cannot
             learn matching from 3x3 patches in minutes (docs/training.md, "Optical flow").
+        correlation_window: with correlation_radius > 0, average each displacement's cost over a k x k window of
+            frame-1 pixels (odd k; 1: each pixel's own cost). Block matching: one pixel's colour matches many
+            displaced pixels, a window's texture matches few.
+        correlation_estimate: with correlation_radius > 0, also give each pixel its block-matching result (3
+            channels): the best displacement's cost (0: a perfect match), then the flow estimate (dx, dy) / r, the
+            best displacement refined to sub-pixel by a parabola through its neighbours in each axis. A fixed
+            function of the frames, like the cost: a linear layer cannot take an argmin of the cost channels.
+        correlation_volume: with correlation_radius > 0, give the (2r+1)^2 cost channels themselves (True); False
+            keeps only the estimate (needs correlation_estimate): each element is 3 channels wide instead of
+            (2r+1)^2 + 3, which halves the small local model's training step.
     """
 
     def __init__(
@@ -69,6 +79,9 @@ class FlowPatchAdapter(InputAdapter):
         num_frequency_bands: int = 64,
         max_resolution: Sequence[int] | None = None,
         correlation_radius: int = 0,
+        correlation_window: int = 1,
+        correlation_estimate: bool = False,
+        correlation_volume: bool = True,
     ):
         super().__init__()
         if len(input_shape) != 4 or input_shape[0] != 2:
@@ -77,13 +90,23 @@ class FlowPatchAdapter(InputAdapter):
             raise ValueError(f"FlowPatchAdapter: patch_size must be odd, got {patch_size}")
         if correlation_radius < 0:
             raise ValueError(f"FlowPatchAdapter: correlation_radius must be >= 0, got {correlation_radius}")
+        if correlation_window < 1 or correlation_window % 2 != 1:
+            raise ValueError(f"FlowPatchAdapter: correlation_window must be odd and >= 1, got {correlation_window}")
         t, h, w, c = input_shape
         self.input_shape, self.patch_size, self.in_channels = tuple(input_shape), patch_size, c
         # HF's conv_after_patches: Linear over the (frame, row, column, colour) patch vector.
         self.patch_proj = nn.Linear(t * patch_size * patch_size * c, num_channels)
         self.pos = FourierPositionEncoding(2, num_frequency_bands, max_resolution or (h, w))
-        self.correlation_radius = correlation_radius
-        self.num_features = num_channels + (2 * correlation_radius + 1) ** 2 * (correlation_radius > 0)
+        self.correlation_radius, self.correlation_window = correlation_radius, correlation_window
+        self.correlation_estimate = bool(correlation_estimate) and correlation_radius > 0
+        self.correlation_volume = bool(correlation_volume) and correlation_radius > 0
+        if correlation_radius > 0 and not (self.correlation_volume or self.correlation_estimate):
+            raise ValueError(
+                "FlowPatchAdapter: correlation_volume: false needs correlation_estimate: true (else the matching "
+                "cost gives the model nothing)"
+            )
+        num_cost = (2 * correlation_radius + 1) ** 2 * self.correlation_volume
+        self.num_features = num_channels + num_cost + 3 * self.correlation_estimate
         self.num_output_channels = self.num_features + self.pos.num_channels
         self.num_elements = h * w
 
@@ -99,7 +122,11 @@ class FlowPatchAdapter(InputAdapter):
         x = frames.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W)  # (B, 2C, H, W)
         x = F.conv2d(x, self.conv_weight(), self.patch_proj.bias, padding=self.patch_size // 2)  # (B, out, H, W)
         x = x.flatten(2).transpose(1, 2)  # (B, HW, out)
-        return torch.cat([x, self.correlation(frames)], dim=-1) if self.correlation_radius else x
+        if not self.correlation_radius:
+            return x
+        cost = self.correlation(frames)  # (B, HW, k^2)
+        parts = [x] + [cost] * self.correlation_volume + [self.estimate(cost)] * self.correlation_estimate
+        return torch.cat(parts, dim=-1)
 
     def correlation(self, frames: Tensor) -> Tensor:
         """(B, 2, H, W, C) -> (B, HW, (2r+1)^2): minus the mean over colour of the squared difference between frame
@@ -114,7 +141,37 @@ class FlowPatchAdapter(InputAdapter):
         x = (x - x.mean(dim=(2, 3, 4), keepdim=True)) / x.std(dim=(2, 3, 4), keepdim=True).clamp(min=1e-3)
         window = F.unfold(x[:, 1], k, padding=r).view(B, C, k * k, H * W)  # frame 2 around each pixel
         diff = x[:, 0].reshape(B, C, 1, H * W) - window  # (B, C, k^2, HW)
-        return -(diff * diff).mean(1).transpose(1, 2)  # (B, HW, k^2)
+        cost = (diff * diff).mean(1)  # (B, k^2, HW)
+        if self.correlation_window > 1:  # block matching: the cost summed over a window of frame-1 pixels
+            q = self.correlation_window
+            cost = cost.view(B, k * k, H, W)  # separable: rows, then columns (the same mean, 2q adds, not q^2)
+            cost = F.avg_pool2d(cost, (q, 1), 1, (q // 2, 0), count_include_pad=False)
+            cost = F.avg_pool2d(cost, (1, q), 1, (0, q // 2), count_include_pad=False).flatten(2)
+        return -cost.transpose(1, 2)  # (B, HW, k^2)
+
+    def estimate(self, neg_cost: Tensor) -> Tensor:
+        """(B, HW, (2r+1)^2) minus costs -> (B, HW, 3): the best displacement's cost, then (dx, dy) / r, the best
+        displacement with each axis refined by the parabola through the cost there and at its two neighbours
+        (clamped to half a pixel)."""
+        r, k = self.correlation_radius, 2 * self.correlation_radius + 1
+        cost = -neg_cost.unflatten(-1, (k, k))  # (B, HW, dy, dx)
+        best = cost.flatten(2).argmin(-1)  # (B, HW)
+        iy, ix = best // k, best % k
+        pad = F.pad(cost, (1, 1, 1, 1), value=float("inf"))  # neighbours outside the window never win
+        flat = pad.flatten(2)
+
+        def at(dy: int, dx: int) -> Tensor:
+            return flat.gather(2, ((iy + 1 + dy) * (k + 2) + ix + 1 + dx).unsqueeze(-1)).squeeze(-1)
+
+        def vertex(lo: Tensor, mid: Tensor, hi: Tensor) -> Tensor:
+            curve = lo - 2 * mid + hi
+            ok = torch.isfinite(curve) & (curve > 1e-6)
+            return torch.where(ok, (lo - hi) / (2 * curve).clamp(min=1e-6), 0.0).clamp(-0.5, 0.5)
+
+        c0 = at(0, 0)
+        dx = ix - r + vertex(at(0, -1), c0, at(0, 1))
+        dy = iy - r + vertex(at(-1, 0), c0, at(1, 0))
+        return torch.stack([c0, dx / r, dy / r], dim=-1).to(neg_cost.dtype)
 
     def forward(self, frames: Tensor, pad_mask: PadMask = None) -> tuple[Tensor, PadMask]:
         if frames.ndim != 5 or frames.shape[1] != 2:
@@ -146,6 +203,10 @@ class PerceiverIOFlow(LatentEncoderModel):
         rescale_factor: the decoder's output is divided by it (HF / DeepMind: 100).
         decoder_query_residual: add the decoder's attention output to its queries, so each pixel's own features
             reach its output directly (HF / DeepMind: False; True suits `correlation_radius`).
+        estimate_residual: add the adapter's block-matching estimate (`correlation_estimate`, in pixels) to the
+            decoder's output before `rescale_factor` divides it, so the decoder learns a correction to block
+            matching instead of first learning to copy it (RAFT refines an initial flow the same way). The estimate
+            is then in the task's pixels when rescale_factor equals the task's flow_scale (the task checks).
 
     forward(frames (B, 2, H, W, C), query_indices=None) -> flow (B, H, W, 2); with query_indices ((Q,) or (B, Q)
     flat pixel indices, row-major) only those pixels are decoded: (B, Q, 2).
@@ -166,11 +227,17 @@ class PerceiverIOFlow(LatentEncoderModel):
         output_channels: int = 2,
         rescale_factor: float = 100.0,
         decoder_query_residual: bool = False,
+        estimate_residual: bool = False,
         decode_chunk_size: int | None = 8192,
         dropout: float = 0.0,
         activation_checkpointing: bool = False,
     ):
         super().__init__()
+        if estimate_residual and not getattr(adapter, "correlation_estimate", False):
+            raise ValueError(
+                "PerceiverIOFlow: estimate_residual needs the adapter's block-matching estimate "
+                "(FlowPatchAdapter correlation_radius > 0 and correlation_estimate: true)"
+            )
         self.config = record(PerceiverIOFlowConfig, locals())
         ckpt = activation_checkpointing
         c = adapter.num_output_channels
@@ -200,6 +267,10 @@ class PerceiverIOFlow(LatentEncoderModel):
         z = self.processor(z)  # (B, N, D)
         # The queries are the encoder inputs at the output pixels (features + Fourier positions).
         out = self.decoder(z, lambda idx: take_rows(x, idx), H * W, query_indices)  # (B, Q, 2)
+        if self.config.estimate_residual:  # (dx, dy) / r end the features, before the positions
+            f, r = self.adapter.num_features, self.adapter.correlation_radius
+            est = x[..., f - 2 : f] * r  # (B, HW, 2) pixels
+            out = out + (est if query_indices is None else take_rows(est, query_indices))
         out = out / self.config.rescale_factor
         return out.view(B, H, W, -1) if query_indices is None else out
 

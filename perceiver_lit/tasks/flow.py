@@ -83,6 +83,12 @@ class OpticalFlow(Task):
                 "model.init_args.train_queries must be an int >= 1 (pixels) or a float in (0, 1] "
                 f"(a fraction of the pixels), or null; got {train_queries!r}"
             )
+        config = getattr(net, "config", None)
+        if getattr(config, "estimate_residual", False) and config.rescale_factor != flow_scale:
+            raise ValueError(  # the net adds its estimate in pixels before rescale_factor divides
+                f"model.init_args.net.init_args.rescale_factor ({config.rescale_factor}) must equal "
+                f"model.init_args.flow_scale ({flow_scale}) with estimate_residual: the estimate is in pixels"
+            )
         self.loss_name, self.flow_scale, self.train_queries = loss, float(flow_scale), train_queries
         self.num_images = num_images
         self._subsamples = "query_indices" in inspect.signature(net.forward).parameters

@@ -204,6 +204,21 @@ def test_bad_settings_name_the_field(bad, match):
         OpticalFlow(tiny_flow_net(), **bad)
 
 
+def test_estimate_residual_needs_the_flow_scale_to_be_the_rescale_factor():
+    """The net adds its block-matching estimate in pixels before / rescale_factor; the task's flow_scale turns the
+    output back into pixels, so the two must agree (the local recipe: 20 and 20)."""
+    adapter = FlowPatchAdapter(
+        (2, H, W, 3), num_channels=8, num_frequency_bands=3, correlation_radius=1, correlation_estimate=True
+    )
+    net = PerceiverIOFlow(adapter, num_latents=8, latent_dim=16, num_self_attends=1, estimate_residual=True)
+    with pytest.raises(ValueError, match=r"rescale_factor \(100.0\) must equal model.init_args.flow_scale \(20"):
+        OpticalFlow(net)
+    net = PerceiverIOFlow(
+        adapter, num_latents=8, latent_dim=16, num_self_attends=1, estimate_residual=True, rescale_factor=20.0
+    )
+    assert OpticalFlow(net, flow_scale=20.0).flow_scale == 20.0
+
+
 def test_a_target_that_does_not_fit_the_frames_is_named():
     b = batch()
     b["target"] = b["target"][:, :-1]

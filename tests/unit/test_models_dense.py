@@ -84,9 +84,71 @@ def test_flow_correlation_is_each_pixels_matching_cost_against_the_displaced_fra
         FlowPatchAdapter((2, 6, 7, 3), correlation_radius=-1)
 
 
-def test_flow_with_correlation_and_query_residual_decodes_subsets_and_chunks_exactly():
+def test_flow_correlation_window_and_block_matching_estimate():
+    """correlation_window k: each displacement's cost is the mean of the per-pixel costs over the k x k frame-1
+    window (fewer pixels at the borders); correlation_estimate: (dx, dy) / r of the best displacement, to sub-pixel
+    accuracy for a smooth pattern moved by a fraction of a pixel, exact for an integer shift of noise."""
+    plain = FlowPatchAdapter((2, 16, 16, 3), num_channels=8, num_frequency_bands=4, correlation_radius=2)
+    windowed = FlowPatchAdapter(
+        (2, 16, 16, 3), num_channels=8, num_frequency_bands=4, correlation_radius=2, correlation_window=3
+    )
+    frames = torch.rand(2, 2, 16, 16, 3)
+    per_pixel = plain.correlation(frames).view(2, 16, 16, 25)
+    window = windowed.correlation(frames).view(2, 16, 16, 25)
+    torch.testing.assert_close(window[:, 5, 7], per_pixel[:, 4:7, 6:9].mean(dim=(1, 2)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(window[:, 0, 0], per_pixel[:, :2, :2].mean(dim=(1, 2)), atol=1e-5, rtol=1e-5)
+    est = FlowPatchAdapter(
+        (2, 32, 32, 3),
+        num_channels=8,
+        num_frequency_bands=4,
+        correlation_radius=3,
+        correlation_window=5,
+        correlation_estimate=True,
+    )
+    assert est.num_features == 8 + 49 + 3
+    first = torch.rand(1, 1, 32, 32, 3)
+    moved = torch.roll(first, shifts=(-2, 1), dims=(2, 3))  # content moves 2 up and 1 right: flow (1, -2)
+    out = est.features(torch.cat([first, moved], 1))[0, :, -3:].view(32, 32, 3)
+    assert out[6:-6, 6:-6, 0].abs().max() < 1e-5  # the best displacement's cost: an exact match
+    flow = out[..., 1:] * 3  # (dx, dy) in px
+    inner = flow[6:-6, 6:-6]  # the best displacement exactly; the parabola through a noise cost's V moves it a bit
+    assert (inner.round() == torch.tensor([1.0, -2.0])).all()
+    assert (inner - torch.tensor([1.0, -2.0])).abs().max() < 0.2
+    y, x = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+
+    def smooth(dx: float, dy: float) -> torch.Tensor:  # a smooth colour pattern moved by (dx, dy)
+        u, v = x - dx, y - dy
+        return torch.stack([torch.sin(u / 2.1) + torch.cos(v / 1.7), torch.sin((u + v) / 2.5), torch.cos(u / 1.9)], -1)
+
+    pair = torch.stack([smooth(0, 0), smooth(1.3, -0.4)])[None]
+    flow = est.features(pair)[0, :, -2:].view(32, 32, 2) * 3
+    err = (flow[6:-6, 6:-6] - torch.tensor([1.3, -0.4])).norm(dim=-1)
+    assert err.mean() < 0.25, err.mean()  # the best integer displacement alone is 0.5 px off
+    lean = FlowPatchAdapter(
+        (2, 32, 32, 3),
+        num_channels=8,
+        num_frequency_bands=4,
+        correlation_radius=3,
+        correlation_window=5,
+        correlation_estimate=True,
+        correlation_volume=False,
+    )
+    assert lean.num_features == 8 + 3
+    lean.load_state_dict(est.state_dict())  # the same patch Linear: the features are est's without the 49 costs
+    full = est.features(pair)
+    torch.testing.assert_close(lean.features(pair), torch.cat([full[..., :8], full[..., -3:]], -1))
+    with pytest.raises(ValueError, match="correlation_volume: false needs correlation_estimate: true"):
+        FlowPatchAdapter((2, 6, 7, 3), correlation_radius=1, correlation_volume=False)
+    with pytest.raises(ValueError, match="correlation_window must be odd and >= 1"):
+        FlowPatchAdapter((2, 6, 7, 3), correlation_radius=1, correlation_window=2)
+
+
+@pytest.mark.parametrize("estimate", [False, True])
+def test_flow_with_correlation_and_query_residual_decodes_subsets_and_chunks_exactly(estimate):
     torch.manual_seed(0)
-    adapter = FlowPatchAdapter((2, 6, 7, 3), num_channels=8, num_frequency_bands=4, correlation_radius=1)
+    adapter = FlowPatchAdapter(
+        (2, 6, 7, 3), num_channels=8, num_frequency_bands=4, correlation_radius=1, correlation_estimate=estimate
+    )
     m = PerceiverIOFlow(
         adapter,
         num_latents=4,
@@ -94,6 +156,7 @@ def test_flow_with_correlation_and_query_residual_decodes_subsets_and_chunks_exa
         num_self_attends=1,
         num_self_attention_heads=2,
         decoder_query_residual=True,
+        estimate_residual=estimate,
         decode_chunk_size=None,
     ).eval()
     assert m.decoder.cross.use_query_residual
@@ -102,8 +165,23 @@ def test_flow_with_correlation_and_query_residual_decodes_subsets_and_chunks_exa
         full = m(frames)
         idx = torch.tensor([41, 0, 17, 5])
         torch.testing.assert_close(m(frames, query_indices=idx), full.reshape(2, 42, 2)[:, idx], atol=1e-6, rtol=1e-6)
+        per_sample = torch.tensor([[3, 9], [40, 1]])
+        torch.testing.assert_close(
+            m(frames, query_indices=per_sample),
+            full.reshape(2, 42, 2).gather(1, per_sample[..., None].expand(-1, -1, 2)),
+        )
         m.decoder.chunk_size = 5
         torch.testing.assert_close(m(frames), full, atol=1e-6, rtol=1e-6)
+        if estimate:  # a decoder that outputs zero leaves the block-matching estimate, in pixels / rescale_factor
+            m.decoder.head.weight.zero_(), m.decoder.head.bias.zero_()
+            est = adapter.features(frames)[..., -2:].view(2, 6, 7, 2) * adapter.correlation_radius
+            torch.testing.assert_close(m(frames) * m.config.rescale_factor, est)
+
+
+def test_flow_estimate_residual_needs_the_adapters_estimate():
+    adapter = FlowPatchAdapter((2, 6, 7, 3), num_channels=8, num_frequency_bands=4, correlation_radius=1)
+    with pytest.raises(ValueError, match="estimate_residual needs the adapter's block-matching estimate"):
+        PerceiverIOFlow(adapter, num_latents=4, latent_dim=16, num_self_attends=1, estimate_residual=True)
 
 
 def test_flow_rejects_bad_frames():
