@@ -173,6 +173,12 @@ class FlowPatchAdapter(InputAdapter):
         dy = iy - r + vertex(at(-1, 0), c0, at(1, 0))
         return torch.stack([c0, dx / r, dy / r], dim=-1).to(neg_cost.dtype)
 
+    def estimated_flow(self, x: Tensor) -> Tensor:
+        """This adapter's output (B, M, C) -> its block-matching flow (B, M, 2) in pixels: (dx, dy) / r end the
+        features, before the positions."""
+        f = self.num_features
+        return x[..., f - 2 : f] * self.correlation_radius
+
     def forward(self, frames: Tensor, pad_mask: PadMask = None) -> tuple[Tensor, PadMask]:
         if frames.ndim != 5 or frames.shape[1] != 2:
             raise ValueError(f"FlowPatchAdapter: frames must be (B, 2, H, W, C), got {tuple(frames.shape)}")
@@ -267,9 +273,8 @@ class PerceiverIOFlow(LatentEncoderModel):
         z = self.processor(z)  # (B, N, D)
         # The queries are the encoder inputs at the output pixels (features + Fourier positions).
         out = self.decoder(z, lambda idx: take_rows(x, idx), H * W, query_indices)  # (B, Q, 2)
-        if self.config.estimate_residual:  # (dx, dy) / r end the features, before the positions
-            f, r = self.adapter.num_features, self.adapter.correlation_radius
-            est = x[..., f - 2 : f] * r  # (B, HW, 2) pixels
+        if self.config.estimate_residual:
+            est = self.adapter.estimated_flow(x)  # (B, HW, 2) pixels
             out = out + (est if query_indices is None else take_rows(est, query_indices))
         out = out / self.config.rescale_factor
         return out.view(B, H, W, -1) if query_indices is None else out
